@@ -1,0 +1,361 @@
+//! The command line: `mde-sync [--config PATH] <command>`.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    app::{self, App},
+    clock,
+    config::{self, EX_CONFIG, Environment, Needs, Settings},
+    simulator::{SimConfig, SimTenant, Simulator, TenantKind},
+    telemetry::{self, Target},
+    timestamp::Timestamp,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mde-sync",
+    version,
+    about = "Sync Microsoft Defender for Endpoint alerts from many customer tenants into SQLite or Postgres",
+    long_about = "mde-sync reads the customer tenants that consented to one multi-tenant Entra ID app, gets a \
+token per tenant, polls each tenant's Defender for Endpoint alerts API incrementally, and keeps one current \
+row per alert in SQLite or Postgres. Start with `mde-sync demo` to see it work against a built-in simulator, \
+then `mde-sync validate` and `mde-sync check` with your own config.",
+    after_help = "Exit status: 0 success; 1 a tenant or command failed; 78 configuration error.\n\
+Configuration: TOML file plus MDE_SYNC_<SECTION>__<KEY> environment overrides; see config/mde-sync.example.toml."
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, short = 'c', env = "MDE_SYNC_CONFIG", default_value = config::DEFAULT_CONFIG_PATH, global = true)]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run as a daemon: migrate, then sync every enabled tenant on sync.schedule until SIGTERM/SIGINT.
+    Run,
+    /// Sync every enabled tenant once and exit; non-zero if any tenant failed.
+    Sync,
+    /// Per tenant: get a token, check its tenant and Alert.Read.All role, call the API once. Writes nothing.
+    Check,
+    /// Print the admin-consent links to send to a new customer's administrator.
+    ConsentUrl(ConsentArgs),
+    /// Show each tenant's health, last success, lag and alert counts from the database.
+    Status,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Validate the configuration and tenants file; exit 0 if valid, 78 if not.
+    Validate,
+    /// Serve a simulated Entra ID token endpoint and MDE alerts API on loopback (for tests and trials).
+    Simulate(SimulateArgs),
+    /// Start the simulator in-process, sync it into a fresh SQLite file, print a summary and exit.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConsentArgs {
+    /// Narrow the v2 link to one customer tenant (GUID).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// A redirect URI registered on the app (the partner guide registers https://portal.azure.com).
+    #[arg(long, default_value = "https://portal.azure.com")]
+    pub redirect_uri: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SimulateArgs {
+    /// Address to listen on (loopback only).
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    pub listen: SocketAddr,
+    /// Consented, healthy tenants.
+    #[arg(long, default_value_t = 3)]
+    pub tenants: usize,
+    /// Alerts each tenant starts with.
+    #[arg(long, default_value_t = 500)]
+    pub alerts: usize,
+    /// Extra tenants whose admin never consented (AADSTS700016).
+    #[arg(long, default_value_t = 0)]
+    pub not_consented: usize,
+    /// Extra tenants consented without the Alert.Read.All role (tokens without roles, API 403).
+    #[arg(long, default_value_t = 0)]
+    pub no_role: usize,
+    /// Maximum indexing lag in seconds: changes become visible up to this long after their lastUpdateTime.
+    #[arg(long, default_value_t = 0)]
+    pub lag_secs: i64,
+    /// Alerts changed before answering each API request (a busy tenant).
+    #[arg(long, default_value_t = 0)]
+    pub changes_per_request: usize,
+    /// Random seed for the generated alerts.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write config.toml and tenants.toml for this simulator into DIR.
+    #[arg(long)]
+    pub write_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// SQLite file to create (replaced if it exists).
+    #[arg(long, default_value = "mde-sync-demo.db")]
+    pub database: PathBuf,
+    /// Simulated tenants.
+    #[arg(long, default_value_t = 3)]
+    pub tenants: usize,
+    /// Alerts per tenant (tenant n gets n times this many).
+    #[arg(long, default_value_t = 400)]
+    pub alerts: usize,
+}
+
+/// Parses the command line and runs the command on a fresh runtime.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = rt.block_on(execute(cli));
+    ExitCode::from(code as u8)
+}
+
+fn load(path: &Path, needs: Needs) -> Result<Settings, i32> {
+    Settings::load(path, &Environment::from_process(), needs).map_err(|e| {
+        eprint!("mde-sync: {e}");
+        EX_CONFIG
+    })
+}
+
+fn fail(e: anyhow::Error) -> i32 {
+    tracing::error!(error = format!("{e:#}"), "command failed");
+    eprintln!("mde-sync: {e:#}");
+    1
+}
+
+pub async fn execute(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Validate => match load(&cli.config, Needs::ALL) {
+            Ok(s) => {
+                println!(
+                    "configuration ok: {} tenant(s) ({} enabled), database {}, secret from {}",
+                    s.tenants.len(),
+                    s.tenants.iter().filter(|t| t.enabled).count(),
+                    s.database.display_url(),
+                    s.app.client_secret_source.as_deref().unwrap_or("-")
+                );
+                0
+            }
+            Err(code) => code,
+        },
+        Command::Run => {
+            let s = match load(&cli.config, Needs::ALL) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            telemetry::init(s.log.format, &s.log.level, Target::Stdout);
+            let app = match App::build(s, clock::system()).await {
+                Ok(a) => a,
+                Err(e) => return fail(e),
+            };
+            match app.run_daemon(shutdown_signal(), Duration::from_secs(30)).await {
+                Ok(()) => 0,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Sync => {
+            let s = match load(&cli.config, Needs::ALL) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            telemetry::init(s.log.format, &s.log.level, Target::Stderr);
+            let app = match App::build(s, clock::system()).await {
+                Ok(a) => a,
+                Err(e) => return fail(e),
+            };
+            let outcomes = app.sync_once().await;
+            print!("{}", app::render_outcomes(&outcomes));
+            let failed = outcomes.iter().filter(|o| o.ok != Some(true)).count();
+            if failed > 0 {
+                eprintln!("mde-sync: {failed} of {} tenant(s) did not sync", outcomes.len());
+                1
+            } else {
+                0
+            }
+        }
+        Command::Check => {
+            let s = match load(&cli.config, Needs::ALL) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            telemetry::init(s.log.format, "warn", Target::Stderr);
+            let http = crate::auth::http_client(s.sync.request_timeout);
+            let tokens = Arc::new(crate::auth::TokenProvider::new(
+                http.clone(),
+                s.cloud.login_url.clone(),
+                s.app.client_id.clone(),
+                s.app.client_secret.clone(),
+                s.cloud.scope.clone(),
+                clock::system(),
+            ));
+            let client = crate::mde::MdeClient::new(http, s.cloud.api_url.clone(), tokens.clone(), 2);
+            let tenants: Vec<_> = s.tenants.iter().filter(|t| t.enabled).cloned().collect();
+            let lines = app::check(&tokens, &client, &tenants).await;
+            print!("{}", app::render_check(&lines));
+            let bad = lines.iter().filter(|l| !l.ok).count();
+            if bad > 0 {
+                eprintln!("mde-sync: {bad} of {} tenant(s) need attention", lines.len());
+                1
+            } else {
+                0
+            }
+        }
+        Command::ConsentUrl(args) => {
+            let s = match load(&cli.config, Needs::DATABASE_ONLY) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            if let Some(t) = &args.tenant
+                && crate::tenant::TenantId::parse(t).is_err()
+            {
+                eprintln!("mde-sync: --tenant {t:?} is not a tenant GUID");
+                return EX_CONFIG;
+            }
+            println!("Send one of these links to the customer's Global Administrator (or Privileged Role Administrator).");
+            println!("After consent, add the customer's tenant id to {} and run `mde-sync check`.\n", s.tenants_file.display());
+            for (label, url) in app::consent_urls(&s, args.tenant.as_deref(), &args.redirect_uri) {
+                println!("{label}:\n  {url}\n");
+            }
+            0
+        }
+        Command::Status => {
+            let s = match load(&cli.config, Needs::DATABASE_ONLY) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            telemetry::init(s.log.format, "warn", Target::Stderr);
+            let store = match app::open_store(&s).await {
+                Ok(st) => st,
+                Err(e) => return fail(e),
+            };
+            match store.status().await {
+                Ok(rows) => {
+                    print!("{}", app::render_status(&rows, Timestamp::from_datetime(time::OffsetDateTime::now_utc())));
+                    0
+                }
+                Err(e) => fail(e.into()),
+            }
+        }
+        Command::Migrate => {
+            let s = match load(&cli.config, Needs::DATABASE_ONLY) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            telemetry::init(s.log.format, &s.log.level, Target::Stderr);
+            match app::open_store(&s).await {
+                Ok(_) => {
+                    println!("database {} is up to date", s.database.display_url());
+                    0
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Simulate(args) => simulate(args).await,
+        Command::Demo(args) => crate::demo::run(args.database, args.tenants, args.alerts).await,
+    }
+}
+
+async fn simulate(args: SimulateArgs) -> i32 {
+    telemetry::init(config::LogFormat::Text, "info", Target::Stderr);
+    if !args.listen.ip().is_loopback() {
+        eprintln!("mde-sync: --listen {} is not a loopback address: the simulator only serves loopback", args.listen);
+        return EX_CONFIG;
+    }
+    let mut tenants = Vec::new();
+    let mut n = 0;
+    for (count, kind) in [
+        (args.tenants, TenantKind::Good),
+        (args.not_consented, TenantKind::NotConsented),
+        (args.no_role, TenantKind::NoRole),
+    ] {
+        for _ in 0..count {
+            n += 1;
+            tenants.push(SimTenant::numbered(n, kind, if kind == TenantKind::Good { args.alerts } else { 0 }));
+        }
+    }
+    let mut cfg = SimConfig::new(tenants.clone());
+    cfg.seed = args.seed;
+    cfg.max_lag = time::Duration::seconds(args.lag_secs);
+    cfg.changes_per_request = args.changes_per_request;
+    let sim = Simulator::new(cfg.clone());
+    let server = match sim.serve(args.listen).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mde-sync: cannot listen on {}: {e}", args.listen);
+            return 1;
+        }
+    };
+    let base = server.base_url();
+    if let Some(dir) = &args.write_config
+        && let Err(e) = write_sim_config(dir, &base, &cfg)
+    {
+        eprintln!("mde-sync: cannot write the config into {}: {e}", dir.display());
+        return 1;
+    }
+    println!("simulator listening on {base}");
+    for t in &tenants {
+        println!("  tenant {} {:<10} {:?}, {} alerts", t.id, t.name, t.kind, t.alerts);
+    }
+    println!("client_id = {:?}, client_secret = {:?} (simulator only)", cfg.client_id, cfg.client_secret);
+    shutdown_signal().await;
+    server.shutdown();
+    0
+}
+
+/// A config and tenants file pointing at a running simulator.
+pub fn write_sim_config(dir: &Path, base_url: &str, cfg: &SimConfig) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut tenants = String::from("# tenants of the mde-sync simulator\n");
+    for t in &cfg.tenants {
+        tenants.push_str(&format!("\n[[tenant]]\nid = \"{}\"\nname = \"{}\"\n", t.id, t.name));
+    }
+    std::fs::write(dir.join("tenants.toml"), tenants)?;
+    let config = format!(
+        "# points mde-sync at the simulator; not for production\n\
+         [database]\nurl = \"sqlite://{db}\"\n\n\
+         [app]\nclient_id = \"{client}\"\nclient_secret = \"{secret}\"\n\n\
+         [cloud]\nlogin_url = \"{base}\"\napi_url = \"{base}\"\n\n\
+         [tenants]\nfile = \"tenants.toml\"\n\n\
+         [sync]\nschedule = \"*/10 * * * * *\"\nlag_allowance = \"{lag}s\"\n",
+        db = dir.join("mde-sync.db").display(),
+        client = cfg.client_id,
+        secret = cfg.client_secret,
+        base = base_url,
+        lag = cfg.max_lag.whole_seconds().max(1),
+    );
+    std::fs::write(dir.join("config.toml"), config)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,28 @@
+//! mde-sync: Microsoft Defender for Endpoint alerts from many customer tenants, synced without
+//! loss into SQLite or Postgres.
+//!
+//! Layout: [`config`] builds typed settings; [`auth`] gets tokens; [`mde`] talks to the alerts API;
+//! [`sync`] is the incremental algorithm (start there); [`store`] is the only place SQL lives;
+//! [`simulator`] is a hostile stand-in for Entra ID and the API; [`app`] wires them together for
+//! the CLI.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod clock;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod mde;
+pub mod simulator;
+pub mod store;
+pub mod sync;
+pub mod telemetry;
+pub mod tenant;
+pub mod timestamp;
+
+use std::{future::Future, pin::Pin};
+
+/// A boxed, sendable future: what the object-safe traits ([`store::Store`],
+/// [`mde::AlertSource`]) return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -1,0 +1,307 @@
+//! The MDE alerts API over HTTP: `GET {api}/api/alerts` with `$filter` on `lastUpdateTime`,
+//! `$top`, `$skip` and `$expand=evidence`, a bearer token per tenant, a timeout on every request,
+//! and retries with capped, jittered exponential backoff (backon) for transient faults.
+//!
+//! Decisions are keyed on the HTTP status, never on `error.code` (a 429 body's code can be the
+//! string "429"). `error.target`, the API's correlation id, is carried in every error.
+
+use std::{sync::Arc, time::Duration};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use url::Url;
+
+use super::{AlertSource, Page, WindowQuery};
+use crate::{
+    BoxFuture,
+    auth::{AuthError, TokenProvider, without_url},
+    tenant::TenantId,
+};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Token(#[from] AuthError),
+    #[error("the API refused the token twice (HTTP 401, target {target:?}): the token was renewed once and refused again; check cloud.scope and cloud.api_url")]
+    Unauthorized { target: Option<String> },
+    #[error("the API answered 403 {code} (target {target:?}): the app lacks the Alert.Read.All application permission in this tenant; add it under API permissions > WindowsDefenderATP and have the customer's admin grant consent again")]
+    Forbidden {
+        code: String,
+        message: String,
+        target: Option<String>,
+    },
+    #[error("the API is throttling (HTTP 429, retry after {retry_after:?}, target {target:?})")]
+    RateLimited {
+        retry_after: Option<Duration>,
+        target: Option<String>,
+    },
+    #[error("the API failed (HTTP {status}, target {target:?})")]
+    Server {
+        status: u16,
+        retry_after: Option<Duration>,
+        target: Option<String>,
+    },
+    #[error("the API rejected the request (HTTP {status} {code}: {message}, target {target:?}) for {request}: this is a bug in mde-sync, please report it")]
+    BadRequest {
+        status: u16,
+        code: String,
+        message: String,
+        target: Option<String>,
+        request: String,
+    },
+    #[error("cannot reach the API: {0}")]
+    Network(String),
+    #[error("the API sent an unreadable body (HTTP {status}): {detail}")]
+    Decode { status: u16, detail: String },
+}
+
+impl ApiError {
+    /// Worth another try after a pause.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::RateLimited { .. } | Self::Server { .. } | Self::Network(_) | Self::Decode { .. } => true,
+            Self::Token(e) => e.fault().is_transient(),
+            _ => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } | Self::Server { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A short, stable name for the sync-state table.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Token(e) => e.fault().label(),
+            Self::Forbidden { .. } => "missing-role",
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::RateLimited { .. } => "rate-limited",
+            Self::Server { .. } | Self::Network(_) | Self::Decode { .. } => "transient",
+            Self::BadRequest { .. } => "bad-request",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    value: Vec<Box<RawValue>>,
+    #[serde(rename = "@odata.nextLink")]
+    next_link: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorEnvelope {
+    #[serde(default)]
+    error: ErrorBody,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    code: serde_json::Value,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    target: Option<String>,
+}
+
+/// The MDE alerts API for every tenant, sharing one HTTP connection pool.
+pub struct MdeClient {
+    http: reqwest::Client,
+    api_url: Url,
+    tokens: Arc<TokenProvider>,
+    max_attempts: usize,
+    max_retry_after: Duration,
+}
+
+impl MdeClient {
+    pub fn new(http: reqwest::Client, api_url: Url, tokens: Arc<TokenProvider>, max_attempts: usize) -> Self {
+        Self {
+            http,
+            api_url,
+            tokens,
+            max_attempts: max_attempts.max(1),
+            max_retry_after: Duration::from_secs(120),
+        }
+    }
+
+    pub fn tokens(&self) -> &Arc<TokenProvider> {
+        &self.tokens
+    }
+
+    /// The request URL for a window. Literals are unquoted DateTimeOffsets with seven digits.
+    pub fn window_url(&self, q: &WindowQuery) -> Url {
+        let mut url = self.api_url.clone();
+        url.set_path(&format!("{}/api/alerts", self.api_url.path().trim_end_matches('/')));
+        {
+            let mut pairs = url.query_pairs_mut();
+            pairs.append_pair(
+                "$filter",
+                &format!("lastUpdateTime ge {} and lastUpdateTime lt {}", q.from.odata(), q.to.odata()),
+            );
+            pairs.append_pair("$top", &q.top.to_string());
+            if q.skip > 0 {
+                pairs.append_pair("$skip", &q.skip.to_string());
+            }
+            if q.expand_evidence {
+                pairs.append_pair("$expand", "evidence");
+            }
+        }
+        url
+    }
+
+    /// `GET /api/alerts?$top=1`, for `check`.
+    pub async fn probe(&self, tenant: &TenantId) -> Result<usize, ApiError> {
+        let mut url = self.api_url.clone();
+        url.set_path(&format!("{}/api/alerts", self.api_url.path().trim_end_matches('/')));
+        url.query_pairs_mut().append_pair("$top", "1");
+        self.get_page(tenant, &url).await.map(|p| p.alerts.len())
+    }
+
+    /// GET with retries: transient faults back off (honouring Retry-After), a 401 renews the
+    /// token once, everything else returns at once.
+    async fn get_page(&self, tenant: &TenantId, url: &Url) -> Result<Page, ApiError> {
+        let mut backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .with_max_times(self.max_attempts - 1)
+            .build();
+        let mut renewed = false;
+        loop {
+            match self.get_once(tenant, url).await {
+                Ok(p) => return Ok(p),
+                Err(ApiError::Unauthorized { target }) => {
+                    if renewed {
+                        return Err(ApiError::Unauthorized { target });
+                    }
+                    tracing::info!(tenant = %tenant, "api refused the token, renewing it once");
+                    self.tokens.invalidate(tenant);
+                    renewed = true;
+                }
+                Err(e) if e.is_transient() => {
+                    let Some(delay) = backoff.next() else {
+                        return Err(e);
+                    };
+                    let delay = e
+                        .retry_after()
+                        .map(|d| d.min(self.max_retry_after))
+                        .unwrap_or(delay);
+                    tracing::warn!(tenant = %tenant, error = %e, retry_in_ms = delay.as_millis() as u64, "api call failed, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn get_once(&self, tenant: &TenantId, url: &Url) -> Result<Page, ApiError> {
+        let token = self.tokens.token(tenant).await?;
+        let resp = self
+            .http
+            .get(url.clone())
+            .bearer_auth(token.expose_secret())
+            .send()
+            .await
+            .map_err(|e| ApiError::Network(without_url(&e)))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let body = resp.bytes().await.map_err(|e| ApiError::Network(without_url(&e)))?;
+        if status == 200 {
+            let env: Envelope = serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
+                status,
+                detail: e.to_string(),
+            })?;
+            return Ok(Page {
+                alerts: env.value,
+                next_link: env.next_link,
+            });
+        }
+        let err: ErrorEnvelope = serde_json::from_slice(&body).unwrap_or_default();
+        let code = match err.error.code {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        let target = err.error.target;
+        Err(match status {
+            401 => ApiError::Unauthorized { target },
+            403 => ApiError::Forbidden {
+                code,
+                message: err.error.message,
+                target,
+            },
+            429 => ApiError::RateLimited { retry_after, target },
+            500..=599 => ApiError::Server {
+                status,
+                retry_after,
+                target,
+            },
+            _ => ApiError::BadRequest {
+                status,
+                code,
+                message: err.error.message,
+                target,
+                request: url.to_string(),
+            },
+        })
+    }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
+    let delta = when - time::OffsetDateTime::now_utc();
+    Some(Duration::from_millis(delta.whole_milliseconds().max(0) as u64))
+}
+
+impl AlertSource for MdeClient {
+    fn fetch<'a>(&'a self, tenant: &'a TenantId, q: &'a WindowQuery) -> BoxFuture<'a, Result<Page, ApiError>> {
+        Box::pin(async move {
+            let url = self.window_url(q);
+            self.get_page(tenant, &url).await
+        })
+    }
+
+    fn fetch_link<'a>(&'a self, tenant: &'a TenantId, link: &'a str) -> BoxFuture<'a, Result<Page, ApiError>> {
+        Box::pin(async move {
+            let url = Url::parse(link).map_err(|e| ApiError::Decode {
+                status: 200,
+                detail: format!("unusable @odata.nextLink: {e}"),
+            })?;
+            // Never send a tenant's token to a host other than the API's.
+            if url.host_str() != self.api_url.host_str() {
+                return Err(ApiError::Decode {
+                    status: 200,
+                    detail: format!("@odata.nextLink points to another host: {:?}", url.host_str()),
+                });
+            }
+            self.get_page(tenant, &url).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(parse_retry_after("8"), Some(Duration::from_secs(8)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

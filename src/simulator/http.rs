@@ -1,0 +1,480 @@
+//! The HTTP face of the simulator: routing, the Entra token endpoint and the MDE alerts endpoint.
+//! Handlers compute the whole answer under the state lock and never await while holding it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use super::generate::guid;
+use super::odata::parse_query;
+use super::{Endpoint, RequestRecord, Simulator, TenantKind, TokenInfo, key, order_hash};
+use crate::timestamp::Timestamp;
+
+const ODATA_CONTEXT: &str = "https://api.securitycenter.microsoft.com/api/$metadata#Alerts";
+const ROLE: &str = "Alert.Read.All";
+
+pub(super) async fn accept_loop(sim: Arc<Simulator>, listener: TcpListener) {
+    // connections live in the set, so aborting this task (SimServer drop) closes them too
+    let mut conns = JoinSet::new();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "simulator accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        while conns.try_join_next().is_some() {}
+        let sim = Arc::clone(&sim);
+        conns.spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let sim = Arc::clone(&sim);
+                async move { Ok::<_, Infallible>(handle(&sim, req).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, "simulator connection ended");
+            }
+        });
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    body: String,
+    content_type: &'static str,
+    tenant: Option<String>,
+    alerts: usize,
+    endpoint: Endpoint,
+    www_authenticate: bool,
+}
+
+impl Answer {
+    fn new(endpoint: Endpoint, status: StatusCode, body: String) -> Self {
+        Self {
+            status,
+            body,
+            content_type: "application/json; charset=utf-8",
+            tenant: None,
+            alerts: 0,
+            endpoint,
+            www_authenticate: false,
+        }
+    }
+}
+
+async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let at = sim.now();
+    let method = req.method().clone();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let segments: Vec<&str> = path.split('/').collect();
+
+    let answer = match (&method, segments.as_slice()) {
+        (&Method::POST, ["", tenant, "oauth2", "v2.0", "token"]) => {
+            let tenant = (*tenant).to_owned();
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "simulator token body unreadable");
+                    Bytes::new()
+                }
+            };
+            sim.token(&tenant, &body)
+        }
+        (&Method::GET, ["", api, "alerts"] | ["", api, "v1.0", "alerts"])
+            if api.eq_ignore_ascii_case("api") =>
+        {
+            let auth = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let answer = sim.alerts(auth.as_deref(), query.as_deref());
+            if let Some((clock, by)) = &sim.cfg.advance_per_request {
+                clock.advance(*by);
+            }
+            answer
+        }
+        (&Method::GET, ["", "_sim", "truth", tenant]) => {
+            if sim.lock().tenants.contains_key(&key(tenant)) {
+                let body = serde_json::to_string(&sim.truth(tenant)).expect("map serialises");
+                let mut a = Answer::new(Endpoint::Other, StatusCode::OK, body);
+                a.tenant = Some((*tenant).to_owned());
+                a
+            } else {
+                mde_error(
+                    Endpoint::Other,
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("Tenant {tenant} is not simulated"),
+                )
+            }
+        }
+        _ => mde_error(
+            Endpoint::Other,
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("No route for {method} {path}"),
+        ),
+    };
+
+    sim.lock().log.push((
+        answer.endpoint,
+        RequestRecord {
+            at,
+            tenant: answer.tenant,
+            method: method.to_string(),
+            path_and_query,
+            status: answer.status.as_u16(),
+            alerts_returned: answer.alerts,
+        },
+    ));
+    let mut resp = Response::new(Full::new(Bytes::from(answer.body)));
+    *resp.status_mut() = answer.status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
+    if answer.www_authenticate {
+        resp.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+    }
+    resp
+}
+
+/// The MDE error envelope (`docs/mde-api.md` section 7); `target` is a per-request correlation id.
+fn mde_error(endpoint: Endpoint, status: StatusCode, code: &str, message: &str) -> Answer {
+    let target = guid(&mut fastrand::Rng::new());
+    let body = serde_json::json!({
+        "error": { "code": code, "message": message, "target": target }
+    });
+    Answer::new(endpoint, status, body.to_string())
+}
+
+/// The Entra error body, keys in the order Entra writes them.
+#[derive(Serialize)]
+struct EntraError<'a> {
+    error: &'a str,
+    error_description: String,
+    error_codes: [u32; 1],
+    timestamp: &'a str,
+    trace_id: &'a str,
+    correlation_id: &'a str,
+    error_uri: String,
+}
+
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    token_type: &'a str,
+    expires_in: i64,
+    ext_expires_in: i64,
+    access_token: String,
+}
+
+/// Claims of a v1 MDE app token (`docs/mde-api.md` section 5).
+#[derive(Serialize)]
+struct Claims<'a> {
+    aud: &'a str,
+    iss: String,
+    iat: i64,
+    nbf: i64,
+    exp: i64,
+    appid: &'a str,
+    appidacr: &'a str,
+    idp: String,
+    idtyp: &'a str,
+    oid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    roles: Option<[&'a str; 1]>,
+    sub: &'a str,
+    tid: &'a str,
+    uti: String,
+    ver: &'a str,
+}
+
+impl Simulator {
+    fn token(&self, tenant: &str, body: &[u8]) -> Answer {
+        let form: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(body).into_owned().collect();
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        let (client_id, secret, grant, scope) = (
+            field("client_id"),
+            field("client_secret"),
+            field("grant_type"),
+            field("scope"),
+        );
+        let now_dt = self.cfg.clock.now();
+        let mut st = self.lock();
+        let known = st.tenants.get(&key(tenant)).map(|t| t.cfg.kind);
+        let fail = |st: &mut super::State,
+                    status: StatusCode,
+                    error: &str,
+                    code: u32,
+                    msg: String| {
+            let trace = guid(&mut st.rng);
+            let corr = guid(&mut st.rng);
+            let stamp = format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}Z",
+                now_dt.year(),
+                u8::from(now_dt.month()),
+                now_dt.day(),
+                now_dt.hour(),
+                now_dt.minute(),
+                now_dt.second()
+            );
+            let body = EntraError {
+                error,
+                error_description: format!(
+                    "AADSTS{code}: {msg}\r\nTrace ID: {trace}\r\nCorrelation ID: {corr}\r\nTimestamp: {stamp}"
+                ),
+                error_codes: [code],
+                timestamp: &stamp,
+                trace_id: &trace,
+                correlation_id: &corr,
+                error_uri: format!("https://login.microsoftonline.com/error?code={code}"),
+            };
+            let mut a = Answer::new(
+                Endpoint::Token,
+                status,
+                serde_json::to_string(&body).expect("error serialises"),
+            );
+            a.tenant = Some(tenant.to_owned());
+            a
+        };
+        let bad = StatusCode::BAD_REQUEST;
+        let kind = match known {
+            None | Some(TenantKind::NotFound) => {
+                return fail(
+                    &mut st,
+                    bad,
+                    "invalid_request",
+                    90002,
+                    format!(
+                        "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant."
+                    ),
+                );
+            }
+            Some(kind) => kind,
+        };
+        if client_id != self.cfg.client_id || kind == TenantKind::NotConsented {
+            return fail(
+                &mut st,
+                bad,
+                "unauthorized_client",
+                700016,
+                format!(
+                    "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
+                ),
+            );
+        }
+        if secret != self.cfg.client_secret {
+            return fail(
+                &mut st,
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000215,
+                format!(
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                ),
+            );
+        }
+        if grant != "client_credentials" {
+            return fail(
+                &mut st,
+                bad,
+                "unsupported_grant_type",
+                70003,
+                format!("The app requested an unsupported grant type '{grant}'."),
+            );
+        }
+        let Some(aud) = scope.strip_suffix("/.default").filter(|a| !a.is_empty()) else {
+            return fail(
+                &mut st,
+                bad,
+                "invalid_scope",
+                70011,
+                format!(
+                    "The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid. The .default scope is required for the client credentials flow."
+                ),
+            );
+        };
+        if kind == TenantKind::NotProvisioned {
+            return fail(
+                &mut st,
+                bad,
+                "invalid_resource",
+                500011,
+                format!(
+                    "The resource principal named {aud} was not found in the tenant named {tenant}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant."
+                ),
+            );
+        }
+
+        let has_role = kind != TenantKind::NoRole;
+        let lifetime = self.cfg.token_lifetime.whole_seconds();
+        let iat = now_dt.unix_timestamp();
+        let exp = iat + lifetime;
+        // the service principal's object id is fixed per tenant, as in a real directory
+        let sp = guid(&mut fastrand::Rng::with_seed(order_hash(
+            &key(tenant),
+            "sp",
+        )));
+        let uti: String = super::generate::hex(&mut st.rng, 22);
+        let claims = Claims {
+            aud,
+            iss: format!("https://sts.windows.net/{tenant}/"),
+            iat,
+            nbf: iat,
+            exp,
+            appid: client_id,
+            appidacr: "1",
+            idp: format!("https://sts.windows.net/{tenant}/"),
+            idtyp: "app",
+            oid: &sp,
+            roles: has_role.then_some([ROLE]),
+            sub: &sp,
+            tid: tenant,
+            uti,
+            ver: "1.0",
+        };
+        let header = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"RS256","x5t":"sim"}"#);
+        let payload =
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialise"));
+        let signature: Vec<u8> = (0..256).map(|_| st.rng.u8(..)).collect();
+        let token = format!("{header}.{payload}.{}", URL_SAFE_NO_PAD.encode(signature));
+        st.tokens.insert(
+            token.clone(),
+            TokenInfo {
+                tenant: tenant.to_owned(),
+                exp: Timestamp::from_datetime(
+                    time::OffsetDateTime::from_unix_timestamp(exp).unwrap_or(now_dt),
+                ),
+                has_role,
+            },
+        );
+        let body = TokenResponse {
+            token_type: "Bearer",
+            expires_in: lifetime,
+            ext_expires_in: lifetime,
+            access_token: token,
+        };
+        let mut a = Answer::new(
+            Endpoint::Token,
+            StatusCode::OK,
+            serde_json::to_string(&body).expect("token serialises"),
+        );
+        a.tenant = Some(tenant.to_owned());
+        a
+    }
+
+    fn alerts(&self, auth: Option<&str>, query: Option<&str>) -> Answer {
+        let now = self.now();
+        let mut st = self.lock();
+        let token = auth
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        let info = token.and_then(|t| st.tokens.get(t)).cloned();
+        let unauthorized = |tenant: Option<String>, msg: &str| {
+            let mut a = mde_error(
+                Endpoint::Alerts,
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                msg,
+            );
+            a.tenant = tenant;
+            a.www_authenticate = true;
+            a
+        };
+        let Some(info) = info else {
+            return unauthorized(None, "Authorization token is missing or invalid.");
+        };
+        if info.exp <= now {
+            return unauthorized(Some(info.tenant), "Authorization token has expired.");
+        }
+        if !info.has_role {
+            let mut a = mde_error(
+                Endpoint::Alerts,
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "The application is missing Alert.Read.All: it does not have any of the required application permissions (Alert.ReadWrite.All, Alert.Read.All) to access the resource.",
+            );
+            a.tenant = Some(info.tenant);
+            return a;
+        }
+        let q = match parse_query(query) {
+            Ok(q) => q,
+            Err(msg) => {
+                let mut a = mde_error(
+                    Endpoint::Alerts,
+                    StatusCode::BAD_REQUEST,
+                    "ODataError",
+                    &msg,
+                );
+                a.tenant = Some(info.tenant);
+                return a;
+            }
+        };
+        if st.changes_enabled && self.cfg.changes_per_request > 0 {
+            st.change_random(
+                &info.tenant,
+                self.cfg.changes_per_request,
+                now,
+                self.cfg.max_lag,
+            );
+        }
+        let ts = st
+            .tenants
+            .get_mut(&key(&info.tenant))
+            .expect("tokens are only issued for simulated tenants");
+        let mut body = String::with_capacity(64 * 1024);
+        body.push_str("{\"@odata.context\":\"");
+        body.push_str(ODATA_CONTEXT);
+        body.push_str("\",\"value\":[");
+        let mut matched = 0usize;
+        let mut returned = 0usize;
+        for rec in ts.alerts.values_mut() {
+            if returned >= q.top {
+                break;
+            }
+            let Some(v) = rec.shown(now) else { continue };
+            if !q.matches(v.last_update) {
+                continue;
+            }
+            matched += 1;
+            if matched <= q.skip {
+                continue;
+            }
+            if returned > 0 {
+                body.push(',');
+            }
+            v.write(q.expand_evidence, &mut body);
+            returned += 1;
+        }
+        body.push_str("]}");
+        let mut a = Answer::new(Endpoint::Alerts, StatusCode::OK, body);
+        a.content_type = "application/json; odata.metadata=minimal; odata.streaming=true; IEEE754Compatible=false; charset=utf-8";
+        a.tenant = Some(info.tenant);
+        a.alerts = returned;
+        a
+    }
+}

@@ -1,0 +1,336 @@
+//! The SQLite backend: one file, WAL journal, a busy timeout so concurrent tenants queue for the
+//! write lock instead of failing, and write transactions opened `IMMEDIATE` so they never have to
+//! upgrade a read lock mid-way.
+
+use std::{borrow::Cow, collections::BTreeMap, str::FromStr, sync::LazyLock, time::Duration};
+
+use sqlx::{
+    AssertSqlSafe, Row, Sqlite, SqlSafeStr, SqlitePool,
+    migrate::{Migration, MigrationType, Migrator},
+    query::Query,
+    sqlite::{SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+use super::{RunReport, Store, StoreError, TenantStatus};
+use crate::{
+    BoxFuture,
+    mde::model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Val},
+    tenant::{Tenant, TenantId},
+    timestamp::Timestamp,
+};
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../../migrations/sqlite/0001_initial.sql"),
+)];
+
+fn migrator() -> Migrator {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|(version, desc, sql)| {
+            Migration::new(*version, Cow::Borrowed(desc), MigrationType::Simple, AssertSqlSafe(*sql).into_sql_str(), false)
+        })
+        .collect::<Vec<_>>();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
+}
+
+/// The alert upsert. A row is replaced only by a version that is newer, or equally new with
+/// different content (re-reading the overlap window then costs no writes).
+static UPSERT_ALERT: LazyLock<String> = LazyLock::new(|| {
+    let cols: Vec<&str> = ALERT_COLUMNS.iter().map(|c| c.0).collect();
+    let placeholders = vec!["?"; cols.len() + 5].join(", ");
+    let updates: Vec<String> = cols
+        .iter()
+        .chain(["raw", "synced_at"].iter())
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO alerts (tenant_id, id, {}, raw, first_seen_at, synced_at) VALUES ({placeholders}) \
+         ON CONFLICT (tenant_id, id) DO UPDATE SET {} \
+         WHERE alerts.last_update_time IS NULL \
+            OR (excluded.last_update_time IS NOT NULL AND (excluded.last_update_time > alerts.last_update_time \
+                OR (excluded.last_update_time = alerts.last_update_time AND excluded.raw <> alerts.raw)))",
+        cols.join(", "),
+        updates.join(", ")
+    )
+});
+
+static INSERT_EVIDENCE: LazyLock<String> = LazyLock::new(|| {
+    let cols: Vec<&str> = EVIDENCE_COLUMNS.iter().map(|c| c.0).collect();
+    format!(
+        "INSERT INTO alert_evidence (tenant_id, alert_id, position, {}, raw) VALUES ({})",
+        cols.join(", "),
+        vec!["?"; cols.len() + 4].join(", ")
+    )
+});
+
+fn bind_val<'q>(q: Query<'q, Sqlite, SqliteArguments>, v: &Val) -> Query<'q, Sqlite, SqliteArguments> {
+    match v {
+        Val::Text(t) | Val::Json(t) => q.bind(t.clone()),
+        Val::Int(i) => q.bind(*i),
+        Val::Time(t) => q.bind(t.map(|t| t.to_db())),
+    }
+}
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            migrator().run(&self.pool).await?;
+            sqlx::query("UPDATE sync_runs SET outcome = 'abandoned' WHERE outcome = 'running'")
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn prepare_tenant<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Option<Timestamp>, StoreError>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO sync_state (tenant_id, tenant_name, updated_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET tenant_name = excluded.tenant_name",
+            )
+            .bind(tenant.id.as_str())
+            .bind(&tenant.name)
+            .bind(now.to_db())
+            .execute(&self.pool)
+            .await?;
+            let wm: Option<String> = sqlx::query_scalar("SELECT watermark FROM sync_state WHERE tenant_id = ?")
+                .bind(tenant.id.as_str())
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(wm.and_then(|w| Timestamp::parse(&w).ok()))
+        })
+    }
+
+    fn start_run<'a>(&'a self, tenant: &'a TenantId, now: Timestamp) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Box::pin(async move {
+            let wm: Option<String> = sqlx::query_scalar("SELECT watermark FROM sync_state WHERE tenant_id = ?")
+                .bind(tenant.as_str())
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten();
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO sync_runs (tenant_id, started_at, watermark_before) VALUES (?, ?, ?) RETURNING id",
+            )
+            .bind(tenant.as_str())
+            .bind(now.to_db())
+            .bind(wm)
+            .fetch_one(&self.pool)
+            .await?;
+            sqlx::query("UPDATE sync_state SET last_attempt_at = ?, updated_at = ? WHERE tenant_id = ?")
+                .bind(now.to_db())
+                .bind(now.to_db())
+                .bind(tenant.as_str())
+                .execute(&self.pool)
+                .await?;
+            Ok(id)
+        })
+    }
+
+    fn commit<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        alerts: &'a [AlertRow],
+        watermark: Option<Timestamp>,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let now_text = now.to_db();
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut written = 0u64;
+            for a in alerts {
+                let mut q = sqlx::query(AssertSqlSafe(UPSERT_ALERT.as_str()))
+                    .bind(tenant.as_str())
+                    .bind(&a.id);
+                for v in &a.values {
+                    q = bind_val(q, v);
+                }
+                let res = q
+                    .bind(&a.raw)
+                    .bind(&now_text)
+                    .bind(&now_text)
+                    .execute(&mut *tx)
+                    .await?;
+                if res.rows_affected() == 0 {
+                    continue; // the stored version is newer (or the same): keep it and its evidence
+                }
+                written += 1;
+                sqlx::query("DELETE FROM alert_evidence WHERE tenant_id = ? AND alert_id = ?")
+                    .bind(tenant.as_str())
+                    .bind(&a.id)
+                    .execute(&mut *tx)
+                    .await?;
+                for (pos, e) in a.evidence.iter().enumerate() {
+                    let mut q = sqlx::query(AssertSqlSafe(INSERT_EVIDENCE.as_str()))
+                        .bind(tenant.as_str())
+                        .bind(&a.id)
+                        .bind(pos as i64);
+                    for v in &e.values {
+                        q = bind_val(q, v);
+                    }
+                    q.bind(&e.raw).execute(&mut *tx).await?;
+                }
+            }
+            if let Some(wm) = watermark {
+                // MAX keeps the watermark monotonic even if a caller passed an older one.
+                sqlx::query(
+                    "UPDATE sync_state SET watermark = MAX(COALESCE(watermark, ''), ?), updated_at = ? WHERE tenant_id = ?",
+                )
+                .bind(wm.to_db())
+                .bind(&now_text)
+                .bind(tenant.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(written)
+        })
+    }
+
+    fn finish_run<'a>(&'a self, r: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let at = r.finished_at.to_db();
+            sqlx::query(
+                "UPDATE sync_runs SET finished_at = ?, outcome = ?, alerts_received = ?, alerts_written = ?, \
+                 alerts_rejected = ?, pages = ?, watermark_after = ?, error = ? WHERE id = ?",
+            )
+            .bind(&at)
+            .bind(if r.ok { "ok" } else { "failed" })
+            .bind(r.alerts_received as i64)
+            .bind(r.alerts_written as i64)
+            .bind(r.alerts_rejected as i64)
+            .bind(r.pages as i64)
+            .bind(r.watermark_after.map(|w| w.to_db()))
+            .bind(&r.error)
+            .bind(r.run_id)
+            .execute(&mut *tx)
+            .await?;
+            if r.ok {
+                sqlx::query(
+                    "UPDATE sync_state SET health = 'ok', last_success_at = ?, consecutive_failures = 0, updated_at = ? \
+                     WHERE tenant_id = ?",
+                )
+                .bind(&at)
+                .bind(&at)
+                .bind(r.tenant.as_str())
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                sqlx::query(
+                    "UPDATE sync_state SET health = ?, last_error = ?, last_error_at = ?, \
+                     consecutive_failures = consecutive_failures + 1, updated_at = ? WHERE tenant_id = ?",
+                )
+                .bind(&r.health)
+                .bind(&r.error)
+                .bind(&at)
+                .bind(&at)
+                .bind(r.tenant.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn status(&self) -> BoxFuture<'_, Result<Vec<TenantStatus>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT s.tenant_id, s.tenant_name, s.health, s.watermark, s.last_success_at, s.last_error, \
+                        s.last_error_at, s.consecutive_failures, \
+                        (SELECT COUNT(*) FROM alerts a WHERE a.tenant_id = s.tenant_id) AS alerts, \
+                        (SELECT COUNT(*) FROM alerts a WHERE a.tenant_id = s.tenant_id AND a.status <> 'Resolved') AS open_alerts \
+                 FROM sync_state s ORDER BY s.tenant_name, s.tenant_id",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok(TenantStatus {
+                        tenant_id: r.try_get("tenant_id")?,
+                        tenant_name: r.try_get("tenant_name")?,
+                        health: r.try_get("health")?,
+                        watermark: r.try_get("watermark")?,
+                        last_success_at: r.try_get("last_success_at")?,
+                        last_error: r.try_get("last_error")?,
+                        last_error_at: r.try_get("last_error_at")?,
+                        consecutive_failures: r.try_get("consecutive_failures")?,
+                        alerts: r.try_get("alerts")?,
+                        open_alerts: r.try_get("open_alerts")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn alert_raws<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<BTreeMap<String, String>, StoreError>> {
+        Box::pin(async move {
+            let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, raw FROM alerts WHERE tenant_id = ?")
+                .bind(tenant.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+            Ok(rows.into_iter().collect())
+        })
+    }
+
+    fn evidence_raws<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> BoxFuture<'a, Result<Vec<(String, i64, String)>, StoreError>> {
+        Box::pin(async move {
+            Ok(sqlx::query_as(
+                "SELECT alert_id, position, raw FROM alert_evidence WHERE tenant_id = ? ORDER BY alert_id, position",
+            )
+            .bind(tenant.as_str())
+            .fetch_all(&self.pool)
+            .await?)
+        })
+    }
+
+    fn severity_counts(&self) -> BoxFuture<'_, Result<Vec<(String, String, i64)>, StoreError>> {
+        Box::pin(async move {
+            Ok(sqlx::query_as(
+                "SELECT tenant_id, COALESCE(severity, '(none)'), COUNT(*) FROM alerts GROUP BY 1, 2 ORDER BY 1, 2",
+            )
+            .fetch_all(&self.pool)
+            .await?)
+        })
+    }
+}

@@ -1,0 +1,575 @@
+//! The incremental sync: how one tenant's alerts get from the API into the store without loss,
+//! without duplicates and without an older version ever replacing a newer one.
+//!
+//! # What the API gives us, and what it does not
+//! `GET /api/alerts` filters on `lastUpdateTime`, takes `$top` (at most 10,000) and `$skip`, and
+//! promises no order and no `@odata.nextLink`. Changes become visible some time after their
+//! `lastUpdateTime` (indexing lag), alerts change while we page, and a bulk action can give more
+//! alerts one identical `lastUpdateTime` than fit in a page. Timestamps carry 0 to 7 fractional
+//! digits; we compare them as instants ([`Timestamp`]), never as text.
+//!
+//! # Assumptions (A1–A3)
+//! - **A1** A response is a snapshot: every alert matching the filter at that moment whose rank
+//!   lies in `[skip, skip + top)` is in it.
+//! - **A2** Every alert version has a `lastUpdateTime` no later than the moment it becomes visible,
+//!   and becomes visible at most `L = sync.lag_allowance` after it (L also absorbs clock skew).
+//!   A change made at time `c` therefore carries a `lastUpdateTime` of about `c`, which is later
+//!   than any moment before `c`.
+//! - **A3** For a fixed filter, the order results come in is stable while the matching set does
+//!   not change (it is arbitrary, but `$skip` is meaningful). Only the rare single-instant burst
+//!   relies on A3, and even there a violation is detected, not silently absorbed.
+//!
+//! # The watermark
+//! Each tenant has a watermark `W` in the store, meaning: *every alert whose current version has
+//! `lastUpdateTime < W` is stored at that version or a newer one.* It is written in the same
+//! transaction as the alerts that justify it, and it only moves forward.
+//!
+//! # One run
+//! 1. Note the run's start `q0` (now) and the run's ceiling `C = q0 − L`. Read the window
+//!    `[W − 0, q0]` (`[now − initial_lookback, q0]` for a new tenant) as the half-open
+//!    `[W, q0 + 1 tick)`.
+//! 2. Fetch a window `[a, b)` with `$top = P`. If fewer than `P` alerts come back, the response is
+//!    the whole window (A1): upsert them and set `W = min(b, C)` in the same transaction.
+//! 3. If the page is full, the window holds at least `P` alerts and we cannot know which are
+//!    missing. Nothing from it is trusted for the watermark: split the window at the median
+//!    `lastUpdateTime` of the page (a cheap estimate of where half the window's alerts lie) and
+//!    process `[a, m)` then `[m, b)`, depth first, earliest first — so windows complete in time
+//!    order and `W` can advance after each.
+//! 4. A full window that is a single 100 ns instant (a bulk update of more than `P` alerts) cannot
+//!    be split: it is paged with `$skip` in steps of `P − K`, so consecutive pages overlap by `K`
+//!    alerts. Each new page must contain one of the previous page's last `K` ids; that proves no
+//!    alert slid past the page boundary (under A3 the set can only shrink while we page, see
+//!    below). If the check fails the instant is paged again from the start, a few times at most,
+//!    and otherwise the run fails without moving `W`.
+//! 5. Following a `@odata.nextLink`, if the API ever sends one, is treated as paging the same
+//!    window.
+//!
+//! # Why no alert is lost
+//! Take any alert `x` and its current version `v` with `lastUpdateTime t`. We show that `x` is
+//! stored at `v` or newer once a run has completed with `W > t`.
+//! - If `t < W` before the run, the invariant already holds for `x` (induction over runs; it holds
+//!   trivially for the first run's start `now − initial_lookback`, before which MDE keeps nothing
+//!   that we are asked for).
+//! - Otherwise `t` lies in some completed leaf window `[a, b)` with `b ≤ q0 + 1 tick`, and `W` only
+//!   passes `t` if `t < min(b, C) ≤ q0 − L`. So `v` was visible before the run started (A2), and it
+//!   was current when the leaf was read unless `x` changed meanwhile. If it did not change, the
+//!   leaf's response contained it (A1 for plain windows, the overlap check for instants). If it did
+//!   change at time `c ≥ q0`, its new version has `lastUpdateTime ≈ c > C ≥ W`, so a later run reads
+//!   it — and `v` was not the current version after all.
+//! - Alerts that move out of a window while we page it (they were updated) can shift `$skip`
+//!   offsets and make later alerts slide into pages already read. Plain windows are read in one
+//!   request, so nothing can slide. Instants are the only place we page with `$skip`, and the
+//!   overlap check catches every slide (a slide of fewer than `K` positions keeps an overlap id on
+//!   the new page; a larger one loses all of them and triggers a re-read). Alerts *entering* an
+//!   instant while we page it are late-visible versions, so `t > q0 − L = C` and `W` stays below them.
+//! - A kill at any moment loses at most the uncommitted transaction; `W` only ever covers committed
+//!   alerts, so the next run re-reads from the last committed `W`.
+//!
+//! # Why nothing goes stale or doubles
+//! Rows are keyed by `(tenant_id, id)`, and the store writes a version only if its
+//! `lastUpdateTime` is not older than the stored one. Re-reading the overlap `[C, q0]` every run is
+//! therefore harmless, and the runs of one tenant never overlap (see [`Syncer::sync_all`]).
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use tokio::{sync::Semaphore, task::JoinSet};
+use tracing::Instrument;
+
+use crate::{
+    clock::SharedClock,
+    config::SyncSettings,
+    mde::{
+        AlertSource, ApiError, Page, WindowQuery,
+        model::{AlertRow, parse_alert},
+    },
+    store::{RunReport, SharedStore, StoreError},
+    tenant::{Tenant, TenantId},
+    timestamp::Timestamp,
+};
+
+/// How many times an instant is paged again after its overlap check failed.
+const INSTANT_RESTARTS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "{count} alerts share lastUpdateTime {instant} and kept changing while they were paged ({restarts} attempts): will retry next run"
+    )]
+    UnstableInstant {
+        instant: Timestamp,
+        count: usize,
+        restarts: usize,
+    },
+}
+
+impl SyncError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Api(e) => e.label(),
+            Self::Store(_) => "database-error",
+            Self::UnstableInstant { .. } => "transient",
+        }
+    }
+}
+
+/// The result of one tenant's run.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub tenant: TenantId,
+    pub tenant_name: String,
+    /// `None` when the run was skipped because the previous one was still going.
+    pub ok: Option<bool>,
+    pub health: String,
+    pub error: Option<String>,
+    pub alerts_received: u64,
+    pub alerts_written: u64,
+    pub alerts_rejected: u64,
+    pub pages: u64,
+    pub duration_ms: u64,
+    pub watermark: Option<Timestamp>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    received: u64,
+    written: u64,
+    rejected: u64,
+    pages: u64,
+    watermark: Option<Timestamp>,
+}
+
+/// Runs the algorithm for any number of tenants against one source and one store.
+pub struct Syncer {
+    pub store: SharedStore,
+    pub source: Arc<dyn AlertSource>,
+    pub clock: SharedClock,
+    pub settings: SyncSettings,
+    running: Mutex<HashSet<TenantId>>,
+}
+
+/// Removes a tenant from the running set when its run ends, however it ends.
+struct RunningGuard<'a> {
+    set: &'a Mutex<HashSet<TenantId>>,
+    tenant: TenantId,
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.set.lock().expect("running set").remove(&self.tenant);
+    }
+}
+
+impl Syncer {
+    pub fn new(store: SharedStore, source: Arc<dyn AlertSource>, clock: SharedClock, settings: SyncSettings) -> Self {
+        Self {
+            store,
+            source,
+            clock,
+            settings,
+            running: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp::from_datetime(self.clock.now())
+    }
+
+    /// How many tenants have a run in progress.
+    pub fn running_count(&self) -> usize {
+        self.running.lock().expect("running set").len()
+    }
+
+    /// One run for every enabled tenant, at most `sync.max_concurrent_tenants` at a time. A tenant
+    /// whose previous run is still going is skipped, never started twice; one tenant's failure or
+    /// slowness does not hold up the others beyond the concurrency limit.
+    pub async fn sync_all(self: &Arc<Self>, tenants: &[Tenant]) -> Vec<RunOutcome> {
+        let permits = Arc::new(Semaphore::new(self.settings.max_concurrent_tenants.max(1)));
+        let mut set = JoinSet::new();
+        for (i, tenant) in tenants.iter().filter(|t| t.enabled).cloned().enumerate() {
+            let this = Arc::clone(self);
+            let permits = Arc::clone(&permits);
+            set.spawn(async move {
+                let _permit = permits.acquire_owned().await.expect("semaphore open");
+                (i, this.sync_tenant(&tenant).await)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(res) = set.join_next().await {
+            match res {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::error!(error = %e, "tenant task panicked"),
+            }
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// One run for one tenant, recorded in `sync_runs` and `sync_state`.
+    pub async fn sync_tenant(&self, tenant: &Tenant) -> RunOutcome {
+        let span = tracing::info_span!("tenant_run", tenant = %tenant.id, tenant_name = %tenant.name);
+        self.sync_tenant_inner(tenant).instrument(span).await
+    }
+
+    async fn sync_tenant_inner(&self, tenant: &Tenant) -> RunOutcome {
+        let started = Instant::now();
+        let mut outcome = RunOutcome {
+            tenant: tenant.id.clone(),
+            tenant_name: tenant.name.clone(),
+            ok: None,
+            health: "skipped".into(),
+            error: None,
+            alerts_received: 0,
+            alerts_written: 0,
+            alerts_rejected: 0,
+            pages: 0,
+            duration_ms: 0,
+            watermark: None,
+        };
+        if !self.running.lock().expect("running set").insert(tenant.id.clone()) {
+            tracing::warn!("previous run still in progress, skipping this one");
+            return outcome;
+        }
+        let _guard = RunningGuard {
+            set: &self.running,
+            tenant: tenant.id.clone(),
+        };
+
+        let mut c = Counters::default();
+        let (before, run_id, result) = match self.begin(tenant).await {
+            Ok((before, run_id)) => {
+                c.watermark = before;
+                let result = self.run(tenant, before, &mut c).await;
+                (before, Some(run_id), result)
+            }
+            Err(e) => (None, None, Err(SyncError::Store(e))),
+        };
+        outcome.ok = Some(result.is_ok());
+        outcome.health = match &result {
+            Ok(()) => "ok".into(),
+            Err(e) => e.label().into(),
+        };
+        outcome.error = result.as_ref().err().map(|e| e.to_string());
+        outcome.alerts_received = c.received;
+        outcome.alerts_written = c.written;
+        outcome.alerts_rejected = c.rejected;
+        outcome.pages = c.pages;
+        outcome.watermark = c.watermark;
+        outcome.duration_ms = started.elapsed().as_millis() as u64;
+
+        if let Some(run_id) = run_id {
+            let report = RunReport {
+                run_id,
+                tenant: tenant.id.clone(),
+                finished_at: self.now(),
+                ok: result.is_ok(),
+                health: outcome.health.clone(),
+                alerts_received: c.received,
+                alerts_written: c.written,
+                alerts_rejected: c.rejected,
+                pages: c.pages,
+                watermark_before: before,
+                watermark_after: c.watermark,
+                error: outcome.error.clone(),
+            };
+            if let Err(e) = self.store.finish_run(&report).await {
+                tracing::error!(error = %e, "cannot record the run's outcome");
+            }
+        }
+        match &outcome.error {
+            None => tracing::info!(
+                tenant = %tenant.id,
+                tenant_name = %tenant.name,
+                alerts = c.received,
+                written = c.written,
+                rejected = c.rejected,
+                pages = c.pages,
+                duration_ms = outcome.duration_ms,
+                watermark = %c.watermark.map(|w| w.to_db()).unwrap_or_default(),
+                "tenant synced"
+            ),
+            Some(e) => tracing::error!(
+                tenant = %tenant.id,
+                tenant_name = %tenant.name,
+                health = %outcome.health,
+                error = %e,
+                alerts = c.received,
+                written = c.written,
+                pages = c.pages,
+                duration_ms = outcome.duration_ms,
+                "tenant sync failed"
+            ),
+        }
+        outcome
+    }
+
+    async fn begin(&self, tenant: &Tenant) -> Result<(Option<Timestamp>, i64), StoreError> {
+        let now = self.now();
+        let before = self.store.prepare_tenant(tenant, now).await?;
+        let run_id = self.store.start_run(&tenant.id, now).await?;
+        Ok((before, run_id))
+    }
+
+    /// Steps 1–5 of the module documentation.
+    async fn run(&self, tenant: &Tenant, watermark: Option<Timestamp>, c: &mut Counters) -> Result<(), SyncError> {
+        let q0 = self.now();
+        let ceiling = q0.minus(self.settings.lag_allowance);
+        let from = watermark.unwrap_or_else(|| q0.minus(self.settings.initial_lookback));
+        let to = q0.plus_ticks(1);
+        let page_size = self.settings.page_size;
+        let mut progress = Progress::new();
+
+        // Windows still to read, the earliest on top.
+        let mut stack = vec![(from, to)];
+        while let Some((a, b)) = stack.pop() {
+            let q = WindowQuery {
+                from: a,
+                to: b,
+                top: page_size,
+                skip: 0,
+                expand_evidence: self.settings.expand_evidence,
+            };
+            let page = self.source.fetch(&tenant.id, &q).await?;
+            c.pages += 1;
+            c.received += page.alerts.len() as u64;
+
+            if page.next_link.is_some() {
+                self.follow_links(tenant, page, c).await?;
+            } else if page.alerts.len() < page_size {
+                let rows = self.accept(tenant, &page, c);
+                self.commit(tenant, &rows, Some(a), b, ceiling, c).await?;
+            } else if b.ticks() - a.ticks() <= 1 {
+                self.read_instant(tenant, a, page, c).await?;
+                self.commit(tenant, &[], Some(a), b, ceiling, c).await?;
+            } else {
+                let m = split_point(&page, a, b);
+                tracing::debug!(from = %a, to = %b, split = %m, "window full, splitting");
+                stack.push((m, b));
+                stack.push((a, m));
+            }
+            progress.tick(c, stack.len(), b);
+        }
+        Ok(())
+    }
+
+    /// Parses a page, refusing malformed alerts and alerts of another tenant one by one.
+    fn accept(&self, tenant: &Tenant, page: &Page, c: &mut Counters) -> Vec<AlertRow> {
+        let mut rows = Vec::with_capacity(page.alerts.len());
+        for raw in &page.alerts {
+            match parse_alert(raw) {
+                Ok(row) => {
+                    if let Some(aad) = &row.aad_tenant_id
+                        && !aad.eq_ignore_ascii_case(tenant.id.as_str())
+                    {
+                        c.rejected += 1;
+                        tracing::error!(alert_id = %row.id, aad_tenant_id = %aad, "alert belongs to another tenant, refused");
+                        continue;
+                    }
+                    rows.push(row);
+                }
+                Err(e) => {
+                    c.rejected += 1;
+                    tracing::warn!(alert_id = %e.id.as_deref().unwrap_or(""), reason = %e.reason, "malformed alert skipped");
+                }
+            }
+        }
+        rows
+    }
+
+    /// Writes `rows` and, when the window `[a, b)` is complete and every earlier window too, raises
+    /// the watermark to `min(b, ceiling)` in the same transaction.
+    async fn commit(
+        &self,
+        tenant: &Tenant,
+        rows: &[AlertRow],
+        complete_from: Option<Timestamp>,
+        b: Timestamp,
+        ceiling: Timestamp,
+        c: &mut Counters,
+    ) -> Result<(), SyncError> {
+        let new_wm = complete_from.map(|_| b.min(ceiling)).filter(|w| c.watermark.is_none_or(|old| *w > old));
+        if rows.is_empty() && new_wm.is_none() {
+            return Ok(());
+        }
+        c.written += self.store.commit(&tenant.id, rows, new_wm, self.now()).await?;
+        if let Some(w) = new_wm {
+            c.watermark = Some(w);
+        }
+        Ok(())
+    }
+
+    /// A window that returned a `@odata.nextLink`: the source pages for us.
+    async fn follow_links(&self, tenant: &Tenant, mut page: Page, c: &mut Counters) -> Result<(), SyncError> {
+        loop {
+            let rows = self.accept(tenant, &page, c);
+            c.written += self.store.commit(&tenant.id, &rows, None, self.now()).await?;
+            let Some(link) = page.next_link.take() else {
+                return Ok(());
+            };
+            page = self.source.fetch_link(&tenant.id, &link).await?;
+            c.pages += 1;
+            c.received += page.alerts.len() as u64;
+        }
+    }
+
+    /// Step 4: pages a single instant holding more alerts than a page, with overlapping `$skip`
+    /// pages whose overlap proves continuity. Writes what it reads; the caller moves the
+    /// watermark once this returns.
+    async fn read_instant(&self, tenant: &Tenant, t: Timestamp, first: Page, c: &mut Counters) -> Result<(), SyncError> {
+        let page_size = self.settings.page_size;
+        let overlap = (page_size / 10).clamp(1, 500).min(page_size.saturating_sub(1)).max(1);
+        let step = page_size.saturating_sub(overlap).max(1);
+        let mut first = Some(first);
+        let mut seen = 0usize;
+        for attempt in 0..=INSTANT_RESTARTS {
+            let mut skip = 0usize;
+            let mut tail: Vec<String> = Vec::new();
+            let mut continuous = true;
+            seen = 0;
+            loop {
+                let page = match first.take() {
+                    Some(p) if skip == 0 => p,
+                    _ => {
+                        let q = WindowQuery {
+                            from: t,
+                            to: t.plus_ticks(1),
+                            top: page_size,
+                            skip,
+                            expand_evidence: self.settings.expand_evidence,
+                        };
+                        let p = self.source.fetch(&tenant.id, &q).await?;
+                        c.pages += 1;
+                        c.received += p.alerts.len() as u64;
+                        p
+                    }
+                };
+                let rows = self.accept(tenant, &page, c);
+                let ids: Vec<String> = page.alerts.iter().filter_map(|r| alert_id(r.get())).collect();
+                if skip > 0 && !tail.iter().any(|id| ids.contains(id)) {
+                    continuous = false;
+                    tracing::warn!(instant = %t, skip, attempt, "alerts slid while paging an instant, reading it again");
+                    break;
+                }
+                c.written += self.store.commit(&tenant.id, &rows, None, self.now()).await?;
+                seen = skip + page.alerts.len();
+                if page.alerts.len() < page_size {
+                    break;
+                }
+                tail = ids[ids.len().saturating_sub(overlap)..].to_vec();
+                skip += step;
+            }
+            if continuous {
+                tracing::info!(instant = %t, alerts = seen, "read an instant shared by more alerts than a page");
+                return Ok(());
+            }
+        }
+        Err(SyncError::UnstableInstant {
+            instant: t,
+            count: seen,
+            restarts: INSTANT_RESTARTS,
+        })
+    }
+}
+
+/// The id of an alert's JSON without a full parse.
+fn alert_id(raw: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<String>,
+    }
+    serde_json::from_str::<IdOnly>(raw).ok()?.id
+}
+
+/// Where to split a full window `[a, b)`: the median `lastUpdateTime` of the page, kept strictly
+/// inside the window so both halves are smaller. With an arbitrary order the page is a sample of
+/// the window, so each half holds roughly half of it.
+fn split_point(page: &Page, a: Timestamp, b: Timestamp) -> Timestamp {
+    #[derive(serde::Deserialize)]
+    struct TimeOnly {
+        #[serde(rename = "lastUpdateTime")]
+        last_update_time: Option<String>,
+    }
+    let mut times: Vec<Timestamp> = page
+        .alerts
+        .iter()
+        .filter_map(|r| serde_json::from_str::<TimeOnly>(r.get()).ok()?.last_update_time)
+        .filter_map(|s| Timestamp::parse(&s).ok())
+        .filter(|t| *t >= a && *t < b)
+        .collect();
+    let m = if times.is_empty() {
+        Timestamp::from_ticks(a.ticks() + (b.ticks() - a.ticks()) / 2)
+    } else {
+        let mid = times.len() / 2;
+        *times.select_nth_unstable(mid).1
+    };
+    // a < m < b, so both halves are non-empty and strictly smaller.
+    m.max(a.plus_ticks(1)).min(b.plus_ticks(-1)).max(a.plus_ticks(1))
+}
+
+/// Logs progress of long runs (a backfill) at most every few seconds.
+struct Progress {
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self { started: now, last: now }
+    }
+
+    fn tick(&mut self, c: &Counters, windows_left: usize, reached: Timestamp) {
+        if self.last.elapsed().as_secs() < 5 {
+            return;
+        }
+        self.last = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        tracing::info!(
+            pages = c.pages,
+            alerts = c.received,
+            written = c.written,
+            alerts_per_sec = (c.received as f64 / secs) as u64,
+            windows_left,
+            reached = %reached,
+            watermark = %c.watermark.map(|w| w.to_db()).unwrap_or_default(),
+            "sync progress"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn page(times: &[&str]) -> Page {
+        Page {
+            alerts: times
+                .iter()
+                .enumerate()
+                .map(|(i, t)| RawValue::from_string(format!(r#"{{"id":"a{i}","lastUpdateTime":"{t}"}}"#)).unwrap())
+                .collect(),
+            next_link: None,
+        }
+    }
+
+    #[test]
+    fn split_point_is_the_median_and_stays_inside_the_window() {
+        let a = Timestamp::parse("2024-01-01T00:00:00Z").unwrap();
+        let b = Timestamp::parse("2024-01-02T00:00:00Z").unwrap();
+        let p = page(&["2024-01-01T01:00:00Z", "2024-01-01T02:00:00Z", "2024-01-01T03:00:00.5Z"]);
+        assert_eq!(split_point(&p, a, b), Timestamp::parse("2024-01-01T02:00:00Z").unwrap());
+        // everything at the window's start: split off that instant alone
+        let p = page(&["2024-01-01T00:00:00Z", "2024-01-01T00:00:00Z"]);
+        assert_eq!(split_point(&p, a, b), a.plus_ticks(1));
+        // a two-tick window splits into two instants
+        assert_eq!(split_point(&p, a, a.plus_ticks(2)), a.plus_ticks(1));
+    }
+}

@@ -1,0 +1,66 @@
+//! Customer tenants: the ids the partner lists, and the newtype that keeps them from being mixed
+//! up with other GUIDs.
+
+use std::fmt;
+
+/// An Entra tenant id: a GUID, stored lowercase so comparisons and keys are exact.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a GUID")]
+pub struct NotAGuid(pub String);
+
+impl TenantId {
+    pub fn parse(text: &str) -> Result<Self, NotAGuid> {
+        let t = text.trim();
+        let ok = t.len() == 36
+            && t.char_indices().all(|(i, c)| match i {
+                8 | 13 | 18 | 23 => c == '-',
+                _ => c.is_ascii_hexdigit(),
+            });
+        if ok {
+            Ok(Self(t.to_ascii_lowercase()))
+        } else {
+            Err(NotAGuid(text.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TenantId({})", self.0)
+    }
+}
+
+/// One entry of the tenants file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub enabled: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guids_parse_and_normalise_case() {
+        let a = TenantId::parse("00000000-0000-4000-A000-00000000000F").unwrap();
+        assert_eq!(a.as_str(), "00000000-0000-4000-a000-00000000000f");
+        assert!(TenantId::parse("00000000-0000-4000-a000-00000000000").is_err());
+        assert!(TenantId::parse("contoso.onmicrosoft.com").is_err());
+        assert!(TenantId::parse("00000000x0000-4000-a000-000000000001").is_err());
+    }
+}
