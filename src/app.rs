@@ -70,7 +70,10 @@ impl App {
     /// One pass over every enabled tenant.
     pub async fn sync_once(&self) -> Vec<RunOutcome> {
         let tenants: Vec<Tenant> = self.settings.tenants.clone();
-        tracing::info!(tenants = tenants.iter().filter(|t| t.enabled).count(), "sync pass starting");
+        tracing::info!(
+            tenants = tenants.iter().filter(|t| t.enabled).count(),
+            "sync pass starting"
+        );
         self.syncer.sync_all(&tenants).await
     }
 
@@ -78,8 +81,14 @@ impl App {
     /// tokens ahead of expiry, until `shutdown` resolves. In-flight runs get `grace` to finish;
     /// what is left after that is abandoned, which is safe because the watermark only covers
     /// committed alerts.
-    pub async fn run_daemon(&self, shutdown: impl Future<Output = ()>, grace: Duration) -> anyhow::Result<()> {
-        let sched = JobScheduler::new().await.context("while starting the scheduler")?;
+    pub async fn run_daemon(
+        &self,
+        shutdown: impl Future<Output = ()>,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
+        let sched = JobScheduler::new()
+            .await
+            .context("while starting the scheduler")?;
         let tenants = Arc::new(self.settings.tenants.clone());
 
         let syncer = self.syncer.clone();
@@ -116,7 +125,10 @@ impl App {
                 .context("while scheduling token renewal")?,
             )
             .await?;
-        sched.start().await.context("while starting the scheduler")?;
+        sched
+            .start()
+            .await
+            .context("while starting the scheduler")?;
         tracing::info!(schedule = %self.settings.sync.schedule, tenants = tenants.len(), "mde-sync running");
 
         let syncer = self.syncer.clone();
@@ -135,7 +147,10 @@ impl App {
         }
         let left = self.syncer.running_count();
         if left > 0 {
-            tracing::warn!(abandoned = left, "runs still in progress abandoned; they resume from their watermark");
+            tracing::warn!(
+                abandoned = left,
+                "runs still in progress abandoned; they resume from their watermark"
+            );
         }
         tracing::info!("stopped");
         Ok(())
@@ -146,11 +161,18 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<SharedStore> {
     let url = settings.database.url.expose_secret();
     let store = store::open(url, settings.database.max_connections)
         .await
-        .with_context(|| format!("while opening the database {}", settings.database.display_url()))?;
-    store
-        .migrate()
-        .await
-        .with_context(|| format!("while migrating the database {}", settings.database.display_url()))?;
+        .with_context(|| {
+            format!(
+                "while opening the database {}",
+                settings.database.display_url()
+            )
+        })?;
+    store.migrate().await.with_context(|| {
+        format!(
+            "while migrating the database {}",
+            settings.database.display_url()
+        )
+    })?;
     Ok(store)
 }
 
@@ -231,7 +253,13 @@ pub fn human_duration(secs: i64) -> String {
 pub fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|i| rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for r in rows {
@@ -259,7 +287,11 @@ pub struct CheckLine {
 }
 
 /// `check`: token, claims, and one API call per tenant. Writes nothing.
-pub async fn check(app_tokens: &TokenProvider, client: &MdeClient, tenants: &[Tenant]) -> Vec<CheckLine> {
+pub async fn check(
+    app_tokens: &TokenProvider,
+    client: &MdeClient,
+    tenants: &[Tenant],
+) -> Vec<CheckLine> {
     let mut out = Vec::new();
     for t in tenants {
         out.push(check_one(app_tokens, client, t).await);
@@ -280,9 +312,19 @@ async fn check_one(tokens: &TokenProvider, client: &MdeClient, t: &Tenant) -> Ch
     };
     let claims = match auth::decode_claims(token.expose_secret()) {
         Ok(c) => c,
-        Err(e) => return line(false, "token-error", format!("{e}: the token endpoint returned an unexpected token")),
+        Err(e) => {
+            return line(
+                false,
+                "token-error",
+                format!("{e}: the token endpoint returned an unexpected token"),
+            );
+        }
     };
-    if !claims.tid.as_deref().is_some_and(|tid| tid.eq_ignore_ascii_case(t.id.as_str())) {
+    if !claims
+        .tid
+        .as_deref()
+        .is_some_and(|tid| tid.eq_ignore_ascii_case(t.id.as_str()))
+    {
         return line(
             false,
             "wrong-tenant",
@@ -305,7 +347,13 @@ async fn check_one(tokens: &TokenProvider, client: &MdeClient, t: &Tenant) -> Ch
         _ => "unknown credential",
     };
     match client.probe(&t.id).await {
-        Ok(n) => line(true, "ok", format!("token ok ({credential}), role Alert.Read.All, API answered ({n} alert on a $top=1 probe)")),
+        Ok(n) => line(
+            true,
+            "ok",
+            format!(
+                "token ok ({credential}), role Alert.Read.All, API answered ({n} alert on a $top=1 probe)"
+            ),
+        ),
         Err(e) => line(false, e.label(), e.to_string()),
     }
 }
@@ -330,7 +378,11 @@ pub fn render_check(lines: &[CheckLine]) -> String {
 
 /// The admin-consent links for the app: the partner documentation's form and the v2
 /// `adminconsent` form. `tenant` narrows the v2 link to one customer.
-pub fn consent_urls(settings: &Settings, tenant: Option<&str>, redirect_uri: &str) -> Vec<(String, String)> {
+pub fn consent_urls(
+    settings: &Settings,
+    tenant: Option<&str>,
+    redirect_uri: &str,
+) -> Vec<(String, String)> {
     let login = settings.cloud.login_url.as_str().trim_end_matches('/');
     let client = &settings.app.client_id;
     let mut v1 = url::Url::parse(&format!("{login}/common/oauth2/authorize")).expect("login url");
@@ -339,15 +391,21 @@ pub fn consent_urls(settings: &Settings, tenant: Option<&str>, redirect_uri: &st
         .append_pair("client_id", client)
         .append_pair("response_type", "code")
         .append_pair("sso_reload", "true");
-    let mut v2 = url::Url::parse(&format!("{login}/{}/v2.0/adminconsent", tenant.unwrap_or("organizations")))
-        .expect("login url");
+    let mut v2 = url::Url::parse(&format!(
+        "{login}/{}/v2.0/adminconsent",
+        tenant.unwrap_or("organizations")
+    ))
+    .expect("login url");
     v2.query_pairs_mut()
         .append_pair("client_id", client)
         .append_pair("scope", &settings.cloud.scope)
         .append_pair("redirect_uri", redirect_uri)
         .append_pair("state", &format!("mde-sync-{:016x}", fastrand::u64(..)));
     vec![
-        ("partner form (v1 authorize, prompt=consent)".into(), v1.to_string()),
+        (
+            "partner form (v1 authorize, prompt=consent)".into(),
+            v1.to_string(),
+        ),
         ("v2 admin consent".into(), v2.to_string()),
     ]
 }

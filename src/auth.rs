@@ -66,7 +66,10 @@ impl TokenFault {
 
     /// True when the fault is the app's credential, so every tenant fails the same way.
     pub fn is_global(self) -> bool {
-        matches!(self, Self::InvalidSecret | Self::ExpiredSecret | Self::AppDisabled)
+        matches!(
+            self,
+            Self::InvalidSecret | Self::ExpiredSecret | Self::AppDisabled
+        )
     }
 
     pub fn is_transient(self) -> bool {
@@ -288,10 +291,11 @@ impl TokenProvider {
             .await
             .map_err(|e| AuthError::Network(without_url(&e)))?;
         if status == 200 {
-            let t: TokenResponse = serde_json::from_slice(&body).map_err(|e| AuthError::Decode {
-                status,
-                detail: e.to_string(),
-            })?;
+            let t: TokenResponse =
+                serde_json::from_slice(&body).map_err(|e| AuthError::Decode {
+                    status,
+                    detail: e.to_string(),
+                })?;
             let secs = match &t.expires_in {
                 serde_json::Value::Number(n) => n.as_i64(),
                 serde_json::Value::String(s) => s.parse().ok(),
@@ -396,15 +400,37 @@ mod tests {
 
     #[test]
     fn codes_map_to_faults() {
-        assert_eq!(TokenFault::from_codes("unauthorized_client", &[700016], 400), TokenFault::NotConsented);
-        assert_eq!(TokenFault::from_codes("invalid_client", &[7000215], 401), TokenFault::InvalidSecret);
-        assert_eq!(TokenFault::from_codes("invalid_client", &[7000222], 401), TokenFault::ExpiredSecret);
-        assert_eq!(TokenFault::from_codes("invalid_resource", &[500011], 400), TokenFault::NotProvisioned);
-        assert_eq!(TokenFault::from_codes("invalid_request", &[90002], 400), TokenFault::TenantNotFound);
-        assert_eq!(TokenFault::from_codes("temporarily_unavailable", &[], 503), TokenFault::Transient);
+        assert_eq!(
+            TokenFault::from_codes("unauthorized_client", &[700016], 400),
+            TokenFault::NotConsented
+        );
+        assert_eq!(
+            TokenFault::from_codes("invalid_client", &[7000215], 401),
+            TokenFault::InvalidSecret
+        );
+        assert_eq!(
+            TokenFault::from_codes("invalid_client", &[7000222], 401),
+            TokenFault::ExpiredSecret
+        );
+        assert_eq!(
+            TokenFault::from_codes("invalid_resource", &[500011], 400),
+            TokenFault::NotProvisioned
+        );
+        assert_eq!(
+            TokenFault::from_codes("invalid_request", &[90002], 400),
+            TokenFault::TenantNotFound
+        );
+        assert_eq!(
+            TokenFault::from_codes("temporarily_unavailable", &[], 503),
+            TokenFault::Transient
+        );
         assert!(TokenFault::InvalidSecret.is_global());
         assert!(!TokenFault::NotConsented.is_global());
-        assert!(TokenFault::NotConsented.explain("app").contains("consent-url"));
+        assert!(
+            TokenFault::NotConsented
+                .explain("app")
+                .contains("consent-url")
+        );
     }
 
     #[test]
@@ -413,10 +439,15 @@ mod tests {
         let token = format!(
             "{}.{}.sig",
             b64(r#"{"alg":"RS256"}"#),
-            b64(r#"{"tid":"00000000-0000-4000-a000-000000000001","roles":["Alert.Read.All"],"appidacr":"1"}"#)
+            b64(
+                r#"{"tid":"00000000-0000-4000-a000-000000000001","roles":["Alert.Read.All"],"appidacr":"1"}"#
+            )
         );
         let c = decode_claims(&token).unwrap();
-        assert_eq!(c.tid.as_deref(), Some("00000000-0000-4000-a000-000000000001"));
+        assert_eq!(
+            c.tid.as_deref(),
+            Some("00000000-0000-4000-a000-000000000001")
+        );
         assert!(has_alert_role(&c));
         let no_roles = format!("{}.{}.sig", b64("{}"), b64(r#"{"tid":"x"}"#));
         assert!(!has_alert_role(&decode_claims(&no_roles).unwrap()));

@@ -165,7 +165,10 @@ pub async fn execute(cli: Cli) -> i32 {
                 Ok(a) => a,
                 Err(e) => return fail(e),
             };
-            match app.run_daemon(shutdown_signal(), Duration::from_secs(30)).await {
+            match app
+                .run_daemon(shutdown_signal(), Duration::from_secs(30))
+                .await
+            {
                 Ok(()) => 0,
                 Err(e) => fail(e),
             }
@@ -184,7 +187,10 @@ pub async fn execute(cli: Cli) -> i32 {
             print!("{}", app::render_outcomes(&outcomes));
             let failed = outcomes.iter().filter(|o| o.ok != Some(true)).count();
             if failed > 0 {
-                eprintln!("mde-sync: {failed} of {} tenant(s) did not sync", outcomes.len());
+                eprintln!(
+                    "mde-sync: {failed} of {} tenant(s) did not sync",
+                    outcomes.len()
+                );
                 1
             } else {
                 0
@@ -205,13 +211,17 @@ pub async fn execute(cli: Cli) -> i32 {
                 s.cloud.scope.clone(),
                 clock::system(),
             ));
-            let client = crate::mde::MdeClient::new(http, s.cloud.api_url.clone(), tokens.clone(), 2);
+            let client =
+                crate::mde::MdeClient::new(http, s.cloud.api_url.clone(), tokens.clone(), 2);
             let tenants: Vec<_> = s.tenants.iter().filter(|t| t.enabled).cloned().collect();
             let lines = app::check(&tokens, &client, &tenants).await;
             print!("{}", app::render_check(&lines));
             let bad = lines.iter().filter(|l| !l.ok).count();
             if bad > 0 {
-                eprintln!("mde-sync: {bad} of {} tenant(s) need attention", lines.len());
+                eprintln!(
+                    "mde-sync: {bad} of {} tenant(s) need attention",
+                    lines.len()
+                );
                 1
             } else {
                 0
@@ -228,8 +238,13 @@ pub async fn execute(cli: Cli) -> i32 {
                 eprintln!("mde-sync: --tenant {t:?} is not a tenant GUID");
                 return EX_CONFIG;
             }
-            println!("Send one of these links to the customer's Global Administrator (or Privileged Role Administrator).");
-            println!("After consent, add the customer's tenant id to {} and run `mde-sync check`.\n", s.tenants_file.display());
+            println!(
+                "Send one of these links to the customer's Global Administrator (or Privileged Role Administrator)."
+            );
+            println!(
+                "After consent, add the customer's tenant id to {} and run `mde-sync check`.\n",
+                s.tenants_file.display()
+            );
             for (label, url) in app::consent_urls(&s, args.tenant.as_deref(), &args.redirect_uri) {
                 println!("{label}:\n  {url}\n");
             }
@@ -247,7 +262,13 @@ pub async fn execute(cli: Cli) -> i32 {
             };
             match store.status().await {
                 Ok(rows) => {
-                    print!("{}", app::render_status(&rows, Timestamp::from_datetime(time::OffsetDateTime::now_utc())));
+                    print!(
+                        "{}",
+                        app::render_status(
+                            &rows,
+                            Timestamp::from_datetime(time::OffsetDateTime::now_utc())
+                        )
+                    );
                     0
                 }
                 Err(e) => fail(e.into()),
@@ -275,7 +296,10 @@ pub async fn execute(cli: Cli) -> i32 {
 async fn simulate(args: SimulateArgs) -> i32 {
     telemetry::init(config::LogFormat::Text, "info", Target::Stderr);
     if !args.listen.ip().is_loopback() {
-        eprintln!("mde-sync: --listen {} is not a loopback address: the simulator only serves loopback", args.listen);
+        eprintln!(
+            "mde-sync: --listen {} is not a loopback address: the simulator only serves loopback",
+            args.listen
+        );
         return EX_CONFIG;
     }
     let mut tenants = Vec::new();
@@ -287,7 +311,15 @@ async fn simulate(args: SimulateArgs) -> i32 {
     ] {
         for _ in 0..count {
             n += 1;
-            tenants.push(SimTenant::numbered(n, kind, if kind == TenantKind::Good { args.alerts } else { 0 }));
+            tenants.push(SimTenant::numbered(
+                n,
+                kind,
+                if kind == TenantKind::Good {
+                    args.alerts
+                } else {
+                    0
+                },
+            ));
         }
     }
     let mut cfg = SimConfig::new(tenants.clone());
@@ -306,14 +338,23 @@ async fn simulate(args: SimulateArgs) -> i32 {
     if let Some(dir) = &args.write_config
         && let Err(e) = write_sim_config(dir, &base, &cfg)
     {
-        eprintln!("mde-sync: cannot write the config into {}: {e}", dir.display());
+        eprintln!(
+            "mde-sync: cannot write the config into {}: {e}",
+            dir.display()
+        );
         return 1;
     }
     println!("simulator listening on {base}");
     for t in &tenants {
-        println!("  tenant {} {:<10} {:?}, {} alerts", t.id, t.name, t.kind, t.alerts);
+        println!(
+            "  tenant {} {:<10} {:?}, {} alerts",
+            t.id, t.name, t.kind, t.alerts
+        );
     }
-    println!("client_id = {:?}, client_secret = {:?} (simulator only)", cfg.client_id, cfg.client_secret);
+    println!(
+        "client_id = {:?}, client_secret = {:?} (simulator only)",
+        cfg.client_id, cfg.client_secret
+    );
     shutdown_signal().await;
     server.shutdown();
     0
@@ -324,7 +365,10 @@ pub fn write_sim_config(dir: &Path, base_url: &str, cfg: &SimConfig) -> std::io:
     std::fs::create_dir_all(dir)?;
     let mut tenants = String::from("# tenants of the mde-sync simulator\n");
     for t in &cfg.tenants {
-        tenants.push_str(&format!("\n[[tenant]]\nid = \"{}\"\nname = \"{}\"\n", t.id, t.name));
+        tenants.push_str(&format!(
+            "\n[[tenant]]\nid = \"{}\"\nname = \"{}\"\n",
+            t.id, t.name
+        ));
     }
     std::fs::write(dir.join("tenants.toml"), tenants)?;
     let config = format!(
@@ -348,7 +392,8 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -102,7 +102,10 @@ impl fmt::Debug for RawApp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RawApp")
             .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret.as_ref().map(|_| "[redacted]"))
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
             .field("client_secret_file", &self.client_secret_file)
             .finish()
     }
@@ -380,7 +383,13 @@ fn validate(
         .clone()
         .unwrap_or_else(|| PathBuf::from("."));
     let db_url = match raw.database.url {
-        Some(u) if u.starts_with("sqlite:") || u.starts_with("postgres://") || u.starts_with("postgresql://") => u,
+        Some(u)
+            if u.starts_with("sqlite:")
+                || u.starts_with("postgres://")
+                || u.starts_with("postgresql://") =>
+        {
+            u
+        }
         Some(u) => {
             problem(
                 problems,
@@ -411,11 +420,18 @@ fn validate(
         problem(
             problems,
             "app.client_id",
-            format!("{client_id:?} is not a GUID: copy the Application (client) ID from the app registration"),
+            format!(
+                "{client_id:?} is not a GUID: copy the Application (client) ID from the app registration"
+            ),
         );
     }
-    let (client_secret, client_secret_source) =
-        resolve_secret(raw.app.client_secret, raw.app.client_secret_file, base_dir, env, problems);
+    let (client_secret, client_secret_source) = resolve_secret(
+        raw.app.client_secret,
+        raw.app.client_secret_file,
+        base_dir,
+        env,
+        problems,
+    );
     if client_secret.is_none() && needs.secret {
         problem(
             problems,
@@ -431,7 +447,9 @@ fn validate(
             problem(
                 problems,
                 "cloud.name",
-                format!("{other:?} is not supported: use \"commercial\" (gcc, gcc-high and dod presets are not built yet; override cloud.login_url and cloud.api_url instead)"),
+                format!(
+                    "{other:?} is not supported: use \"commercial\" (gcc, gcc-high and dod presets are not built yet; override cloud.login_url and cloud.api_url instead)"
+                ),
             );
             None
         }
@@ -439,12 +457,18 @@ fn validate(
     let login_url = parse_endpoint(
         problems,
         "cloud.login_url",
-        raw.cloud.login_url.as_deref().unwrap_or("https://login.microsoftonline.com"),
+        raw.cloud
+            .login_url
+            .as_deref()
+            .unwrap_or("https://login.microsoftonline.com"),
     );
     let api_url = parse_endpoint(
         problems,
         "cloud.api_url",
-        raw.cloud.api_url.as_deref().unwrap_or("https://api.securitycenter.microsoft.com"),
+        raw.cloud
+            .api_url
+            .as_deref()
+            .unwrap_or("https://api.securitycenter.microsoft.com"),
     );
     let scope = raw
         .cloud
@@ -454,7 +478,9 @@ fn validate(
         problem(
             problems,
             "cloud.scope",
-            format!("{scope:?} must end in /.default (client credentials use the resource's .default scope)"),
+            format!(
+                "{scope:?} must end in /.default (client credentials use the resource's .default scope)"
+            ),
         );
     }
 
@@ -477,7 +503,9 @@ fn validate(
         problem(
             problems,
             "sync.schedule",
-            format!("{schedule:?} is not a cron expression with a seconds field ({msg}): e.g. \"0 * * * * *\" for once a minute"),
+            format!(
+                "{schedule:?} is not a cron expression with a seconds field ({msg}): e.g. \"0 * * * * *\" for once a minute"
+            ),
         );
     }
     let page_size = match raw.sync.page_size {
@@ -492,7 +520,12 @@ fn validate(
             d.page_size
         }
     };
-    let initial_lookback = duration_key(problems, "sync.initial_lookback", raw.sync.initial_lookback, d.initial_lookback);
+    let initial_lookback = duration_key(
+        problems,
+        "sync.initial_lookback",
+        raw.sync.initial_lookback,
+        d.initial_lookback,
+    );
     if initial_lookback > time::Duration::days(180) {
         problem(
             problems,
@@ -500,12 +533,21 @@ fn validate(
             "more than 180 days: MDE keeps alerts for 180 days, so use \"180d\" or less",
         );
     }
-    let lag_allowance = duration_key(problems, "sync.lag_allowance", raw.sync.lag_allowance, d.lag_allowance);
+    let lag_allowance = duration_key(
+        problems,
+        "sync.lag_allowance",
+        raw.sync.lag_allowance,
+        d.lag_allowance,
+    );
     let max_concurrent_tenants = match raw.sync.max_concurrent_tenants {
         None => d.max_concurrent_tenants,
         Some(n) if (1..=1024).contains(&n) => n as usize,
         Some(n) => {
-            problem(problems, "sync.max_concurrent_tenants", format!("{n} is out of range: use 1 to 1024"));
+            problem(
+                problems,
+                "sync.max_concurrent_tenants",
+                format!("{n} is out of range: use 1 to 1024"),
+            );
             d.max_concurrent_tenants
         }
     };
@@ -519,7 +561,11 @@ fn validate(
         None => d.max_attempts,
         Some(n) if (1..=20).contains(&n) => n as usize,
         Some(n) => {
-            problem(problems, "sync.max_attempts", format!("{n} is out of range: use 1 to 20"));
+            problem(
+                problems,
+                "sync.max_attempts",
+                format!("{n} is out of range: use 1 to 20"),
+            );
             d.max_attempts
         }
     };
@@ -536,7 +582,11 @@ fn validate(
         Some("json") => LogFormat::Json,
         Some("text") => LogFormat::Text,
         Some(other) => {
-            problem(problems, "log.format", format!("{other:?} is not a log format: use \"json\" or \"text\""));
+            problem(
+                problems,
+                "log.format",
+                format!("{other:?} is not a log format: use \"json\" or \"text\""),
+            );
             LogFormat::Json
         }
     };
@@ -578,7 +628,9 @@ fn validate(
             initial_lookback,
             lag_allowance,
             max_concurrent_tenants,
-            request_timeout: std::time::Duration::from_millis(request_timeout.whole_milliseconds().max(1) as u64),
+            request_timeout: std::time::Duration::from_millis(
+                request_timeout.whole_milliseconds().max(1) as u64,
+            ),
             max_attempts,
         },
         log: LogSettings { format, level },
@@ -594,10 +646,17 @@ fn resolve_secret(
     problems: &mut Vec<Problem>,
 ) -> (Option<SecretString>, Option<String>) {
     if let Some(s) = inline.filter(|s| !s.is_empty()) {
-        return (Some(SecretString::from(s)), Some("app.client_secret".into()));
+        return (
+            Some(SecretString::from(s)),
+            Some("app.client_secret".into()),
+        );
     }
     if let Some(file) = file {
-        let file = if file.is_relative() { base_dir.join(file) } else { file };
+        let file = if file.is_relative() {
+            base_dir.join(file)
+        } else {
+            file
+        };
         return match read_secret_file(&file) {
             Ok(s) => (Some(s), Some(format!("file {}", file.display()))),
             Err(msg) => {
@@ -626,7 +685,10 @@ fn read_secret_file(path: &Path) -> Result<SecretString, String> {
         Ok(s) => {
             let s = s.trim();
             if s.is_empty() {
-                Err(format!("{} is empty: put the client secret's value in it", path.display()))
+                Err(format!(
+                    "{} is empty: put the client secret's value in it",
+                    path.display()
+                ))
             } else {
                 Ok(SecretString::from(s.to_owned()))
             }
@@ -643,7 +705,11 @@ fn parse_endpoint(problems: &mut Vec<Problem>, key: &str, text: &str) -> Option<
     let url = match Url::parse(text) {
         Ok(u) => u,
         Err(e) => {
-            problem(problems, key, format!("{text:?} is not a URL ({e}): use e.g. https://host"));
+            problem(
+                problems,
+                key,
+                format!("{text:?} is not a URL ({e}): use e.g. https://host"),
+            );
             return None;
         }
     };
@@ -660,12 +726,18 @@ fn parse_endpoint(problems: &mut Vec<Problem>, key: &str, text: &str) -> Option<
             problem(
                 problems,
                 key,
-                format!("{text:?} uses plain http: use https (http is accepted only for loopback hosts such as the simulator)"),
+                format!(
+                    "{text:?} uses plain http: use https (http is accepted only for loopback hosts such as the simulator)"
+                ),
             );
             None
         }
         other => {
-            problem(problems, key, format!("scheme {other:?} is not supported: use https"));
+            problem(
+                problems,
+                key,
+                format!("scheme {other:?} is not supported: use https"),
+            );
             None
         }
     }
@@ -694,7 +766,9 @@ fn duration_key(
                 problem(
                     problems,
                     key,
-                    format!("{text:?} is not a duration: write a number with a unit, like \"90s\", \"10m\", \"2h\" or \"180d\""),
+                    format!(
+                        "{text:?} is not a duration: write a number with a unit, like \"90s\", \"10m\", \"2h\" or \"180d\""
+                    ),
                 );
                 default
             }
@@ -705,7 +779,9 @@ fn duration_key(
 /// `"90s"`, `"10m"`, `"2h"`, `"180d"`, `"250ms"`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Option<time::Duration> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
     let n: i64 = num.parse().ok()?;
     let d = match unit.trim() {
@@ -748,7 +824,11 @@ pub fn parse_tenants(text: &str, origin: &str, problems: &mut Vec<Problem>) -> V
                 problem(
                     problems,
                     "tenants.file",
-                    format!("{origin}: {} at {}: fix the entry", e.kind, e.path.join(".")),
+                    format!(
+                        "{origin}: {} at {}: fix the entry",
+                        e.kind,
+                        e.path.join(".")
+                    ),
                 );
             }
             return Vec::new();
@@ -759,7 +839,11 @@ pub fn parse_tenants(text: &str, origin: &str, problems: &mut Vec<Problem>) -> V
     for (i, t) in raw.tenant.into_iter().enumerate() {
         let key = format!("tenant[{i}]");
         let Some(id_text) = t.id else {
-            problem(problems, &key, format!("{origin}: missing id: add id = \"<tenant GUID>\""));
+            problem(
+                problems,
+                &key,
+                format!("{origin}: missing id: add id = \"<tenant GUID>\""),
+            );
             continue;
         };
         let id = match TenantId::parse(&id_text) {
@@ -768,7 +852,9 @@ pub fn parse_tenants(text: &str, origin: &str, problems: &mut Vec<Problem>) -> V
                 problem(
                     problems,
                     &format!("{key}.id"),
-                    format!("{origin}: {id_text:?} is not a tenant GUID: copy the Directory (tenant) ID from the customer's Entra overview"),
+                    format!(
+                        "{origin}: {id_text:?} is not a tenant GUID: copy the Directory (tenant) ID from the customer's Entra overview"
+                    ),
                 );
                 continue;
             }
@@ -810,7 +896,48 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+impl Settings {
+    /// Settings for talking to a simulator (or any loopback stand-in) at `base_url`: used by
+    /// `demo` and tests, which have no config file.
+    pub fn for_endpoints(
+        base_url: &str,
+        tenants: Vec<Tenant>,
+        database_url: String,
+        client_id: String,
+        client_secret: SecretString,
+    ) -> Settings {
+        let base = Url::parse(base_url).expect("simulator base url");
+        Settings {
+            config_path: PathBuf::from("(built in)"),
+            database: DatabaseSettings {
+                url: SecretString::from(database_url),
+                max_connections: 4,
+            },
+            app: AppSettings {
+                client_id,
+                client_secret: Some(client_secret),
+                client_secret_source: Some("built in".into()),
+            },
+            cloud: CloudSettings {
+                name: CloudName::Commercial,
+                login_url: base.clone(),
+                api_url: base,
+                scope: "https://api.securitycenter.microsoft.com/.default".into(),
+            },
+            tenants_file: PathBuf::from("(built in)"),
+            tenants,
+            sync: SyncSettings::default(),
+            log: LogSettings {
+                format: LogFormat::Text,
+                level: "info".into(),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
+// figment::Error is large; that is figment's choice, not a problem in these tests.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;
@@ -851,7 +978,10 @@ enabled = false
             assert_eq!(s.sync.initial_lookback, time::Duration::days(180));
             assert_eq!(s.sync.schedule, "0 * * * * *");
             assert!(s.database.url.expose_secret().starts_with("sqlite://"));
-            assert_eq!(s.cloud.login_url.as_str(), "https://login.microsoftonline.com/");
+            assert_eq!(
+                s.cloud.login_url.as_str(),
+                "https://login.microsoftonline.com/"
+            );
             Ok(())
         });
     }
@@ -935,7 +1065,9 @@ format = "xml"
             jail.create_file("tenants.toml", tenants_toml())?;
             jail.create_file(
                 "config.toml",
-                &format!("[app]\nclient_id = \"{CLIENT}\"\nclient_secret = \"x\"\n[sync]\npagesize = 5\n"),
+                &format!(
+                    "[app]\nclient_id = \"{CLIENT}\"\nclient_secret = \"x\"\n[sync]\npagesize = 5\n"
+                ),
             )?;
             let path = jail.directory().join("config.toml");
             let err = Settings::load(&path, &env(), Needs::ALL).unwrap_err();
@@ -962,7 +1094,10 @@ format = "xml"
                 &format!("[app]\nclient_id = \"{CLIENT}\"\nclient_secret_file = \"secret.txt\"\n"),
             )?;
             let s = Settings::load(&path, &env, Needs::ALL).map_err(|e| e.to_string())?;
-            assert_eq!(s.app.client_secret.as_ref().unwrap().expose_secret(), "from-file-secret");
+            assert_eq!(
+                s.app.client_secret.as_ref().unwrap().expose_secret(),
+                "from-file-secret"
+            );
             let debug = format!("{s:?}");
             assert!(!debug.contains("from-file-secret"), "{debug}");
 
@@ -999,44 +1134,5 @@ format = "xml"
         let mut problems = Vec::new();
         parse_tenants("", "tenants.toml", &mut problems);
         assert_eq!(problems.len(), 1);
-    }
-}
-
-impl Settings {
-    /// Settings for talking to a simulator (or any loopback stand-in) at `base_url`: used by
-    /// `demo` and tests, which have no config file.
-    pub fn for_endpoints(
-        base_url: &str,
-        tenants: Vec<Tenant>,
-        database_url: String,
-        client_id: String,
-        client_secret: SecretString,
-    ) -> Settings {
-        let base = Url::parse(base_url).expect("simulator base url");
-        Settings {
-            config_path: PathBuf::from("(built in)"),
-            database: DatabaseSettings {
-                url: SecretString::from(database_url),
-                max_connections: 4,
-            },
-            app: AppSettings {
-                client_id,
-                client_secret: Some(client_secret),
-                client_secret_source: Some("built in".into()),
-            },
-            cloud: CloudSettings {
-                name: CloudName::Commercial,
-                login_url: base.clone(),
-                api_url: base,
-                scope: "https://api.securitycenter.microsoft.com/.default".into(),
-            },
-            tenants_file: PathBuf::from("(built in)"),
-            tenants,
-            sync: SyncSettings::default(),
-            log: LogSettings {
-                format: LogFormat::Text,
-                level: "info".into(),
-            },
-        }
     }
 }

@@ -14,7 +14,15 @@ use crate::{
     tenant::{Tenant, TenantId},
 };
 
-const NAMES: &[&str] = &["Contoso", "Fabrikam", "Northwind", "Tailspin", "Woodgrove", "Litware", "Proseware"];
+const NAMES: &[&str] = &[
+    "Contoso",
+    "Fabrikam",
+    "Northwind",
+    "Tailspin",
+    "Woodgrove",
+    "Litware",
+    "Proseware",
+];
 
 pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
     telemetry::init(LogFormat::Text, "warn", Target::Stderr);
@@ -86,7 +94,12 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
     for (t, o) in tenants.iter().zip(&outcomes) {
         let served = sim.truth(t.id.as_str());
         let stored = app.store.alert_raws(&t.id).await.unwrap_or_default();
-        let evidence = app.store.evidence_raws(&t.id).await.map(|e| e.len()).unwrap_or(0);
+        let evidence = app
+            .store
+            .evidence_raws(&t.id)
+            .await
+            .map(|e| e.len())
+            .unwrap_or(0);
         let identical = served == stored;
         all_good &= identical && o.ok == Some(true);
         rows.push(vec![
@@ -109,14 +122,20 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
     for (tenant, sev, n) in counts {
         *by_tenant.entry(tenant).or_default().entry(sev).or_default() += n;
     }
-    let mut rows = vec![std::iter::once("NAME".to_string())
-        .chain(severities.iter().map(|s| s.to_string()))
-        .chain(std::iter::once("TOTAL".to_string()))
-        .collect::<Vec<_>>()];
+    let mut rows = vec![
+        std::iter::once("NAME".to_string())
+            .chain(severities.iter().map(|s| s.to_string()))
+            .chain(std::iter::once("TOTAL".to_string()))
+            .collect::<Vec<_>>(),
+    ];
     for t in &tenants {
         let m = by_tenant.remove(t.id.as_str()).unwrap_or_default();
         let mut row = vec![t.name.clone()];
-        row.extend(severities.iter().map(|s| m.get(*s).copied().unwrap_or(0).to_string()));
+        row.extend(
+            severities
+                .iter()
+                .map(|s| m.get(*s).copied().unwrap_or(0).to_string()),
+        );
         row.push(m.values().sum::<i64>().to_string());
         rows.push(row);
     }

@@ -9,8 +9,8 @@
 
 pub mod app;
 pub mod auth;
-pub mod clock;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod mde;

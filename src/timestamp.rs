@@ -152,7 +152,10 @@ mod tests {
         ] {
             assert_eq!(ts(s), seven, "{s}");
         }
-        assert_eq!(ts("2021-01-26T20:33:59Z").ticks() + 2_000_000, seven.ticks());
+        assert_eq!(
+            ts("2021-01-26T20:33:59Z").ticks() + 2_000_000,
+            seven.ticks()
+        );
         assert_eq!(
             ts("2021-01-26T20:33:57.7220239Z").to_db(),
             "2021-01-26T20:33:57.7220239Z"

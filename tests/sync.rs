@@ -19,7 +19,8 @@ use mde_sync::{
 use time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn database_equals_simulator_after_lag_continuous_changes_a_10500_bulk_update_and_unordered_pages() {
+async fn database_equals_simulator_after_lag_continuous_changes_a_10500_bulk_update_and_unordered_pages()
+ {
     let clock = manual_clock();
     let mut cfg = SimConfig::new(vec![
         SimTenant::numbered(1, TenantKind::Good, 11_000),
@@ -32,7 +33,13 @@ async fn database_equals_simulator_after_lag_continuous_changes_a_10500_bulk_upd
     cfg.seed = 7;
     let shared: SharedClock = Arc::new(clock.clone());
     // default page size (10,000): the bulk update below is bigger than a page
-    let env = start("hostile", cfg, shared, sync_settings(10_000, Duration::seconds(90))).await;
+    let env = start(
+        "hostile",
+        cfg,
+        shared,
+        sync_settings(10_000, Duration::seconds(90)),
+    )
+    .await;
     let t1 = env.tenants[0].id.as_str().to_owned();
     let t2 = env.tenants[1].id.as_str().to_owned();
 
@@ -42,6 +49,7 @@ async fn database_equals_simulator_after_lag_continuous_changes_a_10500_bulk_upd
         for o in &outcomes {
             assert_eq!(o.ok, Some(true), "cycle {cycle}: {:?}", o.error);
         }
+        assert!(assert_watermark_invariant(&env).await > 0);
         // the world keeps changing between cycles too
         env.sim.change_random(&t1, 40);
         env.sim.change_random(&t2, 25);
@@ -67,10 +75,16 @@ async fn database_equals_simulator_after_lag_continuous_changes_a_10500_bulk_upd
         .values()
         .filter(|raw| {
             let v: serde_json::Value = serde_json::from_str(raw).unwrap();
-            v["lastUpdateTime"].as_str().map(|s| Timestamp::parse(s).unwrap()) == Some(instants[0])
+            v["lastUpdateTime"]
+                .as_str()
+                .map(|s| Timestamp::parse(s).unwrap())
+                == Some(instants[0])
         })
         .count();
-    assert!(at_instant > 10_000 - 2_000, "only {at_instant} alerts still share the bulk instant");
+    assert!(
+        at_instant > 10_000 - 2_000,
+        "only {at_instant} alerts still share the bulk instant"
+    );
     // and the simulator served pages in an order unrelated to time (a sanity check of the peer)
     assert!(env.sim.api_requests(&t1) > 8);
 }
@@ -85,7 +99,13 @@ async fn a_run_killed_at_any_request_loses_nothing_once_the_next_run_completes()
         cfg.advance_per_request = Some((clock.clone(), Duration::milliseconds(100)));
         cfg.clock = Arc::new(clock.clone());
         cfg.seed = kill_after as u64;
-        let env = start("kill", cfg, Arc::new(clock.clone()), sync_settings(300, Duration::seconds(45))).await;
+        let env = start(
+            "kill",
+            cfg,
+            Arc::new(clock.clone()),
+            sync_settings(300, Duration::seconds(45)),
+        )
+        .await;
         let tenant = env.tenants[0].clone();
 
         // kill the run (drop its future, as a crash would) after `kill_after` API requests
@@ -98,6 +118,9 @@ async fn a_run_killed_at_any_request_loses_nothing_once_the_next_run_completes()
         }
         task.abort();
         let _ = task.await;
+        env.sim.set_changes_enabled(false);
+        assert_watermark_invariant(&env).await;
+        env.sim.set_changes_enabled(true);
 
         // a fresh syncer, as after a restart (the store keeps the committed watermark)
         let syncer = Arc::new(Syncer::new(
@@ -124,16 +147,30 @@ async fn small_pages_split_windows_until_each_fits_and_the_watermark_follows() {
     let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 3_000)]);
     cfg.max_lag = Duration::ZERO;
     cfg.clock = Arc::new(clock.clone());
-    let env = start("split", cfg, Arc::new(clock.clone()), sync_settings(250, Duration::seconds(60))).await;
+    let env = start(
+        "split",
+        cfg,
+        Arc::new(clock.clone()),
+        sync_settings(250, Duration::seconds(60)),
+    )
+    .await;
     let o = env.app.sync_once().await.remove(0);
     assert_eq!(o.ok, Some(true), "{:?}", o.error);
     assert_converged(&env, &[]).await;
     // more requests than pages strictly needed, but bounded: median splits halve each full window
     assert!(o.pages >= 12, "{} pages", o.pages);
-    assert!(o.pages <= 80, "{} pages for 3,000 alerts at 250 a page", o.pages);
+    assert!(
+        o.pages <= 80,
+        "{} pages for 3,000 alerts at 250 a page",
+        o.pages
+    );
     let wm = o.watermark.expect("watermark set");
     let now = Timestamp::from_datetime(clock_now(&clock));
-    assert_eq!(wm, now.minus(Duration::seconds(60)), "watermark is the run's start minus the lag allowance");
+    assert_eq!(
+        wm,
+        now.minus(Duration::seconds(60)),
+        "watermark is the run's start minus the lag allowance"
+    );
 
     // a second run with nothing new costs one request
     let o = env.app.sync_once().await.remove(0);
@@ -152,7 +189,13 @@ async fn malformed_and_foreign_alerts_are_refused_alone_and_unknown_fields_survi
     let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 50)]);
     cfg.max_lag = Duration::ZERO;
     cfg.clock = Arc::new(clock.clone());
-    let env = start("malformed", cfg, Arc::new(clock.clone()), sync_settings(10_000, Duration::seconds(60))).await;
+    let env = start(
+        "malformed",
+        cfg,
+        Arc::new(clock.clone()),
+        sync_settings(10_000, Duration::seconds(60)),
+    )
+    .await;
     let tenant = env.tenants[0].id.as_str().to_owned();
     let now = Timestamp::from_datetime(clock_now(&clock));
     let t = now.minus(Duration::minutes(30));
@@ -173,22 +216,38 @@ async fn malformed_and_foreign_alerts_are_refused_alone_and_unknown_fields_survi
             "severity": "Apocalyptic", "brandNewField": {"nested": [1, 2]}}),
         t,
     );
-    env.sim.insert_raw(&tenant, serde_json::json!({"id": "da000000000000000004_4", "lastUpdateTime": ts}), t);
+    env.sim.insert_raw(
+        &tenant,
+        serde_json::json!({"id": "da000000000000000004_4", "lastUpdateTime": ts}),
+        t,
+    );
 
     let o = env.app.sync_once().await.remove(0);
-    assert_eq!(o.ok, Some(true), "one bad alert must not fail the tenant: {:?}", o.error);
+    assert_eq!(
+        o.ok,
+        Some(true),
+        "one bad alert must not fail the tenant: {:?}",
+        o.error
+    );
     assert_eq!(o.alerts_rejected, 2);
     assert_converged(&env, &["da000000000000000001_1", "da000000000000000002_2"]).await;
 
     let stored = env.store().alert_raws(&env.tenants[0].id).await.unwrap();
-    assert!(stored["da000000000000000003_3"].contains("brandNewField"), "unknown fields survive in raw");
+    assert!(
+        stored["da000000000000000003_3"].contains("brandNewField"),
+        "unknown fields survive in raw"
+    );
     let sqlite = sqlite_pool(&env).await;
     let (sev, title): (Option<String>, Option<String>) =
         sqlx::query_as("SELECT severity, title FROM alerts WHERE id = 'da000000000000000003_3'")
             .fetch_one(&sqlite)
             .await
             .unwrap();
-    assert_eq!(sev.as_deref(), Some("Apocalyptic"), "unknown enum values are stored as they come");
+    assert_eq!(
+        sev.as_deref(),
+        Some("Apocalyptic"),
+        "unknown enum values are stored as they come"
+    );
     assert_eq!(title, None, "missing fields are NULL");
 }
 
@@ -208,7 +267,13 @@ async fn unconsented_and_roleless_tenants_fail_with_cause_and_fix_while_the_othe
         SimTenant::numbered(5, TenantKind::Good, 100),
     ]);
     cfg.max_lag = Duration::ZERO;
-    let env = start("tenants", cfg, mde_sync::clock::system(), sync_settings(10_000, Duration::minutes(10))).await;
+    let env = start(
+        "tenants",
+        cfg,
+        mde_sync::clock::system(),
+        sync_settings(10_000, Duration::minutes(10)),
+    )
+    .await;
     let outcomes = env.app.sync_once().await;
     assert_eq!(outcomes.len(), 5);
     for (i, o) in outcomes.iter().enumerate() {
@@ -237,7 +302,10 @@ async fn unconsented_and_roleless_tenants_fail_with_cause_and_fix_while_the_othe
     }
     let status = env.store().status().await.unwrap();
     let health: Vec<&str> = status.iter().map(|s| s.health.as_str()).collect();
-    assert!(health.contains(&"needs-consent") && health.contains(&"missing-role"), "{health:?}");
+    assert!(
+        health.contains(&"needs-consent") && health.contains(&"missing-role"),
+        "{health:?}"
+    );
 }
 
 /// Wraps a source and stalls one tenant, to show the others do not wait for it.
@@ -247,7 +315,11 @@ struct StallOne {
 }
 
 impl AlertSource for StallOne {
-    fn fetch<'a>(&'a self, tenant: &'a TenantId, q: &'a WindowQuery) -> BoxFuture<'a, Result<Page, ApiError>> {
+    fn fetch<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        q: &'a WindowQuery,
+    ) -> BoxFuture<'a, Result<Page, ApiError>> {
         Box::pin(async move {
             if *tenant == self.slow {
                 tokio::time::sleep(StdDuration::from_secs(3)).await;
@@ -255,16 +327,30 @@ impl AlertSource for StallOne {
             self.inner.fetch(tenant, q).await
         })
     }
-    fn fetch_link<'a>(&'a self, tenant: &'a TenantId, link: &'a str) -> BoxFuture<'a, Result<Page, ApiError>> {
+    fn fetch_link<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        link: &'a str,
+    ) -> BoxFuture<'a, Result<Page, ApiError>> {
         self.inner.fetch_link(tenant, link)
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_tenant_does_not_delay_the_others_and_is_not_started_twice() {
-    let mut cfg = SimConfig::new((1..=4).map(|n| SimTenant::numbered(n, TenantKind::Good, 100)).collect());
+    let mut cfg = SimConfig::new(
+        (1..=4)
+            .map(|n| SimTenant::numbered(n, TenantKind::Good, 100))
+            .collect(),
+    );
     cfg.max_lag = Duration::ZERO;
-    let env = start("stall", cfg, mde_sync::clock::system(), sync_settings(10_000, Duration::minutes(10))).await;
+    let env = start(
+        "stall",
+        cfg,
+        mde_sync::clock::system(),
+        sync_settings(10_000, Duration::minutes(10)),
+    )
+    .await;
     let source = Arc::new(StallOne {
         inner: env.app.client.clone(),
         slow: env.tenants[0].id.clone(),
@@ -281,11 +367,19 @@ async fn a_stalled_tenant_does_not_delay_the_others_and_is_not_started_twice() {
     tokio::time::sleep(StdDuration::from_millis(1500)).await;
     // the three healthy tenants are done while the stalled one still runs
     for t in &env.tenants[1..] {
-        assert_eq!(env.store().alert_raws(&t.id).await.unwrap().len(), 100, "{} waited for the stalled tenant", t.id);
+        assert_eq!(
+            env.store().alert_raws(&t.id).await.unwrap().len(),
+            100,
+            "{} waited for the stalled tenant",
+            t.id
+        );
     }
     // a second pass now must not start the stalled tenant again
     let second = syncer.sync_all(&env.tenants[..1]).await;
-    assert_eq!(second[0].ok, None, "a run still in progress is not started twice");
+    assert_eq!(
+        second[0].ok, None,
+        "a run still in progress is not started twice"
+    );
     let outcomes = first.await.unwrap();
     assert!(outcomes.iter().all(|o| o.ok == Some(true)));
     let fast_max = outcomes[1..].iter().map(|o| o.duration_ms).max().unwrap();
@@ -300,7 +394,13 @@ async fn tokens_are_reused_renewed_ahead_of_expiry_and_replaced_after_a_401() {
     cfg.max_lag = Duration::ZERO;
     cfg.token_lifetime = Duration::minutes(10);
     cfg.clock = Arc::new(clock.clone());
-    let env = start("tokens", cfg, Arc::new(clock.clone()), sync_settings(10_000, Duration::minutes(1))).await;
+    let env = start(
+        "tokens",
+        cfg,
+        Arc::new(clock.clone()),
+        sync_settings(10_000, Duration::minutes(1)),
+    )
+    .await;
     let id = env.tenants[0].id.as_str().to_owned();
 
     assert_eq!(env.app.sync_once().await[0].ok, Some(true));
@@ -316,7 +416,11 @@ async fn tokens_are_reused_renewed_ahead_of_expiry_and_replaced_after_a_401() {
     assert_eq!(env.sim.token_requests(&id), 2);
     clock.advance(Duration::minutes(5)); // past the old token's expiry, the renewed one is good
     assert_eq!(env.app.sync_once().await[0].ok, Some(true));
-    assert_eq!(env.sim.token_requests(&id), 2, "the poll used the renewed token without waiting");
+    assert_eq!(
+        env.sim.token_requests(&id),
+        2,
+        "the poll used the renewed token without waiting"
+    );
 
     // expiry without the renewal job: the poll fetches a new token itself
     clock.advance(Duration::minutes(11));
@@ -328,6 +432,48 @@ async fn tokens_are_reused_renewed_ahead_of_expiry_and_replaced_after_a_401() {
     let o = env.app.sync_once().await.remove(0);
     assert_eq!(o.ok, Some(true), "{:?}", o.error);
     assert_eq!(env.sim.token_requests(&id), 4);
-    let unauthorized = env.sim.requests().iter().filter(|r| r.status == 401).count();
+    let unauthorized = env
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.status == 401)
+        .count();
     assert_eq!(unauthorized, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instant_bigger_than_a_page_is_read_whole_while_its_alerts_keep_changing() {
+    let clock = manual_clock();
+    let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 2_600)]);
+    cfg.max_lag = Duration::ZERO;
+    cfg.clock = Arc::new(clock.clone());
+    cfg.seed = 3;
+    // each API request first changes 20 random alerts, which slides later alerts of the instant
+    // towards earlier $skip offsets while it is paged
+    cfg.changes_per_request = 20;
+    let env = start(
+        "instant",
+        cfg,
+        Arc::new(clock.clone()),
+        sync_settings(1_000, Duration::seconds(30)),
+    )
+    .await;
+    let id = env.tenants[0].id.as_str().to_owned();
+    env.sim.set_changes_enabled(false);
+    assert_eq!(env.app.sync_once().await[0].ok, Some(true));
+
+    // 2,500 alerts share one instant, which then falls below the next run's ceiling: that run is
+    // the one that must read it whole
+    let instant = env.sim.bulk_update(&id, 2_500);
+    clock.advance(Duration::minutes(2));
+    env.sim.set_changes_enabled(true);
+    let o = env.app.sync_once().await.remove(0);
+    env.sim.set_changes_enabled(false);
+    assert_eq!(o.ok, Some(true), "{:?}", o.error);
+    assert!(
+        o.watermark.unwrap() > instant,
+        "the run moved the watermark past the instant"
+    );
+    let covered = assert_watermark_invariant(&env).await;
+    assert!(covered > 2_000, "{covered}");
 }

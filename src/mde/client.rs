@@ -24,9 +24,13 @@ use crate::{
 pub enum ApiError {
     #[error("{0}")]
     Token(#[from] AuthError),
-    #[error("the API refused the token twice (HTTP 401, target {target:?}): the token was renewed once and refused again; check cloud.scope and cloud.api_url")]
+    #[error(
+        "the API refused the token twice (HTTP 401, target {target:?}): the token was renewed once and refused again; check cloud.scope and cloud.api_url"
+    )]
     Unauthorized { target: Option<String> },
-    #[error("the API answered 403 {code} (target {target:?}): the app lacks the Alert.Read.All application permission in this tenant; add it under API permissions > WindowsDefenderATP and have the customer's admin grant consent again")]
+    #[error(
+        "the API answered 403 {code} (target {target:?}): the app lacks the Alert.Read.All application permission in this tenant; add it under API permissions > WindowsDefenderATP and have the customer's admin grant consent again"
+    )]
     Forbidden {
         code: String,
         message: String,
@@ -43,7 +47,9 @@ pub enum ApiError {
         retry_after: Option<Duration>,
         target: Option<String>,
     },
-    #[error("the API rejected the request (HTTP {status} {code}: {message}, target {target:?}) for {request}: this is a bug in mde-sync, please report it")]
+    #[error(
+        "the API rejected the request (HTTP {status} {code}: {message}, target {target:?}) for {request}: this is a bug in mde-sync, please report it"
+    )]
     BadRequest {
         status: u16,
         code: String,
@@ -61,7 +67,10 @@ impl ApiError {
     /// Worth another try after a pause.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::RateLimited { .. } | Self::Server { .. } | Self::Network(_) | Self::Decode { .. } => true,
+            Self::RateLimited { .. }
+            | Self::Server { .. }
+            | Self::Network(_)
+            | Self::Decode { .. } => true,
             Self::Token(e) => e.fault().is_transient(),
             _ => false,
         }
@@ -69,7 +78,9 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::RateLimited { retry_after, .. } | Self::Server { retry_after, .. } => *retry_after,
+            Self::RateLimited { retry_after, .. } | Self::Server { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         }
     }
@@ -120,7 +131,12 @@ pub struct MdeClient {
 }
 
 impl MdeClient {
-    pub fn new(http: reqwest::Client, api_url: Url, tokens: Arc<TokenProvider>, max_attempts: usize) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        api_url: Url,
+        tokens: Arc<TokenProvider>,
+        max_attempts: usize,
+    ) -> Self {
         Self {
             http,
             api_url,
@@ -137,12 +153,19 @@ impl MdeClient {
     /// The request URL for a window. Literals are unquoted DateTimeOffsets with seven digits.
     pub fn window_url(&self, q: &WindowQuery) -> Url {
         let mut url = self.api_url.clone();
-        url.set_path(&format!("{}/api/alerts", self.api_url.path().trim_end_matches('/')));
+        url.set_path(&format!(
+            "{}/api/alerts",
+            self.api_url.path().trim_end_matches('/')
+        ));
         {
             let mut pairs = url.query_pairs_mut();
             pairs.append_pair(
                 "$filter",
-                &format!("lastUpdateTime ge {} and lastUpdateTime lt {}", q.from.odata(), q.to.odata()),
+                &format!(
+                    "lastUpdateTime ge {} and lastUpdateTime lt {}",
+                    q.from.odata(),
+                    q.to.odata()
+                ),
             );
             pairs.append_pair("$top", &q.top.to_string());
             if q.skip > 0 {
@@ -158,7 +181,10 @@ impl MdeClient {
     /// `GET /api/alerts?$top=1`, for `check`.
     pub async fn probe(&self, tenant: &TenantId) -> Result<usize, ApiError> {
         let mut url = self.api_url.clone();
-        url.set_path(&format!("{}/api/alerts", self.api_url.path().trim_end_matches('/')));
+        url.set_path(&format!(
+            "{}/api/alerts",
+            self.api_url.path().trim_end_matches('/')
+        ));
         url.query_pairs_mut().append_pair("$top", "1");
         self.get_page(tenant, &url).await.map(|p| p.alerts.len())
     }
@@ -215,7 +241,10 @@ impl MdeClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = resp.bytes().await.map_err(|e| ApiError::Network(without_url(&e)))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Network(without_url(&e)))?;
         if status == 200 {
             let env: Envelope = serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
                 status,
@@ -240,7 +269,10 @@ impl MdeClient {
                 message: err.error.message,
                 target,
             },
-            429 => ApiError::RateLimited { retry_after, target },
+            429 => ApiError::RateLimited {
+                retry_after,
+                target,
+            },
             500..=599 => ApiError::Server {
                 status,
                 retry_after,
@@ -263,20 +295,31 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let when = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
+    let when =
+        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
     let delta = when - time::OffsetDateTime::now_utc();
-    Some(Duration::from_millis(delta.whole_milliseconds().max(0) as u64))
+    Some(Duration::from_millis(
+        delta.whole_milliseconds().max(0) as u64
+    ))
 }
 
 impl AlertSource for MdeClient {
-    fn fetch<'a>(&'a self, tenant: &'a TenantId, q: &'a WindowQuery) -> BoxFuture<'a, Result<Page, ApiError>> {
+    fn fetch<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        q: &'a WindowQuery,
+    ) -> BoxFuture<'a, Result<Page, ApiError>> {
         Box::pin(async move {
             let url = self.window_url(q);
             self.get_page(tenant, &url).await
         })
     }
 
-    fn fetch_link<'a>(&'a self, tenant: &'a TenantId, link: &'a str) -> BoxFuture<'a, Result<Page, ApiError>> {
+    fn fetch_link<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        link: &'a str,
+    ) -> BoxFuture<'a, Result<Page, ApiError>> {
         Box::pin(async move {
             let url = Url::parse(link).map_err(|e| ApiError::Decode {
                 status: 200,
@@ -286,7 +329,10 @@ impl AlertSource for MdeClient {
             if url.host_str() != self.api_url.host_str() {
                 return Err(ApiError::Decode {
                     status: 200,
-                    detail: format!("@odata.nextLink points to another host: {:?}", url.host_str()),
+                    detail: format!(
+                        "@odata.nextLink points to another host: {:?}",
+                        url.host_str()
+                    ),
                 });
             }
             self.get_page(tenant, &url).await
@@ -301,7 +347,10 @@ mod tests {
     #[test]
     fn retry_after_reads_seconds_and_dates() {
         assert_eq!(parse_retry_after("8"), Some(Duration::from_secs(8)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

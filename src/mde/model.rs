@@ -76,9 +76,21 @@ pub const EVIDENCE_COLUMNS: &[(&str, &str, Kind)] = &[
     ("process_command_line", "processCommandLine", Kind::Text),
     ("process_creation_time", "processCreationTime", Kind::Time),
     ("parent_process_id", "parentProcessId", Kind::Int),
-    ("parent_process_creation_time", "parentProcessCreationTime", Kind::Time),
-    ("parent_process_file_name", "parentProcessFileName", Kind::Text),
-    ("parent_process_file_path", "parentProcessFilePath", Kind::Text),
+    (
+        "parent_process_creation_time",
+        "parentProcessCreationTime",
+        Kind::Time,
+    ),
+    (
+        "parent_process_file_name",
+        "parentProcessFileName",
+        Kind::Text,
+    ),
+    (
+        "parent_process_file_path",
+        "parentProcessFilePath",
+        Kind::Text,
+    ),
     ("ip_address", "ipAddress", Kind::Text),
     ("url", "url", Kind::Text),
     ("registry_key", "registryKey", Kind::Text),
@@ -164,8 +176,8 @@ pub fn parse_alert(raw: &RawValue) -> Result<AlertRow, Malformed> {
                 let Value::Object(e) = item else {
                     return Err(bad(format!("evidence[{i}] is not an object")));
                 };
-                let values = columns(e, EVIDENCE_COLUMNS)
-                    .map_err(|r| bad(format!("evidence[{i}]: {r}")))?;
+                let values =
+                    columns(e, EVIDENCE_COLUMNS).map_err(|r| bad(format!("evidence[{i}]: {r}")))?;
                 out.push(EvidenceRow {
                     values,
                     raw: item.to_string(),
@@ -216,7 +228,9 @@ fn convert(v: Option<&Value>, kind: Kind) -> Result<Val, String> {
             other => other.to_string(),
         })),
         Kind::Int => Val::Int(Some(match v {
-            Value::Number(n) => n.as_i64().ok_or_else(|| format!("{n} is not a 64-bit integer"))?,
+            Value::Number(n) => n
+                .as_i64()
+                .ok_or_else(|| format!("{n} is not a 64-bit integer"))?,
             Value::String(s) => s
                 .parse::<i64>()
                 .map_err(|_| format!("{s:?} is not an integer"))?,
@@ -245,28 +259,49 @@ mod tests {
         let a = parse_alert(&raw(DOC_ALERT)).unwrap();
         assert_eq!(a.id, "da637472900382838869_1364969609");
         assert_eq!(a.raw, DOC_ALERT, "raw is the exact text received");
-        assert_eq!(a.last_update, Some(Timestamp::parse("2021-01-26T20:33:59.2Z").unwrap()));
-        assert_eq!(a.values[column_index(ALERT_COLUMNS, "incident_id")], Val::Int(Some(1126093)));
-        assert_eq!(a.values[column_index(ALERT_COLUMNS, "severity")], Val::Text(Some("Low".into())));
+        assert_eq!(
+            a.last_update,
+            Some(Timestamp::parse("2021-01-26T20:33:59.2Z").unwrap())
+        );
+        assert_eq!(
+            a.values[column_index(ALERT_COLUMNS, "incident_id")],
+            Val::Int(Some(1126093))
+        );
+        assert_eq!(
+            a.values[column_index(ALERT_COLUMNS, "severity")],
+            Val::Text(Some("Low".into()))
+        );
         assert_eq!(
             a.values[column_index(ALERT_COLUMNS, "mitre_techniques")],
             Val::Json(Some(r#"["T1064","T1085","T1220"]"#.into()))
         );
-        assert_eq!(a.values[column_index(ALERT_COLUMNS, "resolved_time")], Val::Time(None));
+        assert_eq!(
+            a.values[column_index(ALERT_COLUMNS, "resolved_time")],
+            Val::Time(None)
+        );
         assert_eq!(a.evidence.len(), 1);
         assert_eq!(
             a.evidence[0].values[column_index(EVIDENCE_COLUMNS, "entity_type")],
             Val::Text(Some("User".into()))
         );
         // fields absent from this evidence item are NULL, not errors
-        assert_eq!(a.evidence[0].values[column_index(EVIDENCE_COLUMNS, "registry_key")], Val::Text(None));
+        assert_eq!(
+            a.evidence[0].values[column_index(EVIDENCE_COLUMNS, "registry_key")],
+            Val::Text(None)
+        );
     }
 
     #[test]
     fn missing_fields_are_null_and_unknown_enums_are_kept() {
         let a = parse_alert(&raw(r#"{"id":"x1","severity":"Catastrophic"}"#)).unwrap();
-        assert_eq!(a.values[column_index(ALERT_COLUMNS, "severity")], Val::Text(Some("Catastrophic".into())));
-        assert_eq!(a.values[column_index(ALERT_COLUMNS, "title")], Val::Text(None));
+        assert_eq!(
+            a.values[column_index(ALERT_COLUMNS, "severity")],
+            Val::Text(Some("Catastrophic".into()))
+        );
+        assert_eq!(
+            a.values[column_index(ALERT_COLUMNS, "title")],
+            Val::Text(None)
+        );
         assert!(a.last_update.is_none());
         assert!(a.evidence.is_empty());
     }

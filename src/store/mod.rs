@@ -63,6 +63,12 @@ pub struct TenantStatus {
     pub open_alerts: i64,
 }
 
+/// `(alert_id, position, raw)` of one evidence row.
+pub type EvidenceRaw = (String, i64, String);
+
+/// `(tenant_id, severity, count)`.
+pub type SeverityCount = (String, String, i64);
+
 /// What the sync needs from a database.
 pub trait Store: Send + Sync {
     fn backend(&self) -> &'static str;
@@ -71,10 +77,17 @@ pub trait Store: Send + Sync {
     fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Makes sure the tenant has a state row and returns its watermark.
-    fn prepare_tenant<'a>(&'a self, tenant: &'a Tenant, now: Timestamp)
-    -> BoxFuture<'a, Result<Option<Timestamp>, StoreError>>;
+    fn prepare_tenant<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Option<Timestamp>, StoreError>>;
 
-    fn start_run<'a>(&'a self, tenant: &'a TenantId, now: Timestamp) -> BoxFuture<'a, Result<i64, StoreError>>;
+    fn start_run<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<i64, StoreError>>;
 
     /// Upserts `alerts` and, if given, raises the watermark, all in one transaction. Returns how
     /// many alerts were written (inserted or replaced by a newer version).
@@ -91,16 +104,19 @@ pub trait Store: Send + Sync {
     fn status(&self) -> BoxFuture<'_, Result<Vec<TenantStatus>, StoreError>>;
 
     /// `id -> raw` for one tenant: what the tests compare with the simulator.
-    fn alert_raws<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<BTreeMap<String, String>, StoreError>>;
+    fn alert_raws<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, StoreError>>;
 
     /// `(alert_id, position, raw)` of one tenant's evidence rows, ordered.
     fn evidence_raws<'a>(
         &'a self,
         tenant: &'a TenantId,
-    ) -> BoxFuture<'a, Result<Vec<(String, i64, String)>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Vec<EvidenceRaw>, StoreError>>;
 
     /// `(tenant_id, severity, count)` over all alerts, for summaries.
-    fn severity_counts(&self) -> BoxFuture<'_, Result<Vec<(String, String, i64)>, StoreError>>;
+    fn severity_counts(&self) -> BoxFuture<'_, Result<Vec<SeverityCount>, StoreError>>;
 }
 
 pub type SharedStore = Arc<dyn Store>;
@@ -109,7 +125,9 @@ pub type SharedStore = Arc<dyn Store>;
 /// until that backend exists.
 pub async fn open(url: &str, max_connections: u32) -> Result<SharedStore, StoreError> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::open(url, max_connections).await?))
+        Ok(Arc::new(
+            sqlite::SqliteStore::open(url, max_connections).await?,
+        ))
     } else {
         Err(StoreError::Config(format!(
             "database.url {:?}: only sqlite:// is supported by this build",

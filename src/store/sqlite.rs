@@ -5,10 +5,13 @@
 use std::{borrow::Cow, collections::BTreeMap, str::FromStr, sync::LazyLock, time::Duration};
 
 use sqlx::{
-    AssertSqlSafe, Row, Sqlite, SqlSafeStr, SqlitePool,
+    AssertSqlSafe, Row, SqlSafeStr, Sqlite, SqlitePool,
     migrate::{Migration, MigrationType, Migrator},
     query::Query,
-    sqlite::{SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    sqlite::{
+        SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions,
+        SqliteSynchronous,
+    },
 };
 
 use super::{RunReport, Store, StoreError, TenantStatus};
@@ -29,7 +32,13 @@ fn migrator() -> Migrator {
     let migrations = MIGRATIONS
         .iter()
         .map(|(version, desc, sql)| {
-            Migration::new(*version, Cow::Borrowed(desc), MigrationType::Simple, AssertSqlSafe(*sql).into_sql_str(), false)
+            Migration::new(
+                *version,
+                Cow::Borrowed(desc),
+                MigrationType::Simple,
+                AssertSqlSafe(*sql).into_sql_str(),
+                false,
+            )
         })
         .collect::<Vec<_>>();
     Migrator {
@@ -68,7 +77,10 @@ static INSERT_EVIDENCE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-fn bind_val<'q>(q: Query<'q, Sqlite, SqliteArguments>, v: &Val) -> Query<'q, Sqlite, SqliteArguments> {
+fn bind_val<'q>(
+    q: Query<'q, Sqlite, SqliteArguments>,
+    v: &Val,
+) -> Query<'q, Sqlite, SqliteArguments> {
     match v {
         Val::Text(t) | Val::Json(t) => q.bind(t.clone()),
         Val::Int(i) => q.bind(*i),
@@ -130,21 +142,27 @@ impl Store for SqliteStore {
             .bind(now.to_db())
             .execute(&self.pool)
             .await?;
-            let wm: Option<String> = sqlx::query_scalar("SELECT watermark FROM sync_state WHERE tenant_id = ?")
-                .bind(tenant.id.as_str())
-                .fetch_one(&self.pool)
-                .await?;
+            let wm: Option<String> =
+                sqlx::query_scalar("SELECT watermark FROM sync_state WHERE tenant_id = ?")
+                    .bind(tenant.id.as_str())
+                    .fetch_one(&self.pool)
+                    .await?;
             Ok(wm.and_then(|w| Timestamp::parse(&w).ok()))
         })
     }
 
-    fn start_run<'a>(&'a self, tenant: &'a TenantId, now: Timestamp) -> BoxFuture<'a, Result<i64, StoreError>> {
+    fn start_run<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<i64, StoreError>> {
         Box::pin(async move {
-            let wm: Option<String> = sqlx::query_scalar("SELECT watermark FROM sync_state WHERE tenant_id = ?")
-                .bind(tenant.as_str())
-                .fetch_optional(&self.pool)
-                .await?
-                .flatten();
+            let wm: Option<String> =
+                sqlx::query_scalar("SELECT watermark FROM sync_state WHERE tenant_id = ?")
+                    .bind(tenant.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .flatten();
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO sync_runs (tenant_id, started_at, watermark_before) VALUES (?, ?, ?) RETURNING id",
             )
@@ -153,12 +171,14 @@ impl Store for SqliteStore {
             .bind(wm)
             .fetch_one(&self.pool)
             .await?;
-            sqlx::query("UPDATE sync_state SET last_attempt_at = ?, updated_at = ? WHERE tenant_id = ?")
-                .bind(now.to_db())
-                .bind(now.to_db())
-                .bind(tenant.as_str())
-                .execute(&self.pool)
-                .await?;
+            sqlx::query(
+                "UPDATE sync_state SET last_attempt_at = ?, updated_at = ? WHERE tenant_id = ?",
+            )
+            .bind(now.to_db())
+            .bind(now.to_db())
+            .bind(tenant.as_str())
+            .execute(&self.pool)
+            .await?;
             Ok(id)
         })
     }
@@ -300,12 +320,16 @@ impl Store for SqliteStore {
         })
     }
 
-    fn alert_raws<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<BTreeMap<String, String>, StoreError>> {
+    fn alert_raws<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, StoreError>> {
         Box::pin(async move {
-            let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, raw FROM alerts WHERE tenant_id = ?")
-                .bind(tenant.as_str())
-                .fetch_all(&self.pool)
-                .await?;
+            let rows: Vec<(String, String)> =
+                sqlx::query_as("SELECT id, raw FROM alerts WHERE tenant_id = ?")
+                    .bind(tenant.as_str())
+                    .fetch_all(&self.pool)
+                    .await?;
             Ok(rows.into_iter().collect())
         })
     }
@@ -313,7 +337,7 @@ impl Store for SqliteStore {
     fn evidence_raws<'a>(
         &'a self,
         tenant: &'a TenantId,
-    ) -> BoxFuture<'a, Result<Vec<(String, i64, String)>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<super::EvidenceRaw>, StoreError>> {
         Box::pin(async move {
             Ok(sqlx::query_as(
                 "SELECT alert_id, position, raw FROM alert_evidence WHERE tenant_id = ? ORDER BY alert_id, position",
@@ -324,7 +348,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn severity_counts(&self) -> BoxFuture<'_, Result<Vec<(String, String, i64)>, StoreError>> {
+    fn severity_counts(&self) -> BoxFuture<'_, Result<Vec<super::SeverityCount>, StoreError>> {
         Box::pin(async move {
             Ok(sqlx::query_as(
                 "SELECT tenant_id, COALESCE(severity, '(none)'), COUNT(*) FROM alerts GROUP BY 1, 2 ORDER BY 1, 2",

@@ -168,7 +168,12 @@ impl Drop for RunningGuard<'_> {
 }
 
 impl Syncer {
-    pub fn new(store: SharedStore, source: Arc<dyn AlertSource>, clock: SharedClock, settings: SyncSettings) -> Self {
+    pub fn new(
+        store: SharedStore,
+        source: Arc<dyn AlertSource>,
+        clock: SharedClock,
+        settings: SyncSettings,
+    ) -> Self {
         Self {
             store,
             source,
@@ -214,7 +219,8 @@ impl Syncer {
 
     /// One run for one tenant, recorded in `sync_runs` and `sync_state`.
     pub async fn sync_tenant(&self, tenant: &Tenant) -> RunOutcome {
-        let span = tracing::info_span!("tenant_run", tenant = %tenant.id, tenant_name = %tenant.name);
+        let span =
+            tracing::info_span!("tenant_run", tenant = %tenant.id, tenant_name = %tenant.name);
         self.sync_tenant_inner(tenant).instrument(span).await
     }
 
@@ -233,7 +239,12 @@ impl Syncer {
             duration_ms: 0,
             watermark: None,
         };
-        if !self.running.lock().expect("running set").insert(tenant.id.clone()) {
+        if !self
+            .running
+            .lock()
+            .expect("running set")
+            .insert(tenant.id.clone())
+        {
             tracing::warn!("previous run still in progress, skipping this one");
             return outcome;
         }
@@ -318,7 +329,12 @@ impl Syncer {
     }
 
     /// Steps 1–5 of the module documentation.
-    async fn run(&self, tenant: &Tenant, watermark: Option<Timestamp>, c: &mut Counters) -> Result<(), SyncError> {
+    async fn run(
+        &self,
+        tenant: &Tenant,
+        watermark: Option<Timestamp>,
+        c: &mut Counters,
+    ) -> Result<(), SyncError> {
         let q0 = self.now();
         let ceiling = q0.minus(self.settings.lag_allowance);
         let from = watermark.unwrap_or_else(|| q0.minus(self.settings.initial_lookback));
@@ -394,11 +410,16 @@ impl Syncer {
         ceiling: Timestamp,
         c: &mut Counters,
     ) -> Result<(), SyncError> {
-        let new_wm = complete_from.map(|_| b.min(ceiling)).filter(|w| c.watermark.is_none_or(|old| *w > old));
+        let new_wm = complete_from
+            .map(|_| b.min(ceiling))
+            .filter(|w| c.watermark.is_none_or(|old| *w > old));
         if rows.is_empty() && new_wm.is_none() {
             return Ok(());
         }
-        c.written += self.store.commit(&tenant.id, rows, new_wm, self.now()).await?;
+        c.written += self
+            .store
+            .commit(&tenant.id, rows, new_wm, self.now())
+            .await?;
         if let Some(w) = new_wm {
             c.watermark = Some(w);
         }
@@ -406,10 +427,18 @@ impl Syncer {
     }
 
     /// A window that returned a `@odata.nextLink`: the source pages for us.
-    async fn follow_links(&self, tenant: &Tenant, mut page: Page, c: &mut Counters) -> Result<(), SyncError> {
+    async fn follow_links(
+        &self,
+        tenant: &Tenant,
+        mut page: Page,
+        c: &mut Counters,
+    ) -> Result<(), SyncError> {
         loop {
             let rows = self.accept(tenant, &page, c);
-            c.written += self.store.commit(&tenant.id, &rows, None, self.now()).await?;
+            c.written += self
+                .store
+                .commit(&tenant.id, &rows, None, self.now())
+                .await?;
             let Some(link) = page.next_link.take() else {
                 return Ok(());
             };
@@ -422,9 +451,18 @@ impl Syncer {
     /// Step 4: pages a single instant holding more alerts than a page, with overlapping `$skip`
     /// pages whose overlap proves continuity. Writes what it reads; the caller moves the
     /// watermark once this returns.
-    async fn read_instant(&self, tenant: &Tenant, t: Timestamp, first: Page, c: &mut Counters) -> Result<(), SyncError> {
+    async fn read_instant(
+        &self,
+        tenant: &Tenant,
+        t: Timestamp,
+        first: Page,
+        c: &mut Counters,
+    ) -> Result<(), SyncError> {
         let page_size = self.settings.page_size;
-        let overlap = (page_size / 10).clamp(1, 500).min(page_size.saturating_sub(1)).max(1);
+        let overlap = (page_size / 10)
+            .clamp(1, 500)
+            .min(page_size.saturating_sub(1))
+            .max(1);
         let step = page_size.saturating_sub(overlap).max(1);
         let mut first = Some(first);
         let mut seen = 0usize;
@@ -451,13 +489,20 @@ impl Syncer {
                     }
                 };
                 let rows = self.accept(tenant, &page, c);
-                let ids: Vec<String> = page.alerts.iter().filter_map(|r| alert_id(r.get())).collect();
+                let ids: Vec<String> = page
+                    .alerts
+                    .iter()
+                    .filter_map(|r| alert_id(r.get()))
+                    .collect();
                 if skip > 0 && !tail.iter().any(|id| ids.contains(id)) {
                     continuous = false;
                     tracing::warn!(instant = %t, skip, attempt, "alerts slid while paging an instant, reading it again");
                     break;
                 }
-                c.written += self.store.commit(&tenant.id, &rows, None, self.now()).await?;
+                c.written += self
+                    .store
+                    .commit(&tenant.id, &rows, None, self.now())
+                    .await?;
                 seen = skip + page.alerts.len();
                 if page.alerts.len() < page_size {
                     break;
@@ -499,7 +544,11 @@ fn split_point(page: &Page, a: Timestamp, b: Timestamp) -> Timestamp {
     let mut times: Vec<Timestamp> = page
         .alerts
         .iter()
-        .filter_map(|r| serde_json::from_str::<TimeOnly>(r.get()).ok()?.last_update_time)
+        .filter_map(|r| {
+            serde_json::from_str::<TimeOnly>(r.get())
+                .ok()?
+                .last_update_time
+        })
         .filter_map(|s| Timestamp::parse(&s).ok())
         .filter(|t| *t >= a && *t < b)
         .collect();
@@ -510,7 +559,9 @@ fn split_point(page: &Page, a: Timestamp, b: Timestamp) -> Timestamp {
         *times.select_nth_unstable(mid).1
     };
     // a < m < b, so both halves are non-empty and strictly smaller.
-    m.max(a.plus_ticks(1)).min(b.plus_ticks(-1)).max(a.plus_ticks(1))
+    m.max(a.plus_ticks(1))
+        .min(b.plus_ticks(-1))
+        .max(a.plus_ticks(1))
 }
 
 /// Logs progress of long runs (a backfill) at most every few seconds.
@@ -522,7 +573,10 @@ struct Progress {
 impl Progress {
     fn new() -> Self {
         let now = Instant::now();
-        Self { started: now, last: now }
+        Self {
+            started: now,
+            last: now,
+        }
     }
 
     fn tick(&mut self, c: &Counters, windows_left: usize, reached: Timestamp) {
@@ -554,7 +608,10 @@ mod tests {
             alerts: times
                 .iter()
                 .enumerate()
-                .map(|(i, t)| RawValue::from_string(format!(r#"{{"id":"a{i}","lastUpdateTime":"{t}"}}"#)).unwrap())
+                .map(|(i, t)| {
+                    RawValue::from_string(format!(r#"{{"id":"a{i}","lastUpdateTime":"{t}"}}"#))
+                        .unwrap()
+                })
                 .collect(),
             next_link: None,
         }
@@ -564,8 +621,15 @@ mod tests {
     fn split_point_is_the_median_and_stays_inside_the_window() {
         let a = Timestamp::parse("2024-01-01T00:00:00Z").unwrap();
         let b = Timestamp::parse("2024-01-02T00:00:00Z").unwrap();
-        let p = page(&["2024-01-01T01:00:00Z", "2024-01-01T02:00:00Z", "2024-01-01T03:00:00.5Z"]);
-        assert_eq!(split_point(&p, a, b), Timestamp::parse("2024-01-01T02:00:00Z").unwrap());
+        let p = page(&[
+            "2024-01-01T01:00:00Z",
+            "2024-01-01T02:00:00Z",
+            "2024-01-01T03:00:00.5Z",
+        ]);
+        assert_eq!(
+            split_point(&p, a, b),
+            Timestamp::parse("2024-01-01T02:00:00Z").unwrap()
+        );
         // everything at the window's start: split off that instant alone
         let p = page(&["2024-01-01T00:00:00Z", "2024-01-01T00:00:00Z"]);
         assert_eq!(split_point(&p, a, b), a.plus_ticks(1));

@@ -28,7 +28,8 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(label: &str) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("mde-sync-test-{}-{label}-{n}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("mde-sync-test-{}-{label}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         Self(p)
@@ -96,7 +97,11 @@ pub fn manual_clock() -> ManualClock {
 
 /// The simulator's truth for a tenant, without the alerts it was told to serve malformed or
 /// foreign (which mde-sync must refuse).
-pub fn truth_without(sim: &Simulator, tenant: &str, refused: &[&str]) -> std::collections::BTreeMap<String, String> {
+pub fn truth_without(
+    sim: &Simulator,
+    tenant: &str,
+    refused: &[&str],
+) -> std::collections::BTreeMap<String, String> {
     let mut t = sim.truth(tenant);
     for id in refused {
         t.remove(*id);
@@ -138,7 +143,12 @@ pub async fn assert_converged(env: &TestEnv, refused: &[&str]) {
                 v["evidence"].as_array().map(|a| a.len()).unwrap_or(0)
             })
             .sum();
-        assert_eq!(evidence.len(), want_evidence, "tenant {}: evidence rows", t.id);
+        assert_eq!(
+            evidence.len(),
+            want_evidence,
+            "tenant {}: evidence rows",
+            t.id
+        );
     }
 }
 
@@ -150,4 +160,39 @@ pub fn sync_settings(page_size: usize, lag_allowance: time::Duration) -> SyncSet
         request_timeout: std::time::Duration::from_secs(60),
         ..SyncSettings::default()
     }
+}
+
+/// The watermark's promise, checked directly: every alert whose current version is older than the
+/// tenant's watermark is stored at exactly that version. Call it while the simulator is not
+/// changing alerts. Returns how many alerts the watermark covered.
+pub async fn assert_watermark_invariant(env: &TestEnv) -> usize {
+    let status = env.store().status().await.unwrap();
+    let mut covered = 0;
+    for t in &env.tenants {
+        let Some(wm) = status
+            .iter()
+            .find(|s| s.tenant_id == t.id.as_str())
+            .and_then(|s| s.watermark.as_deref())
+            .map(|w| mde_sync::timestamp::Timestamp::parse(w).unwrap())
+        else {
+            continue;
+        };
+        let stored = env.store().alert_raws(&t.id).await.unwrap();
+        for (id, raw) in env.sim.truth(t.id.as_str()) {
+            let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+            let Some(lut) = v["lastUpdateTime"].as_str() else {
+                continue;
+            };
+            if mde_sync::timestamp::Timestamp::parse(lut).unwrap() < wm {
+                covered += 1;
+                assert_eq!(
+                    stored.get(&id),
+                    Some(&raw),
+                    "tenant {}: alert {id} (lastUpdateTime {lut}) is below the watermark {wm} but not stored at its current version",
+                    t.id
+                );
+            }
+        }
+    }
+    covered
 }

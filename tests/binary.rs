@@ -1,0 +1,275 @@
+//! The real binary: `mde-sync sync` against `mde-sync simulate`, and `validate`'s exit status.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mde-sync");
+
+/// A `mde-sync simulate` child, killed when dropped.
+struct Simulate {
+    child: Child,
+    base_url: String,
+}
+
+impl Drop for Simulate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn simulate(dir: &std::path::Path, args: &[&str]) -> Simulate {
+    let mut child = Command::new(BIN)
+        .args(["simulate", "--listen", "127.0.0.1:0", "--write-config"])
+        .arg(dir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mde-sync simulate");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().expect("simulate prints its address").unwrap();
+    let base_url = first
+        .strip_prefix("simulator listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_owned();
+    // keep draining stdout so the child never blocks on a full pipe
+    std::thread::spawn(move || for _ in lines {});
+    Simulate { child, base_url }
+}
+
+async fn truth(base: &str, tenant: &str) -> BTreeMap<String, String> {
+    let http = mde_sync::auth::http_client(Duration::from_secs(30));
+    http.get(format!("{base}/_sim/truth/{tenant}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn tenant(n: usize) -> String {
+    mde_sync::simulator::tenant_id(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_stores_the_good_tenants_exactly_and_names_the_unconsented_and_roleless_ones() {
+    let dir = TempDir::new("bin-sync");
+    let sim = simulate(
+        &dir.0,
+        &[
+            "--tenants",
+            "3",
+            "--alerts",
+            "250",
+            "--not-consented",
+            "1",
+            "--no-role",
+            "1",
+        ],
+    );
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.0.join("config.toml"))
+        .arg("sync")
+        .env("MDE_SYNC_LOG__FORMAT", "json")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "sync must fail when a tenant failed\n{stdout}\n{stderr}"
+    );
+
+    let line_of = |n: usize| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&tenant(n)))
+            .unwrap_or_else(|| panic!("no line for tenant {n} in\n{stdout}"))
+            .to_owned()
+    };
+    for n in 1..=3 {
+        assert!(line_of(n).contains(" ok "), "{}", line_of(n));
+    }
+    let unconsented = line_of(4);
+    assert!(
+        unconsented.contains("needs-consent") && unconsented.contains("700016"),
+        "{unconsented}"
+    );
+    assert!(
+        unconsented.contains("consent-url"),
+        "the fix is named: {unconsented}"
+    );
+    let roleless = line_of(5);
+    assert!(
+        roleless.contains("missing-role") && roleless.contains("Alert.Read.All"),
+        "{roleless}"
+    );
+    assert!(stderr.contains("2 of 5 tenant(s) did not sync"), "{stderr}");
+    // logs are JSON lines with the documented fields
+    let synced = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "tenant synced")
+        .expect("a 'tenant synced' JSON log line");
+    for field in ["tenant", "tenant_name", "alerts", "pages", "duration_ms"] {
+        assert!(
+            !synced[field].is_null(),
+            "field {field} missing in {synced}"
+        );
+    }
+
+    let db =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.0.join("mde-sync.db").display()))
+            .await
+            .unwrap();
+    for n in 1..=5 {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, raw FROM alerts WHERE tenant_id = ?")
+                .bind(tenant(n))
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        let stored: BTreeMap<String, String> = rows.into_iter().collect();
+        if n <= 3 {
+            let served = truth(&sim.base_url, &tenant(n)).await;
+            assert_eq!(served.len(), 250);
+            assert!(
+                stored == served,
+                "tenant {n}: stored {} alerts, served {}",
+                stored.len(),
+                served.len()
+            );
+        } else {
+            assert!(stored.is_empty(), "tenant {n} must have nothing stored");
+        }
+    }
+
+    // status reads the same database and shows each tenant's state
+    let status = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.0.join("config.toml"))
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("needs-consent") && text.contains("missing-role"),
+        "{text}"
+    );
+    assert_eq!(text.matches(" ok ").count(), 3, "{text}");
+}
+
+#[test]
+fn validate_lists_every_problem_and_exits_78() {
+    let dir = TempDir::new("bin-validate");
+    std::fs::write(
+        dir.0.join("config.toml"),
+        "[app]\nclient_id = \"nope\"\n[sync]\npage_size = 0\n[log]\nformat = \"xml\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.0.join("config.toml"))
+        .arg("validate")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "app.client_id",
+        "app.client_secret",
+        "sync.page_size",
+        "log.format",
+        "tenants.file",
+    ] {
+        assert!(err.contains(key), "{key} not reported in\n{err}");
+    }
+}
+
+#[test]
+fn check_explains_each_tenant_and_writes_nothing() {
+    let dir = TempDir::new("bin-check");
+    let _sim = simulate(
+        &dir.0,
+        &[
+            "--tenants",
+            "1",
+            "--alerts",
+            "5",
+            "--not-consented",
+            "1",
+            "--no-role",
+            "1",
+        ],
+    );
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.0.join("config.toml"))
+        .arg("check")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = |n: usize| {
+        text.lines()
+            .find(|l| l.starts_with(&tenant(n)))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(
+        line(1).contains("OK") && line(1).contains("secret"),
+        "{}",
+        line(1)
+    );
+    assert!(line(2).contains("needs-consent"), "{}", line(2));
+    assert!(line(3).contains("missing-role"), "{}", line(3));
+    assert!(!dir.0.join("mde-sync.db").exists(), "check writes nothing");
+}
+
+#[test]
+fn consent_url_prints_both_forms() {
+    let dir = TempDir::new("bin-consent");
+    std::fs::write(
+        dir.0.join("config.toml"),
+        "[app]\nclient_id = \"00000000-0000-4000-8000-0000000000c1\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.0.join("config.toml"))
+        .args([
+            "consent-url",
+            "--tenant",
+            "00000000-0000-4000-a000-000000000001",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(
+        "https://login.microsoftonline.com/common/oauth2/authorize?prompt=consent&client_id=00000000-0000-4000-8000-0000000000c1&response_type=code&sso_reload=true"
+    ));
+    assert!(text.contains(
+        "https://login.microsoftonline.com/00000000-0000-4000-a000-000000000001/v2.0/adminconsent?client_id=00000000-0000-4000-8000-0000000000c1&scope=https%3A%2F%2Fapi.securitycenter.microsoft.com%2F.default"
+    ));
+}
