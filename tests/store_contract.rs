@@ -1,0 +1,204 @@
+//! The store contract: the same test functions run against every backend. SQLite always;
+//! further backends join through `backends()`.
+
+mod common;
+
+use std::future::Future;
+
+use common::TempDir;
+use mde_sync::{
+    mde::model::{AlertRow, parse_alert},
+    store::{self, RunReport, SharedStore},
+    tenant::{Tenant, TenantId},
+    timestamp::Timestamp,
+};
+use serde_json::value::RawValue;
+
+const TENANT: &str = "00000000-0000-4000-a000-000000000001";
+
+fn tenant() -> Tenant {
+    Tenant {
+        id: TenantId::parse(TENANT).unwrap(),
+        name: "Contoso".into(),
+        enabled: true,
+    }
+}
+
+fn ts(s: &str) -> Timestamp {
+    Timestamp::parse(s).unwrap()
+}
+
+fn alert(id: &str, last_update: &str, status: &str, evidence: usize) -> AlertRow {
+    let ev: Vec<String> = (0..evidence)
+        .map(|i| {
+            format!(
+                r#"{{"entityType":"File","fileName":"f{i}.exe","sha256":"{:064x}"}}"#,
+                i
+            )
+        })
+        .collect();
+    let raw = format!(
+        r#"{{"id":"{id}","status":"{status}","severity":"High","lastUpdateTime":"{last_update}","aadTenantId":"{TENANT}","evidence":[{}]}}"#,
+        ev.join(",")
+    );
+    parse_alert(&RawValue::from_string(raw).unwrap()).unwrap()
+}
+
+/// Runs `f` against a fresh store of every backend available.
+async fn each_backend<F, Fut>(label: &str, f: F)
+where
+    F: Fn(SharedStore) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = TempDir::new(label);
+    let sqlite = store::open(
+        &format!("sqlite://{}", dir.0.join("contract.db").display()),
+        2,
+    )
+    .await
+    .unwrap();
+    sqlite.migrate().await.unwrap();
+    f(sqlite).await;
+}
+
+#[tokio::test]
+async fn an_older_version_never_overwrites_a_newer_one_and_evidence_follows_its_alert() {
+    each_backend("older", |s| async move {
+        let t = tenant();
+        let now = ts("2024-05-01T00:00:00Z");
+        s.prepare_tenant(&t, now).await.unwrap();
+        let newer = alert("a1", "2024-04-01T10:00:00.25Z", "Resolved", 1);
+        let older = alert("a1", "2024-04-01T10:00:00.2Z", "New", 3);
+        assert_eq!(
+            s.commit(&t.id, std::slice::from_ref(&newer), None, now)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s.commit(&t.id, std::slice::from_ref(&older), None, now)
+                .await
+                .unwrap(),
+            0
+        );
+        let raws = s.alert_raws(&t.id).await.unwrap();
+        assert_eq!(
+            raws["a1"], newer.raw,
+            "59.25 is newer than 59.2 even though it sorts first as text"
+        );
+        assert_eq!(
+            s.evidence_raws(&t.id).await.unwrap().len(),
+            1,
+            "evidence of the newer version stays"
+        );
+
+        // the same version again is not rewritten
+        assert_eq!(
+            s.commit(&t.id, std::slice::from_ref(&newer), None, now)
+                .await
+                .unwrap(),
+            0
+        );
+        // a newer version replaces the row and its evidence
+        let newest = alert("a1", "2024-04-01T10:00:01Z", "Resolved", 2);
+        assert_eq!(
+            s.commit(&t.id, std::slice::from_ref(&newest), None, now)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(s.alert_raws(&t.id).await.unwrap()["a1"], newest.raw);
+        let ev = s.evidence_raws(&t.id).await.unwrap();
+        assert_eq!(ev.iter().map(|e| e.1).collect::<Vec<_>>(), vec![0, 1]);
+        assert!(ev[1].2.contains("f1.exe"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_watermark_moves_only_forward_and_with_its_alerts() {
+    each_backend("watermark", |s| async move {
+        let t = tenant();
+        let now = ts("2024-05-01T00:00:00Z");
+        assert_eq!(s.prepare_tenant(&t, now).await.unwrap(), None);
+        let w2 = ts("2024-04-02T00:00:00.5Z");
+        s.commit(
+            &t.id,
+            &[alert("a1", "2024-04-01T00:00:00Z", "New", 0)],
+            Some(w2),
+            now,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.prepare_tenant(&t, now).await.unwrap(), Some(w2));
+        s.commit(&t.id, &[], Some(ts("2024-04-01T00:00:00Z")), now)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.prepare_tenant(&t, now).await.unwrap(),
+            Some(w2),
+            "never backwards"
+        );
+        let w3 = ts("2024-04-03T00:00:00Z");
+        s.commit(&t.id, &[], Some(w3), now).await.unwrap();
+        assert_eq!(s.prepare_tenant(&t, now).await.unwrap(), Some(w3));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn runs_are_recorded_and_health_follows_the_last_outcome() {
+    each_backend("runs", |s| async move {
+        let t = tenant();
+        let now = ts("2024-05-01T00:00:00Z");
+        s.prepare_tenant(&t, now).await.unwrap();
+        s.commit(
+            &t.id,
+            &[
+                alert("a1", "2024-04-01T00:00:00Z", "New", 0),
+                alert("a2", "2024-04-01T00:00:00Z", "Resolved", 0),
+            ],
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+        let report = |run_id, ok: bool| RunReport {
+            run_id,
+            tenant: t.id.clone(),
+            finished_at: now,
+            ok,
+            health: if ok {
+                "ok".into()
+            } else {
+                "needs-consent".into()
+            },
+            alerts_received: 2,
+            alerts_written: 2,
+            alerts_rejected: 0,
+            pages: 1,
+            watermark_before: None,
+            watermark_after: None,
+            error: (!ok).then(|| "the app is not consented".into()),
+        };
+        for _ in 0..2 {
+            let run = s.start_run(&t.id, now).await.unwrap();
+            s.finish_run(&report(run, false)).await.unwrap();
+        }
+        let st = s.status().await.unwrap().remove(0);
+        assert_eq!(st.health, "needs-consent");
+        assert_eq!(st.consecutive_failures, 2);
+        assert_eq!(st.alerts, 2);
+        assert_eq!(st.open_alerts, 1);
+        assert_eq!(st.last_error.as_deref(), Some("the app is not consented"));
+        let run = s.start_run(&t.id, now).await.unwrap();
+        s.finish_run(&report(run, true)).await.unwrap();
+        let st = s.status().await.unwrap().remove(0);
+        assert_eq!((st.health.as_str(), st.consecutive_failures), ("ok", 0));
+        assert!(st.last_success_at.is_some());
+
+        let counts = s.severity_counts().await.unwrap();
+        assert_eq!(counts, vec![(TENANT.to_string(), "High".to_string(), 2)]);
+    })
+    .await;
+}
