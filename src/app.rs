@@ -158,15 +158,12 @@ impl App {
 }
 
 pub async fn open_store(settings: &Settings) -> anyhow::Result<SharedStore> {
-    let url = settings.database.url.expose_secret();
-    let store = store::open(url, settings.database.max_connections)
-        .await
-        .with_context(|| {
-            format!(
-                "while opening the database {}",
-                settings.database.display_url()
-            )
-        })?;
+    let store = store::open(&settings.database).await.with_context(|| {
+        format!(
+            "while opening the database {}",
+            settings.database.display_url()
+        )
+    })?;
     store.migrate().await.with_context(|| {
         format!(
             "while migrating the database {}",

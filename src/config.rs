@@ -88,6 +88,10 @@ struct RawConfig {
 struct RawDatabase {
     url: Option<String>,
     max_connections: Option<u32>,
+    password_file: Option<PathBuf>,
+    connect_timeout: Option<String>,
+    sslmode: Option<String>,
+    ssl_root_cert: Option<PathBuf>,
 }
 
 #[derive(Default, Deserialize, Serialize)]
@@ -180,6 +184,27 @@ pub struct Settings {
 pub struct DatabaseSettings {
     pub url: SecretString,
     pub max_connections: u32,
+    /// Postgres password from `database.password_file` or the systemd credential
+    /// `database-password`; overrides one in the URL.
+    pub password: Option<SecretString>,
+    pub connect_timeout: std::time::Duration,
+    /// Postgres `sslmode`: disable, allow, prefer, require, verify-ca, verify-full.
+    pub ssl_mode: Option<String>,
+    pub ssl_root_cert: Option<PathBuf>,
+}
+
+impl DatabaseSettings {
+    /// A database at `url` with the defaults for everything else.
+    pub fn from_url(url: impl Into<String>) -> Self {
+        Self {
+            url: SecretString::from(url.into()),
+            max_connections: 8,
+            password: None,
+            connect_timeout: std::time::Duration::from_secs(10),
+            ssl_mode: None,
+            ssl_root_cert: None,
+        }
+    }
 }
 
 impl DatabaseSettings {
@@ -194,6 +219,10 @@ impl fmt::Debug for DatabaseSettings {
         f.debug_struct("DatabaseSettings")
             .field("url", &self.display_url())
             .field("max_connections", &self.max_connections)
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("ssl_mode", &self.ssl_mode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
             .finish()
     }
 }
@@ -407,6 +436,84 @@ fn validate(
     if max_connections == 0 {
         problem(problems, "database.max_connections", "must be at least 1");
     }
+    let is_postgres = db_url.starts_with("postgres");
+    let db_password = match raw.database.password_file {
+        Some(file) => {
+            let file = if file.is_relative() {
+                base_dir.join(file)
+            } else {
+                file
+            };
+            match read_secret_file(&file) {
+                Ok(s) => Some(s),
+                Err(msg) => {
+                    problem(problems, "database.password_file", msg);
+                    None
+                }
+            }
+        }
+        None => env
+            .credentials_directory
+            .as_ref()
+            .map(|d| d.join("database-password"))
+            .filter(|f| f.exists())
+            .and_then(|f| match read_secret_file(&f) {
+                Ok(s) => Some(s),
+                Err(msg) => {
+                    problem(problems, "database.password_file", msg);
+                    None
+                }
+            }),
+    };
+    let connect_timeout = duration_key(
+        problems,
+        "database.connect_timeout",
+        raw.database.connect_timeout,
+        time::Duration::seconds(10),
+    );
+    let ssl_mode = raw.database.sslmode;
+    if let Some(mode) = &ssl_mode {
+        if !is_postgres {
+            problem(
+                problems,
+                "database.sslmode",
+                "only applies to postgres:// URLs: remove it",
+            );
+        } else if ![
+            "disable",
+            "allow",
+            "prefer",
+            "require",
+            "verify-ca",
+            "verify-full",
+        ]
+        .contains(&mode.as_str())
+        {
+            problem(
+                problems,
+                "database.sslmode",
+                format!(
+                    "{mode:?} is not an sslmode: use disable, allow, prefer, require, verify-ca or verify-full"
+                ),
+            );
+        }
+    }
+    let ssl_root_cert = raw
+        .database
+        .ssl_root_cert
+        .map(|p| if p.is_relative() { base_dir.join(p) } else { p });
+    if let Some(p) = &ssl_root_cert
+        && !p.exists()
+    {
+        problem(
+            problems,
+            "database.ssl_root_cert",
+            format!(
+                "{} does not exist: point it at the PEM file of the CA that signed the server's certificate",
+                p.display()
+            ),
+        );
+    }
 
     // app
     let client_id = raw.app.client_id.unwrap_or_default();
@@ -607,6 +714,12 @@ fn validate(
         database: DatabaseSettings {
             url: SecretString::from(db_url),
             max_connections,
+            password: db_password,
+            connect_timeout: std::time::Duration::from_millis(
+                connect_timeout.whole_milliseconds().max(1) as u64,
+            ),
+            ssl_mode,
+            ssl_root_cert,
         },
         app: AppSettings {
             client_id,
@@ -909,10 +1022,7 @@ impl Settings {
         let base = Url::parse(base_url).expect("simulator base url");
         Settings {
             config_path: PathBuf::from("(built in)"),
-            database: DatabaseSettings {
-                url: SecretString::from(database_url),
-                max_connections: 4,
-            },
+            database: DatabaseSettings::from_url(database_url),
             app: AppSettings {
                 client_id,
                 client_secret: Some(client_secret),

@@ -92,6 +92,18 @@ impl Timestamp {
         self.to_db()
     }
 
+    /// The instant rounded down to a whole microsecond (Postgres' resolution). Rounding down keeps
+    /// a watermark safe: a lower watermark only re-reads a little more.
+    pub fn floor_micros(self) -> Self {
+        Self {
+            ticks: self.ticks - self.ticks.rem_euclid(10),
+        }
+    }
+
+    pub fn from_micros(micros: i64) -> Self {
+        Self { ticks: micros * 10 }
+    }
+
     pub fn plus_ticks(self, ticks: i64) -> Self {
         Self {
             ticks: self.ticks.saturating_add(ticks),

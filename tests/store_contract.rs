@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::future::Future;
-
-use common::TempDir;
+use common::{Backend, TestDb, same_raw};
 use mde_sync::{
     mde::model::{AlertRow, parse_alert},
     store::{self, RunReport, SharedStore},
@@ -44,26 +42,23 @@ fn alert(id: &str, last_update: &str, status: &str, evidence: usize) -> AlertRow
     parse_alert(&RawValue::from_string(raw).unwrap()).unwrap()
 }
 
-/// Runs `f` against a fresh store of every backend available.
-async fn each_backend<F, Fut>(label: &str, f: F)
-where
-    F: Fn(SharedStore) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let dir = TempDir::new(label);
-    let sqlite = store::open(
-        &format!("sqlite://{}", dir.0.join("contract.db").display()),
-        2,
-    )
+/// A fresh, migrated store of `backend`, and the database that holds it.
+async fn fresh(backend: Backend, label: &str) -> (SharedStore, TestDb) {
+    let db = TestDb::new(backend, label).await;
+    let store = store::open(&mde_sync::config::DatabaseSettings::from_url(
+        db.url.clone(),
+    ))
     .await
     .unwrap();
-    sqlite.migrate().await.unwrap();
-    f(sqlite).await;
+    store.migrate().await.unwrap();
+    (store, db)
 }
 
-#[tokio::test]
-async fn an_older_version_never_overwrites_a_newer_one_and_evidence_follows_its_alert() {
-    each_backend("older", |s| async move {
+async fn an_older_version_never_overwrites_a_newer_one_and_evidence_follows_its_alert(
+    backend: Backend,
+) {
+    let (s, _db) = fresh(backend, "older").await;
+    {
         let t = tenant();
         let now = ts("2024-05-01T00:00:00Z");
         s.prepare_tenant(&t, now).await.unwrap();
@@ -82,8 +77,8 @@ async fn an_older_version_never_overwrites_a_newer_one_and_evidence_follows_its_
             0
         );
         let raws = s.alert_raws(&t.id).await.unwrap();
-        assert_eq!(
-            raws["a1"], newer.raw,
+        assert!(
+            same_raw(backend, &raws["a1"], &newer.raw),
             "59.25 is newer than 59.2 even though it sorts first as text"
         );
         assert_eq!(
@@ -107,17 +102,20 @@ async fn an_older_version_never_overwrites_a_newer_one_and_evidence_follows_its_
                 .unwrap(),
             1
         );
-        assert_eq!(s.alert_raws(&t.id).await.unwrap()["a1"], newest.raw);
+        assert!(same_raw(
+            backend,
+            &s.alert_raws(&t.id).await.unwrap()["a1"],
+            &newest.raw
+        ));
         let ev = s.evidence_raws(&t.id).await.unwrap();
         assert_eq!(ev.iter().map(|e| e.1).collect::<Vec<_>>(), vec![0, 1]);
         assert!(ev[1].2.contains("f1.exe"));
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn the_watermark_moves_only_forward_and_with_its_alerts() {
-    each_backend("watermark", |s| async move {
+async fn the_watermark_moves_only_forward_and_with_its_alerts(backend: Backend) {
+    let (s, _db) = fresh(backend, "watermark").await;
+    {
         let t = tenant();
         let now = ts("2024-05-01T00:00:00Z");
         assert_eq!(s.prepare_tenant(&t, now).await.unwrap(), None);
@@ -142,13 +140,12 @@ async fn the_watermark_moves_only_forward_and_with_its_alerts() {
         let w3 = ts("2024-04-03T00:00:00Z");
         s.commit(&t.id, &[], Some(w3), now).await.unwrap();
         assert_eq!(s.prepare_tenant(&t, now).await.unwrap(), Some(w3));
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn runs_are_recorded_and_health_follows_the_last_outcome() {
-    each_backend("runs", |s| async move {
+async fn runs_are_recorded_and_health_follows_the_last_outcome(backend: Backend) {
+    let (s, _db) = fresh(backend, "runs").await;
+    {
         let t = tenant();
         let now = ts("2024-05-01T00:00:00Z");
         s.prepare_tenant(&t, now).await.unwrap();
@@ -199,6 +196,11 @@ async fn runs_are_recorded_and_health_follows_the_last_outcome() {
 
         let counts = s.severity_counts().await.unwrap();
         assert_eq!(counts, vec![(TENANT.to_string(), "High".to_string(), 2)]);
-    })
-    .await;
+    }
 }
+
+on_both_backends!(
+    an_older_version_never_overwrites_a_newer_one_and_evidence_follows_its_alert,
+    the_watermark_moves_only_forward_and_with_its_alerts,
+    runs_are_recorded_and_health_follows_the_last_outcome,
+);

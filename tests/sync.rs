@@ -18,9 +18,9 @@ use mde_sync::{
 };
 use time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn database_equals_simulator_after_lag_continuous_changes_a_10500_bulk_update_and_unordered_pages()
- {
+async fn database_equals_simulator_after_lag_continuous_changes_a_10500_bulk_update_and_unordered_pages(
+    backend: Backend,
+) {
     let clock = manual_clock();
     let mut cfg = SimConfig::new(vec![
         SimTenant::numbered(1, TenantKind::Good, 11_000),
@@ -33,7 +33,8 @@ async fn database_equals_simulator_after_lag_continuous_changes_a_10500_bulk_upd
     cfg.seed = 7;
     let shared: SharedClock = Arc::new(clock.clone());
     // default page size (10,000): the bulk update below is bigger than a page
-    let env = start(
+    let env = start_on(
+        backend,
         "hostile",
         cfg,
         shared,
@@ -89,8 +90,7 @@ async fn database_equals_simulator_after_lag_continuous_changes_a_10500_bulk_upd
     assert!(env.sim.api_requests(&t1) > 8);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_killed_at_any_request_loses_nothing_once_the_next_run_completes() {
+async fn a_run_killed_at_any_request_loses_nothing_once_the_next_run_completes(backend: Backend) {
     for kill_after in [1usize, 2, 3, 5, 8, 13] {
         let clock = manual_clock();
         let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 2_500)]);
@@ -99,7 +99,8 @@ async fn a_run_killed_at_any_request_loses_nothing_once_the_next_run_completes()
         cfg.advance_per_request = Some((clock.clone(), Duration::milliseconds(100)));
         cfg.clock = Arc::new(clock.clone());
         cfg.seed = kill_after as u64;
-        let env = start(
+        let env = start_on(
+            backend,
             "kill",
             cfg,
             Arc::new(clock.clone()),
@@ -141,13 +142,13 @@ async fn a_run_killed_at_any_request_loses_nothing_once_the_next_run_completes()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_pages_split_windows_until_each_fits_and_the_watermark_follows() {
+async fn small_pages_split_windows_until_each_fits_and_the_watermark_follows(backend: Backend) {
     let clock = manual_clock();
     let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 3_000)]);
     cfg.max_lag = Duration::ZERO;
     cfg.clock = Arc::new(clock.clone());
-    let env = start(
+    let env = start_on(
+        backend,
         "split",
         cfg,
         Arc::new(clock.clone()),
@@ -183,13 +184,15 @@ fn clock_now(c: &mde_sync::clock::ManualClock) -> time::OffsetDateTime {
     c.now()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_and_foreign_alerts_are_refused_alone_and_unknown_fields_survive() {
+async fn malformed_and_foreign_alerts_are_refused_alone_and_unknown_fields_survive(
+    backend: Backend,
+) {
     let clock = manual_clock();
     let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 50)]);
     cfg.max_lag = Duration::ZERO;
     cfg.clock = Arc::new(clock.clone());
-    let env = start(
+    let env = start_on(
+        backend,
         "malformed",
         cfg,
         Arc::new(clock.clone()),
@@ -237,12 +240,7 @@ async fn malformed_and_foreign_alerts_are_refused_alone_and_unknown_fields_survi
         stored["da000000000000000003_3"].contains("brandNewField"),
         "unknown fields survive in raw"
     );
-    let sqlite = sqlite_pool(&env).await;
-    let (sev, title): (Option<String>, Option<String>) =
-        sqlx::query_as("SELECT severity, title FROM alerts WHERE id = 'da000000000000000003_3'")
-            .fetch_one(&sqlite)
-            .await
-            .unwrap();
+    let (sev, title) = severity_and_title(&env, "da000000000000000003_3").await;
     assert_eq!(
         sev.as_deref(),
         Some("Apocalyptic"),
@@ -251,14 +249,32 @@ async fn malformed_and_foreign_alerts_are_refused_alone_and_unknown_fields_survi
     assert_eq!(title, None, "missing fields are NULL");
 }
 
-async fn sqlite_pool(env: &TestEnv) -> sqlx::SqlitePool {
-    sqlx::SqlitePool::connect(&format!("sqlite://{}", env.dir.0.join("test.db").display()))
-        .await
-        .unwrap()
+/// `severity` and `title` of one alert, read with plain SQL from either backend.
+async fn severity_and_title(env: &TestEnv, id: &str) -> (Option<String>, Option<String>) {
+    let sql = "SELECT severity, title FROM alerts WHERE id = ";
+    match env.db.backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&env.db.url).await.unwrap();
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("{sql}?")))
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&env.db.url).await.unwrap();
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("{sql}$1")))
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unconsented_and_roleless_tenants_fail_with_cause_and_fix_while_the_others_sync() {
+async fn unconsented_and_roleless_tenants_fail_with_cause_and_fix_while_the_others_sync(
+    backend: Backend,
+) {
     let mut cfg = SimConfig::new(vec![
         SimTenant::numbered(1, TenantKind::Good, 300),
         SimTenant::numbered(2, TenantKind::NotConsented, 0),
@@ -267,7 +283,8 @@ async fn unconsented_and_roleless_tenants_fail_with_cause_and_fix_while_the_othe
         SimTenant::numbered(5, TenantKind::Good, 100),
     ]);
     cfg.max_lag = Duration::ZERO;
-    let env = start(
+    let env = start_on(
+        backend,
         "tenants",
         cfg,
         mde_sync::clock::system(),
@@ -297,7 +314,13 @@ async fn unconsented_and_roleless_tenants_fail_with_cause_and_fix_while_the_othe
         if i == 1 || i == 3 {
             assert!(stored.is_empty(), "nothing stored for a failing tenant");
         } else {
-            assert_eq!(stored, env.sim.truth(t.id.as_str()));
+            let truth = env.sim.truth(t.id.as_str());
+            assert_eq!(stored.len(), truth.len());
+            assert!(
+                truth
+                    .iter()
+                    .all(|(id, raw)| same_raw(backend, &stored[id], raw))
+            );
         }
     }
     let status = env.store().status().await.unwrap();
@@ -336,15 +359,15 @@ impl AlertSource for StallOne {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_tenant_does_not_delay_the_others_and_is_not_started_twice() {
+async fn a_stalled_tenant_does_not_delay_the_others_and_is_not_started_twice(backend: Backend) {
     let mut cfg = SimConfig::new(
         (1..=4)
             .map(|n| SimTenant::numbered(n, TenantKind::Good, 100))
             .collect(),
     );
     cfg.max_lag = Duration::ZERO;
-    let env = start(
+    let env = start_on(
+        backend,
         "stall",
         cfg,
         mde_sync::clock::system(),
@@ -387,14 +410,14 @@ async fn a_stalled_tenant_does_not_delay_the_others_and_is_not_started_twice() {
     assert!(outcomes[0].duration_ms >= 3000);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_are_reused_renewed_ahead_of_expiry_and_replaced_after_a_401() {
+async fn tokens_are_reused_renewed_ahead_of_expiry_and_replaced_after_a_401(backend: Backend) {
     let clock = manual_clock();
     let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 20)]);
     cfg.max_lag = Duration::ZERO;
     cfg.token_lifetime = Duration::minutes(10);
     cfg.clock = Arc::new(clock.clone());
-    let env = start(
+    let env = start_on(
+        backend,
         "tokens",
         cfg,
         Arc::new(clock.clone()),
@@ -441,8 +464,9 @@ async fn tokens_are_reused_renewed_ahead_of_expiry_and_replaced_after_a_401() {
     assert_eq!(unauthorized, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instant_bigger_than_a_page_is_read_whole_while_its_alerts_keep_changing() {
+async fn an_instant_bigger_than_a_page_is_read_whole_while_its_alerts_keep_changing(
+    backend: Backend,
+) {
     let clock = manual_clock();
     let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 2_600)]);
     cfg.max_lag = Duration::ZERO;
@@ -451,7 +475,8 @@ async fn an_instant_bigger_than_a_page_is_read_whole_while_its_alerts_keep_chang
     // each API request first changes 20 random alerts, which slides later alerts of the instant
     // towards earlier $skip offsets while it is paged
     cfg.changes_per_request = 20;
-    let env = start(
+    let env = start_on(
+        backend,
         "instant",
         cfg,
         Arc::new(clock.clone()),
@@ -477,3 +502,14 @@ async fn an_instant_bigger_than_a_page_is_read_whole_while_its_alerts_keep_chang
     let covered = assert_watermark_invariant(&env).await;
     assert!(covered > 2_000, "{covered}");
 }
+
+on_both_backends!(
+    database_equals_simulator_after_lag_continuous_changes_a_10500_bulk_update_and_unordered_pages,
+    a_run_killed_at_any_request_loses_nothing_once_the_next_run_completes,
+    small_pages_split_windows_until_each_fits_and_the_watermark_follows,
+    malformed_and_foreign_alerts_are_refused_alone_and_unknown_fields_survive,
+    unconsented_and_roleless_tenants_fail_with_cause_and_fix_while_the_others_sync,
+    a_stalled_tenant_does_not_delay_the_others_and_is_not_started_twice,
+    tokens_are_reused_renewed_ahead_of_expiry_and_replaced_after_a_401,
+    an_instant_bigger_than_a_page_is_read_whole_while_its_alerts_keep_changing,
+);

@@ -9,13 +9,17 @@
 //!   and the watermark only moves forward;
 //! - the store never talks HTTP and never sees a secret.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::{collections::BTreeMap, sync::Arc};
 
+use secrecy::ExposeSecret;
+
 use crate::{
     BoxFuture,
-    mde::model::AlertRow,
+    config::DatabaseSettings,
+    mde::model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Kind},
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
 };
@@ -69,6 +73,9 @@ pub type EvidenceRaw = (String, i64, String);
 /// `(tenant_id, severity, count)`.
 pub type SeverityCount = (String, String, i64);
 
+/// Rows as text: `(alerts, alert_evidence)`.
+pub type Dump = (Vec<Vec<Option<String>>>, Vec<Vec<Option<String>>>);
+
 /// What the sync needs from a database.
 pub trait Store: Send + Sync {
     fn backend(&self) -> &'static str;
@@ -115,23 +122,67 @@ pub trait Store: Send + Sync {
         tenant: &'a TenantId,
     ) -> BoxFuture<'a, Result<Vec<EvidenceRaw>, StoreError>>;
 
+    /// Every alert column (in [`ALERT_COLUMNS`] order, after `id`) as text, ordered by id; then
+    /// every evidence column (after `alert_id`, `position`). For comparing backends.
+    fn dump<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<Dump, StoreError>>;
+
     /// `(tenant_id, severity, count)` over all alerts, for summaries.
     fn severity_counts(&self) -> BoxFuture<'_, Result<Vec<SeverityCount>, StoreError>>;
 }
 
 pub type SharedStore = Arc<dyn Store>;
 
-/// Opens the database a URL names: `sqlite://…` now; `postgres://…` is refused with a clear error
-/// until that backend exists.
-pub async fn open(url: &str, max_connections: u32) -> Result<SharedStore, StoreError> {
+/// Opens the database `database.url` names: `sqlite://…` or `postgres://…`.
+pub async fn open(db: &DatabaseSettings) -> Result<SharedStore, StoreError> {
+    let url = db.url.expose_secret();
     if url.starts_with("sqlite:") {
         Ok(Arc::new(
-            sqlite::SqliteStore::open(url, max_connections).await?,
+            sqlite::SqliteStore::open(url, db.max_connections).await?,
         ))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresStore::open(db).await?))
     } else {
         Err(StoreError::Config(format!(
-            "database.url {:?}: only sqlite:// is supported by this build",
+            "database.url {:?} is neither sqlite:// nor postgres://",
             crate::config::redact_url(url)
         )))
     }
+}
+
+/// The `SELECT` list [`Store::dump`] uses: every column as text, times through `time_sql`.
+pub(crate) fn dump_sql(
+    time_sql: fn(&str) -> String,
+    cast_text: fn(&str) -> String,
+    placeholder: &str,
+) -> (String, String) {
+    let col = |c: &(&str, &str, Kind)| match c.2 {
+        Kind::Time => time_sql(c.0),
+        _ => cast_text(c.0),
+    };
+    let alerts: Vec<String> = ALERT_COLUMNS.iter().map(col).collect();
+    let evidence: Vec<String> = EVIDENCE_COLUMNS.iter().map(col).collect();
+    (
+        format!(
+            "SELECT id, {}, {} FROM alerts WHERE tenant_id = {placeholder} ORDER BY id",
+            alerts.join(", "),
+            cast_text("raw")
+        ),
+        format!(
+            "SELECT alert_id, {}, {}, {} FROM alert_evidence WHERE tenant_id = {placeholder} ORDER BY alert_id, position",
+            cast_text("position"),
+            evidence.join(", "),
+            cast_text("raw")
+        ),
+    )
+}
+
+/// Decodes every column of a row as optional text.
+pub(crate) fn row_texts<R: sqlx::Row>(row: &R) -> Result<Vec<Option<String>>, sqlx::Error>
+where
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    usize: sqlx::ColumnIndex<R>,
+{
+    (0..row.len())
+        .map(|i| row.try_get::<Option<String>, _>(i))
+        .collect()
 }

@@ -348,6 +348,23 @@ impl Store for SqliteStore {
         })
     }
 
+    fn dump<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<super::Dump, StoreError>> {
+        Box::pin(async move {
+            let (a, e) = super::dump_sql(|c| c.to_string(), |c| format!("CAST({c} AS TEXT)"), "?");
+            let mut out = (Vec::new(), Vec::new());
+            for (sql, dest) in [(a, &mut out.0), (e, &mut out.1)] {
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .bind(tenant.as_str())
+                    .fetch_all(&self.pool)
+                    .await?;
+                for r in rows {
+                    dest.push(super::row_texts(&r)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn severity_counts(&self) -> BoxFuture<'_, Result<Vec<super::SeverityCount>, StoreError>> {
         Box::pin(async move {
             Ok(sqlx::query_as(

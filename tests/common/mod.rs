@@ -42,11 +42,115 @@ impl Drop for TempDir {
     }
 }
 
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub const POSTGRES_URL_VAR: &str = "MDE_SYNC_TEST_POSTGRES_URL";
+
+/// A fresh database for one test: a SQLite file in its own directory, or a Postgres database
+/// created on the server `MDE_SYNC_TEST_POSTGRES_URL` names and dropped when this is dropped.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    admin_url: Option<String>,
+    name: String,
+    _dir: TempDir,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend, label: &str) -> TestDb {
+        let dir = TempDir::new(label);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        match backend {
+            Backend::Sqlite => TestDb {
+                backend,
+                url: format!("sqlite://{}", dir.0.join("test.db").display()),
+                admin_url: None,
+                name: String::new(),
+                _dir: dir,
+            },
+            Backend::Postgres => {
+                let admin = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
+                    panic!("{POSTGRES_URL_VAR} must name a Postgres server for this test")
+                });
+                let name = format!(
+                    "mde_sync_test_{}_{n}_{}",
+                    std::process::id(),
+                    label.replace('-', "_")
+                );
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot reach Postgres at {POSTGRES_URL_VAR}: {e}"));
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let mut url = url::Url::parse(&admin).unwrap();
+                url.set_path(&format!("/{name}"));
+                TestDb {
+                    backend,
+                    url: url.to_string(),
+                    admin_url: Some(admin),
+                    name,
+                    _dir: dir,
+                }
+            }
+        }
+    }
+
+    /// Ends every connection to this test's Postgres database, as a server restart would.
+    pub async fn kill_connections(&self) -> u64 {
+        use sqlx::Connection;
+        let admin = self.admin_url.as_ref().expect("a Postgres test database");
+        let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
+        let killed: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.name)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        killed.len() as u64
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(admin) = self.admin_url.clone() else {
+            return;
+        };
+        let name = self.name.clone();
+        // Drop runs outside any runtime we can block on: use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 pub struct TestEnv {
     pub sim: Arc<Simulator>,
     pub server: SimServer,
     pub app: App,
-    pub dir: TempDir,
+    pub db: TestDb,
     pub tenants: Vec<Tenant>,
 }
 
@@ -69,14 +173,25 @@ pub fn tenants_of(sim_tenants: &[SimTenant]) -> Vec<Tenant> {
 
 /// Starts a simulator from `cfg` and an app syncing it into a new SQLite file.
 pub async fn start(label: &str, cfg: SimConfig, clock: SharedClock, sync: SyncSettings) -> TestEnv {
-    let dir = TempDir::new(label);
+    start_on(Backend::Sqlite, label, cfg, clock, sync).await
+}
+
+/// Starts a simulator from `cfg` and an app syncing it into a new database of `backend`.
+pub async fn start_on(
+    backend: Backend,
+    label: &str,
+    cfg: SimConfig,
+    clock: SharedClock,
+    sync: SyncSettings,
+) -> TestEnv {
+    let db = TestDb::new(backend, label).await;
     let sim = Simulator::new(cfg.clone());
     let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let tenants = tenants_of(&cfg.tenants);
     let mut settings = Settings::for_endpoints(
         &server.base_url(),
         tenants.clone(),
-        format!("sqlite://{}", dir.0.join("test.db").display()),
+        db.url.clone(),
         cfg.client_id.clone(),
         SecretString::from(cfg.client_secret.clone()),
     );
@@ -86,7 +201,7 @@ pub async fn start(label: &str, cfg: SimConfig, clock: SharedClock, sync: SyncSe
         sim,
         server,
         app,
-        dir,
+        db,
         tenants,
     }
 }
@@ -118,7 +233,7 @@ pub async fn assert_converged(env: &TestEnv, refused: &[&str]) {
         let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
         let stale: Vec<&String> = want
             .iter()
-            .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+            .filter(|(k, v)| got.get(*k).is_some_and(|g| !same_raw(env.db.backend, g, v)))
             .map(|(k, _)| k)
             .collect();
         assert!(
@@ -185,9 +300,10 @@ pub async fn assert_watermark_invariant(env: &TestEnv) -> usize {
             };
             if mde_sync::timestamp::Timestamp::parse(lut).unwrap() < wm {
                 covered += 1;
-                assert_eq!(
-                    stored.get(&id),
-                    Some(&raw),
+                assert!(
+                    stored
+                        .get(&id)
+                        .is_some_and(|s| same_raw(env.db.backend, s, &raw)),
                     "tenant {}: alert {id} (lastUpdateTime {lut}) is below the watermark {wm} but not stored at its current version",
                     t.id
                 );
@@ -195,4 +311,36 @@ pub async fn assert_watermark_invariant(env: &TestEnv) -> usize {
         }
     }
     covered
+}
+
+/// Whether a stored `raw` is what was served: byte for byte on SQLite (TEXT), as JSON values on
+/// Postgres (jsonb normalises whitespace and key order).
+pub fn same_raw(backend: Backend, stored: &str, served: &str) -> bool {
+    match backend {
+        Backend::Sqlite => stored == served,
+        Backend::Postgres => {
+            serde_json::from_str::<serde_json::Value>(stored).ok()
+                == serde_json::from_str::<serde_json::Value>(served).ok()
+        }
+    }
+}
+
+/// Declares, for each named `async fn(Backend)`, a module with a `sqlite` test and a `postgres`
+/// test; the latter is ignored, with the reason shown, unless `MDE_SYNC_TEST_POSTGRES_URL` was
+/// set when the tests were built.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => { $(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(not(mde_pg_tests), ignore = "set MDE_SYNC_TEST_POSTGRES_URL to run the Postgres tests")]
+            async fn postgres() {
+                super::$name($crate::common::Backend::Postgres).await
+            }
+        }
+    )* };
 }

@@ -1,0 +1,511 @@
+//! The Postgres backend: the same contract as SQLite, written for Postgres. A batch of alerts is
+//! one `INSERT … SELECT FROM UNNEST(arrays) ON CONFLICT … DO UPDATE … WHERE newer RETURNING id`,
+//! so a page costs a handful of round trips whatever its size; evidence is replaced for exactly
+//! the alerts that statement wrote; the watermark follows in the same transaction.
+//!
+//! Versions are compared on `last_update_ticks` (exact 100 ns ticks): `timestamptz` has only
+//! microseconds. Times shown to users are floored to the microsecond.
+
+use std::{borrow::Cow, collections::BTreeMap, str::FromStr, sync::LazyLock};
+
+use secrecy::ExposeSecret;
+use sqlx::{
+    AssertSqlSafe, PgPool, Row, SqlSafeStr,
+    migrate::{Migration, MigrationType, Migrator},
+    postgres::{PgConnectOptions, PgPoolOptions, PgSslMode},
+};
+
+use super::{EvidenceRaw, RunReport, SeverityCount, Store, StoreError, TenantStatus};
+use crate::{
+    BoxFuture,
+    config::DatabaseSettings,
+    mde::model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Kind, Val},
+    tenant::{Tenant, TenantId},
+    timestamp::Timestamp,
+};
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../../migrations/postgres/0001_initial.sql"),
+)];
+
+fn migrator() -> Migrator {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|(version, desc, sql)| {
+            Migration::new(
+                *version,
+                Cow::Borrowed(desc),
+                MigrationType::Simple,
+                AssertSqlSafe(*sql).into_sql_str(),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
+}
+
+fn array_type(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Int => "int8[]",
+        Kind::Text | Kind::Time | Kind::Json => "text[]",
+    }
+}
+
+fn cast(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Time => "::timestamptz",
+        Kind::Json => "::jsonb",
+        Kind::Text | Kind::Int => "",
+    }
+}
+
+/// `$1` tenant, `$2` ids, `$3..` one array per column, then raw, ticks, and now.
+static UPSERT_ALERTS: LazyLock<String> = LazyLock::new(|| {
+    let n = ALERT_COLUMNS.len();
+    let mut arrays = vec!["$2::text[]".to_string()];
+    arrays.extend(
+        ALERT_COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("${}::{}", i + 3, array_type(c.2))),
+    );
+    arrays.push(format!("${}::text[]", n + 3));
+    arrays.push(format!("${}::int8[]", n + 4));
+    let names: Vec<String> = ALERT_COLUMNS.iter().map(|c| c.0.to_string()).collect();
+    let selected: Vec<String> = ALERT_COLUMNS
+        .iter()
+        .map(|c| format!("u.{}{}", c.0, cast(c.2)))
+        .collect();
+    let updates: Vec<String> = names
+        .iter()
+        .map(String::as_str)
+        .chain(["raw", "last_update_ticks", "synced_at"])
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO alerts (tenant_id, id, {cols}, raw, last_update_ticks, first_seen_at, synced_at) \
+         SELECT $1, u.id, {selected}, u.raw::jsonb, u.ticks, ${now}::timestamptz, ${now}::timestamptz \
+         FROM UNNEST({arrays}) AS u(id, {cols}, raw, ticks) \
+         ON CONFLICT (tenant_id, id) DO UPDATE SET {updates} \
+         WHERE alerts.last_update_ticks IS NULL \
+            OR (excluded.last_update_ticks IS NOT NULL AND (excluded.last_update_ticks > alerts.last_update_ticks \
+                OR (excluded.last_update_ticks = alerts.last_update_ticks AND excluded.raw <> alerts.raw))) \
+         RETURNING id",
+        cols = names.join(", "),
+        selected = selected.join(", "),
+        now = n + 5,
+        arrays = arrays.join(", "),
+        updates = updates.join(", "),
+    )
+});
+
+/// `$1` tenant, `$2` alert ids, `$3` positions, `$4..` one array per column, then raw.
+static INSERT_EVIDENCE: LazyLock<String> = LazyLock::new(|| {
+    let n = EVIDENCE_COLUMNS.len();
+    let mut arrays = vec!["$2::text[]".to_string(), "$3::int4[]".to_string()];
+    arrays.extend(
+        EVIDENCE_COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("${}::{}", i + 4, array_type(c.2))),
+    );
+    arrays.push(format!("${}::text[]", n + 4));
+    let names: Vec<&str> = EVIDENCE_COLUMNS.iter().map(|c| c.0).collect();
+    let selected: Vec<String> = EVIDENCE_COLUMNS
+        .iter()
+        .map(|c| format!("u.{}{}", c.0, cast(c.2)))
+        .collect();
+    format!(
+        "INSERT INTO alert_evidence (tenant_id, alert_id, position, {cols}, raw) \
+         SELECT $1, u.alert_id, u.position, {selected}, u.raw::jsonb \
+         FROM UNNEST({arrays}) AS u(alert_id, position, {cols}, raw)",
+        cols = names.join(", "),
+        selected = selected.join(", "),
+        arrays = arrays.join(", "),
+    )
+});
+
+/// One column of a batch, as the array Postgres receives.
+enum Column {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+}
+
+impl Column {
+    fn new(kind: Kind, cap: usize) -> Self {
+        match kind {
+            Kind::Int => Column::Int(Vec::with_capacity(cap)),
+            _ => Column::Text(Vec::with_capacity(cap)),
+        }
+    }
+
+    fn push(&mut self, v: &Val) {
+        match (self, v) {
+            (Column::Text(c), Val::Text(t) | Val::Json(t)) => c.push(t.clone()),
+            (Column::Text(c), Val::Time(t)) => c.push(t.map(|t| t.floor_micros().to_db())),
+            (Column::Int(c), Val::Int(i)) => c.push(*i),
+            _ => unreachable!("column kinds follow ALERT_COLUMNS / EVIDENCE_COLUMNS"),
+        }
+    }
+}
+
+fn columns_of<'a>(
+    kinds: &[(&str, &str, Kind)],
+    rows: impl Iterator<Item = &'a [Val]>,
+    cap: usize,
+) -> Vec<Column> {
+    let mut cols: Vec<Column> = kinds.iter().map(|c| Column::new(c.2, cap)).collect();
+    for values in rows {
+        for (col, v) in cols.iter_mut().zip(values) {
+            col.push(v);
+        }
+    }
+    cols
+}
+
+/// A timestamptz column as the canonical seven-digit text (the seventh digit is always 0 here).
+fn ts_sql(col: &str) -> String {
+    format!("to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"0Z\"')")
+}
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    pub async fn open(db: &DatabaseSettings) -> Result<Self, StoreError> {
+        let mut opts =
+            PgConnectOptions::from_str(db.url.expose_secret())?.application_name("mde-sync");
+        if let Some(pw) = &db.password {
+            opts = opts.password(pw.expose_secret());
+        }
+        if let Some(mode) = &db.ssl_mode {
+            opts = opts.ssl_mode(PgSslMode::from_str(mode).map_err(|_| {
+                StoreError::Config(format!("database.sslmode {mode:?} is not valid"))
+            })?);
+        }
+        if let Some(cert) = &db.ssl_root_cert {
+            opts = opts.ssl_root_cert(cert);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(db.max_connections.max(1))
+            .acquire_timeout(db.connect_timeout)
+            .test_before_acquire(true)
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn micros_to_text(v: Option<i64>) -> Option<String> {
+    v.map(|m| Timestamp::from_micros(m).to_db())
+}
+
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            migrator().run(&self.pool).await?;
+            sqlx::query("UPDATE sync_runs SET outcome = 'abandoned' WHERE outcome = 'running'")
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn prepare_tenant<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Option<Timestamp>, StoreError>> {
+        Box::pin(async move {
+            let micros: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO sync_state (tenant_id, tenant_name, updated_at) VALUES ($1, $2, $3::timestamptz) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET tenant_name = excluded.tenant_name \
+                 RETURNING (EXTRACT(EPOCH FROM watermark) * 1000000)::int8",
+            )
+            .bind(tenant.id.as_str())
+            .bind(&tenant.name)
+            .bind(now.to_db())
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(micros.map(Timestamp::from_micros))
+        })
+    }
+
+    fn start_run<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Box::pin(async move {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO sync_runs (tenant_id, started_at, watermark_before) \
+                 SELECT $1, $2::timestamptz, (SELECT watermark FROM sync_state WHERE tenant_id = $1) RETURNING id",
+            )
+            .bind(tenant.as_str())
+            .bind(now.to_db())
+            .fetch_one(&self.pool)
+            .await?;
+            sqlx::query("UPDATE sync_state SET last_attempt_at = $2::timestamptz, updated_at = $2::timestamptz WHERE tenant_id = $1")
+                .bind(tenant.as_str())
+                .bind(now.to_db())
+                .execute(&self.pool)
+                .await?;
+            Ok(id)
+        })
+    }
+
+    fn commit<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        alerts: &'a [AlertRow],
+        watermark: Option<Timestamp>,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            // One statement cannot touch a row twice: keep the newest version of each id.
+            let mut newest: BTreeMap<&str, &AlertRow> = BTreeMap::new();
+            for a in alerts {
+                match newest.get(a.id.as_str()) {
+                    Some(prev) if prev.last_update > a.last_update => {}
+                    _ => {
+                        newest.insert(&a.id, a);
+                    }
+                }
+            }
+            let batch: Vec<&AlertRow> = newest.into_values().collect();
+            let now_text = now.to_db();
+            let mut tx = self.pool.begin().await?;
+            let mut written = 0u64;
+            if !batch.is_empty() {
+                let cols = columns_of(
+                    ALERT_COLUMNS,
+                    batch.iter().map(|a| a.values.as_slice()),
+                    batch.len(),
+                );
+                let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(UPSERT_ALERTS.as_str()))
+                    .bind(tenant.as_str())
+                    .bind(batch.iter().map(|a| a.id.clone()).collect::<Vec<String>>());
+                for c in cols {
+                    q = match c {
+                        Column::Text(v) => q.bind(v),
+                        Column::Int(v) => q.bind(v),
+                    };
+                }
+                let ids: Vec<String> = q
+                    .bind(batch.iter().map(|a| a.raw.clone()).collect::<Vec<String>>())
+                    .bind(
+                        batch
+                            .iter()
+                            .map(|a| a.last_update.map(|t| t.ticks()))
+                            .collect::<Vec<Option<i64>>>(),
+                    )
+                    .bind(&now_text)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                written = ids.len() as u64;
+                if !ids.is_empty() {
+                    sqlx::query(
+                        "DELETE FROM alert_evidence WHERE tenant_id = $1 AND alert_id = ANY($2)",
+                    )
+                    .bind(tenant.as_str())
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await?;
+                    let written_ids: std::collections::HashSet<&str> =
+                        ids.iter().map(String::as_str).collect();
+                    let ev: Vec<(&str, i32, &crate::mde::model::EvidenceRow)> = batch
+                        .iter()
+                        .filter(|a| written_ids.contains(a.id.as_str()))
+                        .flat_map(|a| {
+                            a.evidence
+                                .iter()
+                                .enumerate()
+                                .map(move |(i, e)| (a.id.as_str(), i as i32, e))
+                        })
+                        .collect();
+                    if !ev.is_empty() {
+                        let cols = columns_of(
+                            EVIDENCE_COLUMNS,
+                            ev.iter().map(|e| e.2.values.as_slice()),
+                            ev.len(),
+                        );
+                        let mut q = sqlx::query(AssertSqlSafe(INSERT_EVIDENCE.as_str()))
+                            .bind(tenant.as_str())
+                            .bind(ev.iter().map(|e| e.0.to_string()).collect::<Vec<String>>())
+                            .bind(ev.iter().map(|e| e.1).collect::<Vec<i32>>());
+                        for c in cols {
+                            q = match c {
+                                Column::Text(v) => q.bind(v),
+                                Column::Int(v) => q.bind(v),
+                            };
+                        }
+                        q.bind(ev.iter().map(|e| e.2.raw.clone()).collect::<Vec<String>>())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+            }
+            if let Some(wm) = watermark {
+                // Floored to the microsecond (never above the true watermark) and never backwards.
+                sqlx::query(
+                    "UPDATE sync_state SET watermark = GREATEST(COALESCE(watermark, '-infinity'::timestamptz), $2::timestamptz), \
+                     updated_at = $3::timestamptz WHERE tenant_id = $1",
+                )
+                .bind(tenant.as_str())
+                .bind(wm.floor_micros().to_db())
+                .bind(&now_text)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(written)
+        })
+    }
+
+    fn finish_run<'a>(&'a self, r: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            let at = r.finished_at.to_db();
+            sqlx::query(
+                "UPDATE sync_runs SET finished_at = $1::timestamptz, outcome = $2, alerts_received = $3, alerts_written = $4, \
+                 alerts_rejected = $5, pages = $6, watermark_after = $7::timestamptz, error = $8 WHERE id = $9",
+            )
+            .bind(&at)
+            .bind(if r.ok { "ok" } else { "failed" })
+            .bind(r.alerts_received as i64)
+            .bind(r.alerts_written as i64)
+            .bind(r.alerts_rejected as i64)
+            .bind(r.pages as i64)
+            .bind(r.watermark_after.map(|w| w.floor_micros().to_db()))
+            .bind(&r.error)
+            .bind(r.run_id)
+            .execute(&mut *tx)
+            .await?;
+            if r.ok {
+                sqlx::query(
+                    "UPDATE sync_state SET health = 'ok', last_success_at = $1::timestamptz, consecutive_failures = 0, \
+                     updated_at = $1::timestamptz WHERE tenant_id = $2",
+                )
+                .bind(&at)
+                .bind(r.tenant.as_str())
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                sqlx::query(
+                    "UPDATE sync_state SET health = $1, last_error = $2, last_error_at = $3::timestamptz, \
+                     consecutive_failures = consecutive_failures + 1, updated_at = $3::timestamptz WHERE tenant_id = $4",
+                )
+                .bind(&r.health)
+                .bind(&r.error)
+                .bind(&at)
+                .bind(r.tenant.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn status(&self) -> BoxFuture<'_, Result<Vec<TenantStatus>, StoreError>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT s.tenant_id, s.tenant_name, s.health, (EXTRACT(EPOCH FROM s.watermark) * 1000000)::int8 AS watermark, \
+                        {} AS last_success_at, s.last_error, {} AS last_error_at, s.consecutive_failures::int8 AS consecutive_failures, \
+                        (SELECT COUNT(*) FROM alerts a WHERE a.tenant_id = s.tenant_id) AS alerts, \
+                        (SELECT COUNT(*) FROM alerts a WHERE a.tenant_id = s.tenant_id AND a.status IS DISTINCT FROM 'Resolved') AS open_alerts \
+                 FROM sync_state s ORDER BY s.tenant_name, s.tenant_id",
+                ts_sql("s.last_success_at"),
+                ts_sql("s.last_error_at"),
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok(TenantStatus {
+                        tenant_id: r.try_get("tenant_id")?,
+                        tenant_name: r.try_get("tenant_name")?,
+                        health: r.try_get("health")?,
+                        watermark: micros_to_text(r.try_get("watermark")?),
+                        last_success_at: r.try_get("last_success_at")?,
+                        last_error: r.try_get("last_error")?,
+                        last_error_at: r.try_get("last_error_at")?,
+                        consecutive_failures: r.try_get("consecutive_failures")?,
+                        alerts: r.try_get("alerts")?,
+                        open_alerts: r.try_get("open_alerts")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn alert_raws<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, StoreError>> {
+        Box::pin(async move {
+            let rows: Vec<(String, String)> =
+                sqlx::query_as("SELECT id, raw::text FROM alerts WHERE tenant_id = $1")
+                    .bind(tenant.as_str())
+                    .fetch_all(&self.pool)
+                    .await?;
+            Ok(rows.into_iter().collect())
+        })
+    }
+
+    fn evidence_raws<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> BoxFuture<'a, Result<Vec<EvidenceRaw>, StoreError>> {
+        Box::pin(async move {
+            Ok(sqlx::query_as(
+                "SELECT alert_id, position::int8, raw::text FROM alert_evidence WHERE tenant_id = $1 ORDER BY alert_id, position",
+            )
+            .bind(tenant.as_str())
+            .fetch_all(&self.pool)
+            .await?)
+        })
+    }
+
+    fn dump<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<super::Dump, StoreError>> {
+        Box::pin(async move {
+            let (a, e) = super::dump_sql(ts_sql, |c| format!("{c}::text"), "$1");
+            let mut out = (Vec::new(), Vec::new());
+            for (sql, dest) in [(a, &mut out.0), (e, &mut out.1)] {
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .bind(tenant.as_str())
+                    .fetch_all(&self.pool)
+                    .await?;
+                for r in rows {
+                    dest.push(super::row_texts(&r)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn severity_counts(&self) -> BoxFuture<'_, Result<Vec<SeverityCount>, StoreError>> {
+        Box::pin(async move {
+            Ok(sqlx::query_as(
+                "SELECT tenant_id, COALESCE(severity, '(none)'), COUNT(*) FROM alerts GROUP BY 1, 2 ORDER BY 1, 2",
+            )
+            .fetch_all(&self.pool)
+            .await?)
+        })
+    }
+}
