@@ -9,6 +9,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::{
     auth::{self, TokenProvider},
+    budget::Budget,
     clock::SharedClock,
     config::Settings,
     mde::MdeClient,
@@ -45,12 +46,19 @@ impl App {
             settings.cloud.scope.clone(),
             clock.clone(),
         ));
-        let client = Arc::new(MdeClient::new(
-            http,
-            settings.cloud.api_url.clone(),
-            tokens.clone(),
-            settings.sync.max_attempts,
+        let budget = Arc::new(Budget::per_minute_and_hour(
+            settings.sync.calls_per_minute,
+            settings.sync.calls_per_hour,
         ));
+        let client = Arc::new(
+            MdeClient::new(
+                http,
+                settings.cloud.api_url.clone(),
+                tokens.clone(),
+                settings.sync.max_attempts,
+            )
+            .with_budget(budget, settings.sync.max_retry_after),
+        );
         let syncer = Arc::new(Syncer::new(
             store.clone(),
             client.clone(),

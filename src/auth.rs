@@ -84,7 +84,7 @@ impl TokenFault {
             Self::NotProvisioned => "not-provisioned",
             Self::TenantNotFound => "tenant-not-found",
             Self::ConditionalAccess => "conditional-access",
-            Self::Transient => "transient",
+            Self::Transient => "degraded",
             Self::Other => "token-error",
         }
     }

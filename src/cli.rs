@@ -89,6 +89,27 @@ pub struct SimulateArgs {
     /// Extra tenants consented without the Alert.Read.All role (tokens without roles, API 403).
     #[arg(long, default_value_t = 0)]
     pub no_role: usize,
+    /// Extra tenants whose token endpoint refuses the app's secret (AADSTS7000215) for that tenant only.
+    #[arg(long, default_value_t = 0)]
+    pub bad_secret: usize,
+    /// Share of API calls answered 429 with Retry-After (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_429: f64,
+    /// Share of API calls answered 500 or 503.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_5xx: f64,
+    /// Share of API calls whose connection is reset without an answer.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_reset: f64,
+    /// Share of API answers cut off half way.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_truncated: f64,
+    /// Share of token requests answered 503 temporarily_unavailable.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_token_failure: f64,
+    /// Answer 429 to a tenant's calls beyond 100 a minute, like the real API.
+    #[arg(long)]
+    pub enforce_limit: bool,
     /// Maximum indexing lag in seconds: changes become visible up to this long after their lastUpdateTime.
     #[arg(long, default_value_t = 0)]
     pub lag_secs: i64,
@@ -308,6 +329,7 @@ async fn simulate(args: SimulateArgs) -> i32 {
         (args.tenants, TenantKind::Good),
         (args.not_consented, TenantKind::NotConsented),
         (args.no_role, TenantKind::NoRole),
+        (args.bad_secret, TenantKind::BadSecret),
     ] {
         for _ in 0..count {
             n += 1;
@@ -326,6 +348,17 @@ async fn simulate(args: SimulateArgs) -> i32 {
     cfg.seed = args.seed;
     cfg.max_lag = time::Duration::seconds(args.lag_secs);
     cfg.changes_per_request = args.changes_per_request;
+    cfg.faults = crate::simulator::Faults {
+        rate_429: args.rate_429,
+        retry_after_secs: 2,
+        rate_5xx: args.rate_5xx,
+        rate_reset: args.rate_reset,
+        rate_truncated: args.rate_truncated,
+        rate_token_failure: args.rate_token_failure,
+        limit: args
+            .enforce_limit
+            .then_some((100, time::Duration::minutes(1))),
+    };
     let sim = Simulator::new(cfg.clone());
     let server = match sim.serve(args.listen).await {
         Ok(s) => s,

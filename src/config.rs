@@ -141,6 +141,12 @@ struct RawSync {
     max_concurrent_tenants: Option<i64>,
     request_timeout: Option<String>,
     max_attempts: Option<i64>,
+    calls_per_minute: Option<i64>,
+    calls_per_hour: Option<i64>,
+    max_retry_after: Option<String>,
+    max_pages_per_run: Option<i64>,
+    onboarding_retry: Option<String>,
+    credential_retry: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -260,6 +266,20 @@ pub struct SyncSettings {
     pub max_concurrent_tenants: usize,
     pub request_timeout: std::time::Duration,
     pub max_attempts: usize,
+    /// The per-tenant call budget, enforced before calls are sent.
+    pub calls_per_minute: usize,
+    pub calls_per_hour: usize,
+    /// The longest a `Retry-After` may make a tenant wait.
+    pub max_retry_after: std::time::Duration,
+    /// A run stops (successfully, watermark committed) after this many API calls and continues
+    /// on the next tick, so a long backfill never holds a concurrency slot for long.
+    pub max_pages_per_run: u64,
+    /// How long a tenant with an onboarding fault (no consent, no role, MDE not provisioned,
+    /// tenant not found) waits before it is tried again.
+    pub onboarding_retry: time::Duration,
+    /// How long polling pauses after the app's own credential was refused before one tenant
+    /// probes it again.
+    pub credential_retry: time::Duration,
 }
 
 impl Default for SyncSettings {
@@ -273,6 +293,12 @@ impl Default for SyncSettings {
             max_concurrent_tenants: 8,
             request_timeout: std::time::Duration::from_secs(60),
             max_attempts: 4,
+            calls_per_minute: 100,
+            calls_per_hour: 1_500,
+            max_retry_after: std::time::Duration::from_secs(300),
+            max_pages_per_run: 200,
+            onboarding_retry: time::Duration::hours(1),
+            credential_retry: time::Duration::minutes(10),
         }
     }
 }
@@ -677,6 +703,55 @@ fn validate(
         }
     };
 
+    let mut count = |key: &str, v: Option<i64>, default: usize, max: i64| match v {
+        None => default,
+        Some(n) if (1..=max).contains(&n) => n as usize,
+        Some(n) => {
+            problem(
+                problems,
+                key,
+                format!("{n} is out of range: use 1 to {max}"),
+            );
+            default
+        }
+    };
+    let calls_per_minute = count(
+        "sync.calls_per_minute",
+        raw.sync.calls_per_minute,
+        d.calls_per_minute,
+        100_000,
+    );
+    let calls_per_hour = count(
+        "sync.calls_per_hour",
+        raw.sync.calls_per_hour,
+        d.calls_per_hour,
+        1_000_000,
+    );
+    let max_pages_per_run = count(
+        "sync.max_pages_per_run",
+        raw.sync.max_pages_per_run,
+        d.max_pages_per_run as usize,
+        1_000_000,
+    ) as u64;
+    let max_retry_after = duration_key(
+        problems,
+        "sync.max_retry_after",
+        raw.sync.max_retry_after,
+        time::Duration::seconds(300),
+    );
+    let onboarding_retry = duration_key(
+        problems,
+        "sync.onboarding_retry",
+        raw.sync.onboarding_retry,
+        d.onboarding_retry,
+    );
+    let credential_retry = duration_key(
+        problems,
+        "sync.credential_retry",
+        raw.sync.credential_retry,
+        d.credential_retry,
+    );
+
     // log
     let format = match raw.log.format.as_deref() {
         None => {
@@ -745,6 +820,14 @@ fn validate(
                 request_timeout.whole_milliseconds().max(1) as u64,
             ),
             max_attempts,
+            calls_per_minute,
+            calls_per_hour,
+            max_retry_after: std::time::Duration::from_millis(
+                max_retry_after.whole_milliseconds().max(0) as u64,
+            ),
+            max_pages_per_run,
+            onboarding_retry,
+            credential_retry,
         },
         log: LogSettings { format, level },
     })
@@ -1218,6 +1301,72 @@ format = "xml"
                 "from-credentials-secret"
             );
             assert!(!format!("{s:?}").contains("from-credentials-secret"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn postgres_settings_take_a_password_file_and_check_sslmode() {
+        Jail::expect_with(|jail| {
+            jail.create_file("tenants.toml", tenants_toml())?;
+            jail.create_file("db-password", "pg-pass-value\n")?;
+            jail.create_file(
+                "config.toml",
+                &format!(
+                    "[app]\nclient_id = \"{CLIENT}\"\nclient_secret = \"x\"\n\
+                     [database]\nurl = \"postgres://mde@db.example/mde\"\npassword_file = \"db-password\"\n\
+                     sslmode = \"verify-full\"\nconnect_timeout = \"5s\"\n"
+                ),
+            )?;
+            let path = jail.directory().join("config.toml");
+            let s = Settings::load(&path, &env(), Needs::ALL).map_err(|e| e.to_string())?;
+            assert_eq!(
+                s.database.password.as_ref().unwrap().expose_secret(),
+                "pg-pass-value"
+            );
+            assert_eq!(s.database.ssl_mode.as_deref(), Some("verify-full"));
+            assert_eq!(
+                s.database.connect_timeout,
+                std::time::Duration::from_secs(5)
+            );
+            assert!(!format!("{s:?}").contains("pg-pass-value"));
+
+            jail.create_file(
+                "config.toml",
+                &format!(
+                    "[app]\nclient_id = \"{CLIENT}\"\nclient_secret = \"x\"\n\
+                     [database]\nurl = \"postgres://mde@db.example/mde\"\nsslmode = \"sometimes\"\n"
+                ),
+            )?;
+            let err = Settings::load(&path, &env(), Needs::ALL).unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{err}");
+            assert_eq!(err.problems[0].key, "database.sslmode");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_database_password_can_be_a_systemd_credential() {
+        Jail::expect_with(|jail| {
+            jail.create_file("tenants.toml", tenants_toml())?;
+            std::fs::create_dir_all(jail.directory().join("creds")).unwrap();
+            jail.create_file("creds/database-password", "cred-pg-pass")?;
+            jail.create_file(
+                "config.toml",
+                &format!(
+                    "[app]\nclient_id = \"{CLIENT}\"\nclient_secret = \"x\"\n[database]\nurl = \"postgres://mde@db.example/mde\"\n"
+                ),
+            )?;
+            let env = Environment {
+                credentials_directory: Some(jail.directory().join("creds")),
+                ..Environment::default()
+            };
+            let path = jail.directory().join("config.toml");
+            let s = Settings::load(&path, &env, Needs::ALL).map_err(|e| e.to_string())?;
+            assert_eq!(
+                s.database.password.as_ref().unwrap().expose_secret(),
+                "cred-pg-pass"
+            );
             Ok(())
         });
     }

@@ -17,6 +17,7 @@ use super::{AlertSource, Page, WindowQuery};
 use crate::{
     BoxFuture,
     auth::{AuthError, TokenProvider, without_url},
+    budget::Budget,
     tenant::TenantId,
 };
 
@@ -76,6 +77,18 @@ impl ApiError {
         }
     }
 
+    /// The API's correlation id (`error.target`), to quote to Microsoft support.
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            Self::Unauthorized { target }
+            | Self::Forbidden { target, .. }
+            | Self::RateLimited { target, .. }
+            | Self::Server { target, .. }
+            | Self::BadRequest { target, .. } => target.as_deref(),
+            _ => None,
+        }
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::RateLimited { retry_after, .. } | Self::Server { retry_after, .. } => {
@@ -91,8 +104,8 @@ impl ApiError {
             Self::Token(e) => e.fault().label(),
             Self::Forbidden { .. } => "missing-role",
             Self::Unauthorized { .. } => "unauthorized",
-            Self::RateLimited { .. } => "rate-limited",
-            Self::Server { .. } | Self::Network(_) | Self::Decode { .. } => "transient",
+            Self::RateLimited { .. } => "degraded",
+            Self::Server { .. } | Self::Network(_) | Self::Decode { .. } => "degraded",
             Self::BadRequest { .. } => "bad-request",
         }
     }
@@ -126,6 +139,7 @@ pub struct MdeClient {
     http: reqwest::Client,
     api_url: Url,
     tokens: Arc<TokenProvider>,
+    budget: Arc<Budget>,
     max_attempts: usize,
     max_retry_after: Duration,
 }
@@ -141,9 +155,18 @@ impl MdeClient {
             http,
             api_url,
             tokens,
+            budget: Arc::new(Budget::per_minute_and_hour(100, 1_500)),
             max_attempts: max_attempts.max(1),
             max_retry_after: Duration::from_secs(120),
         }
+    }
+
+    /// Shares `budget` with every other caller of the API, and caps how long a `Retry-After` may
+    /// make a call wait.
+    pub fn with_budget(mut self, budget: Arc<Budget>, max_retry_after: Duration) -> Self {
+        self.budget = budget;
+        self.max_retry_after = max_retry_after;
+        self
     }
 
     pub fn tokens(&self) -> &Arc<TokenProvider> {
@@ -212,22 +235,35 @@ impl MdeClient {
                 }
                 Err(e) if e.is_transient() => {
                     let Some(delay) = backoff.next() else {
+                        tracing::warn!(tenant = %tenant, error = %e, target = e.target().unwrap_or(""), "api call failed, giving up");
                         return Err(e);
                     };
-                    let delay = e
-                        .retry_after()
-                        .map(|d| d.min(self.max_retry_after))
-                        .unwrap_or(delay);
-                    tracing::warn!(tenant = %tenant, error = %e, retry_in_ms = delay.as_millis() as u64, "api call failed, retrying");
+                    let delay = match e.retry_after() {
+                        // every later call for this tenant waits too, not just this retry
+                        Some(ra) => {
+                            let ra = ra.min(self.max_retry_after);
+                            self.budget.defer(tenant, ra);
+                            ra
+                        }
+                        None => delay,
+                    };
+                    tracing::warn!(tenant = %tenant, error = %e, target = e.target().unwrap_or(""), retry_in_ms = delay.as_millis() as u64, "api call failed, retrying");
                     tokio::time::sleep(delay).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant, error = %e, target = e.target().unwrap_or(""), "api call failed");
+                    return Err(e);
+                }
             }
         }
     }
 
     async fn get_once(&self, tenant: &TenantId, url: &Url) -> Result<Page, ApiError> {
         let token = self.tokens.token(tenant).await?;
+        let waited = self.budget.acquire(tenant).await;
+        if waited >= Duration::from_secs(1) {
+            tracing::debug!(tenant = %tenant, waited_ms = waited.as_millis() as u64, "waited for the tenant's call budget");
+        }
         let resp = self
             .http
             .get(url.clone())

@@ -1,7 +1,6 @@
 //! The HTTP face of the simulator: routing, the Entra token endpoint and the MDE alerts endpoint.
 //! Handlers compute the whole answer under the state lock and never await while holding it.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -41,7 +40,12 @@ pub(super) async fn accept_loop(sim: Arc<Simulator>, listener: TcpListener) {
         conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let sim = Arc::clone(&sim);
-                async move { Ok::<_, Infallible>(handle(&sim, req).await) }
+                async move {
+                    // `None` is an injected reset: failing the service drops the connection
+                    handle(&sim, req)
+                        .await
+                        .ok_or_else(|| std::io::Error::other("injected connection reset"))
+                }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -61,6 +65,8 @@ struct Answer {
     alerts: usize,
     endpoint: Endpoint,
     www_authenticate: bool,
+    retry_after: Option<u64>,
+    reset: bool,
 }
 
 impl Answer {
@@ -73,11 +79,13 @@ impl Answer {
             alerts: 0,
             endpoint,
             www_authenticate: false,
+            retry_after: None,
+            reset: false,
         }
     }
 }
 
-async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(sim: &Simulator, req: Request<Incoming>) -> Option<Response<Full<Bytes>>> {
     let at = sim.now();
     let method = req.method().clone();
     let path_and_query = req
@@ -98,7 +106,7 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<Full<Bytes>
                     Bytes::new()
                 }
             };
-            sim.token(&tenant, &body)
+            sim.inject(sim.token(&tenant, &body), at)
         }
         (&Method::GET, ["", api, "alerts"] | ["", api, "v1.0", "alerts"])
             if api.eq_ignore_ascii_case("api") =>
@@ -108,7 +116,7 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<Full<Bytes>
                 .get(hyper::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            let answer = sim.alerts(auth.as_deref(), query.as_deref());
+            let answer = sim.inject(sim.alerts(auth.as_deref(), query.as_deref()), at);
             if let Some((clock, by)) = &sim.cfg.advance_per_request {
                 clock.advance(*by);
             }
@@ -144,10 +152,18 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<Full<Bytes>
             tenant: answer.tenant,
             method: method.to_string(),
             path_and_query,
-            status: answer.status.as_u16(),
+            status: if answer.reset {
+                0
+            } else {
+                answer.status.as_u16()
+            },
             alerts_returned: answer.alerts,
+            retry_after: answer.retry_after,
         },
     ));
+    if answer.reset {
+        return None;
+    }
     let mut resp = Response::new(Full::new(Bytes::from(answer.body)));
     *resp.status_mut() = answer.status;
     resp.headers_mut()
@@ -158,7 +174,119 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<Full<Bytes>
             HeaderValue::from_static("Bearer error=\"invalid_token\""),
         );
     }
-    resp
+    if let Some(secs) = answer.retry_after {
+        resp.headers_mut()
+            .insert(hyper::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    Some(resp)
+}
+
+impl Simulator {
+    /// Replaces a good answer by an injected fault, or by a 429 when the tenant is over the
+    /// configured limit; counts every API call towards that limit.
+    fn inject(&self, mut a: Answer, at: Timestamp) -> Answer {
+        let f = &self.cfg.faults;
+        let mut st = self.lock();
+        if a.endpoint == Endpoint::Token {
+            if a.status == StatusCode::OK && st.rng.f64() < f.rate_token_failure {
+                let mut e = Answer::new(
+                    Endpoint::Token,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"error":"temporarily_unavailable","error_description":"AADSTS90006: The server is temporarily unavailable.","error_codes":[90006]}"#.to_owned(),
+                );
+                e.tenant = a.tenant;
+                return e;
+            }
+            return a;
+        }
+        let Some(tenant) = a.tenant.clone() else {
+            return a;
+        };
+        if let Some((limit, window)) = f.limit {
+            let calls = st.calls.entry(key(&tenant)).or_default();
+            let window_ticks = window.whole_nanoseconds() as i64 / 100;
+            while calls
+                .front()
+                .is_some_and(|t: &Timestamp| at.ticks() - t.ticks() >= window_ticks)
+            {
+                calls.pop_front();
+            }
+            calls.push_back(at);
+            if calls.len() > limit {
+                let oldest = calls[calls.len() - limit - 1];
+                let wait =
+                    ((oldest.ticks() + window_ticks - at.ticks()) / 10_000_000 + 1).max(1) as u64;
+                drop(st);
+                return throttled(
+                    tenant,
+                    wait,
+                    &format!(
+                        "API calls quota exceeded! Maximum allowed {limit} per {window} for the key Destination+TenantID+AppID. You can send requests again in {wait} seconds."
+                    ),
+                );
+            }
+        }
+        if a.status != StatusCode::OK {
+            return a;
+        }
+        let r = st.rng.f64();
+        let mut edge = f.rate_reset;
+        if r < edge {
+            a.reset = true;
+            return a;
+        }
+        edge += f.rate_429;
+        if r < edge {
+            drop(st);
+            let wait = f.retry_after_secs.max(1);
+            return throttled(
+                tenant,
+                wait,
+                &format!(
+                    "API calls quota exceeded! You can send requests again in {wait} seconds."
+                ),
+            );
+        }
+        edge += f.rate_5xx;
+        if r < edge {
+            let unavailable = st.rng.bool();
+            drop(st);
+            let (status, code) = if unavailable {
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            } else {
+                (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError")
+            };
+            let mut e = mde_error(Endpoint::Alerts, status, code, "");
+            e.tenant = Some(tenant);
+            if unavailable {
+                e.retry_after = Some(1);
+            }
+            return e;
+        }
+        edge += f.rate_truncated;
+        if r < edge {
+            let cut = a.body.len() / 2;
+            let mut cut_at = cut;
+            while !a.body.is_char_boundary(cut_at) {
+                cut_at -= 1;
+            }
+            a.body.truncate(cut_at);
+        }
+        a
+    }
+}
+
+/// A 429 the way the real API sends one: the status, `Retry-After`, and `code` "429".
+fn throttled(tenant: String, wait: u64, message: &str) -> Answer {
+    let mut a = mde_error(
+        Endpoint::Alerts,
+        StatusCode::TOO_MANY_REQUESTS,
+        "429",
+        message,
+    );
+    a.tenant = Some(tenant);
+    a.retry_after = Some(wait);
+    a
 }
 
 /// The MDE error envelope (`docs/mde-api.md` section 7); `target` is a per-request correlation id.
@@ -286,7 +414,7 @@ impl Simulator {
                 ),
             );
         }
-        if secret != self.cfg.client_secret {
+        if secret != self.cfg.client_secret || kind == TenantKind::BadSecret {
             return fail(
                 &mut st,
                 StatusCode::UNAUTHORIZED,

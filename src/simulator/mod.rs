@@ -42,6 +42,28 @@ pub enum TenantKind {
     NotProvisioned,
     /// The tenant does not exist (AADSTS90002).
     NotFound,
+    /// The token endpoint refuses the app's secret for this tenant only (AADSTS7000215), as if the
+    /// secret were wrong: a credential fault as mde-sync sees it.
+    BadSecret,
+}
+
+/// Transient faults the simulator injects, each at its own rate (0.0 to 1.0), and the API's own
+/// throttling. Decisions come from the seeded random generator, so runs are repeatable.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// 429 with `Retry-After: retry_after_secs` and the body the real API sends (code "429").
+    pub rate_429: f64,
+    pub retry_after_secs: u64,
+    /// 500 or 503 (503 with `Retry-After: 1`).
+    pub rate_5xx: f64,
+    /// The connection is closed without an answer.
+    pub rate_reset: f64,
+    /// A 200 whose body is cut off half way.
+    pub rate_truncated: f64,
+    /// The token endpoint answers 503 `temporarily_unavailable`.
+    pub rate_token_failure: f64,
+    /// Enforce the API's limit: more than this many calls by one tenant within `window` get 429.
+    pub limit: Option<(usize, time::Duration)>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +107,8 @@ pub struct SimConfig {
     /// Initial alerts get a `lastUpdateTime` spread over this many days before start.
     pub history_days: i64,
     pub clock: SharedClock,
+    /// Faults to inject (none by default).
+    pub faults: Faults,
 }
 
 impl SimConfig {
@@ -101,6 +125,7 @@ impl SimConfig {
             advance_per_request: None,
             history_days: 30,
             clock: Arc::new(SystemClock),
+            faults: Faults::default(),
         }
     }
 }
@@ -118,8 +143,11 @@ pub struct RequestRecord {
     pub tenant: Option<String>,
     pub method: String,
     pub path_and_query: String,
+    /// The HTTP status; 0 when the connection was reset without an answer.
     pub status: u16,
     pub alerts_returned: usize,
+    /// The `Retry-After` sent with the answer, in seconds.
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +243,8 @@ struct State {
     log: Vec<(Endpoint, RequestRecord)>,
     changes_enabled: bool,
     raw_counter: u64,
+    /// Recent API calls per tenant, for `Faults::limit`.
+    calls: HashMap<String, std::collections::VecDeque<Timestamp>>,
 }
 
 /// The simulated service. Cheap to share: [`Simulator::new`] returns an `Arc`.
@@ -299,6 +329,7 @@ impl Simulator {
                 log: Vec::new(),
                 changes_enabled: true,
                 raw_counter: 0,
+                calls: HashMap::new(),
             }),
             cfg,
         })

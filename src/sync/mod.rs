@@ -71,7 +71,7 @@
 //! therefore harmless, and the runs of one tenant never overlap (see [`Syncer::sync_all`]).
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -110,12 +110,39 @@ pub enum SyncError {
     },
 }
 
+/// What a failed run says about the tenant, for scheduling its next attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultScope {
+    /// The app's own credential was refused: every tenant would fail the same way.
+    Global,
+    /// Onboarding in this tenant is incomplete (consent, role, provisioning, tenant id): retrying
+    /// every minute cannot help; retry slowly.
+    Onboarding,
+    /// Anything else: retry on the next tick.
+    Transient,
+}
+
 impl SyncError {
+    pub fn scope(&self) -> FaultScope {
+        use crate::auth::TokenFault as F;
+        match self {
+            Self::Api(ApiError::Token(e)) => match e.fault() {
+                f if f.is_global() => FaultScope::Global,
+                F::NotConsented | F::NotProvisioned | F::TenantNotFound | F::ConditionalAccess => {
+                    FaultScope::Onboarding
+                }
+                _ => FaultScope::Transient,
+            },
+            Self::Api(ApiError::Forbidden { .. }) => FaultScope::Onboarding,
+            _ => FaultScope::Transient,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Self::Api(e) => e.label(),
             Self::Store(_) => "database-error",
-            Self::UnstableInstant { .. } => "transient",
+            Self::UnstableInstant { .. } => "degraded",
         }
     }
 }
@@ -135,6 +162,8 @@ pub struct RunOutcome {
     pub pages: u64,
     pub duration_ms: u64,
     pub watermark: Option<Timestamp>,
+    /// Set when the run failed.
+    pub scope: Option<FaultScope>,
 }
 
 #[derive(Debug, Default)]
@@ -153,6 +182,10 @@ pub struct Syncer {
     pub clock: SharedClock,
     pub settings: SyncSettings,
     running: Mutex<HashSet<TenantId>>,
+    /// Tenants with an onboarding fault, and when to try each again.
+    retry_at: Mutex<HashMap<TenantId, tokio::time::Instant>>,
+    /// The app's credential was refused: why, and when one tenant may probe it again.
+    credential_fault: Mutex<Option<(String, tokio::time::Instant)>>,
 }
 
 /// Removes a tenant from the running set when its run ends, however it ends.
@@ -180,6 +213,8 @@ impl Syncer {
             clock,
             settings,
             running: Mutex::new(HashSet::new()),
+            retry_at: Mutex::new(HashMap::new()),
+            credential_fault: Mutex::new(None),
         }
     }
 
@@ -196,9 +231,44 @@ impl Syncer {
     /// whose previous run is still going is skipped, never started twice; one tenant's failure or
     /// slowness does not hold up the others beyond the concurrency limit.
     pub async fn sync_all(self: &Arc<Self>, tenants: &[Tenant]) -> Vec<RunOutcome> {
+        let now = tokio::time::Instant::now();
+        let enabled: Vec<Tenant> = tenants.iter().filter(|t| t.enabled).cloned().collect();
+        let mut skipped: Vec<(usize, RunOutcome)> = Vec::new();
+        let mut to_run: Vec<(usize, Tenant)> = Vec::new();
+        {
+            let retry_at = self.retry_at.lock().expect("retry map");
+            for (i, t) in enabled.into_iter().enumerate() {
+                match retry_at.get(&t.id) {
+                    Some(at) if *at > now => skipped.push((
+                        i,
+                        skipped_outcome(&t, "waiting to retry an onboarding fault"),
+                    )),
+                    _ => to_run.push((i, t)),
+                }
+            }
+        }
+        // While the app's credential is refused, only one tenant probes it now and then.
+        let fault = self
+            .credential_fault
+            .lock()
+            .expect("credential fault")
+            .clone();
+        if let Some((why, probe_at)) = fault {
+            let probe = if now >= probe_at && !to_run.is_empty() {
+                1
+            } else {
+                0
+            };
+            for (i, t) in to_run.drain(probe..) {
+                let mut o = skipped_outcome(&t, &why);
+                o.health = "credential-error".into();
+                skipped.push((i, o));
+            }
+        }
+
         let permits = Arc::new(Semaphore::new(self.settings.max_concurrent_tenants.max(1)));
         let mut set = JoinSet::new();
-        for (i, tenant) in tenants.iter().filter(|t| t.enabled).cloned().enumerate() {
+        for (i, tenant) in to_run {
             let this = Arc::clone(self);
             let permits = Arc::clone(&permits);
             set.spawn(async move {
@@ -206,15 +276,67 @@ impl Syncer {
                 (i, this.sync_tenant(&tenant).await)
             });
         }
-        let mut out = Vec::new();
+        let mut out = skipped;
         while let Some(res) = set.join_next().await {
             match res {
                 Ok(r) => out.push(r),
                 Err(e) => tracing::error!(error = %e, "tenant task panicked"),
             }
         }
+        // A refused credential is the app's problem only if no tenant accepted it in this pass;
+        // if others did, the fault belongs to that tenant (a per-tenant secret mix-up, say).
+        let any_ok = out.iter().any(|(_, o)| o.ok == Some(true));
+        for (_, o) in &out {
+            self.schedule_next(o, any_ok);
+        }
         out.sort_by_key(|(i, _)| *i);
         out.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Updates the slow-retry and credential-fault state after a run.
+    fn schedule_next(&self, o: &RunOutcome, others_ok: bool) {
+        let now = tokio::time::Instant::now();
+        let scope = match o.scope {
+            Some(FaultScope::Global) if others_ok => Some(FaultScope::Onboarding),
+            s => s,
+        };
+        match (o.ok, scope) {
+            (Some(true), _) => {
+                self.retry_at.lock().expect("retry map").remove(&o.tenant);
+                if self
+                    .credential_fault
+                    .lock()
+                    .expect("credential fault")
+                    .take()
+                    .is_some()
+                {
+                    tracing::info!(tenant = %o.tenant, "the app's credential works again, polling all tenants");
+                }
+            }
+            (Some(false), Some(FaultScope::Global)) => {
+                let why = o.error.clone().unwrap_or_default();
+                let retry = std::time::Duration::from_secs(
+                    self.settings.credential_retry.whole_seconds().max(1) as u64,
+                );
+                let mut fault = self.credential_fault.lock().expect("credential fault");
+                if fault.is_none() {
+                    // said once, loudly, not once per tenant per tick
+                    tracing::error!(error = %why, retry_in_s = retry.as_secs(), "the app's credential is refused: polling of all tenants is paused until it works");
+                }
+                *fault = Some((why, now + retry));
+            }
+            (Some(false), Some(FaultScope::Onboarding)) => {
+                let retry = std::time::Duration::from_secs(
+                    self.settings.onboarding_retry.whole_seconds().max(1) as u64,
+                );
+                self.retry_at
+                    .lock()
+                    .expect("retry map")
+                    .insert(o.tenant.clone(), now + retry);
+                tracing::warn!(tenant = %o.tenant, tenant_name = %o.tenant_name, health = %o.health, retry_in_s = retry.as_secs(), "tenant needs its admin; retrying slowly");
+            }
+            _ => {}
+        }
     }
 
     /// One run for one tenant, recorded in `sync_runs` and `sync_state`.
@@ -226,19 +348,7 @@ impl Syncer {
 
     async fn sync_tenant_inner(&self, tenant: &Tenant) -> RunOutcome {
         let started = Instant::now();
-        let mut outcome = RunOutcome {
-            tenant: tenant.id.clone(),
-            tenant_name: tenant.name.clone(),
-            ok: None,
-            health: "skipped".into(),
-            error: None,
-            alerts_received: 0,
-            alerts_written: 0,
-            alerts_rejected: 0,
-            pages: 0,
-            duration_ms: 0,
-            watermark: None,
-        };
+        let mut outcome = skipped_outcome(tenant, "the previous run is still in progress");
         if !self
             .running
             .lock()
@@ -268,6 +378,7 @@ impl Syncer {
             Err(e) => e.label().into(),
         };
         outcome.error = result.as_ref().err().map(|e| e.to_string());
+        outcome.scope = result.as_ref().err().map(SyncError::scope);
         outcome.alerts_received = c.received;
         outcome.alerts_written = c.written;
         outcome.alerts_rejected = c.rejected;
@@ -371,6 +482,10 @@ impl Syncer {
                 stack.push((a, m));
             }
             progress.tick(c, stack.len(), b);
+            if c.pages >= self.settings.max_pages_per_run && !stack.is_empty() {
+                tracing::info!(pages = c.pages, windows_left = stack.len(), watermark = %c.watermark.map(|w| w.to_db()).unwrap_or_default(), "run reached sync.max_pages_per_run, continuing next tick");
+                break;
+            }
         }
         Ok(())
     }
@@ -520,6 +635,23 @@ impl Syncer {
             count: seen,
             restarts: INSTANT_RESTARTS,
         })
+    }
+}
+
+fn skipped_outcome(t: &Tenant, why: &str) -> RunOutcome {
+    RunOutcome {
+        tenant: t.id.clone(),
+        tenant_name: t.name.clone(),
+        ok: None,
+        health: "skipped".into(),
+        error: Some(why.to_owned()),
+        alerts_received: 0,
+        alerts_written: 0,
+        alerts_rejected: 0,
+        pages: 0,
+        duration_ms: 0,
+        watermark: None,
+        scope: None,
     }
 }
 
