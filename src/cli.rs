@@ -107,6 +107,9 @@ pub struct SimulateArgs {
     /// Share of token requests answered 503 temporarily_unavailable.
     #[arg(long, default_value_t = 0.0)]
     pub rate_token_failure: f64,
+    /// Milliseconds added before answering each API call.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
     /// Answer 429 to a tenant's calls beyond 100 a minute, like the real API.
     #[arg(long)]
     pub enforce_limit: bool,
@@ -359,6 +362,7 @@ async fn simulate(args: SimulateArgs) -> i32 {
             .enforce_limit
             .then_some((100, time::Duration::minutes(1))),
     };
+    cfg.latency = Duration::from_millis(args.latency_ms);
     let sim = Simulator::new(cfg.clone());
     let server = match sim.serve(args.listen).await {
         Ok(s) => s,

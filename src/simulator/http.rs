@@ -111,6 +111,9 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Option<Response<Full
         (&Method::GET, ["", api, "alerts"] | ["", api, "v1.0", "alerts"])
             if api.eq_ignore_ascii_case("api") =>
         {
+            if !sim.cfg.latency.is_zero() {
+                tokio::time::sleep(sim.cfg.latency).await;
+            }
             let auth = req
                 .headers()
                 .get(hyper::header::AUTHORIZATION)

@@ -109,6 +109,8 @@ pub struct SimConfig {
     pub clock: SharedClock,
     /// Faults to inject (none by default).
     pub faults: Faults,
+    /// Added before answering each `/api/alerts` call (a far-away API).
+    pub latency: std::time::Duration,
 }
 
 impl SimConfig {
@@ -126,6 +128,7 @@ impl SimConfig {
             history_days: 30,
             clock: Arc::new(SystemClock),
             faults: Faults::default(),
+            latency: std::time::Duration::ZERO,
         }
     }
 }

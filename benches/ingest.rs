@@ -1,0 +1,549 @@
+//! The ingest benchmark: `cargo bench --bench ingest` (see the README's "Performance" section).
+//!
+//! 1. backfill: one tenant with `MDE_SYNC_BENCH_ALERTS` (200,000) alerts with evidence, synced by
+//!    the real `mde-sync sync` from a separate `mde-sync simulate` process: alerts per second end to
+//!    end, and the sync process's peak RSS;
+//! 2. the same rows loaded by the database's own bulk path (SQLite: one transaction of prepared
+//!    inserts; Postgres: `COPY`), and the ratio of 1 to 2;
+//! 3. steady state: `MDE_SYNC_BENCH_TENANTS` (1,000) tenants with a few changes each and 50 ms of
+//!    API latency per call: the time and CPU of one full cycle;
+//! 4. idle: the CPU `mde-sync run` uses over `MDE_SYNC_BENCH_IDLE_SECS` (60) between cycles.
+//!
+//! Postgres is measured when `MDE_SYNC_TEST_POSTGRES_URL` is set.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use mde_sync::{
+    app::App,
+    clock,
+    config::{DatabaseSettings, Settings},
+    mde::model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Kind, Val, parse_alert},
+    tenant::{Tenant, TenantId},
+};
+use secrecy::SecretString;
+use serde_json::value::RawValue;
+use sqlx::{AssertSqlSafe, Connection};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mde-sync");
+const CLIENT_ID: &str = "00000000-0000-4000-8000-0000000000c1";
+const SECRET: &str = "simulator-secret";
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Sim {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn simulate(dir: &Path, args: &[&str]) -> Sim {
+    let mut child = Command::new(BIN)
+        .args([
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--lag-secs",
+            "0",
+            "--write-config",
+        ])
+        .arg(dir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the simulator");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let base = first
+        .strip_prefix("simulator listening on ")
+        .expect("simulator address")
+        .to_owned();
+    std::thread::spawn(move || for _ in lines {});
+    Sim { child, base }
+}
+
+/// `(peak RSS in KiB, CPU seconds)` of a running process, from /proc.
+fn proc_usage(pid: u32) -> Option<(u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((hwm, cpu_secs(pid)?))
+}
+
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // fields after the command name, which is in parentheses and may hold spaces
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
+/// Runs a command to completion, sampling its peak RSS and CPU until it exits.
+fn run_measured(cmd: &mut Command) -> (Duration, u64, f64, bool) {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut peak, mut cpu) = (0, 0.0);
+    let status = loop {
+        if let Some((hwm, c)) = proc_usage(child.id()) {
+            peak = peak.max(hwm);
+            cpu = c;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if !status.success() {
+        let mut err = String::new();
+        use std::io::Read;
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        eprintln!(
+            "{}",
+            err.lines().rev().take(10).collect::<Vec<_>>().join("\n")
+        );
+    }
+    (started.elapsed(), peak, cpu, status.success())
+}
+
+struct PgDb {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl PgDb {
+    async fn create(admin: &str, name: &str) -> PgDb {
+        let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
+        let _ = sqlx::query(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(admin).unwrap();
+        url.set_path(&format!("/{name}"));
+        PgDb {
+            admin: admin.to_owned(),
+            name: name.to_owned(),
+            url: url.to_string(),
+        }
+    }
+
+    async fn drop_db(&self) {
+        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
+        let _ = sqlx::query(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+fn tenant(n: usize) -> TenantId {
+    TenantId::parse(&mde_sync::simulator::tenant_id(n)).unwrap()
+}
+
+/// Reads back what the sync stored, as rows ready for a bulk load.
+async fn stored_rows(url: &str) -> Vec<AlertRow> {
+    let store = mde_sync::store::open(&DatabaseSettings::from_url(url))
+        .await
+        .unwrap();
+    let raws = store.alert_raws(&tenant(1)).await.unwrap();
+    raws.into_values()
+        .map(|r| parse_alert(&RawValue::from_string(r).unwrap()).unwrap())
+        .collect()
+}
+
+fn sqlite_text(v: &Val) -> Option<String> {
+    match v {
+        Val::Text(t) | Val::Json(t) => t.clone(),
+        Val::Int(i) => i.map(|i| i.to_string()),
+        Val::Time(t) => t.map(|t| t.to_db()),
+    }
+}
+
+/// SQLite's own bulk path: one transaction of prepared, plain inserts.
+async fn sqlite_bulk(dir: &Path, rows: &[AlertRow]) -> Duration {
+    let path = dir.join("bulk.db");
+    let url = format!("sqlite://{}", path.display());
+    let store = mde_sync::store::open(&DatabaseSettings::from_url(url.clone()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    drop(store);
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("PRAGMA journal_mode = WAL")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("PRAGMA synchronous = NORMAL")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let acols: Vec<&str> = ALERT_COLUMNS.iter().map(|c| c.0).collect();
+    let asql = format!(
+        "INSERT INTO alerts (tenant_id, id, {}, raw, first_seen_at, synced_at) VALUES ({})",
+        acols.join(", "),
+        vec!["?"; acols.len() + 5].join(", ")
+    );
+    let ecols: Vec<&str> = EVIDENCE_COLUMNS.iter().map(|c| c.0).collect();
+    let esql = format!(
+        "INSERT INTO alert_evidence (tenant_id, alert_id, position, {}, raw) VALUES ({})",
+        ecols.join(", "),
+        vec!["?"; ecols.len() + 4].join(", ")
+    );
+    let now = "2026-01-01T00:00:00.0000000Z";
+    let t = tenant(1);
+    let started = Instant::now();
+    let mut tx = conn.begin().await.unwrap();
+    for a in rows {
+        let mut q = sqlx::query(AssertSqlSafe(asql.as_str()))
+            .bind(t.as_str())
+            .bind(&a.id);
+        for (v, c) in a.values.iter().zip(ALERT_COLUMNS) {
+            q = match c.2 {
+                Kind::Int => q.bind(match v {
+                    Val::Int(i) => *i,
+                    _ => None,
+                }),
+                _ => q.bind(sqlite_text(v)),
+            };
+        }
+        q.bind(&a.raw)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        for (pos, e) in a.evidence.iter().enumerate() {
+            let mut q = sqlx::query(AssertSqlSafe(esql.as_str()))
+                .bind(t.as_str())
+                .bind(&a.id)
+                .bind(pos as i64);
+            for (v, c) in e.values.iter().zip(EVIDENCE_COLUMNS) {
+                q = match c.2 {
+                    Kind::Int => q.bind(match v {
+                        Val::Int(i) => *i,
+                        _ => None,
+                    }),
+                    _ => q.bind(sqlite_text(v)),
+                };
+            }
+            q.bind(&e.raw).execute(&mut *tx).await.unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+    started.elapsed()
+}
+
+/// One value in COPY's text format.
+fn copy_field(out: &mut String, v: Option<&str>) {
+    match v {
+        None => out.push_str("\\N"),
+        Some(s) => {
+            for ch in s.chars() {
+                match ch {
+                    '\\' => out.push_str("\\\\"),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
+        }
+    }
+}
+
+fn pg_text(v: &Val) -> Option<String> {
+    match v {
+        Val::Time(t) => t.map(|t| t.floor_micros().to_db()),
+        other => sqlite_text(other),
+    }
+}
+
+/// Postgres' own bulk path: `COPY … FROM STDIN`.
+async fn postgres_bulk(admin: &str, rows: &[AlertRow]) -> Duration {
+    let db = PgDb::create(admin, "mde_sync_bench_bulk").await;
+    let store = mde_sync::store::open(&DatabaseSettings::from_url(db.url.clone()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    drop(store);
+    let t = tenant(1);
+    let now = "2026-01-01T00:00:00.0000000Z";
+    let mut alerts = String::new();
+    let mut evidence = String::new();
+    let started = Instant::now();
+    for a in rows {
+        copy_field(&mut alerts, Some(t.as_str()));
+        alerts.push('\t');
+        copy_field(&mut alerts, Some(&a.id));
+        for v in &a.values {
+            alerts.push('\t');
+            copy_field(&mut alerts, pg_text(v).as_deref());
+        }
+        for v in [
+            Some(a.raw.clone()),
+            a.last_update.map(|t| t.ticks().to_string()),
+            Some(now.into()),
+            Some(now.into()),
+        ] {
+            alerts.push('\t');
+            copy_field(&mut alerts, v.as_deref());
+        }
+        alerts.push('\n');
+        for (pos, e) in a.evidence.iter().enumerate() {
+            copy_field(&mut evidence, Some(t.as_str()));
+            evidence.push('\t');
+            copy_field(&mut evidence, Some(&a.id));
+            evidence.push('\t');
+            evidence.push_str(&pos.to_string());
+            for v in &e.values {
+                evidence.push('\t');
+                copy_field(&mut evidence, pg_text(v).as_deref());
+            }
+            evidence.push('\t');
+            copy_field(&mut evidence, Some(&e.raw));
+            evidence.push('\n');
+        }
+    }
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let acols: Vec<&str> = ALERT_COLUMNS.iter().map(|c| c.0).collect();
+    let ecols: Vec<&str> = EVIDENCE_COLUMNS.iter().map(|c| c.0).collect();
+    let mut tx = conn.begin().await.unwrap();
+    for (sql, data) in [
+        (
+            format!(
+                "COPY alerts (tenant_id, id, {}, raw, last_update_ticks, first_seen_at, synced_at) FROM STDIN",
+                acols.join(", ")
+            ),
+            alerts,
+        ),
+        (
+            format!(
+                "COPY alert_evidence (tenant_id, alert_id, position, {}, raw) FROM STDIN",
+                ecols.join(", ")
+            ),
+            evidence,
+        ),
+    ] {
+        let mut copy = tx.copy_in_raw(&sql).await.unwrap();
+        for chunk in data.as_bytes().chunks(1 << 20) {
+            copy.send(chunk).await.unwrap();
+        }
+        copy.finish().await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let took = started.elapsed();
+    db.drop_db().await;
+    took
+}
+
+struct Backfill {
+    backend: &'static str,
+    secs: f64,
+    rate: f64,
+    peak_mib: f64,
+    cpu: f64,
+    bulk_rate: f64,
+}
+
+async fn backfill(
+    dir: &Path,
+    sim: &Sim,
+    alerts: u64,
+    backend: &'static str,
+    url: &str,
+) -> Backfill {
+    let (took, peak_kib, cpu, ok) = run_measured(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .arg("sync")
+            .env("MDE_SYNC_DATABASE__URL", url)
+            .env("MDE_SYNC_SYNC__PAGE_SIZE", "10000")
+            .env("MDE_SYNC_SYNC__MAX_PAGES_PER_RUN", "100000")
+            .env("MDE_SYNC_SYNC__CALLS_PER_MINUTE", "100000")
+            .env("MDE_SYNC_SYNC__CALLS_PER_HOUR", "1000000")
+            .env("MDE_SYNC_LOG__LEVEL", "warn"),
+    );
+    assert!(ok, "the backfill sync failed");
+    let _ = sim;
+    let rows = stored_rows(url).await;
+    assert_eq!(rows.len() as u64, alerts, "every alert stored");
+    let bulk = match backend {
+        "sqlite" => sqlite_bulk(dir, &rows).await,
+        _ => postgres_bulk(&std::env::var("MDE_SYNC_TEST_POSTGRES_URL").unwrap(), &rows).await,
+    };
+    Backfill {
+        backend,
+        secs: took.as_secs_f64(),
+        rate: alerts as f64 / took.as_secs_f64(),
+        peak_mib: peak_kib as f64 / 1024.0,
+        cpu,
+        bulk_rate: alerts as f64 / bulk.as_secs_f64(),
+    }
+}
+
+async fn steady_state(dir: &Path, tenants: usize) -> (f64, f64) {
+    let sim = simulate(
+        dir,
+        &[
+            "--tenants",
+            &tenants.to_string(),
+            "--alerts",
+            "20",
+            "--latency-ms",
+            "50",
+            "--changes-per-request",
+            "2",
+        ],
+    );
+    let list: Vec<Tenant> = (1..=tenants)
+        .map(|n| Tenant {
+            id: tenant(n),
+            name: format!("tenant-{n}"),
+            enabled: true,
+        })
+        .collect();
+    let settings = Settings::for_endpoints(
+        &sim.base,
+        list,
+        format!("sqlite://{}", dir.join("steady.db").display()),
+        CLIENT_ID.into(),
+        SecretString::from(SECRET.to_owned()),
+    );
+    let app = App::build(settings, clock::system()).await.unwrap();
+    // the first cycle gets tokens and backfills; the second is the steady state
+    let first = app.sync_once().await;
+    assert!(first.iter().all(|o| o.ok == Some(true)));
+    let cpu0 = cpu_secs(std::process::id()).unwrap();
+    let started = Instant::now();
+    let second = app.sync_once().await;
+    let took = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs(std::process::id()).unwrap() - cpu0;
+    assert!(second.iter().all(|o| o.ok == Some(true)));
+    let written: u64 = second.iter().map(|o| o.alerts_written).sum();
+    println!("  steady cycle: {tenants} tenants, {written} changed alerts written");
+    (took, cpu)
+}
+
+fn idle(dir: &Path, secs: u64) -> f64 {
+    let _sim = simulate(dir, &["--tenants", "10", "--alerts", "50"]);
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .arg("run")
+        .env("MDE_SYNC_SYNC__SCHEDULE", "0 0 * * * *")
+        .env("MDE_SYNC_LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // let the start-up pass finish, then measure a quiet stretch
+    std::thread::sleep(Duration::from_secs(5));
+    let c0 = cpu_secs(child.id()).unwrap();
+    std::thread::sleep(Duration::from_secs(secs));
+    let c1 = cpu_secs(child.id()).unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    (c1 - c0) / secs as f64 * 100.0
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing to parse
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let alerts = env_num("MDE_SYNC_BENCH_ALERTS", 200_000);
+        let tenants = env_num("MDE_SYNC_BENCH_TENANTS", 1_000) as usize;
+        let idle_secs = env_num("MDE_SYNC_BENCH_IDLE_SECS", 60);
+        let root: PathBuf = std::env::temp_dir().join(format!("mde-sync-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        println!("mde-sync ingest benchmark on {}", machine());
+
+        println!("backfill: generating {alerts} alerts in the simulator…");
+        let dir = root.join("backfill");
+        let sim = simulate(&dir, &["--tenants", "1", "--alerts", &alerts.to_string()]);
+        let mut results = vec![backfill(&dir, &sim, alerts, "sqlite", &format!("sqlite://{}", dir.join("sync.db").display())).await];
+        match std::env::var("MDE_SYNC_TEST_POSTGRES_URL") {
+            Ok(admin) if !admin.is_empty() => {
+                let db = PgDb::create(&admin, "mde_sync_bench_sync").await;
+                results.push(backfill(&dir, &sim, alerts, "postgres", &db.url).await);
+                db.drop_db().await;
+            }
+            _ => println!("  postgres: skipped (set MDE_SYNC_TEST_POSTGRES_URL)"),
+        }
+        drop(sim);
+        for r in &results {
+            println!(
+                "  {:<8} backfill {:>7.1} s  {:>8.0} alerts/s  peak RSS {:>6.1} MiB  CPU {:>6.1} s | bulk load {:>8.0} alerts/s | ratio {:.2}",
+                r.backend,
+                r.secs,
+                r.rate,
+                r.peak_mib,
+                r.cpu,
+                r.bulk_rate,
+                r.rate / r.bulk_rate
+            );
+        }
+
+        println!("steady state: {tenants} tenants, 50 ms per API call…");
+        let (took, cpu) = steady_state(&root.join("steady"), tenants).await;
+        println!("  full cycle {took:.2} s, CPU {cpu:.2} s");
+
+        println!("idle: `mde-sync run` between cycles for {idle_secs} s…");
+        let pct = idle(&root.join("idle"), idle_secs);
+        println!("  CPU {pct:.3} % of one core");
+        let _ = std::fs::remove_dir_all(&root);
+    });
+}
