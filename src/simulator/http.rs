@@ -361,7 +361,7 @@ impl Simulator {
         let skew = self.cfg.assertion_skew.whole_seconds();
         let nbf = claims.nbf.unwrap_or(now_s);
         let exp = claims.exp.unwrap_or(i64::MIN);
-        if nbf > now_s + skew || exp + skew <= now_s {
+        if nbf > now_s.saturating_add(skew) || exp.saturating_add(skew) <= now_s {
             return Err(invalid(
                 700024,
                 format!(
@@ -378,7 +378,7 @@ impl Simulator {
                 "Assertion is invalid: it has no 'jti' claim.".into(),
             ));
         };
-        st.used_jti.retain(|_, e| *e + skew > now_s);
+        st.used_jti.retain(|_, e| e.saturating_add(skew) > now_s);
         if st.used_jti.contains_key(&jti) {
             return Err(invalid(
                 50013,
