@@ -434,6 +434,7 @@ async fn steady_state(dir: &Path, tenants: usize) -> (f64, f64) {
             id: tenant(n),
             name: format!("tenant-{n}"),
             enabled: true,
+            api_url: None,
         })
         .collect();
     let settings = Settings::for_endpoints(

@@ -38,26 +38,14 @@ impl App {
 
     pub fn with_store(settings: Settings, clock: SharedClock, store: SharedStore) -> App {
         let http = auth::http_client(settings.sync.request_timeout);
-        let tokens = Arc::new(TokenProvider::new(
-            http.clone(),
-            settings.cloud.login_url.clone(),
-            settings.app.client_id.clone(),
-            settings.app.client_secret.clone(),
-            settings.cloud.scope.clone(),
-            clock.clone(),
-        ));
+        let tokens = Arc::new(token_provider(http.clone(), &settings, clock.clone()));
         let budget = Arc::new(Budget::per_minute_and_hour(
             settings.sync.calls_per_minute,
             settings.sync.calls_per_hour,
         ));
         let client = Arc::new(
-            MdeClient::new(
-                http,
-                settings.cloud.api_url.clone(),
-                tokens.clone(),
-                settings.sync.max_attempts,
-            )
-            .with_budget(budget, settings.sync.max_retry_after),
+            mde_client(http, &settings, tokens.clone(), settings.sync.max_attempts)
+                .with_budget(budget, settings.sync.max_retry_after),
         );
         let syncer = Arc::new(Syncer::new(
             store.clone(),
@@ -163,6 +151,34 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The token provider for the configured cloud and credential (a certificate wins over a secret).
+pub fn token_provider(
+    http: reqwest::Client,
+    settings: &Settings,
+    clock: SharedClock,
+) -> TokenProvider {
+    TokenProvider::new(
+        http,
+        settings.cloud.login_url.clone(),
+        settings.app.client_id.clone(),
+        None,
+        settings.cloud.scope.clone(),
+        clock,
+    )
+    .with_credential(settings.app.credential())
+}
+
+/// The API client: `cloud.api_url`, and each tenant's own `api_url` for that tenant only.
+pub fn mde_client(
+    http: reqwest::Client,
+    settings: &Settings,
+    tokens: Arc<TokenProvider>,
+    max_attempts: usize,
+) -> MdeClient {
+    MdeClient::new(http, settings.cloud.api_url.clone(), tokens, max_attempts)
+        .with_tenant_api_urls(&settings.tenants)
 }
 
 pub async fn open_store(settings: &Settings) -> anyhow::Result<SharedStore> {
@@ -346,17 +362,24 @@ async fn check_one(tokens: &TokenProvider, client: &MdeClient, t: &Tenant) -> Ch
             "the token carries no Alert.Read.All role: add the application permission WindowsDefenderATP > Alert.Read.All to the app registration, then have the customer's admin consent again (mde-sync consent-url)".into(),
         );
     }
+    // appidacr is what Entra says was used: 1 secret, 2 certificate
     let credential = match claims.appidacr.as_deref() {
         Some("1") => "secret",
         Some("2") => "certificate",
         _ => "unknown credential",
+    };
+    let base = client.base_url(&t.id);
+    let host = match (base.host_str(), base.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (h, None) => h.unwrap_or("?").to_owned(),
+        (None, Some(_)) => "?".to_owned(),
     };
     match client.probe(&t.id).await {
         Ok(n) => line(
             true,
             "ok",
             format!(
-                "token ok ({credential}), role Alert.Read.All, API answered ({n} alert on a $top=1 probe)"
+                "token ok (credential: {credential}), role Alert.Read.All, API {host} answered ({n} alert on a $top=1 probe)"
             ),
         ),
         Err(e) => line(false, e.label(), e.to_string()),
@@ -382,12 +405,14 @@ pub fn render_check(lines: &[CheckLine]) -> String {
 }
 
 /// The admin-consent links for the app: the partner documentation's form and the v2
-/// `adminconsent` form. `tenant` narrows the v2 link to one customer.
+/// `adminconsent` form, on the cloud's login host. `tenant` narrows the v2 link to one customer;
+/// `redirect_uri` defaults to the cloud's Azure portal, which the partner guide registers.
 pub fn consent_urls(
     settings: &Settings,
     tenant: Option<&str>,
-    redirect_uri: &str,
+    redirect_uri: Option<&str>,
 ) -> Vec<(String, String)> {
+    let redirect_uri = redirect_uri.unwrap_or(settings.cloud.name.portal_url());
     let login = settings.cloud.login_url.as_str().trim_end_matches('/');
     let client = &settings.app.client_id;
     let mut v1 = url::Url::parse(&format!("{login}/common/oauth2/authorize")).expect("login url");

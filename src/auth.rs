@@ -1,10 +1,13 @@
 //! Tokens: one OAuth2 client-credentials token per customer tenant, from the v2 endpoint
-//! `{login}/{tenant}/oauth2/v2.0/token` with `scope={resource}/.default`.
+//! `{login}/{tenant}/oauth2/v2.0/token` with `scope={resource}/.default`, proven with a client
+//! secret or with a certificate ([`certificate`]: a fresh signed client assertion per request).
 //!
 //! Tokens live in memory only and are renewed ahead of expiry by a scheduled job
 //! ([`TokenProvider::renew_expiring`]), so a poll rarely waits on the token endpoint. Refusals are
 //! parsed (`error`, `error_codes`) into a [`TokenFault`] that says what is wrong and how to fix it.
 //! This module never logs or returns a secret or a token.
+
+pub mod certificate;
 
 use std::{collections::HashMap, sync::Arc, time::Duration as StdDuration};
 
@@ -15,6 +18,34 @@ use time::{Duration, OffsetDateTime};
 use url::Url;
 
 use crate::{clock::SharedClock, tenant::TenantId};
+
+pub use certificate::{AssertionAlgorithm, ClientCertificate};
+
+/// How the app proves who it is to the token endpoint.
+#[derive(Clone)]
+pub enum Credential {
+    Secret(SecretString),
+    Certificate(Arc<ClientCertificate>),
+}
+
+impl Credential {
+    /// `"secret"` or `"certificate"`, as `check` reports it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Secret(_) => "secret",
+            Self::Certificate(_) => "certificate",
+        }
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Secret(_) => f.write_str("Secret([redacted])"),
+            Self::Certificate(c) => f.debug_tuple("Certificate").field(c).finish(),
+        }
+    }
+}
 
 /// Renew a token when it has less than this left; polls never use a token this close to expiry.
 pub const RENEW_BEFORE: Duration = Duration::minutes(5);
@@ -36,6 +67,16 @@ pub enum TokenFault {
     AppDisabled,
     /// AADSTS53003: blocked by the tenant's Conditional Access policy.
     ConditionalAccess,
+    /// AADSTS700027 / 50012: the client assertion's signature was refused: the certificate is not
+    /// registered on the app (Entra: "the key was not found"), or the key is not the
+    /// certificate's. Hits every tenant.
+    CertificateRejected,
+    /// AADSTS700024: the client assertion is outside its valid time range: this host's clock is
+    /// off. Hits every tenant.
+    AssertionExpired,
+    /// AADSTS50013 / 50027: the assertion itself is malformed or its claims are wrong (audience,
+    /// issuer, a reused `jti`). Hits every tenant.
+    InvalidAssertion,
     /// Throttling or an Entra outage; retry later.
     Transient,
     /// Anything else: the codes are shown as they came.
@@ -53,6 +94,9 @@ impl TokenFault {
                 90002 => return Self::TenantNotFound,
                 7000112 | 70001 => return Self::AppDisabled,
                 53003 => return Self::ConditionalAccess,
+                700027 | 50012 => return Self::CertificateRejected,
+                700024 => return Self::AssertionExpired,
+                50013 | 50027 => return Self::InvalidAssertion,
                 50033 | 90006 | 90024 | 90055 | 50196 => return Self::Transient,
                 _ => {}
             }
@@ -68,7 +112,12 @@ impl TokenFault {
     pub fn is_global(self) -> bool {
         matches!(
             self,
-            Self::InvalidSecret | Self::ExpiredSecret | Self::AppDisabled
+            Self::InvalidSecret
+                | Self::ExpiredSecret
+                | Self::AppDisabled
+                | Self::CertificateRejected
+                | Self::AssertionExpired
+                | Self::InvalidAssertion
         )
     }
 
@@ -80,7 +129,12 @@ impl TokenFault {
     pub fn label(self) -> &'static str {
         match self {
             Self::NotConsented => "needs-consent",
-            Self::InvalidSecret | Self::ExpiredSecret | Self::AppDisabled => "credential-error",
+            Self::InvalidSecret
+            | Self::ExpiredSecret
+            | Self::AppDisabled
+            | Self::CertificateRejected
+            | Self::InvalidAssertion => "credential-error",
+            Self::AssertionExpired => "clock-skew",
             Self::NotProvisioned => "not-provisioned",
             Self::TenantNotFound => "tenant-not-found",
             Self::ConditionalAccess => "conditional-access",
@@ -98,9 +152,14 @@ impl TokenFault {
             Self::InvalidSecret => "the client secret is invalid: put the secret's Value (not its Secret ID) from the app registration in app.client_secret or the secret file".into(),
             Self::ExpiredSecret => "the client secret has expired: create a new secret under Certificates & secrets in the app registration and update app.client_secret".into(),
             Self::NotProvisioned => "Microsoft Defender for Endpoint is not provisioned in this tenant (no WindowsDefenderATP service principal): the customer must onboard Defender for Endpoint first".into(),
-            Self::TenantNotFound => "the tenant does not exist in this cloud: check the tenant id in the tenants file and cloud.name (a US Government tenant needs its own cloud)".into(),
+            Self::TenantNotFound => "the tenant does not exist in this cloud: check the tenant id in the tenants file and cloud.name (a US Government tenant needs cloud.name = \"gcc\", \"gcc-high\" or \"dod\" and an app registered in that cloud)".into(),
             Self::AppDisabled => format!("the application {client_id} is disabled: re-enable it in Entra ID"),
             Self::ConditionalAccess => "a Conditional Access policy in this tenant blocks the app: ask the customer to exclude the app's service principal".into(),
+            Self::CertificateRejected => format!(
+                "the certificate was refused for app {client_id}: upload app.certificate_file to the app registration (Certificates & secrets > Certificates; compare its Thumbprint with `mde-sync cert-thumbprint`, and use the app registration of this cloud); if that thumbprint is already there, app.private_key_file is not the key of that certificate"
+            ),
+            Self::AssertionExpired => "the client assertion is outside its valid time range, so this host's clock is wrong by more than a few minutes: synchronise it (e.g. `timedatectl set-ntp true`, chrony) and retry; each request already carries a fresh assertion".into(),
+            Self::InvalidAssertion => "the token endpoint refused the client assertion as invalid (audience, issuer or a reused jti): check that cloud.login_url is the login host itself and not a proxy that rewrites the URL; otherwise report this as a bug in mde-sync".into(),
             Self::Transient => "the token endpoint is unavailable or throttling: this is retried automatically".into(),
             Self::Other => "the token endpoint refused the request: see the AADSTS code at https://login.microsoftonline.com/error".into(),
         }
@@ -122,8 +181,12 @@ pub enum AuthError {
     Network(String),
     #[error("the token endpoint sent an unreadable answer (HTTP {status}): {detail}")]
     Decode { status: u16, detail: String },
-    #[error("no client secret is configured: set app.client_secret")]
-    NoSecret,
+    #[error(
+        "no credential is configured: set app.client_secret, or app.certificate_file and app.private_key_file"
+    )]
+    NoCredential,
+    #[error("cannot build the client assertion: {0}")]
+    Assertion(String),
 }
 
 impl AuthError {
@@ -132,7 +195,7 @@ impl AuthError {
             Self::Refused { fault, .. } => *fault,
             Self::Network(_) => TokenFault::Transient,
             Self::Decode { status, .. } if *status >= 500 => TokenFault::Transient,
-            Self::Decode { .. } | Self::NoSecret => TokenFault::Other,
+            Self::Decode { .. } | Self::NoCredential | Self::Assertion(_) => TokenFault::Other,
         }
     }
 }
@@ -148,7 +211,7 @@ pub struct TokenProvider {
     http: reqwest::Client,
     login_url: Url,
     client_id: String,
-    secret: Option<SecretString>,
+    credential: Option<Credential>,
     scope: String,
     clock: SharedClock,
     cache: std::sync::Mutex<HashMap<TenantId, CachedToken>>,
@@ -162,6 +225,7 @@ impl std::fmt::Debug for TokenProvider {
             .field("login_url", &self.login_url.as_str())
             .field("client_id", &self.client_id)
             .field("scope", &self.scope)
+            .field("credential", &self.credential)
             .finish_non_exhaustive()
     }
 }
@@ -196,7 +260,7 @@ impl TokenProvider {
             http,
             login_url,
             client_id,
-            secret,
+            credential: secret.map(Credential::Secret),
             scope,
             clock,
             cache: Default::default(),
@@ -204,8 +268,31 @@ impl TokenProvider {
         }
     }
 
+    /// Uses `credential` instead of the secret given to [`TokenProvider::new`].
+    pub fn with_credential(mut self, credential: Option<Credential>) -> Self {
+        self.credential = credential;
+        self
+    }
+
     pub fn client_id(&self) -> &str {
         &self.client_id
+    }
+
+    pub fn credential(&self) -> Option<&Credential> {
+        self.credential.as_ref()
+    }
+
+    /// The fault's explanation, with this host's certificate thumbprint where it helps.
+    fn explain(&self, fault: TokenFault) -> String {
+        let text = fault.explain(&self.client_id);
+        match (&self.credential, fault) {
+            (Some(Credential::Certificate(c)), TokenFault::CertificateRejected) => format!(
+                "{text} (this host signs with the certificate whose SHA-1 thumbprint is {}, x5t#S256 {})",
+                c.thumbprints().sha1_hex,
+                c.thumbprints().x5t_s256
+            ),
+            _ => text,
+        }
     }
 
     pub fn token_url(&self, tenant: &TenantId) -> String {
@@ -271,16 +358,28 @@ impl TokenProvider {
 
     /// Asks the token endpoint, caching the answer.
     pub async fn fetch(&self, tenant: &TenantId) -> Result<SecretString, AuthError> {
-        let secret = self.secret.as_ref().ok_or(AuthError::NoSecret)?;
-        let form = [
+        let url = self.token_url(tenant);
+        let assertion: String;
+        let mut form = vec![
             ("grant_type", "client_credentials"),
             ("client_id", self.client_id.as_str()),
-            ("client_secret", secret.expose_secret()),
-            ("scope", self.scope.as_str()),
         ];
+        match self.credential.as_ref().ok_or(AuthError::NoCredential)? {
+            Credential::Secret(secret) => form.push(("client_secret", secret.expose_secret())),
+            Credential::Certificate(cert) => {
+                // A fresh assertion per request: its jti must never repeat, and its short
+                // lifetime starts now.
+                assertion = cert
+                    .assertion(&self.client_id, &url, self.clock.now())
+                    .map_err(AuthError::Assertion)?;
+                form.push(("client_assertion_type", certificate::JWT_BEARER));
+                form.push(("client_assertion", assertion.as_str()));
+            }
+        }
+        form.push(("scope", self.scope.as_str()));
         let resp = self
             .http
-            .post(self.token_url(tenant))
+            .post(url)
             .form(&form)
             .send()
             .await
@@ -327,7 +426,7 @@ impl TokenProvider {
             error: err.error,
             codes: err.error_codes,
             fault,
-            explanation: fault.explain(&self.client_id),
+            explanation: self.explain(fault),
             correlation_id: err.correlation_id,
         })
     }

@@ -14,7 +14,7 @@ use crate::{
     app::{self, App},
     clock,
     config::{self, EX_CONFIG, Environment, Needs, Settings},
-    simulator::{SimConfig, SimTenant, Simulator, TenantKind},
+    simulator::{SimCertificate, SimConfig, SimTenant, Simulator, TenantKind},
     telemetry::{self, Target},
     timestamp::Timestamp,
 };
@@ -56,6 +56,9 @@ pub enum Command {
     Migrate,
     /// Validate the configuration and tenants file; exit 0 if valid, 78 if not.
     Validate,
+    /// Print a certificate's thumbprints (app.certificate_file, or --certificate FILE) to compare
+    /// with the app registration's Certificates & secrets.
+    CertThumbprint(CertThumbprintArgs),
     /// Serve a simulated Entra ID token endpoint and MDE alerts API on loopback (for tests and trials).
     Simulate(SimulateArgs),
     /// Start the simulator in-process, sync it into a fresh SQLite file, print a summary and exit.
@@ -67,9 +70,17 @@ pub struct ConsentArgs {
     /// Narrow the v2 link to one customer tenant (GUID).
     #[arg(long)]
     pub tenant: Option<String>,
-    /// A redirect URI registered on the app (the partner guide registers https://portal.azure.com).
-    #[arg(long, default_value = "https://portal.azure.com")]
-    pub redirect_uri: String,
+    /// A redirect URI registered on the app. Default: the cloud's Azure portal, which the partner
+    /// guide registers (https://portal.azure.com; https://portal.azure.us for gcc-high and dod).
+    #[arg(long)]
+    pub redirect_uri: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CertThumbprintArgs {
+    /// A PEM certificate; default: app.certificate_file from the configuration.
+    #[arg(long)]
+    pub certificate: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -125,6 +136,17 @@ pub struct SimulateArgs {
     /// Write config.toml and tenants.toml for this simulator into DIR.
     #[arg(long)]
     pub write_config: Option<PathBuf>,
+    /// Issue tokens only for this cloud preset's scope (commercial, gcc, gcc-high, dod); the
+    /// written config names the cloud and overrides its hosts with the simulator's address.
+    #[arg(long, default_value = "commercial")]
+    pub cloud: String,
+    /// Register this PEM certificate on the simulated app (client assertions signed with its key
+    /// are accepted).
+    #[arg(long)]
+    pub certificate: Option<PathBuf>,
+    /// The certificate's private key, written into the config instead of the client secret.
+    #[arg(long, requires = "certificate")]
+    pub private_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -169,11 +191,12 @@ pub async fn execute(cli: Cli) -> i32 {
         Command::Validate => match load(&cli.config, Needs::ALL) {
             Ok(s) => {
                 println!(
-                    "configuration ok: {} tenant(s) ({} enabled), database {}, secret from {}",
+                    "configuration ok: {} tenant(s) ({} enabled), database {}, cloud {}, credential: {}",
                     s.tenants.len(),
                     s.tenants.iter().filter(|t| t.enabled).count(),
                     s.database.display_url(),
-                    s.app.client_secret_source.as_deref().unwrap_or("-")
+                    s.cloud.name,
+                    s.app.describe_credential()
                 );
                 0
             }
@@ -227,16 +250,8 @@ pub async fn execute(cli: Cli) -> i32 {
             };
             telemetry::init(s.log.format, "warn", Target::Stderr);
             let http = crate::auth::http_client(s.sync.request_timeout);
-            let tokens = Arc::new(crate::auth::TokenProvider::new(
-                http.clone(),
-                s.cloud.login_url.clone(),
-                s.app.client_id.clone(),
-                s.app.client_secret.clone(),
-                s.cloud.scope.clone(),
-                clock::system(),
-            ));
-            let client =
-                crate::mde::MdeClient::new(http, s.cloud.api_url.clone(), tokens.clone(), 2);
+            let tokens = Arc::new(app::token_provider(http.clone(), &s, clock::system()));
+            let client = app::mde_client(http, &s, tokens.clone(), 2);
             let tenants: Vec<_> = s.tenants.iter().filter(|t| t.enabled).cloned().collect();
             let lines = app::check(&tokens, &client, &tenants).await;
             print!("{}", app::render_check(&lines));
@@ -263,13 +278,25 @@ pub async fn execute(cli: Cli) -> i32 {
                 return EX_CONFIG;
             }
             println!(
-                "Send one of these links to the customer's Global Administrator (or Privileged Role Administrator)."
+                "Cloud {} (login host {}). Send one of these links to the customer's Global Administrator (or Privileged Role Administrator).",
+                s.cloud.name,
+                s.cloud.login_url.host_str().unwrap_or("?")
             );
+            if matches!(
+                s.cloud.name,
+                config::CloudName::GccHigh | config::CloudName::Dod
+            ) {
+                println!(
+                    "The app must be registered in the US Government cloud (https://portal.azure.us); a commercial app registration cannot be consented there."
+                );
+            }
             println!(
                 "After consent, add the customer's tenant id to {} and run `mde-sync check`.\n",
                 s.tenants_file.display()
             );
-            for (label, url) in app::consent_urls(&s, args.tenant.as_deref(), &args.redirect_uri) {
+            for (label, url) in
+                app::consent_urls(&s, args.tenant.as_deref(), args.redirect_uri.as_deref())
+            {
                 println!("{label}:\n  {url}\n");
             }
             0
@@ -312,9 +339,71 @@ pub async fn execute(cli: Cli) -> i32 {
                 Err(e) => fail(e),
             }
         }
+        Command::CertThumbprint(args) => cert_thumbprint(&cli.config, args),
         Command::Simulate(args) => simulate(args).await,
         Command::Demo(args) => crate::demo::run(args.database, args.tenants, args.alerts).await,
     }
+}
+
+fn cert_thumbprint(config_path: &Path, args: CertThumbprintArgs) -> i32 {
+    let path = match args.certificate {
+        Some(p) => p,
+        None => {
+            let s = match load(config_path, Needs::DATABASE_ONLY) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            match s.app.certificate_file {
+                Some(p) => p,
+                None => {
+                    eprintln!(
+                        "mde-sync: app.certificate_file is not set in {}: set it, or pass --certificate FILE",
+                        config_path.display()
+                    );
+                    return EX_CONFIG;
+                }
+            }
+        }
+    };
+    let info = match std::fs::read(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        .and_then(|pem| crate::auth::certificate::CertificateInfo::from_pem(&pem))
+    {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("mde-sync: {}: {e}", path.display());
+            return EX_CONFIG;
+        }
+    };
+    let t = info.thumbprints();
+    let date = |d: Option<time::OffsetDateTime>| {
+        d.and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "-".into())
+    };
+    println!("certificate {}", path.display());
+    println!(
+        "  thumbprint (SHA-1, as Entra's Certificates & secrets shows it): {}",
+        t.sha1_hex
+    );
+    println!("  x5t       (JWT header, base64url SHA-1):  {}", t.x5t);
+    println!(
+        "  x5t#S256  (JWT header, base64url SHA-256): {}",
+        t.x5t_s256
+    );
+    println!(
+        "  customKeyIdentifier (app manifest, base64 SHA-1): {}",
+        t.sha1_base64
+    );
+    println!("  SHA-256: {}", t.sha256_hex);
+    println!(
+        "  valid from {} until {}",
+        date(info.not_before),
+        date(info.not_after)
+    );
+    0
 }
 
 async fn simulate(args: SimulateArgs) -> i32 {
@@ -347,7 +436,27 @@ async fn simulate(args: SimulateArgs) -> i32 {
             ));
         }
     }
+    let Some(cloud) = config::CloudName::parse(&args.cloud) else {
+        eprintln!(
+            "mde-sync: --cloud {:?} is not a cloud: use commercial, gcc, gcc-high or dod",
+            args.cloud
+        );
+        return EX_CONFIG;
+    };
     let mut cfg = SimConfig::new(tenants.clone());
+    cfg.set_cloud(cloud);
+    if let Some(path) = &args.certificate {
+        match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| SimCertificate::from_pem(&pem))
+        {
+            Ok(c) => cfg.certificate = Some(c),
+            Err(e) => {
+                eprintln!("mde-sync: --certificate {}: {e}", path.display());
+                return EX_CONFIG;
+            }
+        }
+    }
     cfg.seed = args.seed;
     cfg.max_lag = time::Duration::seconds(args.lag_secs);
     cfg.changes_per_request = args.changes_per_request;
@@ -373,7 +482,16 @@ async fn simulate(args: SimulateArgs) -> i32 {
     };
     let base = server.base_url();
     if let Some(dir) = &args.write_config
-        && let Err(e) = write_sim_config(dir, &base, &cfg)
+        && let Err(e) = write_sim_config(
+            dir,
+            &base,
+            &cfg,
+            &SimCredentialFiles {
+                cloud,
+                certificate: args.certificate.as_deref(),
+                private_key: args.private_key.as_deref(),
+            },
+        )
     {
         eprintln!(
             "mde-sync: cannot write the config into {}: {e}",
@@ -392,13 +510,37 @@ async fn simulate(args: SimulateArgs) -> i32 {
         "client_id = {:?}, client_secret = {:?} (simulator only)",
         cfg.client_id, cfg.client_secret
     );
+    if let Some(c) = &cfg.certificate {
+        println!(
+            "certificate registered: SHA-1 thumbprint {}",
+            c.info().thumbprints().sha1_hex
+        );
+    }
+    println!(
+        "cloud {cloud}: tokens only for {}",
+        cfg.resources.join(", ")
+    );
     shutdown_signal().await;
     server.shutdown();
     0
 }
 
+/// What `simulate --write-config` puts in the config besides the simulator's address.
+#[derive(Debug, Clone, Copy)]
+pub struct SimCredentialFiles<'a> {
+    pub cloud: config::CloudName,
+    /// With `private_key`, written as app.certificate_file (instead of the client secret).
+    pub certificate: Option<&'a Path>,
+    pub private_key: Option<&'a Path>,
+}
+
 /// A config and tenants file pointing at a running simulator.
-pub fn write_sim_config(dir: &Path, base_url: &str, cfg: &SimConfig) -> std::io::Result<()> {
+pub fn write_sim_config(
+    dir: &Path,
+    base_url: &str,
+    cfg: &SimConfig,
+    files: &SimCredentialFiles<'_>,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut tenants = String::from("# tenants of the mde-sync simulator\n");
     for t in &cfg.tenants {
@@ -408,16 +550,27 @@ pub fn write_sim_config(dir: &Path, base_url: &str, cfg: &SimConfig) -> std::io:
         ));
     }
     std::fs::write(dir.join("tenants.toml"), tenants)?;
+    let credential = match (files.certificate, files.private_key) {
+        (Some(cert), Some(key)) => {
+            let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            format!(
+                "certificate_file = {:?}\nprivate_key_file = {:?}\n",
+                abs(cert).display().to_string(),
+                abs(key).display().to_string()
+            )
+        }
+        _ => format!("client_secret = \"{}\"\n", cfg.client_secret),
+    };
     let config = format!(
         "# points mde-sync at the simulator; not for production\n\
          [database]\nurl = \"sqlite://{db}\"\n\n\
-         [app]\nclient_id = \"{client}\"\nclient_secret = \"{secret}\"\n\n\
-         [cloud]\nlogin_url = \"{base}\"\napi_url = \"{base}\"\n\n\
+         [app]\nclient_id = \"{client}\"\n{credential}\n\
+         [cloud]\nname = \"{cloud}\"\nlogin_url = \"{base}\"\napi_url = \"{base}\"\n\n\
          [tenants]\nfile = \"tenants.toml\"\n\n\
          [sync]\nschedule = \"*/10 * * * * *\"\nlag_allowance = \"{lag}s\"\n",
         db = dir.join("mde-sync.db").display(),
         client = cfg.client_id,
-        secret = cfg.client_secret,
+        cloud = files.cloud,
         base = base_url,
         lag = cfg.max_lag.whole_seconds().max(1),
     );

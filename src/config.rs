@@ -3,12 +3,14 @@
 //!
 //! Validation collects every problem before failing, so an operator fixes a config in one pass;
 //! each problem names its key and says what to do. Secrets are [`SecretString`]s and never reach
-//! `Debug`, logs or errors.
+//! `Debug`, logs or errors; a certificate's private key is read once into a
+//! [`ClientCertificate`], which prints only its thumbprint.
 
 use std::{
     collections::HashSet,
     fmt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use figment::{
@@ -19,7 +21,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::tenant::{Tenant, TenantId};
+use crate::{
+    auth::{AssertionAlgorithm, ClientCertificate, Credential},
+    tenant::{Tenant, TenantId},
+};
 
 /// Exit status for configuration errors (sysexits.h `EX_CONFIG`); systemd's
 /// `RestartPreventExitStatus=78` keeps a bad config from restart-looping.
@@ -100,6 +105,9 @@ struct RawApp {
     client_id: Option<String>,
     client_secret: Option<String>,
     client_secret_file: Option<PathBuf>,
+    certificate_file: Option<PathBuf>,
+    private_key_file: Option<PathBuf>,
+    assertion_algorithm: Option<String>,
 }
 
 impl fmt::Debug for RawApp {
@@ -111,6 +119,9 @@ impl fmt::Debug for RawApp {
                 &self.client_secret.as_ref().map(|_| "[redacted]"),
             )
             .field("client_secret_file", &self.client_secret_file)
+            .field("certificate_file", &self.certificate_file)
+            .field("private_key_file", &self.private_key_file)
+            .field("assertion_algorithm", &self.assertion_algorithm)
             .finish()
     }
 }
@@ -169,6 +180,8 @@ struct RawTenant {
     id: Option<String>,
     name: Option<String>,
     enabled: Option<bool>,
+    api_url: Option<String>,
+    force_api_url: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -236,15 +249,150 @@ impl fmt::Debug for DatabaseSettings {
 #[derive(Debug, Clone)]
 pub struct AppSettings {
     pub client_id: String,
-    /// `None` only when the command does not need it (`status`, `migrate`, `consent-url`).
+    /// `None` when no secret is configured (a certificate may be), or the command does not need
+    /// one (`status`, `migrate`, `consent-url`).
     pub client_secret: Option<SecretString>,
     /// Where the secret came from, for diagnostics (never the secret itself).
     pub client_secret_source: Option<String>,
+    /// `app.certificate_file`, resolved against the config's directory; set even when the command
+    /// does not load the certificate.
+    pub certificate_file: Option<PathBuf>,
+    /// The loaded certificate and private key, when the command needs a credential and a
+    /// certificate is configured. It wins over a client secret.
+    pub certificate: Option<Arc<ClientCertificate>>,
+    /// Where the private key came from, for diagnostics.
+    pub private_key_source: Option<String>,
 }
 
+impl AppSettings {
+    /// The credential token requests use: the certificate if one is configured, else the secret.
+    pub fn credential(&self) -> Option<Credential> {
+        match (&self.certificate, &self.client_secret) {
+            (Some(cert), _) => Some(Credential::Certificate(cert.clone())),
+            (None, Some(secret)) => Some(Credential::Secret(secret.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// One line for `validate`: which credential is used and where it came from.
+    pub fn describe_credential(&self) -> String {
+        match (&self.certificate, &self.client_secret) {
+            (Some(cert), secret) => format!(
+                "certificate {} (SHA-1 thumbprint {}, {}), key from {}{}",
+                self.certificate_file
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "-".into()),
+                cert.thumbprints().sha1_hex,
+                cert.algorithm(),
+                self.private_key_source.as_deref().unwrap_or("-"),
+                if secret.is_some() {
+                    "; the client secret is also set and is not used (a certificate wins)"
+                } else {
+                    ""
+                }
+            ),
+            (None, Some(_)) => format!(
+                "secret from {}",
+                self.client_secret_source.as_deref().unwrap_or("-")
+            ),
+            (None, None) => "no credential".into(),
+        }
+    }
+}
+
+/// The Microsoft clouds mde-sync knows (`docs/mde-api.md` section 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloudName {
     Commercial,
+    /// US Government Community Cloud: commercial Entra ID, a government API host.
+    Gcc,
+    /// GCC High: the US Government Entra ID (`login.microsoftonline.us`).
+    GccHigh,
+    /// Department of Defense: the same hosts as GCC High.
+    Dod,
+}
+
+impl CloudName {
+    pub const ALL: [CloudName; 4] = [Self::Commercial, Self::Gcc, Self::GccHigh, Self::Dod];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == text)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Commercial => "commercial",
+            Self::Gcc => "gcc",
+            Self::GccHigh => "gcc-high",
+            Self::Dod => "dod",
+        }
+    }
+
+    /// The Entra ID login host.
+    pub fn login_url(self) -> &'static str {
+        match self {
+            Self::Commercial | Self::Gcc => "https://login.microsoftonline.com",
+            Self::GccHigh | Self::Dod => "https://login.microsoftonline.us",
+        }
+    }
+
+    /// The Defender for Endpoint API base.
+    pub fn api_url(self) -> &'static str {
+        match self {
+            Self::Commercial => "https://api.securitycenter.microsoft.com",
+            Self::Gcc => "https://api-gcc.securitycenter.microsoft.us",
+            Self::GccHigh | Self::Dod => "https://api-gov.securitycenter.microsoft.us",
+        }
+    }
+
+    /// The token scope. For GCC High and DoD the sources disagree; this is the value most used
+    /// (the API host as resource), and `cloud.scope` overrides it (README, "Certificates and
+    /// clouds").
+    pub fn scope(self) -> &'static str {
+        match self {
+            Self::Commercial => "https://api.securitycenter.microsoft.com/.default",
+            Self::Gcc => "https://api-gcc.securitycenter.microsoft.us/.default",
+            Self::GccHigh | Self::Dod => "https://api-gov.securitycenter.microsoft.us/.default",
+        }
+    }
+
+    /// The Azure portal of the cloud: the redirect URI the partner guide registers.
+    pub fn portal_url(self) -> &'static str {
+        match self {
+            Self::Commercial | Self::Gcc => "https://portal.azure.com",
+            Self::GccHigh | Self::Dod => "https://portal.azure.us",
+        }
+    }
+
+    /// API hosts a tenant's `api_url` may name without `force_api_url`: the cloud's own hosts
+    /// and, in the commercial cloud, the documented geo hosts.
+    pub fn known_api_hosts(self) -> &'static [&'static str] {
+        match self {
+            Self::Commercial => &[
+                "api.securitycenter.microsoft.com",
+                "api.security.microsoft.com",
+                "api.securitycenter.windows.com",
+                "us.api.security.microsoft.com",
+                "eu.api.security.microsoft.com",
+                "uk.api.security.microsoft.com",
+                "au.api.security.microsoft.com",
+                "swa.api.security.microsoft.com",
+                "api-us.securitycenter.microsoft.com",
+                "api-eu.securitycenter.microsoft.com",
+                "api-uk.securitycenter.microsoft.com",
+                "api-au.securitycenter.microsoft.com",
+            ],
+            Self::Gcc => &["api-gcc.securitycenter.microsoft.us"],
+            Self::GccHigh | Self::Dod => &["api-gov.securitycenter.microsoft.us"],
+        }
+    }
+}
+
+impl fmt::Display for CloudName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -318,7 +466,8 @@ pub struct LogSettings {
 /// What a command needs from the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Needs {
-    /// The client secret must be present (`run`, `sync`, `check`, `validate`).
+    /// A credential (client secret or certificate and key) must be present and is loaded (`run`,
+    /// `sync`, `check`, `validate`).
     pub secret: bool,
     /// The tenants file must be present and valid.
     pub tenants: bool,
@@ -565,48 +714,101 @@ fn validate(
         env,
         problems,
     );
-    if client_secret.is_none() && needs.secret {
+    let algorithm = match raw.app.assertion_algorithm.as_deref() {
+        None => AssertionAlgorithm::default(),
+        Some(text) => AssertionAlgorithm::parse(text).unwrap_or_else(|| {
+            problem(
+                problems,
+                "app.assertion_algorithm",
+                format!("{text:?} is not supported: use \"PS256\" (the default) or \"RS256\""),
+            );
+            AssertionAlgorithm::default()
+        }),
+    };
+    let certificate_file = raw.app.certificate_file.map(|p| relative_to(base_dir, p));
+    let key_file = match raw.app.private_key_file {
+        Some(p) => {
+            let p = relative_to(base_dir, p);
+            let source = format!("file {}", p.display());
+            Some((p, source))
+        }
+        None => env
+            .credentials_directory
+            .as_ref()
+            .map(|d| d.join("private-key"))
+            .filter(|p| p.exists())
+            .map(|p| (p, "systemd credential private-key".to_string())),
+    };
+    let (certificate, private_key_source) = match (&certificate_file, key_file) {
+        (None, None) => (None, None),
+        (None, Some((_, source))) => {
+            if needs.secret {
+                problem(
+                    problems,
+                    "app.certificate_file",
+                    format!(
+                        "missing: a private key is configured ({source}) but no certificate: set app.certificate_file to the PEM certificate uploaded to the app registration"
+                    ),
+                );
+            }
+            (None, None)
+        }
+        (Some(_), None) => {
+            if needs.secret {
+                problem(
+                    problems,
+                    "app.private_key_file",
+                    "missing: app.certificate_file is set but no private key: set app.private_key_file to the certificate's PEM RSA key, or provide the systemd credential `private-key` (LoadCredential=private-key:/etc/mde-sync/private-key.pem)",
+                );
+            }
+            (None, None)
+        }
+        (Some(cert_path), Some((key_path, source))) => {
+            let cert = if needs.secret {
+                load_certificate(cert_path, &key_path, &source, algorithm, problems).map(Arc::new)
+            } else {
+                None
+            };
+            (cert, Some(source))
+        }
+    };
+    if client_secret.is_none() && certificate_file.is_none() && needs.secret {
         problem(
             problems,
             "app.client_secret",
-            "missing: set app.client_secret, app.client_secret_file, or provide the systemd credential `client-secret` (LoadCredential=client-secret:/etc/mde-sync/client-secret)",
+            "missing: configure a credential: a client secret (app.client_secret, app.client_secret_file, or the systemd credential `client-secret`: LoadCredential=client-secret:/etc/mde-sync/client-secret), or a certificate (app.certificate_file and app.private_key_file)",
         );
     }
 
     // cloud
-    let cloud_name = match raw.cloud.name.as_deref().unwrap_or("commercial") {
-        "commercial" => Some(CloudName::Commercial),
-        other => {
-            problem(
-                problems,
-                "cloud.name",
-                format!(
-                    "{other:?} is not supported: use \"commercial\" (gcc, gcc-high and dod presets are not built yet; override cloud.login_url and cloud.api_url instead)"
-                ),
-            );
-            None
+    let cloud_name = match raw.cloud.name.as_deref() {
+        None => Some(CloudName::Commercial),
+        Some(text) => {
+            let name = CloudName::parse(text);
+            if name.is_none() {
+                problem(
+                    problems,
+                    "cloud.name",
+                    format!(
+                        "{text:?} is not a cloud mde-sync knows: use \"commercial\", \"gcc\", \"gcc-high\" or \"dod\" (any host can still be set with cloud.login_url, cloud.api_url and cloud.scope)"
+                    ),
+                );
+            }
+            name
         }
     };
+    let preset = cloud_name.unwrap_or(CloudName::Commercial);
     let login_url = parse_endpoint(
         problems,
         "cloud.login_url",
-        raw.cloud
-            .login_url
-            .as_deref()
-            .unwrap_or("https://login.microsoftonline.com"),
+        raw.cloud.login_url.as_deref().unwrap_or(preset.login_url()),
     );
     let api_url = parse_endpoint(
         problems,
         "cloud.api_url",
-        raw.cloud
-            .api_url
-            .as_deref()
-            .unwrap_or("https://api.securitycenter.microsoft.com"),
+        raw.cloud.api_url.as_deref().unwrap_or(preset.api_url()),
     );
-    let scope = raw
-        .cloud
-        .scope
-        .unwrap_or_else(|| "https://api.securitycenter.microsoft.com/.default".into());
+    let scope = raw.cloud.scope.unwrap_or_else(|| preset.scope().into());
     if !scope.ends_with("/.default") {
         problem(
             problems,
@@ -623,10 +825,17 @@ fn validate(
         Some(p) => p,
         None => base_dir.join("tenants.toml"),
     };
+    let hosts = ApiHosts {
+        cloud: preset,
+        configured: api_url
+            .as_ref()
+            .and_then(|u| u.host_str())
+            .map(str::to_owned),
+    };
     let tenants = if needs.tenants {
-        load_tenants(&tenants_file, problems)
+        load_tenants(&tenants_file, &hosts, problems)
     } else {
-        load_tenants(&tenants_file, &mut Vec::new())
+        load_tenants(&tenants_file, &hosts, &mut Vec::new())
     };
 
     // sync
@@ -800,6 +1009,9 @@ fn validate(
             client_id,
             client_secret,
             client_secret_source,
+            certificate_file,
+            certificate,
+            private_key_source,
         },
         cloud: CloudSettings {
             name: cloud_name?,
@@ -831,6 +1043,78 @@ fn validate(
         },
         log: LogSettings { format, level },
     })
+}
+
+fn relative_to(base_dir: &Path, path: PathBuf) -> PathBuf {
+    if path.is_relative() {
+        base_dir.join(path)
+    } else {
+        path
+    }
+}
+
+/// Reads the certificate and its private key, and checks that they belong together and that the
+/// certificate has not expired. The key's bytes are zeroised once parsed.
+fn load_certificate(
+    cert_path: &Path,
+    key_path: &Path,
+    key_source: &str,
+    algorithm: AssertionAlgorithm,
+    problems: &mut Vec<Problem>,
+) -> Option<ClientCertificate> {
+    use crate::auth::certificate::{CertificateInfo, private_key_from_pem};
+    let unreadable = |path: &Path, e: std::io::Error| {
+        format!(
+            "cannot read {}: {e}; check the path and that the mde-sync user may read it",
+            path.display()
+        )
+    };
+    let info = std::fs::read(cert_path)
+        .map_err(|e| unreadable(cert_path, e))
+        .and_then(|pem| {
+            CertificateInfo::from_pem(&pem).map_err(|m| format!("{}: {m}", cert_path.display()))
+        });
+    let key = std::fs::read(key_path)
+        .map_err(|e| unreadable(key_path, e))
+        .and_then(|bytes| {
+            let bytes = secrecy::SecretSlice::from(bytes);
+            private_key_from_pem(bytes.expose_secret()).map_err(|m| format!("{key_source}: {m}"))
+        });
+    let info = info
+        .inspect_err(|m| problem(problems, "app.certificate_file", m.clone()))
+        .ok();
+    let key = key
+        .inspect_err(|m| problem(problems, "app.private_key_file", m.clone()))
+        .ok();
+    let (info, key) = (info?, key?);
+    if let Some(end) = info.not_after
+        && end < time::OffsetDateTime::now_utc()
+    {
+        problem(
+            problems,
+            "app.certificate_file",
+            format!(
+                "{}: the certificate expired on {}: create a new certificate and key, upload the certificate to the app registration, and point app.certificate_file and app.private_key_file at them",
+                cert_path.display(),
+                end.date()
+            ),
+        );
+        return None;
+    }
+    let cert = ClientCertificate::new(info, key, algorithm);
+    if !cert.key_matches() {
+        problem(
+            problems,
+            "app.private_key_file",
+            format!(
+                "{key_source} is not the private key of the certificate {} (SHA-1 thumbprint {}): point app.private_key_file at the key the certificate was made with",
+                cert_path.display(),
+                cert.thumbprints().sha1_hex
+            ),
+        );
+        return None;
+    }
+    Some(cert)
 }
 
 /// The secret's sources in order; the first present wins.
@@ -991,8 +1275,31 @@ pub fn parse_duration(text: &str) -> Option<time::Duration> {
     Some(d)
 }
 
+/// The API hosts a tenant's `api_url` may name without `force_api_url = true`.
+#[derive(Debug, Clone)]
+pub struct ApiHosts {
+    pub cloud: CloudName,
+    /// The host of `cloud.api_url` as configured (a loopback simulator, a proxy).
+    pub configured: Option<String>,
+}
+
+impl ApiHosts {
+    pub fn commercial() -> Self {
+        Self {
+            cloud: CloudName::Commercial,
+            configured: None,
+        }
+    }
+
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.cloud.known_api_hosts().contains(&host.as_str())
+            || self.configured.as_deref() == Some(host.as_str())
+    }
+}
+
 /// Reads the tenants file; problems name the entry.
-pub fn load_tenants(path: &Path, problems: &mut Vec<Problem>) -> Vec<Tenant> {
+pub fn load_tenants(path: &Path, hosts: &ApiHosts, problems: &mut Vec<Problem>) -> Vec<Tenant> {
     let key = "tenants.file";
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -1008,11 +1315,16 @@ pub fn load_tenants(path: &Path, problems: &mut Vec<Problem>) -> Vec<Tenant> {
             return Vec::new();
         }
     };
-    parse_tenants(&text, &path.display().to_string(), problems)
+    parse_tenants(&text, &path.display().to_string(), hosts, problems)
 }
 
 /// Parses a tenants file's text. `origin` names it in problems.
-pub fn parse_tenants(text: &str, origin: &str, problems: &mut Vec<Problem>) -> Vec<Tenant> {
+pub fn parse_tenants(
+    text: &str,
+    origin: &str,
+    hosts: &ApiHosts,
+    problems: &mut Vec<Problem>,
+) -> Vec<Tenant> {
     let raw: RawTenantsFile = match Figment::from(Toml::string(text)).extract() {
         Ok(r) => r,
         Err(errors) => {
@@ -1064,10 +1376,19 @@ pub fn parse_tenants(text: &str, origin: &str, problems: &mut Vec<Problem>) -> V
             continue;
         }
         let name = t.name.unwrap_or_else(|| id.to_string());
+        let api_url = tenant_api_url(
+            t.api_url.as_deref(),
+            t.force_api_url.unwrap_or(false),
+            &key,
+            origin,
+            hosts,
+            problems,
+        );
         tenants.push(Tenant {
             id,
             name,
             enabled: t.enabled.unwrap_or(true),
+            api_url,
         });
     }
     if tenants.is_empty() && problems.is_empty() {
@@ -1078,6 +1399,62 @@ pub fn parse_tenants(text: &str, origin: &str, problems: &mut Vec<Problem>) -> V
         );
     }
     tenants
+}
+
+/// A tenant's own API base: a known host of the cloud (geo hosts included), or anything https (or
+/// loopback http) when the entry sets `force_api_url = true`.
+fn tenant_api_url(
+    text: Option<&str>,
+    force: bool,
+    key: &str,
+    origin: &str,
+    hosts: &ApiHosts,
+    problems: &mut Vec<Problem>,
+) -> Option<Url> {
+    let Some(text) = text else {
+        if force {
+            problem(
+                problems,
+                &format!("{key}.force_api_url"),
+                format!("{origin}: has no effect without api_url: remove it or add api_url"),
+            );
+        }
+        return None;
+    };
+    let url_key = format!("{key}.api_url");
+    let mut inner = Vec::new();
+    let url = parse_endpoint(&mut inner, &url_key, text);
+    for p in inner {
+        problem(problems, &p.key, format!("{origin}: {}", p.message));
+    }
+    let url = url?;
+    if force {
+        return Some(url);
+    }
+    let host = url.host_str().unwrap_or_default();
+    if !hosts.allows(host) {
+        problem(
+            problems,
+            &url_key,
+            format!(
+                "{origin}: {host:?} is not a Defender for Endpoint API host of the {} cloud: use one of {}, or set force_api_url = true on this entry to use it anyway",
+                hosts.cloud,
+                hosts.cloud.known_api_hosts().join(", ")
+            ),
+        );
+        return None;
+    }
+    if url.path() != "/" || url.query().is_some() {
+        problem(
+            problems,
+            &url_key,
+            format!(
+                "{origin}: {text:?} has a path: give only the scheme and host, like \"https://{host}\" (mde-sync adds /api/alerts)"
+            ),
+        );
+        return None;
+    }
+    Some(url)
 }
 
 /// Replaces a URL's password with `***`.
@@ -1110,6 +1487,9 @@ impl Settings {
                 client_id,
                 client_secret: Some(client_secret),
                 client_secret_source: Some("built in".into()),
+                certificate_file: None,
+                certificate: None,
+                private_key_source: None,
             },
             cloud: CloudSettings {
                 name: CloudName::Commercial,
@@ -1391,7 +1771,301 @@ format = "xml"
     #[test]
     fn an_empty_tenants_file_is_a_problem() {
         let mut problems = Vec::new();
-        parse_tenants("", "tenants.toml", &mut problems);
+        parse_tenants("", "tenants.toml", &ApiHosts::commercial(), &mut problems);
         assert_eq!(problems.len(), 1);
+    }
+
+    fn fixture(name: &str) -> String {
+        format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// Loads `app` (the [app] body after client_id) and returns the settings or the problems.
+    fn load_app(jail: &mut Jail, app: &str, env: &Environment) -> Result<Settings, ConfigError> {
+        jail.create_file("tenants.toml", tenants_toml()).unwrap();
+        jail.create_file(
+            "config.toml",
+            &format!("[app]\nclient_id = \"{CLIENT}\"\n{app}"),
+        )
+        .unwrap();
+        Settings::load(&jail.directory().join("config.toml"), env, Needs::ALL)
+    }
+
+    fn keys(err: &ConfigError) -> Vec<&str> {
+        err.problems.iter().map(|p| p.key.as_str()).collect()
+    }
+
+    #[test]
+    fn a_certificate_and_key_load_and_win_over_a_secret() {
+        Jail::expect_with(|jail| {
+            let app = format!(
+                "client_secret = \"also-set\"\ncertificate_file = {:?}\nprivate_key_file = {:?}\nassertion_algorithm = \"RS256\"\n",
+                fixture("test-only-client.pem"),
+                fixture("test-only-client-pkcs1.key")
+            );
+            let s = load_app(jail, &app, &env()).map_err(|e| e.to_string())?;
+            let cert = s.app.certificate.as_ref().expect("certificate loaded");
+            assert_eq!(cert.algorithm(), AssertionAlgorithm::Rs256);
+            assert!(matches!(
+                s.app.credential(),
+                Some(Credential::Certificate(_))
+            ));
+            let described = s.app.describe_credential();
+            assert!(
+                described.contains("800235B34746B343F571AD5F1A79D30FE868CC92")
+                    && described.contains("not used (a certificate wins)"),
+                "{described}"
+            );
+            let key_pem = std::fs::read_to_string(fixture("test-only-client-pkcs1.key")).unwrap();
+            let key_line = key_pem.lines().nth(1).unwrap();
+            let debug = format!("{s:?}");
+            assert!(
+                !debug.contains(key_line) && !debug.contains("also-set"),
+                "{debug}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_private_key_can_come_from_the_systemd_credential() {
+        Jail::expect_with(|jail| {
+            std::fs::create_dir_all(jail.directory().join("creds")).unwrap();
+            std::fs::copy(
+                fixture("test-only-client.key"),
+                jail.directory().join("creds/private-key"),
+            )
+            .unwrap();
+            let env = Environment {
+                credentials_directory: Some(jail.directory().join("creds")),
+                ..Environment::default()
+            };
+            let app = format!("certificate_file = {:?}\n", fixture("test-only-client.pem"));
+            let s = load_app(jail, &app, &env).map_err(|e| e.to_string())?;
+            assert_eq!(
+                s.app.certificate.as_ref().unwrap().algorithm(),
+                AssertionAlgorithm::Ps256,
+                "PS256 is the default"
+            );
+            assert_eq!(
+                s.app.private_key_source.as_deref(),
+                Some("systemd credential private-key")
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn certificate_problems_name_their_key_and_the_fix() {
+        Jail::expect_with(|jail| {
+            let cases = [
+                (
+                    format!("certificate_file = {:?}\n", fixture("test-only-client.pem")),
+                    "app.private_key_file",
+                    "LoadCredential=private-key",
+                ),
+                (
+                    format!("private_key_file = {:?}\n", fixture("test-only-client.key")),
+                    "app.certificate_file",
+                    "no certificate",
+                ),
+                (
+                    format!(
+                        "certificate_file = {:?}\nprivate_key_file = {:?}\n",
+                        fixture("test-only-client.pem"),
+                        fixture("test-only-other.key")
+                    ),
+                    "app.private_key_file",
+                    "is not the private key of the certificate",
+                ),
+                (
+                    format!(
+                        "certificate_file = {:?}\nprivate_key_file = {:?}\n",
+                        fixture("test-only-client.pem"),
+                        fixture("test-only-client-encrypted.key")
+                    ),
+                    "app.private_key_file",
+                    "openssl pkcs8 -topk8 -nocrypt",
+                ),
+                (
+                    format!(
+                        "certificate_file = {:?}\nprivate_key_file = {:?}\n",
+                        fixture("test-only-client.key"),
+                        fixture("test-only-client.key")
+                    ),
+                    "app.certificate_file",
+                    "no PEM certificate",
+                ),
+                (
+                    format!(
+                        "certificate_file = \"missing.pem\"\nprivate_key_file = {:?}\n",
+                        fixture("test-only-client.key")
+                    ),
+                    "app.certificate_file",
+                    "cannot read",
+                ),
+                (
+                    "client_secret = \"x\"\nassertion_algorithm = \"ES256\"\n".to_string(),
+                    "app.assertion_algorithm",
+                    "PS256",
+                ),
+                (
+                    String::new(),
+                    "app.client_secret",
+                    "app.certificate_file and app.private_key_file",
+                ),
+            ];
+            for (app, key, text) in cases {
+                let err = load_app(jail, &app, &env()).unwrap_err();
+                let p = err
+                    .problems
+                    .iter()
+                    .find(|p| p.key == key)
+                    .unwrap_or_else(|| panic!("no {key} problem for {app:?}: {err}"));
+                assert!(p.message.contains(text), "{key}: {}", p.message);
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cloud_presets_set_hosts_and_scope_and_explicit_keys_override_them() {
+        Jail::expect_with(|jail| {
+            let expect = [
+                (
+                    "commercial",
+                    "https://login.microsoftonline.com/",
+                    "https://api.securitycenter.microsoft.com/",
+                    "https://api.securitycenter.microsoft.com/.default",
+                ),
+                (
+                    "gcc",
+                    "https://login.microsoftonline.com/",
+                    "https://api-gcc.securitycenter.microsoft.us/",
+                    "https://api-gcc.securitycenter.microsoft.us/.default",
+                ),
+                (
+                    "gcc-high",
+                    "https://login.microsoftonline.us/",
+                    "https://api-gov.securitycenter.microsoft.us/",
+                    "https://api-gov.securitycenter.microsoft.us/.default",
+                ),
+                (
+                    "dod",
+                    "https://login.microsoftonline.us/",
+                    "https://api-gov.securitycenter.microsoft.us/",
+                    "https://api-gov.securitycenter.microsoft.us/.default",
+                ),
+            ];
+            for (name, login, api, scope) in expect {
+                let s = load_app(
+                    jail,
+                    &format!("client_secret = \"x\"\n[cloud]\nname = \"{name}\"\n"),
+                    &env(),
+                )
+                .map_err(|e| e.to_string())?;
+                assert_eq!(s.cloud.name.as_str(), name);
+                assert_eq!(s.cloud.login_url.as_str(), login, "{name}");
+                assert_eq!(s.cloud.api_url.as_str(), api, "{name}");
+                assert_eq!(s.cloud.scope, scope, "{name}");
+            }
+            let s = load_app(
+                jail,
+                "client_secret = \"x\"\n[cloud]\nname = \"gcc-high\"\nlogin_url = \"http://127.0.0.1:9\"\napi_url = \"http://127.0.0.1:9\"\nscope = \"https://api.securitycenter.microsoft.us/.default\"\n",
+                &env(),
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(s.cloud.name, CloudName::GccHigh);
+            assert_eq!(s.cloud.login_url.as_str(), "http://127.0.0.1:9/");
+            assert_eq!(
+                s.cloud.scope,
+                "https://api.securitycenter.microsoft.us/.default"
+            );
+            let err = load_app(
+                jail,
+                "client_secret = \"x\"\n[cloud]\nname = \"china\"\n",
+                &env(),
+            )
+            .unwrap_err();
+            assert!(keys(&err).contains(&"cloud.name"), "{err}");
+            assert!(err.to_string().contains("\"gcc-high\""), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tenant_api_urls_must_be_known_hosts_of_the_cloud_unless_forced() {
+        let parse = |text: &str, hosts: &ApiHosts| {
+            let mut problems = Vec::new();
+            let tenants = parse_tenants(text, "tenants.toml", hosts, &mut problems);
+            (tenants, problems)
+        };
+        let entry = |url: &str, extra: &str| {
+            format!(
+                "[[tenant]]\nid = \"00000000-0000-4000-a000-000000000001\"\napi_url = \"{url}\"\n{extra}"
+            )
+        };
+        let commercial = ApiHosts::commercial();
+        for host in [
+            "us.api.security.microsoft.com",
+            "eu.api.security.microsoft.com",
+            "uk.api.security.microsoft.com",
+            "au.api.security.microsoft.com",
+            "swa.api.security.microsoft.com",
+            "api-eu.securitycenter.microsoft.com",
+            "api.securitycenter.microsoft.com",
+        ] {
+            let (t, p) = parse(&entry(&format!("https://{host}"), ""), &commercial);
+            assert!(p.is_empty(), "{host}: {p:?}");
+            assert_eq!(t[0].api_url.as_ref().unwrap().host_str(), Some(host));
+        }
+        let (_, p) = parse(&entry("https://eu.api.example.com", ""), &commercial);
+        assert_eq!(p[0].key, "tenant[0].api_url");
+        assert!(p[0].message.contains("force_api_url = true"), "{p:?}");
+        let (t, p) = parse(
+            &entry("https://eu.api.example.com", "force_api_url = true"),
+            &commercial,
+        );
+        assert!(p.is_empty(), "{p:?}");
+        assert!(t[0].api_url.is_some());
+        let (_, p) = parse(
+            &entry("http://eu.api.example.com", "force_api_url = true"),
+            &commercial,
+        );
+        assert!(p[0].message.contains("use https"), "{p:?}");
+        let (t, p) = parse(
+            &entry("http://127.0.0.1:8089", "force_api_url = true"),
+            &commercial,
+        );
+        assert!(
+            p.is_empty() && t[0].api_url.is_some(),
+            "loopback http: {p:?}"
+        );
+        let (_, p) = parse(
+            &entry("https://eu.api.security.microsoft.com/api", ""),
+            &commercial,
+        );
+        assert!(p[0].message.contains("has a path"), "{p:?}");
+        let (_, p) = parse(
+            "[[tenant]]\nid = \"00000000-0000-4000-a000-000000000001\"\nforce_api_url = true\n",
+            &commercial,
+        );
+        assert_eq!(p[0].key, "tenant[0].force_api_url");
+        // a commercial geo host is not a host of a government cloud
+        let gov = ApiHosts {
+            cloud: CloudName::GccHigh,
+            configured: None,
+        };
+        let (_, p) = parse(&entry("https://eu.api.security.microsoft.com", ""), &gov);
+        assert!(p[0].message.contains("gcc-high"), "{p:?}");
+        let (_, p) = parse(
+            &entry("https://api-gov.securitycenter.microsoft.us", ""),
+            &gov,
+        );
+        assert!(p.is_empty(), "{p:?}");
+        let (t, _) = parse(
+            "[[tenant]]\nid = \"00000000-0000-4000-a000-000000000001\"\n",
+            &commercial,
+        );
+        assert_eq!(t[0].api_url, None);
     }
 }

@@ -50,10 +50,11 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
     };
     let tenants: Vec<Tenant> = sim_tenants
         .iter()
-        .map(|t| Tenant {
-            id: TenantId::parse(&t.id).expect("simulator tenant ids are GUIDs"),
-            name: t.name.clone(),
-            enabled: true,
+        .map(|t| {
+            Tenant::new(
+                TenantId::parse(&t.id).expect("simulator tenant ids are GUIDs"),
+                t.name.clone(),
+            )
         })
         .collect();
     let settings = Settings::for_endpoints(

@@ -49,6 +49,20 @@ pub struct Tenant {
     pub id: TenantId,
     pub name: String,
     pub enabled: bool,
+    /// The tenant's own API base (a geo host), when it is not `cloud.api_url`.
+    pub api_url: Option<url::Url>,
+}
+
+impl Tenant {
+    /// An enabled tenant on the cloud's API host.
+    pub fn new(id: TenantId, name: impl Into<String>) -> Self {
+        Self {
+            id,
+            name: name.into(),
+            enabled: true,
+            api_url: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -273,3 +273,131 @@ fn consent_url_prints_both_forms() {
         "https://login.microsoftonline.com/00000000-0000-4000-a000-000000000001/v2.0/adminconsent?client_id=00000000-0000-4000-8000-0000000000c1&scope=https%3A%2F%2Fapi.securitycenter.microsoft.com%2F.default"
     ));
 }
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .args(args)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_gcc_high_simulator_with_a_certificate_validates_checks_and_syncs() {
+    let dir = TempDir::new("bin-gov-cert");
+    let (cert, key) = (
+        fixture("test-only-client.pem"),
+        fixture("test-only-client.key"),
+    );
+    let _sim = simulate(
+        &dir.0,
+        &[
+            "--tenants",
+            "2",
+            "--alerts",
+            "30",
+            "--cloud",
+            "gcc-high",
+            "--certificate",
+            &cert,
+            "--private-key",
+            &key,
+        ],
+    );
+    let (code, out, err) = run(&dir.0, &["validate"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("cloud gcc-high")
+            && out.contains("certificate")
+            && out.contains("800235B34746B343F571AD5F1A79D30FE868CC92")
+            && out.contains("PS256"),
+        "{out}"
+    );
+    let (code, out, err) = run(&dir.0, &["check"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    for n in 1..=2 {
+        let line = out.lines().find(|l| l.starts_with(&tenant(n))).unwrap();
+        assert!(
+            line.contains("OK") && line.contains("credential: certificate"),
+            "{line}"
+        );
+    }
+    let (code, out, err) = run(&dir.0, &["sync"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.matches(" ok ").count(), 2, "{out}");
+}
+
+#[test]
+fn consent_url_uses_the_us_government_login_host_and_portal_for_gcc_high() {
+    let dir = TempDir::new("bin-consent-gov");
+    std::fs::write(
+        dir.0.join("config.toml"),
+        "[app]\nclient_id = \"00000000-0000-4000-8000-0000000000c1\"\n[cloud]\nname = \"gcc-high\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&dir.0, &["consent-url"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(
+        "https://login.microsoftonline.us/common/oauth2/authorize?prompt=consent&client_id=00000000-0000-4000-8000-0000000000c1"
+    ), "{out}");
+    assert!(out.contains(
+        "https://login.microsoftonline.us/organizations/v2.0/adminconsent?client_id=00000000-0000-4000-8000-0000000000c1&scope=https%3A%2F%2Fapi-gov.securitycenter.microsoft.us%2F.default&redirect_uri=https%3A%2F%2Fportal.azure.us"
+    ), "{out}");
+    assert!(out.contains("portal.azure.us"), "{out}");
+    assert!(!out.contains("login.microsoftonline.com"), "{out}");
+}
+
+#[test]
+fn cert_thumbprint_prints_the_thumbprints_entra_shows() {
+    let dir = TempDir::new("bin-thumbprint");
+    let expect = [
+        "800235B34746B343F571AD5F1A79D30FE868CC92",
+        "gAI1s0dGs0P1ca1fGnnTD-hozJI",
+        "gAI1s0dGs0P1ca1fGnnTD+hozJI=",
+    ];
+    let (code, out, err) = run(
+        &dir.0,
+        &[
+            "cert-thumbprint",
+            "--certificate",
+            &fixture("test-only-client.pem"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    for e in expect {
+        assert!(out.contains(e), "{e} missing in\n{out}");
+    }
+    // from the configuration, without reading the private key
+    std::fs::write(
+        dir.0.join("config.toml"),
+        format!(
+            "[app]\nclient_id = \"00000000-0000-4000-8000-0000000000c1\"\ncertificate_file = {:?}\nprivate_key_file = \"/nonexistent/key.pem\"\n",
+            fixture("test-only-client.pem")
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(&dir.0, &["cert-thumbprint"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(expect[0]), "{out}");
+    let (code, _, err) = run(
+        &dir.0,
+        &[
+            "cert-thumbprint",
+            "--certificate",
+            &fixture("test-only-client.key"),
+        ],
+    );
+    assert_eq!(code, Some(78));
+    assert!(err.contains("no PEM certificate"), "{err}");
+}

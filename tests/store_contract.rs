@@ -15,11 +15,7 @@ use serde_json::value::RawValue;
 const TENANT: &str = "00000000-0000-4000-a000-000000000001";
 
 fn tenant() -> Tenant {
-    Tenant {
-        id: TenantId::parse(TENANT).unwrap(),
-        name: "Contoso".into(),
-        enabled: true,
-    }
+    Tenant::new(TenantId::parse(TENANT).unwrap(), "Contoso")
 }
 
 fn ts(s: &str) -> Timestamp {

@@ -4,8 +4,11 @@
 //!
 //! Decisions are keyed on the HTTP status, never on `error.code` (a 429 body's code can be the
 //! string "429"). `error.target`, the API's correlation id, is carried in every error.
+//!
+//! Each tenant is served by `cloud.api_url` unless its tenants-file entry names its own base (a
+//! geo host); a tenant's token is only ever sent to that tenant's base.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use secrecy::ExposeSecret;
@@ -18,7 +21,7 @@ use crate::{
     BoxFuture,
     auth::{AuthError, TokenProvider, without_url},
     budget::Budget,
-    tenant::TenantId,
+    tenant::{Tenant, TenantId},
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -138,6 +141,8 @@ struct ErrorBody {
 pub struct MdeClient {
     http: reqwest::Client,
     api_url: Url,
+    /// Tenants with their own base URL (geo hosts).
+    tenant_api_urls: HashMap<TenantId, Url>,
     tokens: Arc<TokenProvider>,
     budget: Arc<Budget>,
     max_attempts: usize,
@@ -154,6 +159,7 @@ impl MdeClient {
         Self {
             http,
             api_url,
+            tenant_api_urls: HashMap::new(),
             tokens,
             budget: Arc::new(Budget::per_minute_and_hour(100, 1_500)),
             max_attempts: max_attempts.max(1),
@@ -169,17 +175,34 @@ impl MdeClient {
         self
     }
 
+    /// Sends each tenant that has its own `api_url` there instead of to the cloud's API host.
+    pub fn with_tenant_api_urls(mut self, tenants: &[Tenant]) -> Self {
+        self.tenant_api_urls = tenants
+            .iter()
+            .filter_map(|t| Some((t.id.clone(), t.api_url.clone()?)))
+            .collect();
+        self
+    }
+
     pub fn tokens(&self) -> &Arc<TokenProvider> {
         &self.tokens
     }
 
+    /// The API base a tenant's requests go to.
+    pub fn base_url(&self, tenant: &TenantId) -> &Url {
+        self.tenant_api_urls.get(tenant).unwrap_or(&self.api_url)
+    }
+
+    fn alerts_url(&self, tenant: &TenantId) -> Url {
+        let base = self.base_url(tenant);
+        let mut url = base.clone();
+        url.set_path(&format!("{}/api/alerts", base.path().trim_end_matches('/')));
+        url
+    }
+
     /// The request URL for a window. Literals are unquoted DateTimeOffsets with seven digits.
-    pub fn window_url(&self, q: &WindowQuery) -> Url {
-        let mut url = self.api_url.clone();
-        url.set_path(&format!(
-            "{}/api/alerts",
-            self.api_url.path().trim_end_matches('/')
-        ));
+    pub fn window_url(&self, tenant: &TenantId, q: &WindowQuery) -> Url {
+        let mut url = self.alerts_url(tenant);
         {
             let mut pairs = url.query_pairs_mut();
             pairs.append_pair(
@@ -203,11 +226,7 @@ impl MdeClient {
 
     /// `GET /api/alerts?$top=1`, for `check`.
     pub async fn probe(&self, tenant: &TenantId) -> Result<usize, ApiError> {
-        let mut url = self.api_url.clone();
-        url.set_path(&format!(
-            "{}/api/alerts",
-            self.api_url.path().trim_end_matches('/')
-        ));
+        let mut url = self.alerts_url(tenant);
         url.query_pairs_mut().append_pair("$top", "1");
         self.get_page(tenant, &url).await.map(|p| p.alerts.len())
     }
@@ -346,7 +365,7 @@ impl AlertSource for MdeClient {
         q: &'a WindowQuery,
     ) -> BoxFuture<'a, Result<Page, ApiError>> {
         Box::pin(async move {
-            let url = self.window_url(q);
+            let url = self.window_url(tenant, q);
             self.get_page(tenant, &url).await
         })
     }
@@ -361,8 +380,11 @@ impl AlertSource for MdeClient {
                 status: 200,
                 detail: format!("unusable @odata.nextLink: {e}"),
             })?;
-            // Never send a tenant's token to a host other than the API's.
-            if url.host_str() != self.api_url.host_str() {
+            // Never send a tenant's token to a host other than that tenant's API host.
+            let base = self.base_url(tenant);
+            if url.host_str() != base.host_str()
+                || url.port_or_known_default() != base.port_or_known_default()
+            {
                 return Err(ApiError::Decode {
                     status: 200,
                     detail: format!(

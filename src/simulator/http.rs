@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use super::generate::guid;
 use super::odata::parse_query;
 use super::{Endpoint, RequestRecord, Simulator, TenantKind, TokenInfo, key, order_hash};
+use crate::auth::certificate::{AssertionAlgorithm, JWT_BEARER};
 use crate::timestamp::Timestamp;
 
 const ODATA_CONTEXT: &str = "https://api.securitycenter.microsoft.com/api/$metadata#Alerts";
@@ -94,6 +95,11 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Option<Response<Full
         .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let segments: Vec<&str> = path.split('/').collect();
 
     let answer = match (&method, segments.as_slice()) {
@@ -106,7 +112,8 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Option<Response<Full
                     Bytes::new()
                 }
             };
-            sim.inject(sim.token(&tenant, &body), at)
+            let token_url = format!("http://{}{path}", host.as_deref().unwrap_or("127.0.0.1"));
+            sim.inject(sim.token(&tenant, &body, &token_url), at)
         }
         (&Method::GET, ["", api, "alerts"] | ["", api, "v1.0", "alerts"])
             if api.eq_ignore_ascii_case("api") =>
@@ -152,6 +159,7 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Option<Response<Full
         answer.endpoint,
         RequestRecord {
             at,
+            host,
             tenant: answer.tenant,
             method: method.to_string(),
             path_and_query,
@@ -342,8 +350,179 @@ struct Claims<'a> {
     ver: &'a str,
 }
 
+/// Why a token request was refused: status, OAuth error, AADSTS code, description.
+struct Refusal(StatusCode, &'static str, u32, String);
+
+/// The parts of a client assertion the simulator checks.
+#[derive(serde::Deserialize)]
+struct AssertionHeader {
+    #[serde(default)]
+    alg: String,
+    x5t: Option<String>,
+    #[serde(rename = "x5t#S256")]
+    x5t_s256: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct AssertionClaims {
+    aud: Option<serde_json::Value>,
+    iss: Option<String>,
+    sub: Option<String>,
+    jti: Option<String>,
+    nbf: Option<i64>,
+    exp: Option<i64>,
+}
+
+fn hex_of_b64url(text: &str) -> String {
+    URL_SAFE_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .map(|b| b.iter().map(|x| format!("{x:02X}")).collect())
+        .unwrap_or_else(|_| text.to_owned())
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
 impl Simulator {
-    fn token(&self, tenant: &str, body: &[u8]) -> Answer {
+    /// Checks a client assertion as Entra does; `token_url` is the URL this request was posted
+    /// to, which `aud` must name exactly.
+    fn check_assertion(
+        &self,
+        st: &mut super::State,
+        assertion_type: &str,
+        assertion: &str,
+        token_url: &str,
+        client_id: &str,
+        now: time::OffsetDateTime,
+    ) -> Result<(), Refusal> {
+        let malformed = |msg: &str| {
+            Refusal(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                50027,
+                format!("Invalid JWT token. {msg}"),
+            )
+        };
+        let invalid =
+            |code: u32, msg: String| Refusal(StatusCode::UNAUTHORIZED, "invalid_client", code, msg);
+        if assertion_type != JWT_BEARER {
+            return Err(malformed(&format!(
+                "The client_assertion_type '{assertion_type}' is not supported; use '{JWT_BEARER}'."
+            )));
+        }
+        let parts: Vec<&str> = assertion.split('.').collect();
+        let [h, c, sig] = parts.as_slice() else {
+            return Err(malformed(
+                "The token is not in JWS compact serialization format.",
+            ));
+        };
+        let decode = |part: &str| URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).ok();
+        let header: AssertionHeader = decode(h)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| malformed("The header cannot be decoded."))?;
+        let claims: AssertionClaims = decode(c)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| malformed("The claims cannot be decoded."))?;
+        let sig = decode(sig).ok_or_else(|| malformed("The signature is not base64url."))?;
+        let alg = AssertionAlgorithm::parse(&header.alg).ok_or_else(|| {
+            malformed(&format!(
+                "'{}' is not a supported signature algorithm: use PS256 or RS256.",
+                header.alg
+            ))
+        })?;
+
+        // Entra finds the key by thumbprint first: an unknown one is "key not found".
+        let used = header
+            .x5t_s256
+            .as_deref()
+            .or(header.x5t.as_deref())
+            .map(hex_of_b64url)
+            .unwrap_or_default();
+        let registered = self.cfg.certificate.as_ref().map(|c| c.info());
+        let key = registered.filter(|c| {
+            let t = c.thumbprints();
+            (header.x5t_s256.is_some() || header.x5t.is_some())
+                && header.x5t_s256.as_deref().is_none_or(|v| v == t.x5t_s256)
+                && header.x5t.as_deref().is_none_or(|v| v == t.x5t)
+        });
+        let Some(key) = key else {
+            return Err(invalid(
+                700027,
+                format!(
+                    "Client assertion contains an invalid signature. [Reason - The key was not found., Thumbprint of key used by client: '{used}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '{client_id}'.]"
+                ),
+            ));
+        };
+        if !key.verify(alg, format!("{h}.{c}").as_bytes(), &sig) {
+            return Err(invalid(
+                700027,
+                format!(
+                    "Client assertion contains an invalid signature. [Reason - The provided signature value did not match the expected signature value., Thumbprint of key used by client: '{used}']"
+                ),
+            ));
+        }
+        if claims.iss.as_deref() != Some(client_id) || claims.sub.as_deref() != Some(client_id) {
+            return Err(invalid(
+                50013,
+                format!(
+                    "Assertion is invalid: its 'iss' and 'sub' claims must both be the client id '{client_id}'."
+                ),
+            ));
+        }
+        if claims.aud.as_ref().and_then(|a| a.as_str()) != Some(token_url) {
+            return Err(invalid(
+                50013,
+                format!(
+                    "Assertion is invalid: its audience {} does not match the token endpoint '{token_url}'.",
+                    claims
+                        .aud
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "(none)".into())
+                ),
+            ));
+        }
+        let now_s = now.unix_timestamp();
+        let skew = self.cfg.assertion_skew.whole_seconds();
+        let nbf = claims.nbf.unwrap_or(now_s);
+        let exp = claims.exp.unwrap_or(i64::MIN);
+        if nbf > now_s.saturating_add(skew) || exp.saturating_add(skew) <= now_s {
+            return Err(invalid(
+                700024,
+                format!(
+                    "Client assertion is not within its valid time range. Current time: {}, assertion valid from {}, expiry time of assertion {}. Review the documentation at https://learn.microsoft.com/entra/identity-platform/certificate-credentials .",
+                    rfc3339(now_s),
+                    rfc3339(nbf),
+                    claims.exp.map(rfc3339).unwrap_or_else(|| "(none)".into())
+                ),
+            ));
+        }
+        let Some(jti) = claims.jti.filter(|j| !j.is_empty()) else {
+            return Err(invalid(
+                50013,
+                "Assertion is invalid: it has no 'jti' claim.".into(),
+            ));
+        };
+        st.used_jti.retain(|_, e| e.saturating_add(skew) > now_s);
+        if st.used_jti.contains_key(&jti) {
+            return Err(invalid(
+                50013,
+                format!(
+                    "Assertion is invalid: the 'jti' {jti} was already used; a client assertion can be presented only once."
+                ),
+            ));
+        }
+        st.used_jti.insert(jti, exp);
+        Ok(())
+    }
+
+    fn token(&self, tenant: &str, body: &[u8], token_url: &str) -> Answer {
         let form: std::collections::HashMap<String, String> =
             url::form_urlencoded::parse(body).into_owned().collect();
         let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
@@ -353,6 +532,8 @@ impl Simulator {
             field("grant_type"),
             field("scope"),
         );
+        let (assertion_type, assertion) =
+            (field("client_assertion_type"), field("client_assertion"));
         let now_dt = self.cfg.clock.now();
         let mut st = self.lock();
         let known = st.tenants.get(&key(tenant)).map(|t| t.cfg.kind);
@@ -417,7 +598,31 @@ impl Simulator {
                 ),
             );
         }
-        if secret != self.cfg.client_secret || kind == TenantKind::BadSecret {
+        // appidacr: 1 for a secret, 2 for a certificate
+        let appidacr = if !assertion.is_empty() {
+            if let Err(Refusal(status, error, code, msg)) = self.check_assertion(
+                &mut st,
+                assertion_type,
+                assertion,
+                token_url,
+                client_id,
+                now_dt,
+            ) {
+                return fail(&mut st, status, error, code, msg);
+            }
+            "2"
+        } else if secret.is_empty() {
+            return fail(
+                &mut st,
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.".into(),
+            );
+        } else {
+            "1"
+        };
+        if (appidacr == "1" && secret != self.cfg.client_secret) || kind == TenantKind::BadSecret {
             return fail(
                 &mut st,
                 StatusCode::UNAUTHORIZED,
@@ -448,7 +653,7 @@ impl Simulator {
                 ),
             );
         };
-        if kind == TenantKind::NotProvisioned {
+        if kind == TenantKind::NotProvisioned || !self.cfg.resources.iter().any(|r| r == aud) {
             return fail(
                 &mut st,
                 bad,
@@ -477,7 +682,7 @@ impl Simulator {
             nbf: iat,
             exp,
             appid: client_id,
-            appidacr: "1",
+            appidacr,
             idp: format!("https://sts.windows.net/{tenant}/"),
             idtyp: "app",
             oid: &sp,

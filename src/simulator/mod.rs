@@ -6,6 +6,11 @@
 //! client pages, results come back in an arbitrary order unrelated to time, bulk operations give
 //! many alerts one `lastUpdateTime`, and timestamps carry 0 to 7 fractional digits.
 //!
+//! The token endpoint takes a client secret or a certificate's client assertion, which it checks
+//! the way Entra does (registered thumbprint, signature, `aud`, `iss`/`sub`, time range with
+//! [`SimConfig::assertion_skew`], `jti` reuse) and refuses with Entra's codes (700027, 700024,
+//! 50013). It issues tokens only for [`SimConfig::resources`], so a wrong cloud scope fails.
+//!
 //! The simulator owns all of its state behind one mutex and never blocks on I/O while holding it.
 //! It must never be used as a model of correct client behaviour: it only tells the truth
 //! ([`Simulator::truth`]) so tests can compare a synced store against it.
@@ -23,7 +28,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use fastrand::Rng;
 use tokio::task::JoinHandle;
 
+use crate::auth::certificate::CertificateInfo;
 use crate::clock::{ManualClock, SharedClock, SystemClock};
+use crate::config::CloudName;
 use crate::timestamp::Timestamp;
 
 use generate::{AlertModel, Start, World};
@@ -88,11 +95,37 @@ impl SimTenant {
     }
 }
 
+/// A certificate registered on the simulated app ("Certificates & secrets"): public data only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimCertificate(CertificateInfo);
+
+impl SimCertificate {
+    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
+        CertificateInfo::from_pem(pem).map(Self)
+    }
+
+    pub fn from_der(der: Vec<u8>) -> Result<Self, String> {
+        CertificateInfo::from_der(der).map(Self)
+    }
+
+    pub fn info(&self) -> &CertificateInfo {
+        &self.0
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub tenants: Vec<SimTenant>,
     pub client_id: String,
     pub client_secret: String,
+    /// The certificate registered on the app, if any: client assertions must be signed with its
+    /// key and name its thumbprint.
+    pub certificate: Option<SimCertificate>,
+    /// Clock skew tolerated on an assertion's `nbf` and `exp`, like Entra's five minutes.
+    pub assertion_skew: time::Duration,
+    /// Resources (scope without `/.default`) the tenants have a service principal for; a token for
+    /// any other resource is refused with AADSTS500011, as in a tenant of another cloud.
+    pub resources: Vec<String>,
     pub seed: u64,
     /// Each alert version becomes visible at `lastUpdateTime + uniform[0, max_lag]`.
     pub max_lag: time::Duration,
@@ -114,11 +147,22 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
+    /// Serves the resource of `cloud`'s preset scope only (the simulator's hosts stay loopback).
+    pub fn set_cloud(&mut self, cloud: CloudName) {
+        self.resources = vec![cloud.scope().trim_end_matches("/.default").to_owned()];
+    }
+
     pub fn new(tenants: Vec<SimTenant>) -> Self {
         Self {
             tenants,
             client_id: "00000000-0000-4000-8000-0000000000c1".to_owned(),
             client_secret: "simulator-secret".to_owned(),
+            certificate: None,
+            assertion_skew: time::Duration::minutes(5),
+            resources: vec![
+                "https://api.securitycenter.microsoft.com".to_owned(),
+                "https://securitycenter.onmicrosoft.com/windowsatpservice".to_owned(),
+            ],
             seed: 1,
             // minutes of lag is what pollers without a safety margin trip over (wazuh#24323)
             max_lag: time::Duration::minutes(2),
@@ -142,6 +186,8 @@ pub fn tenant_id(n: usize) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRecord {
     pub at: Timestamp,
+    /// The request's `Host` header: which of the simulator's addresses was used.
+    pub host: Option<String>,
     /// The tenant from the token URL, or the tenant of a valid bearer token.
     pub tenant: Option<String>,
     pub method: String,
@@ -243,6 +289,8 @@ struct State {
     rng: Rng,
     tenants: HashMap<String, TenantState>,
     tokens: HashMap<String, TokenInfo>,
+    /// `jti` of every accepted client assertion -> its `exp`, to refuse replays.
+    used_jti: HashMap<String, i64>,
     log: Vec<(Endpoint, RequestRecord)>,
     changes_enabled: bool,
     raw_counter: u64,
@@ -329,6 +377,7 @@ impl Simulator {
                 rng: Rng::with_seed(cfg.seed.wrapping_add(0x5eed)),
                 tenants,
                 tokens: HashMap::new(),
+                used_jti: HashMap::new(),
                 log: Vec::new(),
                 changes_enabled: true,
                 raw_counter: 0,

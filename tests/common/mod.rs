@@ -163,11 +163,7 @@ impl TestEnv {
 pub fn tenants_of(sim_tenants: &[SimTenant]) -> Vec<Tenant> {
     sim_tenants
         .iter()
-        .map(|t| Tenant {
-            id: TenantId::parse(&t.id).unwrap(),
-            name: t.name.clone(),
-            enabled: true,
-        })
+        .map(|t| Tenant::new(TenantId::parse(&t.id).unwrap(), t.name.clone()))
         .collect()
 }
 
