@@ -513,3 +513,74 @@ on_both_backends!(
     tokens_are_reused_renewed_ahead_of_expiry_and_replaced_after_a_401,
     an_instant_bigger_than_a_page_is_read_whole_while_its_alerts_keep_changing,
 );
+
+/// A source that pages with `@odata.nextLink`, as Graph does and as MDE might one day.
+struct LinkPaging {
+    inner: Arc<dyn AlertSource>,
+    rest:
+        std::sync::Mutex<std::collections::HashMap<String, Vec<Box<serde_json::value::RawValue>>>>,
+}
+
+impl AlertSource for LinkPaging {
+    fn fetch<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        q: &'a WindowQuery,
+    ) -> BoxFuture<'a, Result<Page, ApiError>> {
+        Box::pin(async move {
+            let mut page = self.inner.fetch(tenant, q).await?;
+            if page.alerts.len() > 3 {
+                let rest = page.alerts.split_off(page.alerts.len() / 3);
+                let link = format!("https://api.example/next/{}", q.from);
+                self.rest.lock().unwrap().insert(link.clone(), rest);
+                page.next_link = Some(link);
+            }
+            Ok(page)
+        })
+    }
+    fn fetch_link<'a>(
+        &'a self,
+        _: &'a TenantId,
+        link: &'a str,
+    ) -> BoxFuture<'a, Result<Page, ApiError>> {
+        Box::pin(async move {
+            let alerts = self
+                .rest
+                .lock()
+                .unwrap()
+                .remove(link)
+                .expect("a link handed out");
+            Ok(Page {
+                alerts,
+                next_link: None,
+            })
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_link_is_followed_and_completes_its_window() {
+    let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 600)]);
+    cfg.max_lag = Duration::ZERO;
+    let env = start(
+        "next-link",
+        cfg,
+        mde_sync::clock::system(),
+        sync_settings(10_000, Duration::minutes(10)),
+    )
+    .await;
+    let syncer = Syncer::new(
+        env.app.store.clone(),
+        Arc::new(LinkPaging {
+            inner: env.app.client.clone(),
+            rest: Default::default(),
+        }),
+        mde_sync::clock::system(),
+        env.app.settings.sync.clone(),
+    );
+    let o = syncer.sync_tenant(&env.tenants[0]).await;
+    assert_eq!(o.ok, Some(true), "{:?}", o.error);
+    assert_eq!(o.pages, 2, "the first page and the one its link named");
+    assert!(o.watermark.is_some(), "a window paged by links is complete");
+    assert_converged(&env, &[]).await;
+}

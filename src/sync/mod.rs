@@ -76,6 +76,7 @@ use std::{
     time::Instant,
 };
 
+use serde_json::value::RawValue;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tracing::Instrument;
 
@@ -90,6 +91,9 @@ use crate::{
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
 };
+
+/// Alerts parsed and written per transaction.
+const WRITE_BATCH: usize = 1_000;
 
 /// How many times an instant is paged again after its overlap check failed.
 const INSTANT_RESTARTS: usize = 5;
@@ -469,12 +473,13 @@ impl Syncer {
 
             if page.next_link.is_some() {
                 self.follow_links(tenant, page, c).await?;
+                self.write(tenant, &[], Some(b), ceiling, c).await?;
             } else if page.alerts.len() < page_size {
-                let rows = self.accept(tenant, &page, c);
-                self.commit(tenant, &rows, Some(a), b, ceiling, c).await?;
+                self.write(tenant, &page.alerts, Some(b), ceiling, c)
+                    .await?;
             } else if b.ticks() - a.ticks() <= 1 {
                 self.read_instant(tenant, a, page, c).await?;
-                self.commit(tenant, &[], Some(a), b, ceiling, c).await?;
+                self.write(tenant, &[], Some(b), ceiling, c).await?;
             } else {
                 let m = split_point(&page, a, b);
                 tracing::debug!(from = %a, to = %b, split = %m, "window full, splitting");
@@ -490,10 +495,10 @@ impl Syncer {
         Ok(())
     }
 
-    /// Parses a page, refusing malformed alerts and alerts of another tenant one by one.
-    fn accept(&self, tenant: &Tenant, page: &Page, c: &mut Counters) -> Vec<AlertRow> {
-        let mut rows = Vec::with_capacity(page.alerts.len());
-        for raw in &page.alerts {
+    /// Parses alerts, refusing malformed alerts and alerts of another tenant one by one.
+    fn accept(&self, tenant: &Tenant, alerts: &[Box<RawValue>], c: &mut Counters) -> Vec<AlertRow> {
+        let mut rows = Vec::with_capacity(alerts.len());
+        for raw in alerts {
             match parse_alert(raw) {
                 Ok(row) => {
                     if let Some(aad) = &row.aad_tenant_id
@@ -514,29 +519,38 @@ impl Syncer {
         rows
     }
 
-    /// Writes `rows` and, when the window `[a, b)` is complete and every earlier window too, raises
-    /// the watermark to `min(b, ceiling)` in the same transaction.
-    async fn commit(
+    /// Writes `alerts` in batches of [`WRITE_BATCH`] (so memory holds one page and one parsed
+    /// batch) and, when `window_end` is given — the window up to it is complete, and every earlier
+    /// window too — raises the watermark to `min(window_end, ceiling)` with the last batch. Batches
+    /// before the last carry no watermark, so a crash between them only repeats work.
+    async fn write(
         &self,
         tenant: &Tenant,
-        rows: &[AlertRow],
-        complete_from: Option<Timestamp>,
-        b: Timestamp,
+        alerts: &[Box<RawValue>],
+        window_end: Option<Timestamp>,
         ceiling: Timestamp,
         c: &mut Counters,
     ) -> Result<(), SyncError> {
-        let new_wm = complete_from
-            .map(|_| b.min(ceiling))
-            .filter(|w| c.watermark.is_none_or(|old| *w > old));
-        if rows.is_empty() && new_wm.is_none() {
-            return Ok(());
-        }
-        c.written += self
-            .store
-            .commit(&tenant.id, rows, new_wm, self.now())
-            .await?;
-        if let Some(w) = new_wm {
-            c.watermark = Some(w);
+        let batches = alerts.len().div_ceil(WRITE_BATCH).max(1);
+        for i in 0..batches {
+            let batch = &alerts
+                [(i * WRITE_BATCH).min(alerts.len())..((i + 1) * WRITE_BATCH).min(alerts.len())];
+            let rows = self.accept(tenant, batch, c);
+            let last = i + 1 == batches;
+            let new_wm = window_end
+                .filter(|_| last)
+                .map(|b| b.min(ceiling))
+                .filter(|w| c.watermark.is_none_or(|old| *w > old));
+            if rows.is_empty() && new_wm.is_none() {
+                continue;
+            }
+            c.written += self
+                .store
+                .commit(&tenant.id, &rows, new_wm, self.now())
+                .await?;
+            if let Some(w) = new_wm {
+                c.watermark = Some(w);
+            }
         }
         Ok(())
     }
@@ -549,10 +563,7 @@ impl Syncer {
         c: &mut Counters,
     ) -> Result<(), SyncError> {
         loop {
-            let rows = self.accept(tenant, &page, c);
-            c.written += self
-                .store
-                .commit(&tenant.id, &rows, None, self.now())
+            self.write(tenant, &page.alerts, None, Timestamp::MIN_TICK, c)
                 .await?;
             let Some(link) = page.next_link.take() else {
                 return Ok(());
@@ -603,7 +614,6 @@ impl Syncer {
                         p
                     }
                 };
-                let rows = self.accept(tenant, &page, c);
                 let ids: Vec<String> = page
                     .alerts
                     .iter()
@@ -614,9 +624,7 @@ impl Syncer {
                     tracing::warn!(instant = %t, skip, attempt, "alerts slid while paging an instant, reading it again");
                     break;
                 }
-                c.written += self
-                    .store
-                    .commit(&tenant.id, &rows, None, self.now())
+                self.write(tenant, &page.alerts, None, Timestamp::MIN_TICK, c)
                     .await?;
                 seen = skip + page.alerts.len();
                 if page.alerts.len() < page_size {
