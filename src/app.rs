@@ -12,6 +12,7 @@ use crate::{
     clock::SharedClock,
     config::Settings,
     mde::MdeClient,
+    metrics::Metrics,
     store::{self, SharedStore, TenantStatus},
     sync::{RunOutcome, Syncer},
     tenant::Tenant,
@@ -26,6 +27,8 @@ pub struct App {
     pub client: Arc<MdeClient>,
     pub syncer: Arc<Syncer>,
     pub clock: SharedClock,
+    /// What `/metrics` shows; shared by the client, the token provider and the syncer.
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -36,27 +39,37 @@ impl App {
     }
 
     pub fn with_store(settings: Settings, clock: SharedClock, store: SharedStore) -> App {
+        let metrics = Arc::new(Metrics::default());
         let http = auth::http_client(settings.sync.request_timeout);
-        let tokens = Arc::new(TokenProvider::new(
-            http.clone(),
-            settings.cloud.login_url.clone(),
-            settings.app.client_id.clone(),
-            settings.app.client_secret.clone(),
-            settings.cloud.scope.clone(),
-            clock.clone(),
-        ));
-        let client = Arc::new(MdeClient::new(
-            http,
-            settings.cloud.api_url.clone(),
-            tokens.clone(),
-            settings.sync.max_attempts,
-        ));
-        let syncer = Arc::new(Syncer::new(
-            store.clone(),
-            client.clone(),
-            clock.clone(),
-            settings.sync.clone(),
-        ));
+        let tokens = Arc::new(
+            TokenProvider::new(
+                http.clone(),
+                settings.cloud.login_url.clone(),
+                settings.app.client_id.clone(),
+                settings.app.client_secret.clone(),
+                settings.cloud.scope.clone(),
+                clock.clone(),
+            )
+            .with_metrics(metrics.clone()),
+        );
+        let client = Arc::new(
+            MdeClient::new(
+                http,
+                settings.cloud.api_url.clone(),
+                tokens.clone(),
+                settings.sync.max_attempts,
+            )
+            .with_metrics(metrics.clone()),
+        );
+        let syncer = Arc::new(
+            Syncer::new(
+                store.clone(),
+                client.clone(),
+                clock.clone(),
+                settings.sync.clone(),
+            )
+            .with_metrics(metrics.clone()),
+        );
         App {
             settings,
             store,
@@ -64,6 +77,7 @@ impl App {
             client,
             syncer,
             clock,
+            metrics,
         }
     }
 
@@ -193,8 +207,7 @@ pub fn render_outcomes(outcomes: &[RunOutcome]) -> String {
             o.tenant_name.clone(),
             match o.ok {
                 Some(true) => "ok".into(),
-                Some(false) => o.health.clone(),
-                None => "skipped".into(),
+                Some(false) | None => o.health.clone(),
             },
             o.alerts_received.to_string(),
             o.alerts_written.to_string(),

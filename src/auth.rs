@@ -14,7 +14,7 @@ use serde::Deserialize;
 use time::{Duration, OffsetDateTime};
 use url::Url;
 
-use crate::{clock::SharedClock, tenant::TenantId};
+use crate::{clock::SharedClock, metrics::Metrics, tenant::TenantId};
 
 /// Renew a token when it has less than this left; polls never use a token this close to expiry.
 pub const RENEW_BEFORE: Duration = Duration::minutes(5);
@@ -154,6 +154,7 @@ pub struct TokenProvider {
     cache: std::sync::Mutex<HashMap<TenantId, CachedToken>>,
     /// One in-flight request per tenant: concurrent callers wait for it instead of asking again.
     fetch_locks: std::sync::Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for TokenProvider {
@@ -201,7 +202,14 @@ impl TokenProvider {
             clock,
             cache: Default::default(),
             fetch_locks: Default::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts token requests and renewals into `metrics` instead of a private registry.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn client_id(&self) -> &str {
@@ -239,7 +247,9 @@ impl TokenProvider {
         if let Some(t) = self.cached(tenant, Duration::seconds(30)) {
             return Ok(t);
         }
-        self.fetch(tenant).await
+        let result = self.fetch(tenant).await;
+        self.metrics.token_request(tenant, result.is_ok());
+        result
     }
 
     /// Drops the cached token (after the API answered 401 with it).
@@ -261,8 +271,13 @@ impl TokenProvider {
         };
         let mut renewed = 0;
         for tenant in due {
-            match self.fetch(&tenant).await {
-                Ok(_) => renewed += 1,
+            let result = self.fetch(&tenant).await;
+            self.metrics.token_request(&tenant, result.is_ok());
+            match result {
+                Ok(_) => {
+                    renewed += 1;
+                    self.metrics.token_renewed(&tenant);
+                }
                 Err(e) => tracing::warn!(tenant = %tenant, error = %e, "token renewal failed"),
             }
         }

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod mde;
+pub mod metrics;
 pub mod simulator;
 pub mod store;
 pub mod sync;

@@ -17,6 +17,7 @@ use super::{AlertSource, Page, WindowQuery};
 use crate::{
     BoxFuture,
     auth::{AuthError, TokenProvider, without_url},
+    metrics::Metrics,
     tenant::TenantId,
 };
 
@@ -128,6 +129,7 @@ pub struct MdeClient {
     tokens: Arc<TokenProvider>,
     max_attempts: usize,
     max_retry_after: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl MdeClient {
@@ -143,7 +145,14 @@ impl MdeClient {
             tokens,
             max_attempts: max_attempts.max(1),
             max_retry_after: Duration::from_secs(120),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts requests, retries and 429s into `metrics` instead of a private registry.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn tokens(&self) -> &Arc<TokenProvider> {
@@ -219,6 +228,7 @@ impl MdeClient {
                         .map(|d| d.min(self.max_retry_after))
                         .unwrap_or(delay);
                     tracing::warn!(tenant = %tenant, error = %e, retry_in_ms = delay.as_millis() as u64, "api call failed, retrying");
+                    self.metrics.api_retry(tenant);
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(e),
@@ -234,8 +244,12 @@ impl MdeClient {
             .bearer_auth(token.expose_secret())
             .send()
             .await
-            .map_err(|e| ApiError::Network(without_url(&e)))?;
+            .map_err(|e| {
+                self.metrics.api_request(tenant, None);
+                ApiError::Network(without_url(&e))
+            })?;
         let status = resp.status().as_u16();
+        self.metrics.api_request(tenant, Some(status));
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)

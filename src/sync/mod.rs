@@ -86,6 +86,7 @@ use crate::{
         AlertSource, ApiError, Page, WindowQuery,
         model::{AlertRow, parse_alert},
     },
+    metrics::Metrics,
     store::{RunReport, SharedStore, StoreError},
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
@@ -153,6 +154,7 @@ pub struct Syncer {
     pub clock: SharedClock,
     pub settings: SyncSettings,
     running: Mutex<HashSet<TenantId>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Removes a tenant from the running set when its run ends, however it ends.
@@ -180,7 +182,14 @@ impl Syncer {
             clock,
             settings,
             running: Mutex::new(HashSet::new()),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Records runs into `metrics` instead of a private registry.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn now(&self) -> Timestamp {
@@ -221,7 +230,9 @@ impl Syncer {
     pub async fn sync_tenant(&self, tenant: &Tenant) -> RunOutcome {
         let span =
             tracing::info_span!("tenant_run", tenant = %tenant.id, tenant_name = %tenant.name);
-        self.sync_tenant_inner(tenant).instrument(span).await
+        let outcome = self.sync_tenant_inner(tenant).instrument(span).await;
+        self.metrics.run_finished(&outcome, self.now());
+        outcome
     }
 
     async fn sync_tenant_inner(&self, tenant: &Tenant) -> RunOutcome {
