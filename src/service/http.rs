@@ -153,3 +153,104 @@ fn answer(status: StatusCode, content_type: &'static str, body: String) -> Respo
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        BoxFuture,
+        config::SyncSettings,
+        mde::{AlertSource, ApiError, Page, WindowQuery},
+        tenant::TenantId,
+    };
+
+    struct NoAlerts;
+
+    impl AlertSource for NoAlerts {
+        fn fetch<'a>(
+            &'a self,
+            _: &'a TenantId,
+            _: &'a WindowQuery,
+        ) -> BoxFuture<'a, Result<Page, ApiError>> {
+            Box::pin(async { Ok(Page::default()) })
+        }
+        fn fetch_link<'a>(
+            &'a self,
+            _: &'a TenantId,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Page, ApiError>> {
+            Box::pin(async { Ok(Page::default()) })
+        }
+    }
+
+    async fn state(label: &str) -> (AdminState, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("mde-sync-health-{}-{label}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = crate::store::open(&format!("sqlite://{}", dir.join("h.db").display()), 1)
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let syncer = Arc::new(Syncer::new(
+            store.clone(),
+            Arc::new(NoAlerts),
+            crate::clock::system(),
+            SyncSettings::default(),
+        ));
+        let state = AdminState {
+            metrics: Arc::default(),
+            heartbeat: Arc::default(),
+            store,
+            syncer,
+        };
+        (state, dir)
+    }
+
+    fn get(path: &str) -> Request<()> {
+        Request::builder().uri(path).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn healthz_is_503_until_the_scheduler_ticks_and_again_once_stopping() {
+        let (state, dir) = state("ticks").await;
+        let r = handle(&state, get("/healthz")).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let (_, body) = health(&state).await;
+        assert!(body.contains("\"scheduler\":\"stalled\""), "{body}");
+
+        state.heartbeat.beat();
+        assert_eq!(
+            handle(&state, get("/healthz")).await.status(),
+            StatusCode::OK
+        );
+
+        state.syncer.stop();
+        let (healthy, body) = health(&state).await;
+        assert!(!healthy);
+        assert!(body.contains("\"scheduler\":\"stopping\""), "{body}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn only_two_paths_and_two_methods_are_served() {
+        let (state, dir) = state("routes").await;
+        assert_eq!(
+            handle(&state, get("/metrics")).await.status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            handle(&state, get("/config")).await.status(),
+            StatusCode::NOT_FOUND
+        );
+        let post = Request::builder()
+            .method(Method::POST)
+            .uri("/metrics")
+            .body(())
+            .unwrap();
+        let r = handle(&state, post).await;
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[ALLOW], "GET, HEAD");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
