@@ -5,17 +5,21 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
+use tokio::sync::watch;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::{
     auth::{self, TokenProvider},
     budget::Budget,
     clock::SharedClock,
-    config::Settings,
+    config::{Environment, Needs, Settings},
     mde::MdeClient,
+    metrics::Metrics,
+    service::{self, Heartbeat, Integration, Notifier, http::AdminState, notify},
     store::{self, SharedStore, TenantStatus},
     sync::{RunOutcome, Syncer},
-    tenant::Tenant,
+    telemetry::LogHandle,
+    tenant::{Tenant, TenantId},
     timestamp::Timestamp,
 };
 
@@ -27,6 +31,8 @@ pub struct App {
     pub client: Arc<MdeClient>,
     pub syncer: Arc<Syncer>,
     pub clock: SharedClock,
+    /// What `/metrics` shows; shared by the client, the token provider and the syncer.
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -37,22 +43,29 @@ impl App {
     }
 
     pub fn with_store(settings: Settings, clock: SharedClock, store: SharedStore) -> App {
+        let metrics = Arc::new(Metrics::default());
         let http = auth::http_client(settings.sync.request_timeout);
-        let tokens = Arc::new(token_provider(http.clone(), &settings, clock.clone()));
+        let tokens = Arc::new(
+            token_provider(http.clone(), &settings, clock.clone()).with_metrics(metrics.clone()),
+        );
         let budget = Arc::new(Budget::per_minute_and_hour(
             settings.sync.calls_per_minute,
             settings.sync.calls_per_hour,
         ));
         let client = Arc::new(
             mde_client(http, &settings, tokens.clone(), settings.sync.max_attempts)
-                .with_budget(budget, settings.sync.max_retry_after),
+                .with_budget(budget, settings.sync.max_retry_after)
+                .with_metrics(metrics.clone()),
         );
-        let syncer = Arc::new(Syncer::new(
-            store.clone(),
-            client.clone(),
-            clock.clone(),
-            settings.sync.clone(),
-        ));
+        let syncer = Arc::new(
+            Syncer::new(
+                store.clone(),
+                client.clone(),
+                clock.clone(),
+                settings.sync.clone(),
+            )
+            .with_metrics(metrics.clone()),
+        );
         App {
             settings,
             store,
@@ -60,6 +73,7 @@ impl App {
             client,
             syncer,
             clock,
+            metrics,
         }
     }
 
@@ -74,32 +88,71 @@ impl App {
     }
 
     /// The daemon: a pass right away, then one per `sync.schedule` tick, plus a job that renews
-    /// tokens ahead of expiry, until `shutdown` resolves. In-flight runs get `grace` to finish;
-    /// what is left after that is abandoned, which is safe because the watermark only covers
-    /// committed alerts.
+    /// tokens ahead of expiry, until `shutdown` resolves. In-flight runs get `grace` to reach a
+    /// page boundary; what is left after that is abandoned, which is safe because the watermark
+    /// only covers committed alerts.
     pub async fn run_daemon(
         &self,
         shutdown: impl Future<Output = ()>,
         grace: Duration,
     ) -> anyhow::Result<()> {
+        self.run_service(shutdown, grace, Integration::default())
+            .await
+    }
+
+    /// [`App::run_daemon`] as a service: reports to systemd through `service.notifier` (READY,
+    /// STATUS, WATCHDOG, STOPPING), reloads the tenants file and log level on each message of
+    /// `service.reloads`, and serves `/healthz` and `/metrics` when `metrics.listen` is set.
+    pub async fn run_service(
+        &self,
+        shutdown: impl Future<Output = ()>,
+        grace: Duration,
+        service: Integration,
+    ) -> anyhow::Result<()> {
+        let Integration {
+            notifier,
+            mut reloads,
+            log,
+        } = service;
+        let tenants = watch::Sender::new(Arc::new(self.settings.tenants.clone()));
+        self.apply_tenants(&self.settings.tenants);
+        match self.store.status().await {
+            Ok(rows) => self.metrics.seed(&rows),
+            Err(e) => tracing::warn!(error = %e, "cannot read the tenants' state for the metrics"),
+        }
+        let heartbeat = Arc::new(Heartbeat::default());
+
+        let listener = match self.settings.metrics.listen {
+            Some(addr) => Some(service::http::bind(addr).await.with_context(|| {
+                format!("while listening on metrics.listen {addr}: choose a free address or port")
+            })?),
+            None => None,
+        };
+
         let sched = JobScheduler::new()
             .await
             .context("while starting the scheduler")?;
-        let tenants = Arc::new(self.settings.tenants.clone());
 
-        let syncer = self.syncer.clone();
-        let t = tenants.clone();
+        let (syncer, metrics, current, n) = (
+            self.syncer.clone(),
+            self.metrics.clone(),
+            tenants.subscribe(),
+            notifier.clone(),
+        );
         sched
             .add(
                 Job::new_async(self.settings.sync.schedule.as_str(), move |_, _| {
-                    let syncer = syncer.clone();
-                    let tenants = t.clone();
+                    // The tenants file as of this tick: a reload takes effect at the next one.
+                    let run = pass(
+                        syncer.clone(),
+                        current.borrow().clone(),
+                        metrics.clone(),
+                        n.clone(),
+                    );
                     Box::pin(async move {
                         // Spawned so a long run never blocks the scheduler; sync_all skips
                         // tenants whose previous run is still going.
-                        tokio::spawn(async move {
-                            syncer.sync_all(&tenants).await;
-                        });
+                        tokio::spawn(run);
                     })
                 })
                 .context("while scheduling sync.schedule")?,
@@ -121,25 +174,89 @@ impl App {
                 .context("while scheduling token renewal")?,
             )
             .await?;
+
+        // The heartbeat proves the scheduler itself ticks: health checks and the watchdog
+        // trust it, not the mere existence of the process.
+        let beat = heartbeat.clone();
+        sched
+            .add(
+                Job::new_async("* * * * * *", move |_, _| {
+                    beat.beat();
+                    Box::pin(async {})
+                })
+                .context("while scheduling the heartbeat")?,
+            )
+            .await?;
         sched
             .start()
             .await
             .context("while starting the scheduler")?;
-        tracing::info!(schedule = %self.settings.sync.schedule, tenants = tenants.len(), "mde-sync running");
+        heartbeat.beat();
+        tracing::info!(
+            schedule = %self.settings.sync.schedule,
+            tenants = self.settings.tenants.iter().filter(|t| t.enabled).count(),
+            metrics_listen = self.settings.metrics.listen.map(|a| a.to_string()),
+            "mde-sync running"
+        );
 
-        let syncer = self.syncer.clone();
-        let first = tenants.clone();
-        tokio::spawn(async move {
-            syncer.sync_all(&first).await;
+        let admin = listener.map(|l| {
+            service::http::serve(
+                l,
+                AdminState {
+                    metrics: self.metrics.clone(),
+                    heartbeat: heartbeat.clone(),
+                    store: self.store.clone(),
+                    syncer: self.syncer.clone(),
+                },
+            )
         });
 
-        shutdown.await;
-        tracing::info!("shutting down: no new runs, waiting for runs in progress");
+        tokio::spawn(pass(
+            self.syncer.clone(),
+            tenants.borrow().clone(),
+            self.metrics.clone(),
+            notifier.clone(),
+        ));
+        notifier.ready(&self.metrics.summary());
+        let watchdog = notify::watchdog_interval()
+            .filter(|_| notifier.is_active())
+            .map(|every| service::spawn_watchdog(notifier.clone(), heartbeat.clone(), every));
+
+        let mut log_level = self.settings.log.level.clone();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(()) = async {
+                    match reloads.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    notifier.reloading();
+                    self.reload(&tenants, log.as_ref(), &mut log_level, &notifier);
+                    notifier.ready(&self.metrics.summary());
+                }
+            }
+        }
+
+        let running = self.syncer.running_count();
+        tracing::info!(
+            runs_in_progress = running,
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: no new runs, runs in progress stop at their next page boundary"
+        );
+        notifier.stopping(&format!(
+            "stopping: {running} run(s) finishing their current page"
+        ));
+        self.syncer.stop();
         let mut sched = sched;
         let _ = sched.shutdown().await;
         let deadline = tokio::time::Instant::now() + grace;
         while self.syncer.running_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // still making progress towards the exit: keep the watchdog fed
+            heartbeat.beat();
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let left = self.syncer.running_count();
         if left > 0 {
@@ -148,9 +265,162 @@ impl App {
                 "runs still in progress abandoned; they resume from their watermark"
             );
         }
+        for task in admin.into_iter().chain(watchdog) {
+            task.abort();
+        }
         tracing::info!("stopped");
         Ok(())
     }
+
+    /// Points the syncer and the metrics at `tenants`: tenants not listed (or disabled) stop
+    /// at their next page boundary and lose their gauges; their data stays.
+    fn apply_tenants(&self, tenants: &[Tenant]) {
+        self.syncer.set_active_tenants(Some(
+            tenants
+                .iter()
+                .filter(|t| t.enabled)
+                .map(|t| t.id.clone())
+                .collect(),
+        ));
+        self.metrics.set_tenants(tenants);
+    }
+
+    /// SIGHUP: reads the configuration again and applies the tenants file and `log.level`. A
+    /// configuration with any problem is rejected as a whole and the running one stays.
+    fn reload(
+        &self,
+        current: &watch::Sender<Arc<Vec<Tenant>>>,
+        log: Option<&LogHandle>,
+        log_level: &mut String,
+        notifier: &Notifier,
+    ) {
+        let path = &self.settings.config_path;
+        let new = match Settings::load(path, &Environment::from_process(), Needs::ALL) {
+            Ok(s) => s,
+            Err(e) => {
+                let problems: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
+                tracing::error!(
+                    config = %path.display(),
+                    problems = %problems.join("; "),
+                    "reload rejected: the configuration has problems; the running configuration stays in force, fix them and reload again"
+                );
+                self.metrics.config_reload(false);
+                return;
+            }
+        };
+        let old = current.borrow().clone();
+        let enabled = |ts: &[Tenant]| -> Vec<TenantId> {
+            ts.iter()
+                .filter(|t| t.enabled)
+                .map(|t| t.id.clone())
+                .collect()
+        };
+        let (before, after) = (enabled(&old), enabled(&new.tenants));
+        let added: Vec<&TenantId> = after.iter().filter(|t| !before.contains(t)).collect();
+        let removed: Vec<&TenantId> = before.iter().filter(|t| !after.contains(t)).collect();
+
+        if new.log.level != *log_level {
+            match log.map(|l| l.set_level(&new.log.level)) {
+                Some(Ok(())) => *log_level = new.log.level.clone(),
+                Some(Err(e)) => tracing::warn!(error = %e, "log level not changed"),
+                None => {
+                    tracing::warn!("log level not changed: no reloadable logger in this process")
+                }
+            }
+        }
+        self.apply_tenants(&new.tenants);
+        current.send_replace(Arc::new(new.tenants.clone()));
+        self.metrics.config_reload(true);
+        tracing::info!(
+            config = %path.display(),
+            tenants = after.len(),
+            added = %join(&added),
+            removed = %join(&removed),
+            log_level = %log_level,
+            "configuration reloaded"
+        );
+        let ignored = restart_only_changes(&self.settings, &new);
+        if !ignored.is_empty() {
+            tracing::warn!(
+                keys = %ignored.join(", "),
+                "these settings changed but only take effect after a restart"
+            );
+        }
+        if !added.is_empty() {
+            // New tenants start now rather than at the next tick.
+            let first: Vec<Tenant> = new
+                .tenants
+                .iter()
+                .filter(|t| added.contains(&&t.id))
+                .cloned()
+                .collect();
+            tokio::spawn(pass(
+                self.syncer.clone(),
+                Arc::new(first),
+                self.metrics.clone(),
+                notifier.clone(),
+            ));
+        }
+    }
+}
+
+/// One pass over `tenants`; afterwards the STATUS line says how things stand.
+async fn pass(
+    syncer: Arc<Syncer>,
+    tenants: Arc<Vec<Tenant>>,
+    metrics: Arc<Metrics>,
+    notifier: Notifier,
+) {
+    let started = std::time::Instant::now();
+    let outcomes = syncer.sync_all(&tenants).await;
+    // A pass in which every tenant was skipped (still running) or stopped says nothing new.
+    if syncer.is_stopping() || outcomes.iter().all(|o| o.ok.is_none()) {
+        return;
+    }
+    metrics.pass_finished(
+        Timestamp::from_datetime(time::OffsetDateTime::now_utc()),
+        started.elapsed(),
+    );
+    notifier.status(&metrics.summary());
+}
+
+fn join(ids: &[&TenantId]) -> String {
+    ids.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")
+}
+
+/// The keys a reload does not apply, if `new` changed them. Secrets are compared, never shown.
+fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str> {
+    let secret = |s: &Settings| {
+        s.app
+            .client_secret
+            .as_ref()
+            .map(|x| x.expose_secret().to_owned())
+    };
+    let mut keys = Vec::new();
+    let mut check = |key: &'static str, changed: bool| {
+        if changed {
+            keys.push(key);
+        }
+    };
+    check(
+        "database",
+        old.database.url.expose_secret() != new.database.url.expose_secret()
+            || old.database.max_connections != new.database.max_connections,
+    );
+    check("app.client_id", old.app.client_id != new.app.client_id);
+    check("app.client_secret", secret(old) != secret(new));
+    check(
+        "cloud",
+        format!("{:?}", old.cloud) != format!("{:?}", new.cloud),
+    );
+    check(
+        "sync",
+        format!("{:?}", old.sync) != format!("{:?}", new.sync),
+    );
+    check("log.format", old.log.format != new.log.format);
+    check("service", old.service != new.service);
+    check("metrics", old.metrics != new.metrics);
+    keys
 }
 
 /// The token provider for the configured cloud and credential (a certificate wins over a secret).
@@ -214,8 +484,7 @@ pub fn render_outcomes(outcomes: &[RunOutcome]) -> String {
             o.tenant_name.clone(),
             match o.ok {
                 Some(true) => "ok".into(),
-                Some(false) => o.health.clone(),
-                None => "skipped".into(),
+                Some(false) | None => o.health.clone(),
             },
             o.alerts_received.to_string(),
             o.alerts_written.to_string(),

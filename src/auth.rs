@@ -17,7 +17,7 @@ use serde::Deserialize;
 use time::{Duration, OffsetDateTime};
 use url::Url;
 
-use crate::{clock::SharedClock, tenant::TenantId};
+use crate::{clock::SharedClock, metrics::Metrics, tenant::TenantId};
 
 pub use certificate::{AssertionAlgorithm, ClientCertificate};
 
@@ -217,6 +217,7 @@ pub struct TokenProvider {
     cache: std::sync::Mutex<HashMap<TenantId, CachedToken>>,
     /// One in-flight request per tenant: concurrent callers wait for it instead of asking again.
     fetch_locks: std::sync::Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for TokenProvider {
@@ -265,12 +266,19 @@ impl TokenProvider {
             clock,
             cache: Default::default(),
             fetch_locks: Default::default(),
+            metrics: Arc::default(),
         }
     }
 
     /// Uses `credential` instead of the secret given to [`TokenProvider::new`].
     pub fn with_credential(mut self, credential: Option<Credential>) -> Self {
         self.credential = credential;
+        self
+    }
+
+    /// Counts token requests and renewals into `metrics` instead of a private registry.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -326,7 +334,9 @@ impl TokenProvider {
         if let Some(t) = self.cached(tenant, Duration::seconds(30)) {
             return Ok(t);
         }
-        self.fetch(tenant).await
+        let result = self.fetch(tenant).await;
+        self.metrics.token_request(tenant, result.is_ok());
+        result
     }
 
     /// Drops the cached token (after the API answered 401 with it).
@@ -348,8 +358,13 @@ impl TokenProvider {
         };
         let mut renewed = 0;
         for tenant in due {
-            match self.fetch(&tenant).await {
-                Ok(_) => renewed += 1,
+            let result = self.fetch(&tenant).await;
+            self.metrics.token_request(&tenant, result.is_ok());
+            match result {
+                Ok(_) => {
+                    renewed += 1;
+                    self.metrics.token_renewed(&tenant);
+                }
                 Err(e) => tracing::warn!(tenant = %tenant, error = %e, "token renewal failed"),
             }
         }

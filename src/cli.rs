@@ -14,6 +14,7 @@ use crate::{
     app::{self, App},
     clock,
     config::{self, EX_CONFIG, Environment, Needs, Settings},
+    service::{self, Integration, Notifier},
     simulator::{SimCertificate, SimConfig, SimTenant, Simulator, TenantKind},
     telemetry::{self, Target},
     timestamp::Timestamp,
@@ -170,6 +171,9 @@ pub fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let code = rt.block_on(execute(cli));
+    // Whatever is still running was abandoned on purpose (the watermark makes that safe): do
+    // not let a task stuck in a blocking call hold the exit up.
+    rt.shutdown_timeout(Duration::from_secs(1));
     ExitCode::from(code as u8)
 }
 
@@ -207,15 +211,26 @@ pub async fn execute(cli: Cli) -> i32 {
                 Ok(s) => s,
                 Err(c) => return c,
             };
-            telemetry::init(s.log.format, &s.log.level, Target::Stdout);
+            let log = telemetry::init(s.log.format, &s.log.level, Target::Stdout);
+            // Before anything slow: until the handlers exist, SIGHUP would kill the process.
+            let signals = match service::signals() {
+                Ok(s) => s,
+                Err(e) => {
+                    return fail(anyhow::Error::new(e).context("while installing signal handlers"));
+                }
+            };
+            let notifier = Notifier::from_env();
             let app = match App::build(s, clock::system()).await {
                 Ok(a) => a,
                 Err(e) => return fail(e),
             };
-            match app
-                .run_daemon(shutdown_signal(), Duration::from_secs(30))
-                .await
-            {
+            let grace = app.settings.service.shutdown_timeout;
+            let integration = Integration {
+                notifier,
+                reloads: Some(signals.reloads),
+                log,
+            };
+            match app.run_service(signals.shutdown, grace, integration).await {
                 Ok(()) => 0,
                 Err(e) => fail(e),
             }

@@ -86,6 +86,10 @@ struct RawConfig {
     sync: RawSync,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    service: RawService,
+    #[serde(default)]
+    metrics: RawMetrics,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -167,6 +171,26 @@ struct RawLog {
     level: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<RawListen>,
+}
+
+/// `metrics.listen` is text, or a bare port (a number in TOML or an environment variable).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+enum RawListen {
+    Port(i64),
+    Text(String),
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTenantsFile {
@@ -197,6 +221,8 @@ pub struct Settings {
     pub tenants: Vec<Tenant>,
     pub sync: SyncSettings,
     pub log: LogSettings,
+    pub service: ServiceSettings,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Clone)]
@@ -461,6 +487,29 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+}
+
+/// How `run` behaves as a long-running service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSettings {
+    /// How long SIGTERM/SIGINT waits for runs in progress to reach a page boundary before the
+    /// rest is abandoned. Keep it below systemd's `TimeoutStopSec=`.
+    pub shutdown_timeout: std::time::Duration,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// The optional HTTP listener for `/healthz` and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// `None`: no listener (the default).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// What a command needs from the configuration.
@@ -990,6 +1039,43 @@ fn validate(
         );
     }
 
+    // service
+    let shutdown_timeout = duration_key(
+        problems,
+        "service.shutdown_timeout",
+        raw.service.shutdown_timeout,
+        time::Duration::seconds(30),
+    );
+    if shutdown_timeout > time::Duration::hours(1) {
+        problem(
+            problems,
+            "service.shutdown_timeout",
+            "out of range: use \"0s\" to \"1h\" and keep it below systemd's TimeoutStopSec=",
+        );
+    }
+
+    // metrics
+    let listen_text = raw.metrics.listen.map(|l| match l {
+        RawListen::Port(n) => n.to_string(),
+        RawListen::Text(t) => t.trim().to_owned(),
+    });
+    let metrics_listen = match listen_text.as_deref() {
+        None | Some("") => None,
+        Some(text) => match parse_listen(text) {
+            Some(addr) => Some(addr),
+            None => {
+                problem(
+                    problems,
+                    "metrics.listen",
+                    format!(
+                        "{text:?} is not an address to listen on: use a port like \"9464\" (loopback) or HOST:PORT like \"127.0.0.1:9464\""
+                    ),
+                );
+                None
+            }
+        },
+    };
+
     if !problems.is_empty() {
         return None;
     }
@@ -1042,6 +1128,14 @@ fn validate(
             credential_retry,
         },
         log: LogSettings { format, level },
+        service: ServiceSettings {
+            shutdown_timeout: std::time::Duration::from_millis(
+                shutdown_timeout.whole_milliseconds().max(0) as u64,
+            ),
+        },
+        metrics: MetricsSettings {
+            listen: metrics_listen,
+        },
     })
 }
 
@@ -1115,6 +1209,14 @@ fn load_certificate(
         return None;
     }
     Some(cert)
+}
+
+/// `metrics.listen`: `HOST:PORT`, `[V6]:PORT`, or a bare port, which means loopback.
+fn parse_listen(text: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().ok()
 }
 
 /// The secret's sources in order; the first present wins.
@@ -1504,6 +1606,8 @@ impl Settings {
                 format: LogFormat::Text,
                 level: "info".into(),
             },
+            service: ServiceSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -1766,6 +1870,50 @@ format = "xml"
         assert_eq!(parse_duration("180d"), Some(time::Duration::days(180)));
         assert_eq!(parse_duration("45"), Some(time::Duration::seconds(45)));
         assert_eq!(parse_duration("soon"), None);
+    }
+
+    #[test]
+    fn the_service_keys_default_to_30s_and_no_listener_and_take_a_bare_port_as_loopback() {
+        Jail::expect_with(|jail| {
+            jail.create_file("tenants.toml", tenants_toml())?;
+            let config = format!("[app]\nclient_id = \"{CLIENT}\"\nclient_secret = \"x\"\n");
+            jail.create_file("config.toml", &config)?;
+            let path = jail.directory().join("config.toml");
+            let s = Settings::load(&path, &env(), Needs::ALL).map_err(|e| e.to_string())?;
+            assert_eq!(
+                s.service.shutdown_timeout,
+                std::time::Duration::from_secs(30)
+            );
+            assert_eq!(s.metrics.listen, None);
+
+            jail.create_file(
+                "config.toml",
+                &format!(
+                    "{config}[service]\nshutdown_timeout = \"5s\"\n[metrics]\nlisten = 9464\n"
+                ),
+            )?;
+            let s = Settings::load(&path, &env(), Needs::ALL).map_err(|e| e.to_string())?;
+            assert_eq!(
+                s.service.shutdown_timeout,
+                std::time::Duration::from_secs(5)
+            );
+            assert_eq!(s.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+
+            jail.set_env("MDE_SYNC_METRICS__LISTEN", "[::1]:9100");
+            let s = Settings::load(&path, &env(), Needs::ALL).map_err(|e| e.to_string())?;
+            assert_eq!(s.metrics.listen, Some("[::1]:9100".parse().unwrap()));
+
+            jail.set_env("MDE_SYNC_METRICS__LISTEN", "localhost:http");
+            jail.set_env("MDE_SYNC_SERVICE__SHUTDOWN_TIMEOUT", "2h");
+            let err = Settings::load(&path, &env(), Needs::ALL).unwrap_err();
+            let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(
+                keys,
+                ["service.shutdown_timeout", "metrics.listen"],
+                "{err}"
+            );
+            Ok(())
+        });
     }
 
     #[test]

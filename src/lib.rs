@@ -4,7 +4,7 @@
 //! Layout: [`config`] builds typed settings; [`auth`] gets tokens; [`mde`] talks to the alerts API;
 //! [`sync`] is the incremental algorithm (start there); [`store`] is the only place SQL lives;
 //! [`simulator`] is a hostile stand-in for Entra ID and the API; [`app`] wires them together for
-//! the CLI.
+//! the CLI; [`service`] and [`metrics`] are what `run` adds as a long-running service.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -15,6 +15,8 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod mde;
+pub mod metrics;
+pub mod service;
 pub mod simulator;
 pub mod store;
 pub mod sync;

@@ -1,7 +1,11 @@
 //! The tracing subscriber: JSON lines (one object per line, event fields at the top level) for
-//! journald and log shippers, or human text for terminals.
+//! journald and log shippers, or human text for terminals. The level filter sits behind a reload
+//! layer so the daemon can change it on SIGHUP without a restart.
 
-use tracing_subscriber::{EnvFilter, fmt};
+use tracing_subscriber::{
+    EnvFilter, Layer as _, Registry, fmt, layer::SubscriberExt as _, reload,
+    util::SubscriberInitExt as _,
+};
 
 use crate::config::LogFormat;
 
@@ -13,27 +17,78 @@ pub enum Target {
     Stderr,
 }
 
-pub fn init(format: LogFormat, level: &str, target: Target) {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter);
-    let result = match (format, target) {
-        (LogFormat::Json, Target::Stdout) => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(std::io::stdout)
-            .try_init(),
-        (LogFormat::Json, Target::Stderr) => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(std::io::stderr)
-            .try_init(),
-        (LogFormat::Text, Target::Stdout) => builder.with_writer(std::io::stdout).try_init(),
-        (LogFormat::Text, Target::Stderr) => builder.with_writer(std::io::stderr).try_init(),
+/// Changes the level filter of the subscriber [`init`] installed.
+#[derive(Clone)]
+pub struct LogHandle {
+    handle: reload::Handle<EnvFilter, Registry>,
+}
+
+impl std::fmt::Debug for LogHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogHandle").finish_non_exhaustive()
+    }
+}
+
+impl LogHandle {
+    /// Replaces the filter with `level` (a level or a tracing filter like `mde_sync=debug,info`).
+    pub fn set_level(&self, level: &str) -> Result<(), String> {
+        let filter = filter(level).map_err(|e| {
+            format!(
+                "{level:?} is not a level or filter ({e}): use error, warn, info, debug or trace"
+            )
+        })?;
+        self.handle
+            .reload(filter)
+            .map_err(|e| format!("cannot change the log level: {e}"))
+    }
+}
+
+/// Installs the subscriber. Returns `None` when one was already installed (tests, demo inside
+/// run): the first one stays, and its level cannot be changed from here.
+pub fn init(format: LogFormat, level: &str, target: Target) -> Option<LogHandle> {
+    let filter = filter(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let writer = move || -> Box<dyn std::io::Write> {
+        match target {
+            Target::Stdout => Box::new(std::io::stdout()),
+            Target::Stderr => Box::new(std::io::stderr()),
+        }
     };
-    // A second init (tests, demo inside run) keeps the first subscriber.
-    let _ = result;
+    let output = match format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Text => fmt::layer()
+            .with_ansi(target_is_terminal(target))
+            .with_writer(writer)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .try_init()
+        .ok()
+        .map(|()| LogHandle { handle })
+}
+
+/// `level` as a filter. The scheduler crate logs its own bookkeeping at info; that is kept at
+/// warn unless the filter names it.
+fn filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    let filter = EnvFilter::try_new(level)?;
+    if level.contains("tokio_cron_scheduler") {
+        return Ok(filter);
+    }
+    Ok(filter.add_directive("tokio_cron_scheduler=warn".parse()?))
+}
+
+fn target_is_terminal(target: Target) -> bool {
+    use std::io::IsTerminal;
+    match target {
+        Target::Stdout => std::io::stdout().is_terminal(),
+        Target::Stderr => std::io::stderr().is_terminal(),
+    }
 }

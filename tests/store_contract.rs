@@ -195,8 +195,44 @@ async fn runs_are_recorded_and_health_follows_the_last_outcome(backend: Backend)
     }
 }
 
+async fn a_stopped_run_leaves_the_tenants_health_and_failure_count_alone(backend: Backend) {
+    let (s, _db) = fresh(backend, "stopped").await;
+    {
+        let t = tenant();
+        let now = ts("2024-05-01T00:00:00Z");
+        s.ping().await.unwrap();
+        s.prepare_tenant(&t, now).await.unwrap();
+        let report = |run_id, ok: bool, health: &str| RunReport {
+            run_id,
+            tenant: t.id.clone(),
+            finished_at: now,
+            ok,
+            health: health.into(),
+            alerts_received: 1,
+            alerts_written: 1,
+            alerts_rejected: 0,
+            pages: 1,
+            watermark_before: None,
+            watermark_after: Some(ts("2024-04-01T00:00:00Z")),
+            error: (!ok).then(|| "transient".into()),
+        };
+        let run = s.start_run(&t.id, now).await.unwrap();
+        s.finish_run(&report(run, false, "transient"))
+            .await
+            .unwrap();
+        let run = s.start_run(&t.id, now).await.unwrap();
+        s.stop_run(&report(run, false, "stopped")).await.unwrap();
+        let st = s.status().await.unwrap().remove(0);
+        assert_eq!(st.health, "transient", "a stop is not a failure");
+        assert_eq!(st.consecutive_failures, 1);
+        // stop_run never moves the watermark: only commit does
+        assert_eq!(st.watermark, None);
+    }
+}
+
 on_both_backends!(
     an_older_version_never_overwrites_a_newer_one_and_evidence_follows_its_alert,
     the_watermark_moves_only_forward_and_with_its_alerts,
     runs_are_recorded_and_health_follows_the_last_outcome,
+    a_stopped_run_leaves_the_tenants_health_and_failure_count_alone,
 );

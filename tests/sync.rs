@@ -584,3 +584,141 @@ async fn a_next_link_is_followed_and_completes_its_window() {
     assert!(o.watermark.is_some(), "a window paged by links is complete");
     assert_converged(&env, &[]).await;
 }
+
+/// Passes requests through, except that from its `hang_after`-th request on, one tenant's
+/// requests never answer (a request stuck in flight when the stop comes).
+struct HangAfter {
+    inner: Arc<dyn AlertSource>,
+    tenant: TenantId,
+    hang_after: usize,
+    seen: std::sync::atomic::AtomicUsize,
+}
+
+impl AlertSource for HangAfter {
+    fn fetch<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        q: &'a WindowQuery,
+    ) -> BoxFuture<'a, Result<Page, ApiError>> {
+        Box::pin(async move {
+            if *tenant == self.tenant
+                && self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= self.hang_after
+            {
+                std::future::pending::<()>().await;
+            }
+            self.inner.fetch(tenant, q).await
+        })
+    }
+    fn fetch_link<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        link: &'a str,
+    ) -> BoxFuture<'a, Result<Page, ApiError>> {
+        self.inner.fetch_link(tenant, link)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_ends_a_run_at_its_page_boundary_without_waiting_for_the_request_in_flight() {
+    let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 2_000)]);
+    cfg.max_lag = Duration::ZERO;
+    let env = start(
+        "stop",
+        cfg,
+        mde_sync::clock::system(),
+        sync_settings(100, Duration::seconds(1)),
+    )
+    .await;
+    let tenant = env.tenants[0].clone();
+    let syncer = Arc::new(Syncer::new(
+        env.app.store.clone(),
+        Arc::new(HangAfter {
+            inner: env.app.client.clone(),
+            tenant: tenant.id.clone(),
+            hang_after: 12,
+            seen: Default::default(),
+        }),
+        mde_sync::clock::system(),
+        env.app.settings.sync.clone(),
+    ));
+    let s = syncer.clone();
+    let t = tenant.clone();
+    let run = tokio::spawn(async move { s.sync_tenant(&t).await });
+    while env.sim.api_requests(tenant.id.as_str()) < 12 {
+        tokio::time::sleep(StdDuration::from_millis(5)).await;
+    }
+    tokio::time::sleep(StdDuration::from_millis(50)).await;
+    assert!(!run.is_finished(), "the run waits on its hanging request");
+
+    let asked = std::time::Instant::now();
+    syncer.stop();
+    let o = tokio::time::timeout(StdDuration::from_secs(2), run)
+        .await
+        .expect("the run stops without waiting for its request")
+        .unwrap();
+    assert!(asked.elapsed() < StdDuration::from_secs(1));
+    assert_eq!((o.ok, o.health.as_str()), (None, "stopped"));
+    assert!(o.alerts_written > 0, "pages before the stop were committed");
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM sync_runs")
+        .fetch_one(&sqlx::SqlitePool::connect(&env.db.url).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(outcome, "stopped");
+    assert!(assert_watermark_invariant(&env).await > 0);
+    // once stopped, nothing starts any more
+    let again = syncer.sync_all(&env.tenants).await;
+    assert_eq!((again[0].ok, again[0].health.as_str()), (None, "stopped"));
+
+    // the next run (a new process) resumes from the watermark and converges
+    let o = env.app.syncer.sync_tenant(&tenant).await;
+    assert_eq!(o.ok, Some(true), "{:?}", o.error);
+    assert_converged(&env, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_made_inactive_stops_at_its_next_page_and_does_not_start_again() {
+    let mut cfg = SimConfig::new(vec![
+        SimTenant::numbered(1, TenantKind::Good, 1_500),
+        SimTenant::numbered(2, TenantKind::Good, 50),
+    ]);
+    cfg.max_lag = Duration::ZERO;
+    let env = start(
+        "inactive",
+        cfg,
+        mde_sync::clock::system(),
+        sync_settings(100, Duration::seconds(1)),
+    )
+    .await;
+    let (t1, t2) = (env.tenants[0].clone(), env.tenants[1].clone());
+    let syncer = Arc::new(Syncer::new(
+        env.app.store.clone(),
+        Arc::new(HangAfter {
+            inner: env.app.client.clone(),
+            tenant: t1.id.clone(),
+            hang_after: usize::MAX,
+            seen: Default::default(),
+        }),
+        mde_sync::clock::system(),
+        env.app.settings.sync.clone(),
+    ));
+    let s = syncer.clone();
+    let tenants = env.tenants.clone();
+    let pass = tokio::spawn(async move { s.sync_all(&tenants).await });
+    // wait until the run has committed some pages
+    while env.store().alert_raws(&t1.id).await.unwrap().is_empty() {
+        tokio::time::sleep(StdDuration::from_millis(2)).await;
+    }
+    syncer.set_active_tenants(Some([t2.id.clone()].into()));
+    let outcomes = pass.await.unwrap();
+    assert_eq!(outcomes[0].health, "stopped", "{:?}", outcomes[0]);
+    assert_eq!(outcomes[1].ok, Some(true));
+    let kept = env.store().alert_raws(&t1.id).await.unwrap().len();
+    assert!(kept > 0, "the removed tenant's data stays");
+
+    let requests = env.sim.api_requests(t1.id.as_str());
+    let again = syncer.sync_all(&env.tenants).await;
+    assert_eq!(again[0].health, "stopped");
+    assert_eq!(again[1].ok, Some(true));
+    assert_eq!(env.sim.api_requests(t1.id.as_str()), requests);
+    assert_eq!(env.store().alert_raws(&t1.id).await.unwrap().len(), kept);
+}

@@ -21,6 +21,7 @@ use crate::{
     BoxFuture,
     auth::{AuthError, TokenProvider, without_url},
     budget::Budget,
+    metrics::Metrics,
     tenant::{Tenant, TenantId},
 };
 
@@ -147,6 +148,7 @@ pub struct MdeClient {
     budget: Arc<Budget>,
     max_attempts: usize,
     max_retry_after: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl MdeClient {
@@ -164,6 +166,7 @@ impl MdeClient {
             budget: Arc::new(Budget::per_minute_and_hour(100, 1_500)),
             max_attempts: max_attempts.max(1),
             max_retry_after: Duration::from_secs(120),
+            metrics: Arc::default(),
         }
     }
 
@@ -181,6 +184,12 @@ impl MdeClient {
             .iter()
             .filter_map(|t| Some((t.id.clone(), t.api_url.clone()?)))
             .collect();
+        self
+    }
+
+    /// Counts requests, retries and 429s into `metrics` instead of a private registry.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -267,6 +276,7 @@ impl MdeClient {
                         None => delay,
                     };
                     tracing::warn!(tenant = %tenant, error = %e, target = e.target().unwrap_or(""), retry_in_ms = delay.as_millis() as u64, "api call failed, retrying");
+                    self.metrics.api_retry(tenant);
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => {
@@ -289,8 +299,12 @@ impl MdeClient {
             .bearer_auth(token.expose_secret())
             .send()
             .await
-            .map_err(|e| ApiError::Network(without_url(&e)))?;
+            .map_err(|e| {
+                self.metrics.api_request(tenant, None);
+                ApiError::Network(without_url(&e))
+            })?;
         let status = resp.status().as_u16();
+        self.metrics.api_request(tenant, Some(status));
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)

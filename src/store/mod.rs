@@ -108,6 +108,14 @@ pub trait Store: Send + Sync {
 
     fn finish_run<'a>(&'a self, report: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// Records a run stopped before it finished (shutdown, or its tenant was removed):
+    /// `sync_runs.outcome = 'stopped'` with the run's counters. The tenant's health and failure
+    /// count stay as they were: nothing failed, and the next run resumes from the watermark.
+    fn stop_run<'a>(&'a self, report: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The cheapest query that proves the database answers, for `/healthz`.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
     fn status(&self) -> BoxFuture<'_, Result<Vec<TenantStatus>, StoreError>>;
 
     /// `id -> raw` for one tenant: what the tests compare with the simulator.

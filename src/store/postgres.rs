@@ -421,6 +421,32 @@ impl Store for PostgresStore {
         })
     }
 
+    fn stop_run<'a>(&'a self, r: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE sync_runs SET finished_at = $1::timestamptz, outcome = 'stopped', alerts_received = $2, \
+                 alerts_written = $3, alerts_rejected = $4, pages = $5, watermark_after = $6::timestamptz WHERE id = $7",
+            )
+            .bind(r.finished_at.to_db())
+            .bind(r.alerts_received as i64)
+            .bind(r.alerts_written as i64)
+            .bind(r.alerts_rejected as i64)
+            .bind(r.pages as i64)
+            .bind(r.watermark_after.map(|w| w.floor_micros().to_db()))
+            .bind(r.run_id)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+    }
+
     fn status(&self) -> BoxFuture<'_, Result<Vec<TenantStatus>, StoreError>> {
         Box::pin(async move {
             let sql = format!(

@@ -65,6 +65,12 @@
 //! - A kill at any moment loses at most the uncommitted transaction; `W` only ever covers committed
 //!   alerts, so the next run re-reads from the last committed `W`.
 //!
+//! # Stopping
+//! [`Syncer::stop`] (shutdown) and [`Syncer::set_active_tenants`] (a tenant removed on reload)
+//! end runs at the next page boundary: a request in flight is dropped (nothing of it was
+//! committed), a commit in progress always completes. The run is recorded as `stopped`, and the
+//! next run resumes from the last committed `W`, by the argument above.
+//!
 //! # Why nothing goes stale or doubles
 //! Rows are keyed by `(tenant_id, id)`, and the store writes a version only if its
 //! `lastUpdateTime` is not older than the stored one. Re-reading the overlap `[C, q0]` every run is
@@ -72,12 +78,16 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    future::Future,
     sync::{Arc, Mutex},
     time::Instant,
 };
 
 use serde_json::value::RawValue;
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::{
+    sync::{Semaphore, watch},
+    task::JoinSet,
+};
 use tracing::Instrument;
 
 use crate::{
@@ -87,6 +97,7 @@ use crate::{
         AlertSource, ApiError, Page, WindowQuery,
         model::{AlertRow, parse_alert},
     },
+    metrics::Metrics,
     store::{RunReport, SharedStore, StoreError},
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
@@ -112,6 +123,8 @@ pub enum SyncError {
         count: usize,
         restarts: usize,
     },
+    #[error("the run was stopped at a page boundary (shutdown, or the tenant was removed)")]
+    Stopped,
 }
 
 /// What a failed run says about the tenant, for scheduling its next attempt.
@@ -147,6 +160,7 @@ impl SyncError {
             Self::Api(e) => e.label(),
             Self::Store(_) => "database-error",
             Self::UnstableInstant { .. } => "degraded",
+            Self::Stopped => "stopped",
         }
     }
 }
@@ -156,7 +170,8 @@ impl SyncError {
 pub struct RunOutcome {
     pub tenant: TenantId,
     pub tenant_name: String,
-    /// `None` when the run was skipped because the previous one was still going.
+    /// `None` when the run was skipped because the previous one was still going (`health`
+    /// `skipped`), or stopped before it finished (`health` `stopped`).
     pub ok: Option<bool>,
     pub health: String,
     pub error: Option<String>,
@@ -190,6 +205,11 @@ pub struct Syncer {
     retry_at: Mutex<HashMap<TenantId, tokio::time::Instant>>,
     /// The app's credential was refused: why, and when one tenant may probe it again.
     credential_fault: Mutex<Option<(String, tokio::time::Instant)>>,
+    /// Set once by [`Syncer::stop`]; runs watch it between pages and while waiting on the API.
+    stop: watch::Sender<bool>,
+    /// When set, only these tenants may run; the others stop at their next page boundary.
+    active: Mutex<Option<HashSet<TenantId>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Removes a tenant from the running set when its run ends, however it ends.
@@ -219,6 +239,63 @@ impl Syncer {
             running: Mutex::new(HashSet::new()),
             retry_at: Mutex::new(HashMap::new()),
             credential_fault: Mutex::new(None),
+            stop: watch::Sender::new(false),
+            active: Mutex::new(None),
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Records runs into `metrics` instead of a private registry.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Stops all work for good: no run starts any more, and runs in progress end at their next
+    /// page boundary (see "Stopping" in the module documentation).
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Restricts runs to `tenants` (`None`: any tenant passed to [`Syncer::sync_all`]). A run of
+    /// a tenant outside the set does not start, and one in progress stops at its next page
+    /// boundary.
+    pub fn set_active_tenants(&self, tenants: Option<HashSet<TenantId>>) {
+        *self.active.lock().expect("active set") = tenants;
+    }
+
+    /// Whether `tenant` may go on with its next page.
+    fn may_continue(&self, tenant: &TenantId) -> Result<(), SyncError> {
+        let active = self
+            .active
+            .lock()
+            .expect("active set")
+            .as_ref()
+            .is_none_or(|set| set.contains(tenant));
+        if self.is_stopping() || !active {
+            Err(SyncError::Stopped)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Awaits one API call unless the syncer is stopped first. The call has committed nothing,
+    /// so dropping it is safe.
+    async fn fetch_unless_stopped<T>(
+        &self,
+        tenant: &TenantId,
+        call: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, SyncError> {
+        self.may_continue(tenant)?;
+        let mut stop = self.stop.subscribe();
+        tokio::select! {
+            biased;
+            Ok(_) = stop.wait_for(|s| *s) => Err(SyncError::Stopped),
+            r = call => Ok(r?),
         }
     }
 
@@ -347,12 +424,19 @@ impl Syncer {
     pub async fn sync_tenant(&self, tenant: &Tenant) -> RunOutcome {
         let span =
             tracing::info_span!("tenant_run", tenant = %tenant.id, tenant_name = %tenant.name);
-        self.sync_tenant_inner(tenant).instrument(span).await
+        let outcome = self.sync_tenant_inner(tenant).instrument(span).await;
+        self.metrics.run_finished(&outcome, self.now());
+        outcome
     }
 
     async fn sync_tenant_inner(&self, tenant: &Tenant) -> RunOutcome {
         let started = Instant::now();
         let mut outcome = skipped_outcome(tenant, "the previous run is still in progress");
+        if self.may_continue(&tenant.id).is_err() {
+            outcome.health = "stopped".into();
+            outcome.error = None;
+            return outcome;
+        }
         if !self
             .running
             .lock()
@@ -376,13 +460,22 @@ impl Syncer {
             }
             Err(e) => (None, None, Err(SyncError::Store(e))),
         };
-        outcome.ok = Some(result.is_ok());
+        let stopped = matches!(result, Err(SyncError::Stopped));
+        outcome.ok = if stopped { None } else { Some(result.is_ok()) };
         outcome.health = match &result {
             Ok(()) => "ok".into(),
             Err(e) => e.label().into(),
         };
-        outcome.error = result.as_ref().err().map(|e| e.to_string());
-        outcome.scope = result.as_ref().err().map(SyncError::scope);
+        outcome.error = result
+            .as_ref()
+            .err()
+            .filter(|_| !stopped)
+            .map(|e| e.to_string());
+        outcome.scope = result
+            .as_ref()
+            .err()
+            .filter(|_| !stopped)
+            .map(SyncError::scope);
         outcome.alerts_received = c.received;
         outcome.alerts_written = c.written;
         outcome.alerts_rejected = c.rejected;
@@ -405,11 +498,26 @@ impl Syncer {
                 watermark_after: c.watermark,
                 error: outcome.error.clone(),
             };
-            if let Err(e) = self.store.finish_run(&report).await {
+            let recorded = if stopped {
+                self.store.stop_run(&report).await
+            } else {
+                self.store.finish_run(&report).await
+            };
+            if let Err(e) = recorded {
                 tracing::error!(error = %e, "cannot record the run's outcome");
             }
         }
         match &outcome.error {
+            None if stopped => tracing::info!(
+                tenant = %tenant.id,
+                tenant_name = %tenant.name,
+                alerts = c.received,
+                written = c.written,
+                pages = c.pages,
+                duration_ms = outcome.duration_ms,
+                watermark = %c.watermark.map(|w| w.to_db()).unwrap_or_default(),
+                "tenant run stopped at a page boundary"
+            ),
             None => tracing::info!(
                 tenant = %tenant.id,
                 tenant_name = %tenant.name,
@@ -455,7 +563,7 @@ impl Syncer {
         let from = watermark.unwrap_or_else(|| q0.minus(self.settings.initial_lookback));
         let to = q0.plus_ticks(1);
         let page_size = self.settings.page_size;
-        let mut progress = Progress::new();
+        let mut progress = Progress::new(from, to);
 
         // Windows still to read, the earliest on top.
         let mut stack = vec![(from, to)];
@@ -467,7 +575,9 @@ impl Syncer {
                 skip: 0,
                 expand_evidence: self.settings.expand_evidence,
             };
-            let page = self.source.fetch(&tenant.id, &q).await?;
+            let page = self
+                .fetch_unless_stopped(&tenant.id, self.source.fetch(&tenant.id, &q))
+                .await?;
             c.pages += 1;
             c.received += page.alerts.len() as u64;
 
@@ -568,7 +678,9 @@ impl Syncer {
             let Some(link) = page.next_link.take() else {
                 return Ok(());
             };
-            page = self.source.fetch_link(&tenant.id, &link).await?;
+            page = self
+                .fetch_unless_stopped(&tenant.id, self.source.fetch_link(&tenant.id, &link))
+                .await?;
             c.pages += 1;
             c.received += page.alerts.len() as u64;
         }
@@ -608,7 +720,9 @@ impl Syncer {
                             skip,
                             expand_evidence: self.settings.expand_evidence,
                         };
-                        let p = self.source.fetch(&tenant.id, &q).await?;
+                        let p = self
+                            .fetch_unless_stopped(&tenant.id, self.source.fetch(&tenant.id, &q))
+                            .await?;
                         c.pages += 1;
                         c.received += p.alerts.len() as u64;
                         p
@@ -708,15 +822,27 @@ fn split_point(page: &Page, a: Timestamp, b: Timestamp) -> Timestamp {
 struct Progress {
     started: Instant,
     last: Instant,
+    /// The run's whole window `[from, to)`.
+    from: Timestamp,
+    to: Timestamp,
 }
 
 impl Progress {
-    fn new() -> Self {
+    fn new(from: Timestamp, to: Timestamp) -> Self {
         let now = Instant::now();
         Self {
             started: now,
             last: now,
+            from,
+            to,
         }
+    }
+
+    /// How much of the run's window the watermark has covered, in percent.
+    fn done_pct(&self, watermark: Option<Timestamp>) -> u64 {
+        let span = (self.to.ticks() - self.from.ticks()).max(1) as f64;
+        let done = watermark.map_or(0, |w| (w.ticks() - self.from.ticks()).max(0)) as f64;
+        ((done / span) * 100.0).clamp(0.0, 100.0) as u64
     }
 
     fn tick(&mut self, c: &Counters, windows_left: usize, reached: Timestamp) {
@@ -733,6 +859,9 @@ impl Progress {
             windows_left,
             reached = %reached,
             watermark = %c.watermark.map(|w| w.to_db()).unwrap_or_default(),
+            window_from = %self.from,
+            window_to = %self.to,
+            done_pct = self.done_pct(c.watermark),
             "sync progress"
         );
     }

@@ -1,0 +1,640 @@
+//! What the daemon counts, and its rendering in the Prometheus text format (0.0.4) for
+//! `GET /metrics`.
+//!
+//! One [`Metrics`] is shared (as an `Arc`) by the API client, the token provider and the syncer;
+//! each records what it sees through one named method per event, so the metric set is written
+//! down here and nowhere else. Every method takes one short mutex and never awaits or does I/O.
+//! Label values are tenant ids (GUIDs), HTTP statuses and fixed words: never a secret, never an
+//! alert's content.
+//!
+//! A handful of counters and one histogram do not justify a metrics crate and its global
+//! registry; the format is simple enough to write by hand and test.
+
+use std::{collections::BTreeMap, fmt::Write as _, sync::Mutex, time::Duration};
+
+use crate::{
+    store::TenantStatus,
+    sync::RunOutcome,
+    tenant::{Tenant, TenantId},
+    timestamp::Timestamp,
+};
+
+/// Upper bounds (seconds) of the run duration histogram's buckets.
+const DURATION_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0,
+];
+
+/// Every counter: name, labels, help. Rendered in this order.
+const COUNTERS: &[(&str, &str)] = &[
+    (
+        "mde_sync_alerts_received_total",
+        "Alerts received from the API, per tenant.",
+    ),
+    (
+        "mde_sync_alerts_written_total",
+        "Alerts inserted or replaced by a newer version in the database, per tenant.",
+    ),
+    (
+        "mde_sync_alerts_rejected_total",
+        "Alerts refused (malformed, or belonging to another tenant), per tenant.",
+    ),
+    (
+        "mde_sync_runs_total",
+        "Tenant sync runs by outcome: ok, failed, skipped (previous run still going), stopped (shutdown or tenant removed).",
+    ),
+    (
+        "mde_sync_api_requests_total",
+        "Requests to the alerts API by HTTP status (\"error\" when no status came back).",
+    ),
+    (
+        "mde_sync_api_retries_total",
+        "Alerts API requests retried after a transient fault (timeout, 5xx, 429).",
+    ),
+    (
+        "mde_sync_api_throttled_total",
+        "Alerts API answers with HTTP 429 (throttling).",
+    ),
+    (
+        "mde_sync_token_requests_total",
+        "Requests to the token endpoint by result (ok, error).",
+    ),
+    (
+        "mde_sync_token_renewals_total",
+        "Tokens renewed ahead of expiry by the renewal job.",
+    ),
+    (
+        "mde_sync_config_reloads_total",
+        "Configuration reloads (SIGHUP) by result: applied, rejected.",
+    ),
+];
+
+#[derive(Debug, Clone, Default)]
+struct TenantGauges {
+    name: String,
+    /// The last run's result: `Some(true)` ok, `Some(false)` failed, `None` not run yet.
+    ok: Option<bool>,
+    health: String,
+    last_success: Option<Timestamp>,
+    watermark: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+struct Histogram {
+    buckets: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: vec![0; DURATION_BUCKETS.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.buckets[i] += 1;
+            }
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug, Default)]
+struct Inner {
+    counters: BTreeMap<(&'static str, Labels), u64>,
+    tenants: BTreeMap<TenantId, TenantGauges>,
+    run_duration: Histogram,
+    last_pass: Option<(Timestamp, Duration)>,
+}
+
+/// The daemon's metrics. `Metrics::default()` is a private registry nobody scrapes, which is what
+/// one-shot commands and tests that do not look at metrics get.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+/// Values only the caller knows at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Live {
+    pub runs_in_progress: usize,
+    /// Time since the scheduler's last heartbeat; `None` before the scheduler started.
+    pub heartbeat_age: Option<Duration>,
+}
+
+fn tenant_label(tenant: &TenantId) -> Labels {
+    vec![("tenant", tenant.as_str().to_owned())]
+}
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // a panic elsewhere must not take the metrics down with it
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, name: &'static str, labels: Labels, n: u64) {
+        *self.lock().counters.entry((name, labels)).or_default() += n;
+    }
+
+    /// One request to the alerts API answered with `status` (`None`: no answer).
+    pub fn api_request(&self, tenant: &TenantId, status: Option<u16>) {
+        let mut labels = tenant_label(tenant);
+        labels.push((
+            "status",
+            status.map_or_else(|| "error".to_owned(), |s| s.to_string()),
+        ));
+        self.add("mde_sync_api_requests_total", labels, 1);
+        if status == Some(429) {
+            self.add("mde_sync_api_throttled_total", tenant_label(tenant), 1);
+        }
+    }
+
+    pub fn api_retry(&self, tenant: &TenantId) {
+        self.add("mde_sync_api_retries_total", tenant_label(tenant), 1);
+    }
+
+    pub fn token_request(&self, tenant: &TenantId, ok: bool) {
+        let mut labels = tenant_label(tenant);
+        labels.push(("result", if ok { "ok" } else { "error" }.to_owned()));
+        self.add("mde_sync_token_requests_total", labels, 1);
+    }
+
+    pub fn token_renewed(&self, tenant: &TenantId) {
+        self.add("mde_sync_token_renewals_total", tenant_label(tenant), 1);
+    }
+
+    pub fn config_reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.add(
+            "mde_sync_config_reloads_total",
+            vec![("result", result.to_owned())],
+            1,
+        );
+    }
+
+    /// A tenant run ended (or was skipped or stopped) at `at`.
+    pub fn run_finished(&self, o: &RunOutcome, at: Timestamp) {
+        let outcome = match o.ok {
+            Some(true) => "ok",
+            Some(false) => "failed",
+            None if o.health == "stopped" => "stopped",
+            None => "skipped",
+        };
+        let mut st = self.lock();
+        let mut labels = tenant_label(&o.tenant);
+        labels.push(("outcome", outcome.to_owned()));
+        *st.counters
+            .entry(("mde_sync_runs_total", labels))
+            .or_default() += 1;
+        if o.ok.is_none() {
+            return;
+        }
+        for (name, n) in [
+            ("mde_sync_alerts_received_total", o.alerts_received),
+            ("mde_sync_alerts_written_total", o.alerts_written),
+            ("mde_sync_alerts_rejected_total", o.alerts_rejected),
+        ] {
+            *st.counters
+                .entry((name, tenant_label(&o.tenant)))
+                .or_default() += n;
+        }
+        st.run_duration.observe(o.duration_ms as f64 / 1000.0);
+        let g = st.tenants.entry(o.tenant.clone()).or_default();
+        g.name.clone_from(&o.tenant_name);
+        g.ok = o.ok;
+        g.health.clone_from(&o.health);
+        if o.ok == Some(true) {
+            g.last_success = Some(at);
+        }
+        if o.watermark.is_some() {
+            g.watermark = o.watermark;
+        }
+    }
+
+    /// A pass over all tenants ended at `at` after `took`.
+    pub fn pass_finished(&self, at: Timestamp, took: Duration) {
+        self.lock().last_pass = Some((at, took));
+    }
+
+    /// The tenants whose gauges are shown: the enabled ones of the current tenants file. Gauges
+    /// of tenants no longer listed are dropped, so a removed tenant's lag stops alerting.
+    pub fn set_tenants(&self, tenants: &[Tenant]) {
+        let mut st = self.lock();
+        let keep: BTreeMap<&TenantId, &Tenant> = tenants
+            .iter()
+            .filter(|t| t.enabled)
+            .map(|t| (&t.id, t))
+            .collect();
+        st.tenants.retain(|id, _| keep.contains_key(id));
+        for (id, t) in keep {
+            st.tenants
+                .entry(id.clone())
+                .or_default()
+                .name
+                .clone_from(&t.name);
+        }
+    }
+
+    /// Seeds the gauges from the database at start-up, so a restart does not blank them until
+    /// each tenant's first run. Only tenants already passed to [`Metrics::set_tenants`] are kept.
+    pub fn seed(&self, rows: &[TenantStatus]) {
+        let mut st = self.lock();
+        for r in rows {
+            let Ok(id) = TenantId::parse(&r.tenant_id) else {
+                continue;
+            };
+            if let Some(g) = st.tenants.get_mut(&id) {
+                g.watermark = r
+                    .watermark
+                    .as_deref()
+                    .and_then(|w| Timestamp::parse(w).ok());
+                g.last_success = r
+                    .last_success_at
+                    .as_deref()
+                    .and_then(|w| Timestamp::parse(w).ok());
+                g.ok = match r.health.as_str() {
+                    "ok" => Some(true),
+                    "" | "new" => None,
+                    _ => Some(false),
+                };
+                g.health.clone_from(&r.health);
+            }
+        }
+    }
+
+    /// A one-line summary for systemd's `STATUS=`: tenants ok and failing, the last pass.
+    pub fn summary(&self) -> String {
+        let st = self.lock();
+        let ok = st.tenants.values().filter(|g| g.ok == Some(true)).count();
+        let failing: Vec<String> = st
+            .tenants
+            .values()
+            .filter(|g| g.ok == Some(false))
+            .map(|g| format!("{} {}", g.name, g.health))
+            .collect();
+        let pending = st.tenants.len() - ok - failing.len();
+        let mut s = format!("{ok} tenant(s) ok, {} failing", failing.len());
+        if !failing.is_empty() {
+            let shown: Vec<&str> = failing.iter().take(3).map(String::as_str).collect();
+            let more = failing.len().saturating_sub(3);
+            s.push_str(&format!(" ({}", shown.join(", ")));
+            if more > 0 {
+                s.push_str(&format!(", {more} more"));
+            }
+            s.push(')');
+        }
+        if pending > 0 {
+            s.push_str(&format!(", {pending} not synced yet"));
+        }
+        match st.last_pass {
+            Some((at, took)) => s.push_str(&format!(
+                "; last pass ended {} after {:.1}s",
+                at.format_digits(0),
+                took.as_secs_f64()
+            )),
+            None => s.push_str("; first pass running"),
+        }
+        s
+    }
+
+    /// `(ok, failing)` tenant counts.
+    pub fn tenant_counts(&self) -> (usize, usize) {
+        let st = self.lock();
+        (
+            st.tenants.values().filter(|g| g.ok == Some(true)).count(),
+            st.tenants.values().filter(|g| g.ok == Some(false)).count(),
+        )
+    }
+
+    /// The Prometheus text exposition of everything, with gauges computed for `now`.
+    pub fn render(&self, now: Timestamp, live: Live) -> String {
+        let st = self.lock();
+        let mut out = String::with_capacity(4096);
+        for (name, help) in COUNTERS {
+            header(&mut out, name, help, "counter");
+            for ((n, labels), v) in st.counters.range((*name, Vec::new())..) {
+                if n != name {
+                    break;
+                }
+                sample(&mut out, name, labels, *v as f64);
+            }
+        }
+
+        header(
+            &mut out,
+            "mde_sync_run_duration_seconds",
+            "Duration of tenant sync runs that ran (ok or failed).",
+            "histogram",
+        );
+        let h = &st.run_duration;
+        for (le, n) in DURATION_BUCKETS.iter().zip(&h.buckets) {
+            sample(
+                &mut out,
+                "mde_sync_run_duration_seconds_bucket",
+                &[("le", format_float(*le))],
+                *n as f64,
+            );
+        }
+        sample(
+            &mut out,
+            "mde_sync_run_duration_seconds_bucket",
+            &[("le", "+Inf".to_owned())],
+            h.count as f64,
+        );
+        sample(&mut out, "mde_sync_run_duration_seconds_sum", &[], h.sum);
+        sample(
+            &mut out,
+            "mde_sync_run_duration_seconds_count",
+            &[],
+            h.count as f64,
+        );
+
+        let per_tenant = |out: &mut String,
+                          name: &str,
+                          help: &str,
+                          value: &dyn Fn(&TenantGauges) -> Option<f64>| {
+            header(out, name, help, "gauge");
+            for (id, g) in &st.tenants {
+                if let Some(v) = value(g) {
+                    sample(out, name, &tenant_label(id), v);
+                }
+            }
+        };
+        per_tenant(
+            &mut out,
+            "mde_sync_last_success_timestamp_seconds",
+            "When the tenant's last successful run ended (Unix time).",
+            &|g| g.last_success.map(unix_seconds),
+        );
+        per_tenant(
+            &mut out,
+            "mde_sync_watermark_lag_seconds",
+            "Now minus the tenant's watermark: alerts older than this are known to be stored. At least sync.lag_allowance by design.",
+            &|g| g.watermark.map(|w| unix_seconds(now) - unix_seconds(w)),
+        );
+        per_tenant(
+            &mut out,
+            "mde_sync_tenant_ok",
+            "1 if the tenant's last run succeeded, 0 if it failed (absent before its first run).",
+            &|g| g.ok.map(|ok| if ok { 1.0 } else { 0.0 }),
+        );
+        header(
+            &mut out,
+            "mde_sync_tenant_info",
+            "The tenant's name from the tenants file.",
+            "gauge",
+        );
+        for (id, g) in &st.tenants {
+            sample(
+                &mut out,
+                "mde_sync_tenant_info",
+                &[
+                    ("tenant", id.as_str().to_owned()),
+                    ("tenant_name", g.name.clone()),
+                ],
+                1.0,
+            );
+        }
+
+        header(
+            &mut out,
+            "mde_sync_tenants",
+            "Tenants synced (enabled in the tenants file).",
+            "gauge",
+        );
+        sample(&mut out, "mde_sync_tenants", &[], st.tenants.len() as f64);
+        header(
+            &mut out,
+            "mde_sync_runs_in_progress",
+            "Tenant runs in progress.",
+            "gauge",
+        );
+        sample(
+            &mut out,
+            "mde_sync_runs_in_progress",
+            &[],
+            live.runs_in_progress as f64,
+        );
+        if let Some((at, took)) = st.last_pass {
+            header(
+                &mut out,
+                "mde_sync_last_pass_timestamp_seconds",
+                "When the last pass over all tenants ended (Unix time).",
+                "gauge",
+            );
+            sample(
+                &mut out,
+                "mde_sync_last_pass_timestamp_seconds",
+                &[],
+                unix_seconds(at),
+            );
+            header(
+                &mut out,
+                "mde_sync_last_pass_duration_seconds",
+                "How long the last pass over all tenants took.",
+                "gauge",
+            );
+            sample(
+                &mut out,
+                "mde_sync_last_pass_duration_seconds",
+                &[],
+                took.as_secs_f64(),
+            );
+        }
+        if let Some(age) = live.heartbeat_age {
+            header(
+                &mut out,
+                "mde_sync_scheduler_heartbeat_age_seconds",
+                "Time since the scheduler last ticked; /healthz fails when it grows stale.",
+                "gauge",
+            );
+            sample(
+                &mut out,
+                "mde_sync_scheduler_heartbeat_age_seconds",
+                &[],
+                age.as_secs_f64(),
+            );
+        }
+        out
+    }
+}
+
+fn unix_seconds(t: Timestamp) -> f64 {
+    t.to_datetime().unix_timestamp_nanos() as f64 / 1e9
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {}", escape(help, false));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&'static str, String)], v: f64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, val)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{k}=\"{}\"", escape(val, true));
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {}", format_float(v));
+}
+
+fn format_float(v: f64) -> String {
+    if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Label values escape `\`, `"` and newlines; help text escapes `\` and newlines.
+fn escape(s: &str, quotes: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if quotes => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(n: u32) -> TenantId {
+        TenantId::parse(&format!("00000000-0000-4000-a000-{n:012}")).unwrap()
+    }
+
+    fn outcome(n: u32, ok: Option<bool>, ms: u64) -> RunOutcome {
+        RunOutcome {
+            tenant: tenant(n),
+            tenant_name: format!("tenant \"{n}\""),
+            ok,
+            health: match ok {
+                Some(true) => "ok".into(),
+                Some(false) => "needs-consent".into(),
+                None => "skipped".into(),
+            },
+            error: None,
+            alerts_received: 10,
+            alerts_written: 7,
+            alerts_rejected: 1,
+            pages: 2,
+            duration_ms: ms,
+            watermark: Some(Timestamp::parse("2024-01-01T00:00:00Z").unwrap()),
+            scope: None,
+        }
+    }
+
+    #[test]
+    fn counters_gauges_and_the_histogram_render_in_the_text_format() {
+        let m = Metrics::default();
+        m.set_tenants(&[
+            Tenant {
+                id: tenant(1),
+                name: "tenant \"1\"".into(),
+                enabled: true,
+                api_url: None,
+            },
+            Tenant {
+                id: tenant(2),
+                name: "two".into(),
+                enabled: true,
+                api_url: None,
+            },
+        ]);
+        m.api_request(&tenant(1), Some(200));
+        m.api_request(&tenant(1), Some(429));
+        m.api_request(&tenant(1), None);
+        m.api_retry(&tenant(1));
+        m.token_request(&tenant(1), true);
+        m.token_renewed(&tenant(1));
+        m.run_finished(&outcome(1, Some(true), 300), Timestamp::from_ticks(0));
+        m.run_finished(&outcome(1, Some(true), 7_000), Timestamp::from_ticks(0));
+        m.run_finished(&outcome(2, Some(false), 50), Timestamp::from_ticks(0));
+        m.run_finished(&outcome(2, None, 0), Timestamp::from_ticks(0));
+        let now = Timestamp::parse("2024-01-01T00:01:40Z").unwrap();
+        let text = m.render(
+            now,
+            Live {
+                runs_in_progress: 1,
+                heartbeat_age: Some(Duration::from_millis(500)),
+            },
+        );
+        let t1 = tenant(1);
+        for line in [
+            format!("mde_sync_api_requests_total{{tenant=\"{t1}\",status=\"200\"}} 1"),
+            format!("mde_sync_api_requests_total{{tenant=\"{t1}\",status=\"429\"}} 1"),
+            format!("mde_sync_api_requests_total{{tenant=\"{t1}\",status=\"error\"}} 1"),
+            format!("mde_sync_api_throttled_total{{tenant=\"{t1}\"}} 1"),
+            format!("mde_sync_api_retries_total{{tenant=\"{t1}\"}} 1"),
+            format!("mde_sync_token_requests_total{{tenant=\"{t1}\",result=\"ok\"}} 1"),
+            format!("mde_sync_token_renewals_total{{tenant=\"{t1}\"}} 1"),
+            format!("mde_sync_runs_total{{tenant=\"{t1}\",outcome=\"ok\"}} 2"),
+            format!("mde_sync_alerts_written_total{{tenant=\"{t1}\"}} 14"),
+            format!("mde_sync_watermark_lag_seconds{{tenant=\"{t1}\"}} 100"),
+            format!("mde_sync_tenant_ok{{tenant=\"{t1}\"}} 1"),
+            format!("mde_sync_tenant_info{{tenant=\"{t1}\",tenant_name=\"tenant \\\"1\\\"\"}} 1"),
+            "mde_sync_run_duration_seconds_bucket{le=\"0.5\"} 2".to_owned(),
+            "mde_sync_run_duration_seconds_bucket{le=\"10\"} 3".to_owned(),
+            "mde_sync_run_duration_seconds_bucket{le=\"+Inf\"} 3".to_owned(),
+            "mde_sync_run_duration_seconds_count 3".to_owned(),
+            "mde_sync_runs_in_progress 1".to_owned(),
+            "mde_sync_scheduler_heartbeat_age_seconds 0.5".to_owned(),
+            "# TYPE mde_sync_run_duration_seconds histogram".to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line} in\n{text}");
+        }
+        let t2 = tenant(2);
+        assert!(text.contains(&format!(
+            "mde_sync_runs_total{{tenant=\"{t2}\",outcome=\"skipped\"}} 1"
+        )));
+        assert!(text.contains(&format!("mde_sync_tenant_ok{{tenant=\"{t2}\"}} 0")));
+        // every sample line is NAME[{labels}] VALUE with a parseable value
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let v = l.rsplit(' ').next().unwrap();
+            assert!(v == "+Inf" || v.parse::<f64>().is_ok(), "{l}");
+        }
+        assert_eq!(
+            m.summary(),
+            "1 tenant(s) ok, 1 failing (tenant \"2\" needs-consent); first pass running"
+        );
+    }
+
+    #[test]
+    fn removed_tenants_lose_their_gauges() {
+        let m = Metrics::default();
+        let t = |n| Tenant {
+            id: tenant(n),
+            name: format!("t{n}"),
+            enabled: true,
+            api_url: None,
+        };
+        m.set_tenants(&[t(1), t(2)]);
+        m.run_finished(&outcome(1, Some(true), 1), Timestamp::from_ticks(0));
+        m.set_tenants(&[t(2)]);
+        let text = m.render(Timestamp::from_ticks(0), Live::default());
+        assert!(!text.contains(&format!("mde_sync_tenant_ok{{tenant=\"{}\"", tenant(1))));
+        assert!(text.contains("mde_sync_tenants 1"));
+    }
+}
