@@ -188,9 +188,12 @@ mod tests {
             std::env::temp_dir().join(format!("mde-sync-health-{}-{label}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let store = crate::store::open(&crate::config::DatabaseSettings::from_url(format!("sqlite://{}", dir.join("h.db").display())))
-            .await
-            .unwrap();
+        let store = crate::store::open(&crate::config::DatabaseSettings::from_url(format!(
+            "sqlite://{}",
+            dir.join("h.db").display()
+        )))
+        .await
+        .unwrap();
         store.migrate().await.unwrap();
         let syncer = Arc::new(Syncer::new(
             store.clone(),
