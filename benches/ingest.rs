@@ -508,10 +508,14 @@ fn main() {
         let alerts = env_num("MDE_SYNC_BENCH_ALERTS", 200_000);
         let tenants = env_num("MDE_SYNC_BENCH_TENANTS", 1_000) as usize;
         let idle_secs = env_num("MDE_SYNC_BENCH_IDLE_SECS", 60);
+        // MDE_SYNC_BENCH_PARTS=backfill,steady,idle picks parts (default: all)
+        let parts = std::env::var("MDE_SYNC_BENCH_PARTS").unwrap_or_else(|_| "backfill,steady,idle".into());
+        let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
         let root: PathBuf = std::env::temp_dir().join(format!("mde-sync-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         println!("mde-sync ingest benchmark on {}", machine());
 
+        if part("backfill") {
         println!("backfill: generating {alerts} alerts in the simulator…");
         let dir = root.join("backfill");
         let sim = simulate(&dir, &["--tenants", "1", "--alerts", &alerts.to_string()]);
@@ -538,13 +542,17 @@ fn main() {
             );
         }
 
-        println!("steady state: {tenants} tenants, 50 ms per API call…");
-        let (took, cpu) = steady_state(&root.join("steady"), tenants).await;
-        println!("  full cycle {took:.2} s, CPU {cpu:.2} s");
-
-        println!("idle: `mde-sync run` between cycles for {idle_secs} s…");
-        let pct = idle(&root.join("idle"), idle_secs);
-        println!("  CPU {pct:.3} % of one core");
+        }
+        if part("steady") {
+            println!("steady state: {tenants} tenants, 50 ms per API call…");
+            let (took, cpu) = steady_state(&root.join("steady"), tenants).await;
+            println!("  full cycle {took:.2} s, CPU {cpu:.2} s");
+        }
+        if part("idle") {
+            println!("idle: `mde-sync run` between cycles for {idle_secs} s…");
+            let pct = idle(&root.join("idle"), idle_secs);
+            println!("  CPU {pct:.3} % of one core");
+        }
         let _ = std::fs::remove_dir_all(&root);
     });
 }

@@ -263,7 +263,7 @@ impl MdeClient {
                 }
                 Err(e) if e.is_transient() => {
                     let Some(delay) = backoff.next() else {
-                        tracing::warn!(tenant = %tenant, error = %e, target = e.target().unwrap_or(""), "api call failed, giving up");
+                        tracing::warn!(tenant = %tenant, error = %e, correlation_id = e.target().unwrap_or(""), "api call failed, giving up");
                         return Err(e);
                     };
                     let delay = match e.retry_after() {
@@ -275,12 +275,12 @@ impl MdeClient {
                         }
                         None => delay,
                     };
-                    tracing::warn!(tenant = %tenant, error = %e, target = e.target().unwrap_or(""), retry_in_ms = delay.as_millis() as u64, "api call failed, retrying");
+                    tracing::warn!(tenant = %tenant, error = %e, correlation_id = e.target().unwrap_or(""), retry_in_ms = delay.as_millis() as u64, "api call failed, retrying");
                     self.metrics.api_retry(tenant);
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => {
-                    tracing::warn!(tenant = %tenant, error = %e, target = e.target().unwrap_or(""), "api call failed");
+                    tracing::warn!(tenant = %tenant, error = %e, correlation_id = e.target().unwrap_or(""), "api call failed");
                     return Err(e);
                 }
             }

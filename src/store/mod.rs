@@ -194,3 +194,20 @@ where
         .map(|i| row.try_get::<Option<String>, _>(i))
         .collect()
 }
+
+/// One version per alert id, the newest: a multi-row statement must not touch a row twice.
+pub(crate) fn newest_per_id(alerts: &[AlertRow]) -> Vec<&AlertRow> {
+    let mut newest: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut out: Vec<&AlertRow> = Vec::with_capacity(alerts.len());
+    for a in alerts {
+        match newest.get(a.id.as_str()) {
+            Some(&i) if out[i].last_update > a.last_update => {}
+            Some(&i) => out[i] = a,
+            None => {
+                newest.insert(&a.id, out.len());
+                out.push(a);
+            }
+        }
+    }
+    out
+}

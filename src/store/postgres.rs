@@ -277,16 +277,7 @@ impl Store for PostgresStore {
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
             // One statement cannot touch a row twice: keep the newest version of each id.
-            let mut newest: BTreeMap<&str, &AlertRow> = BTreeMap::new();
-            for a in alerts {
-                match newest.get(a.id.as_str()) {
-                    Some(prev) if prev.last_update > a.last_update => {}
-                    _ => {
-                        newest.insert(&a.id, a);
-                    }
-                }
-            }
-            let batch: Vec<&AlertRow> = newest.into_values().collect();
+            let batch = super::newest_per_id(alerts);
             let now_text = now.to_db();
             let mut tx = self.pool.begin().await?;
             let mut written = 0u64;

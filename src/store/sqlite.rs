@@ -77,6 +77,58 @@ static INSERT_EVIDENCE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Rows per multi-row statement: SQLite allows 32,766 parameters per statement; an alert row has
+/// 32 and an evidence row 29.
+const ALERTS_PER_STATEMENT: usize = 500;
+const EVIDENCE_PER_STATEMENT: usize = 1_000;
+
+/// The alert upsert for `n` rows, with `RETURNING id`. Built once per row count.
+fn upsert_alerts(n: usize) -> &'static str {
+    static CACHE: std::sync::Mutex<Vec<(usize, &'static str)>> = std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().expect("sql cache");
+    if let Some((_, sql)) = cache.iter().find(|(k, _)| *k == n) {
+        return sql;
+    }
+    let one = format!("({})", vec!["?"; ALERT_COLUMNS.len() + 5].join(", "));
+    let (head, tail) = UPSERT_ALERT
+        .split_once(" VALUES ")
+        .expect("upsert has VALUES");
+    let (_, conflict) = tail
+        .split_once(" ON CONFLICT ")
+        .expect("upsert has ON CONFLICT");
+    let sql: &'static str = Box::leak(
+        format!(
+            "{head} VALUES {} ON CONFLICT {conflict} RETURNING id",
+            vec![one; n].join(", ")
+        )
+        .into_boxed_str(),
+    );
+    if cache.len() < 64 {
+        cache.push((n, sql));
+    }
+    sql
+}
+
+/// The evidence insert for `n` rows.
+fn insert_evidence(n: usize) -> String {
+    let one = format!("({})", vec!["?"; EVIDENCE_COLUMNS.len() + 4].join(", "));
+    let (head, _) = INSERT_EVIDENCE
+        .split_once(" VALUES ")
+        .expect("insert has VALUES");
+    format!("{head} VALUES {}", vec![one; n].join(", "))
+}
+
+fn bind_scalar<'q>(
+    q: sqlx::query::QueryScalar<'q, Sqlite, String, SqliteArguments>,
+    v: &Val,
+) -> sqlx::query::QueryScalar<'q, Sqlite, String, SqliteArguments> {
+    match v {
+        Val::Text(t) | Val::Json(t) => q.bind(t.clone()),
+        Val::Int(i) => q.bind(*i),
+        Val::Time(t) => q.bind(t.map(|t| t.to_db())),
+    }
+}
+
 fn bind_val<'q>(
     q: Query<'q, Sqlite, SqliteArguments>,
     v: &Val,
@@ -192,41 +244,65 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
             let now_text = now.to_db();
+            let batch = super::newest_per_id(alerts);
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let mut written = 0u64;
-            for a in alerts {
-                let mut q = sqlx::query(AssertSqlSafe(UPSERT_ALERT.as_str()))
-                    .bind(tenant.as_str())
-                    .bind(&a.id);
-                for v in &a.values {
-                    q = bind_val(q, v);
+            // Multi-row statements: a page costs a few dozen statements, not several per alert.
+            let mut written_ids: Vec<&str> = Vec::new();
+            for chunk in batch.chunks(ALERTS_PER_STATEMENT) {
+                let mut q =
+                    sqlx::query_scalar::<_, String>(AssertSqlSafe(upsert_alerts(chunk.len())));
+                for a in chunk {
+                    q = q.bind(tenant.as_str()).bind(&a.id);
+                    for v in &a.values {
+                        q = bind_scalar(q, v);
+                    }
+                    q = q.bind(&a.raw).bind(&now_text).bind(&now_text);
                 }
-                let res = q
-                    .bind(&a.raw)
-                    .bind(&now_text)
-                    .bind(&now_text)
-                    .execute(&mut *tx)
-                    .await?;
-                if res.rows_affected() == 0 {
-                    continue; // the stored version is newer (or the same): keep it and its evidence
+                // RETURNING names the rows inserted or replaced; a stored version that is newer
+                // (or the same) is skipped by the WHERE and keeps its evidence.
+                let ids = q.fetch_all(&mut *tx).await?;
+                let returned: std::collections::HashSet<String> = ids.into_iter().collect();
+                written_ids.extend(
+                    chunk
+                        .iter()
+                        .map(|a| a.id.as_str())
+                        .filter(|id| returned.contains(*id)),
+                );
+            }
+            let written: std::collections::HashSet<&str> = written_ids.iter().copied().collect();
+            for ids in written_ids.chunks(ALERTS_PER_STATEMENT) {
+                let sql = format!(
+                    "DELETE FROM alert_evidence WHERE tenant_id = ? AND alert_id IN ({})",
+                    vec!["?"; ids.len()].join(", ")
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.as_str());
+                for id in ids {
+                    q = q.bind(*id);
                 }
-                written += 1;
-                sqlx::query("DELETE FROM alert_evidence WHERE tenant_id = ? AND alert_id = ?")
-                    .bind(tenant.as_str())
-                    .bind(&a.id)
-                    .execute(&mut *tx)
-                    .await?;
-                for (pos, e) in a.evidence.iter().enumerate() {
-                    let mut q = sqlx::query(AssertSqlSafe(INSERT_EVIDENCE.as_str()))
-                        .bind(tenant.as_str())
-                        .bind(&a.id)
-                        .bind(pos as i64);
+                q.execute(&mut *tx).await?;
+            }
+            let evidence: Vec<(&str, i64, &crate::mde::model::EvidenceRow)> = batch
+                .iter()
+                .filter(|a| written.contains(a.id.as_str()))
+                .flat_map(|a| {
+                    a.evidence
+                        .iter()
+                        .enumerate()
+                        .map(move |(i, e)| (a.id.as_str(), i as i64, e))
+                })
+                .collect();
+            for chunk in evidence.chunks(EVIDENCE_PER_STATEMENT) {
+                let mut q = sqlx::query(AssertSqlSafe(insert_evidence(chunk.len())));
+                for (id, pos, e) in chunk {
+                    q = q.bind(tenant.as_str()).bind(*id).bind(*pos);
                     for v in &e.values {
                         q = bind_val(q, v);
                     }
-                    q.bind(&e.raw).execute(&mut *tx).await?;
+                    q = q.bind(&e.raw);
                 }
+                q.execute(&mut *tx).await?;
             }
+            let written = written.len() as u64;
             if let Some(wm) = watermark {
                 // MAX keeps the watermark monotonic even if a caller passed an older one.
                 sqlx::query(

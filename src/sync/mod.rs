@@ -31,10 +31,12 @@
 //! 2. Fetch a window `[a, b)` with `$top = P`. If fewer than `P` alerts come back, the response is
 //!    the whole window (A1): upsert them and set `W = min(b, C)` in the same transaction.
 //! 3. If the page is full, the window holds at least `P` alerts and we cannot know which are
-//!    missing. Nothing from it is trusted for the watermark: split the window at the median
-//!    `lastUpdateTime` of the page (a cheap estimate of where half the window's alerts lie) and
-//!    process `[a, m)` then `[m, b)`, depth first, earliest first — so windows complete in time
-//!    order and `W` can advance after each.
+//!    missing. Nothing from it is trusted for the watermark. A few one-alert probes (`$top=1` at
+//!    `$skip` = 2P−1, 4P−1, …) bound how many alerts the window holds; the window is then cut at
+//!    quantiles of the page's `lastUpdateTime`s into parts expected to hold ¾ of a page each, and
+//!    the parts are processed depth first, earliest first — so windows complete in time order
+//!    and `W` can advance after each. (The page is a sample of the window when the order is
+//!    arbitrary; if it is not, a part that is still full is simply split again.)
 //! 4. A full window that is a single 100 ns instant (a bulk update of more than `P` alerts) cannot
 //!    be split: it is paged with `$skip` in steps of `P − K`, so consecutive pages overlap by `K`
 //!    alerts. Each new page must contain one of the previous page's last `K` ids; that proves no
@@ -591,10 +593,21 @@ impl Syncer {
                 self.read_instant(tenant, a, page, c).await?;
                 self.write(tenant, &[], Some(b), ceiling, c).await?;
             } else {
-                let m = split_point(&page, a, b);
-                tracing::debug!(from = %a, to = %b, split = %m, "window full, splitting");
-                stack.push((m, b));
-                stack.push((a, m));
+                // Estimate how many alerts the window holds, then cut it at the page's quantiles
+                // into parts expected to fit three quarters of a page each: one full page and a
+                // few one-alert probes instead of a cascade of halvings.
+                let count = self.estimate_count(tenant, a, b, page_size, c).await?;
+                let parts = (count as f64 / (0.75 * page_size as f64))
+                    .ceil()
+                    .clamp(2.0, 4096.0) as usize;
+                let cuts = split_points(&page, a, b, parts);
+                tracing::debug!(from = %a, to = %b, count, parts = cuts.len() + 1, "window full, splitting");
+                let mut bounds = vec![a];
+                bounds.extend(cuts);
+                bounds.push(b);
+                for w in bounds.windows(2).rev() {
+                    stack.push((w[0], w[1]));
+                }
             }
             progress.tick(c, stack.len(), b);
             if c.pages >= self.settings.max_pages_per_run && !stack.is_empty() {
@@ -603,6 +616,41 @@ impl Syncer {
             }
         }
         Ok(())
+    }
+
+    /// An upper bound on the alerts in `[a, b)`, known to hold at least `page_size`: probes
+    /// `$top=1` at `$skip` = 2, 4, 8… pages until one comes back empty. Only an estimate (the
+    /// window may change meanwhile): it sizes the split, correctness never depends on it. A
+    /// server that refuses a large `$skip` ends the probing with what is known.
+    async fn estimate_count(
+        &self,
+        tenant: &Tenant,
+        a: Timestamp,
+        b: Timestamp,
+        page_size: usize,
+        c: &mut Counters,
+    ) -> Result<usize, SyncError> {
+        let mut known = page_size;
+        while known < 64 * page_size.max(1_000) {
+            let q = WindowQuery {
+                from: a,
+                to: b,
+                top: 1,
+                skip: known * 2 - 1,
+                expand_evidence: false,
+            };
+            let probe = self
+                .fetch_unless_stopped(&tenant.id, self.source.fetch(&tenant.id, &q))
+                .await;
+            c.pages += 1;
+            match probe {
+                Ok(p) if p.alerts.is_empty() => return Ok(known * 2),
+                Ok(_) => known *= 2,
+                Err(SyncError::Api(ApiError::BadRequest { .. })) => return Ok(known * 2),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(known * 2)
     }
 
     /// Parses alerts, refusing malformed alerts and alerts of another tenant one by one.
@@ -786,10 +834,12 @@ fn alert_id(raw: &str) -> Option<String> {
     serde_json::from_str::<IdOnly>(raw).ok()?.id
 }
 
-/// Where to split a full window `[a, b)`: the median `lastUpdateTime` of the page, kept strictly
-/// inside the window so both halves are smaller. With an arbitrary order the page is a sample of
-/// the window, so each half holds roughly half of it.
-fn split_point(page: &Page, a: Timestamp, b: Timestamp) -> Timestamp {
+/// Where to cut a full window `[a, b)` into `parts`: at quantiles of the page's `lastUpdateTime`s,
+/// strictly inside the window and strictly increasing, so every part is non-empty and smaller
+/// than the window. With an arbitrary server order the page is a sample of the window, so the
+/// parts hold about equal shares of it; with any other order a part that is still full is simply
+/// split again.
+fn split_points(page: &Page, a: Timestamp, b: Timestamp, parts: usize) -> Vec<Timestamp> {
     #[derive(serde::Deserialize)]
     struct TimeOnly {
         #[serde(rename = "lastUpdateTime")]
@@ -806,16 +856,28 @@ fn split_point(page: &Page, a: Timestamp, b: Timestamp) -> Timestamp {
         .filter_map(|s| Timestamp::parse(&s).ok())
         .filter(|t| *t >= a && *t < b)
         .collect();
-    let m = if times.is_empty() {
-        Timestamp::from_ticks(a.ticks() + (b.ticks() - a.ticks()) / 2)
+    times.sort_unstable();
+    let inside = |t: Timestamp| t.max(a.plus_ticks(1)).min(b.plus_ticks(-1));
+    let mut cuts: Vec<Timestamp> = if times.is_empty() {
+        vec![Timestamp::from_ticks(
+            a.ticks() + (b.ticks() - a.ticks()) / 2,
+        )]
     } else {
-        let mid = times.len() / 2;
-        *times.select_nth_unstable(mid).1
+        (1..parts.max(2))
+            .map(|i| times[i * times.len() / parts.max(2)])
+            .collect()
     };
-    // a < m < b, so both halves are non-empty and strictly smaller.
-    m.max(a.plus_ticks(1))
-        .min(b.plus_ticks(-1))
-        .max(a.plus_ticks(1))
+    for t in &mut cuts {
+        *t = inside(*t);
+    }
+    cuts.dedup();
+    cuts.retain(|t| *t > a && *t < b);
+    if cuts.is_empty() {
+        cuts.push(inside(Timestamp::from_ticks(
+            a.ticks() + (b.ticks() - a.ticks()) / 2,
+        )));
+    }
+    cuts
 }
 
 /// Logs progress of long runs (a backfill) at most every few seconds.
@@ -887,7 +949,36 @@ mod tests {
     }
 
     #[test]
+    fn split_points_are_quantiles_inside_the_window() {
+        let a = Timestamp::parse("2024-01-01T00:00:00Z").unwrap();
+        let b = Timestamp::parse("2024-01-02T00:00:00Z").unwrap();
+        let p = page(&[
+            "2024-01-01T04:00:00Z",
+            "2024-01-01T01:00:00Z",
+            "2024-01-01T03:00:00Z",
+            "2024-01-01T02:00:00Z",
+        ]);
+        assert_eq!(
+            split_points(&p, a, b, 4),
+            vec![
+                Timestamp::parse("2024-01-01T02:00:00Z").unwrap(),
+                Timestamp::parse("2024-01-01T03:00:00Z").unwrap(),
+                Timestamp::parse("2024-01-01T04:00:00Z").unwrap()
+            ]
+        );
+        // many alerts on the window's first instant: that instant becomes a part of its own
+        let p = page(&["2024-01-01T00:00:00Z"; 6]);
+        assert_eq!(split_points(&p, a, b, 3), vec![a.plus_ticks(1)]);
+        // a two-tick window splits into its two instants
+        assert_eq!(
+            split_points(&p, a, a.plus_ticks(2), 5),
+            vec![a.plus_ticks(1)]
+        );
+    }
+
+    #[test]
     fn split_point_is_the_median_and_stays_inside_the_window() {
+        let split_point = |p: &Page, a, b| split_points(p, a, b, 2)[0];
         let a = Timestamp::parse("2024-01-01T00:00:00Z").unwrap();
         let b = Timestamp::parse("2024-01-02T00:00:00Z").unwrap();
         let p = page(&[
