@@ -23,6 +23,7 @@ use mde_sync::{
     clock,
     config::{DatabaseSettings, Settings},
     mde::model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Kind, Val, parse_alert},
+    store::postgres::copy_field,
     tenant::{Tenant, TenantId},
 };
 use secrecy::SecretString;
@@ -264,24 +265,6 @@ async fn sqlite_bulk(dir: &Path, rows: &[AlertRow]) -> Duration {
     }
     tx.commit().await.unwrap();
     started.elapsed()
-}
-
-/// One value in COPY's text format.
-fn copy_field(out: &mut String, v: Option<&str>) {
-    match v {
-        None => out.push_str("\\N"),
-        Some(s) => {
-            for ch in s.chars() {
-                match ch {
-                    '\\' => out.push_str("\\\\"),
-                    '\t' => out.push_str("\\t"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    c => out.push(c),
-                }
-            }
-        }
-    }
 }
 
 fn pg_text(v: &Val) -> Option<String> {

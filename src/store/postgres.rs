@@ -19,7 +19,7 @@ use super::{EvidenceRaw, RunReport, SeverityCount, Store, StoreError, TenantStat
 use crate::{
     BoxFuture,
     config::DatabaseSettings,
-    mde::model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Kind, Val},
+    mde::model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Val},
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
 };
@@ -49,123 +49,81 @@ fn migrator() -> Migrator {
     }
 }
 
-fn array_type(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Int => "int8[]",
-        Kind::Text | Kind::Time | Kind::Json => "text[]",
-    }
-}
+/// The staging table's COPY, in the column order of `alerts`.
+static COPY_STAGE: LazyLock<String> = LazyLock::new(|| {
+    let cols: Vec<&str> = ALERT_COLUMNS.iter().map(|c| c.0).collect();
+    format!(
+        "COPY mde_sync_stage (tenant_id, id, {}, raw, last_update_ticks, first_seen_at, synced_at) FROM STDIN",
+        cols.join(", ")
+    )
+});
 
-fn cast(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Time => "::timestamptz",
-        Kind::Json => "::jsonb",
-        Kind::Text | Kind::Int => "",
-    }
-}
+static COPY_EVIDENCE: LazyLock<String> = LazyLock::new(|| {
+    let cols: Vec<&str> = EVIDENCE_COLUMNS.iter().map(|c| c.0).collect();
+    format!(
+        "COPY alert_evidence (tenant_id, alert_id, position, {}, raw) FROM STDIN",
+        cols.join(", ")
+    )
+});
 
-/// `$1` tenant, `$2` ids, `$3..` one array per column, then raw, ticks, and now.
-static UPSERT_ALERTS: LazyLock<String> = LazyLock::new(|| {
-    let n = ALERT_COLUMNS.len();
-    let mut arrays = vec!["$2::text[]".to_string()];
-    arrays.extend(
-        ALERT_COLUMNS
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("${}::{}", i + 3, array_type(c.2))),
-    );
-    arrays.push(format!("${}::text[]", n + 3));
-    arrays.push(format!("${}::int8[]", n + 4));
-    let names: Vec<String> = ALERT_COLUMNS.iter().map(|c| c.0.to_string()).collect();
-    let selected: Vec<String> = ALERT_COLUMNS
+/// Moves the staged batch into `alerts`. A row is replaced only by a version that is newer (in
+/// exact ticks), or equally new with different content. `RETURNING` names the rows written.
+static UPSERT_FROM_STAGE: LazyLock<String> = LazyLock::new(|| {
+    let updates: Vec<String> = ALERT_COLUMNS
         .iter()
-        .map(|c| format!("u.{}{}", c.0, cast(c.2)))
-        .collect();
-    let updates: Vec<String> = names
-        .iter()
-        .map(String::as_str)
+        .map(|c| c.0)
         .chain(["raw", "last_update_ticks", "synced_at"])
         .map(|c| format!("{c} = excluded.{c}"))
         .collect();
     format!(
-        "INSERT INTO alerts (tenant_id, id, {cols}, raw, last_update_ticks, first_seen_at, synced_at) \
-         SELECT $1, u.id, {selected}, u.raw::jsonb, u.ticks, ${now}::timestamptz, ${now}::timestamptz \
-         FROM UNNEST({arrays}) AS u(id, {cols}, raw, ticks) \
-         ON CONFLICT (tenant_id, id) DO UPDATE SET {updates} \
+        "INSERT INTO alerts SELECT * FROM mde_sync_stage \
+         ON CONFLICT (tenant_id, id) DO UPDATE SET {} \
          WHERE alerts.last_update_ticks IS NULL \
             OR (excluded.last_update_ticks IS NOT NULL AND (excluded.last_update_ticks > alerts.last_update_ticks \
                 OR (excluded.last_update_ticks = alerts.last_update_ticks AND excluded.raw <> alerts.raw))) \
          RETURNING id",
-        cols = names.join(", "),
-        selected = selected.join(", "),
-        now = n + 5,
-        arrays = arrays.join(", "),
-        updates = updates.join(", "),
+        updates.join(", ")
     )
 });
 
-/// `$1` tenant, `$2` alert ids, `$3` positions, `$4..` one array per column, then raw.
-static INSERT_EVIDENCE: LazyLock<String> = LazyLock::new(|| {
-    let n = EVIDENCE_COLUMNS.len();
-    let mut arrays = vec!["$2::text[]".to_string(), "$3::int4[]".to_string()];
-    arrays.extend(
-        EVIDENCE_COLUMNS
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("${}::{}", i + 4, array_type(c.2))),
-    );
-    arrays.push(format!("${}::text[]", n + 4));
-    let names: Vec<&str> = EVIDENCE_COLUMNS.iter().map(|c| c.0).collect();
-    let selected: Vec<String> = EVIDENCE_COLUMNS
-        .iter()
-        .map(|c| format!("u.{}{}", c.0, cast(c.2)))
-        .collect();
-    format!(
-        "INSERT INTO alert_evidence (tenant_id, alert_id, position, {cols}, raw) \
-         SELECT $1, u.alert_id, u.position, {selected}, u.raw::jsonb \
-         FROM UNNEST({arrays}) AS u(alert_id, position, {cols}, raw)",
-        cols = names.join(", "),
-        selected = selected.join(", "),
-        arrays = arrays.join(", "),
-    )
-});
-
-/// One column of a batch, as the array Postgres receives.
-enum Column {
-    Text(Vec<Option<String>>),
-    Int(Vec<Option<i64>>),
-}
-
-impl Column {
-    fn new(kind: Kind, cap: usize) -> Self {
-        match kind {
-            Kind::Int => Column::Int(Vec::with_capacity(cap)),
-            _ => Column::Text(Vec::with_capacity(cap)),
-        }
-    }
-
-    fn push(&mut self, v: &Val) {
-        match (self, v) {
-            (Column::Text(c), Val::Text(t) | Val::Json(t)) => c.push(t.clone()),
-            (Column::Text(c), Val::Time(t)) => c.push(t.map(|t| t.floor_micros().to_db())),
-            (Column::Int(c), Val::Int(i)) => c.push(*i),
-            _ => unreachable!("column kinds follow ALERT_COLUMNS / EVIDENCE_COLUMNS"),
+/// One value in COPY's text format: `\N` for NULL, backslash, tab and line breaks escaped.
+pub fn copy_field(out: &mut String, v: Option<&str>) {
+    match v {
+        None => out.push_str("\\N"),
+        Some(s) => {
+            for ch in s.chars() {
+                match ch {
+                    '\\' => out.push_str("\\\\"),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
         }
     }
 }
 
-fn columns_of<'a>(
-    kinds: &[(&str, &str, Kind)],
-    rows: impl Iterator<Item = &'a [Val]>,
-    cap: usize,
-) -> Vec<Column> {
-    let mut cols: Vec<Column> = kinds.iter().map(|c| Column::new(c.2, cap)).collect();
-    for values in rows {
-        for (col, v) in cols.iter_mut().zip(values) {
-            col.push(v);
-        }
+/// A column value in COPY's text format; times floored to Postgres' microseconds.
+fn copy_val(out: &mut String, v: &Val) {
+    match v {
+        Val::Text(t) | Val::Json(t) => copy_field(out, t.as_deref()),
+        Val::Int(i) => copy_field(out, i.map(|i| i.to_string()).as_deref()),
+        Val::Time(t) => copy_field(out, t.map(|t| t.floor_micros().to_db()).as_deref()),
     }
-    cols
+}
+
+async fn copy_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    statement: &str,
+    data: String,
+) -> Result<(), StoreError> {
+    let mut copy = tx.copy_in_raw(statement).await?;
+    for chunk in data.as_bytes().chunks(1 << 20) {
+        copy.send(chunk).await?;
+    }
+    copy.finish().await?;
+    Ok(())
 }
 
 /// A timestamptz column as the canonical seven-digit text (the seventh digit is always 0 here).
@@ -282,31 +240,40 @@ impl Store for PostgresStore {
             let mut tx = self.pool.begin().await?;
             let mut written = 0u64;
             if !batch.is_empty() {
-                let cols = columns_of(
-                    ALERT_COLUMNS,
-                    batch.iter().map(|a| a.values.as_slice()),
-                    batch.len(),
-                );
-                let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(UPSERT_ALERTS.as_str()))
-                    .bind(tenant.as_str())
-                    .bind(batch.iter().map(|a| a.id.clone()).collect::<Vec<String>>());
-                for c in cols {
-                    q = match c {
-                        Column::Text(v) => q.bind(v),
-                        Column::Int(v) => q.bind(v),
-                    };
+                // COPY the batch into a staging table, then upsert from it in one statement:
+                // COPY is Postgres' fastest way in, and the upsert keeps the newer-wins rule.
+                sqlx::query(
+                    "CREATE TEMP TABLE mde_sync_stage (LIKE alerts INCLUDING DEFAULTS) ON COMMIT DROP",
+                )
+                .execute(&mut *tx)
+                .await?;
+                let mut data = String::with_capacity(batch.iter().map(|a| a.raw.len() * 2).sum());
+                for a in &batch {
+                    copy_field(&mut data, Some(tenant.as_str()));
+                    data.push('\t');
+                    copy_field(&mut data, Some(&a.id));
+                    for v in &a.values {
+                        data.push('\t');
+                        copy_val(&mut data, v);
+                    }
+                    data.push('\t');
+                    copy_field(&mut data, Some(&a.raw));
+                    data.push('\t');
+                    copy_field(
+                        &mut data,
+                        a.last_update.map(|t| t.ticks().to_string()).as_deref(),
+                    );
+                    for _ in 0..2 {
+                        data.push('\t');
+                        copy_field(&mut data, Some(&now_text));
+                    }
+                    data.push('\n');
                 }
-                let ids: Vec<String> = q
-                    .bind(batch.iter().map(|a| a.raw.clone()).collect::<Vec<String>>())
-                    .bind(
-                        batch
-                            .iter()
-                            .map(|a| a.last_update.map(|t| t.ticks()))
-                            .collect::<Vec<Option<i64>>>(),
-                    )
-                    .bind(&now_text)
-                    .fetch_all(&mut *tx)
-                    .await?;
+                copy_in(&mut tx, &COPY_STAGE, data).await?;
+                let ids: Vec<String> =
+                    sqlx::query_scalar(AssertSqlSafe(UPSERT_FROM_STAGE.as_str()))
+                        .fetch_all(&mut *tx)
+                        .await?;
                 written = ids.len() as u64;
                 if !ids.is_empty() {
                     sqlx::query(
@@ -318,35 +285,25 @@ impl Store for PostgresStore {
                     .await?;
                     let written_ids: std::collections::HashSet<&str> =
                         ids.iter().map(String::as_str).collect();
-                    let ev: Vec<(&str, i32, &crate::mde::model::EvidenceRow)> = batch
-                        .iter()
-                        .filter(|a| written_ids.contains(a.id.as_str()))
-                        .flat_map(|a| {
-                            a.evidence
-                                .iter()
-                                .enumerate()
-                                .map(move |(i, e)| (a.id.as_str(), i as i32, e))
-                        })
-                        .collect();
-                    if !ev.is_empty() {
-                        let cols = columns_of(
-                            EVIDENCE_COLUMNS,
-                            ev.iter().map(|e| e.2.values.as_slice()),
-                            ev.len(),
-                        );
-                        let mut q = sqlx::query(AssertSqlSafe(INSERT_EVIDENCE.as_str()))
-                            .bind(tenant.as_str())
-                            .bind(ev.iter().map(|e| e.0.to_string()).collect::<Vec<String>>())
-                            .bind(ev.iter().map(|e| e.1).collect::<Vec<i32>>());
-                        for c in cols {
-                            q = match c {
-                                Column::Text(v) => q.bind(v),
-                                Column::Int(v) => q.bind(v),
-                            };
+                    let mut data = String::new();
+                    for a in batch.iter().filter(|a| written_ids.contains(a.id.as_str())) {
+                        for (pos, e) in a.evidence.iter().enumerate() {
+                            copy_field(&mut data, Some(tenant.as_str()));
+                            data.push('\t');
+                            copy_field(&mut data, Some(&a.id));
+                            data.push('\t');
+                            data.push_str(&pos.to_string());
+                            for v in &e.values {
+                                data.push('\t');
+                                copy_val(&mut data, v);
+                            }
+                            data.push('\t');
+                            copy_field(&mut data, Some(&e.raw));
+                            data.push('\n');
                         }
-                        q.bind(ev.iter().map(|e| e.2.raw.clone()).collect::<Vec<String>>())
-                            .execute(&mut *tx)
-                            .await?;
+                    }
+                    if !data.is_empty() {
+                        copy_in(&mut tx, &COPY_EVIDENCE, data).await?;
                     }
                 }
             }
