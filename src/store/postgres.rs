@@ -1,7 +1,8 @@
 //! The Postgres backend: the same contract as SQLite, written for Postgres. A batch of alerts is
-//! one `INSERT … SELECT FROM UNNEST(arrays) ON CONFLICT … DO UPDATE … WHERE newer RETURNING id`,
-//! so a page costs a handful of round trips whatever its size; evidence is replaced for exactly
-//! the alerts that statement wrote; the watermark follows in the same transaction.
+//! `COPY`ed into a temporary staging table and moved into `alerts` by one
+//! `INSERT … SELECT … ON CONFLICT … DO UPDATE … WHERE newer RETURNING id`, so a batch costs a
+//! handful of round trips whatever its size; evidence is replaced (by `COPY`) for exactly the
+//! alerts that statement wrote; the watermark follows in the same transaction.
 //!
 //! Versions are compared on `last_update_ticks` (exact 100 ns ticks): `timestamptz` has only
 //! microseconds. Times shown to users are floored to the microsecond.
