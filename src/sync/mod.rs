@@ -569,17 +569,24 @@ impl Syncer {
 
         // Windows still to read, the earliest on top.
         let mut stack = vec![(from, to)];
+        let query = |a, b| WindowQuery {
+            from: a,
+            to: b,
+            top: page_size,
+            skip: 0,
+            expand_evidence: self.settings.expand_evidence,
+        };
+        // The next window's page, fetched while the current one was being written.
+        let mut prefetched: Option<((Timestamp, Timestamp), Result<Page, SyncError>)> = None;
         while let Some((a, b)) = stack.pop() {
-            let q = WindowQuery {
-                from: a,
-                to: b,
-                top: page_size,
-                skip: 0,
-                expand_evidence: self.settings.expand_evidence,
+            let page = match prefetched.take() {
+                Some((w, page)) if w == (a, b) => page?,
+                _ => {
+                    let q = query(a, b);
+                    self.fetch_unless_stopped(&tenant.id, self.source.fetch(&tenant.id, &q))
+                        .await?
+                }
             };
-            let page = self
-                .fetch_unless_stopped(&tenant.id, self.source.fetch(&tenant.id, &q))
-                .await?;
             c.pages += 1;
             c.received += page.alerts.len() as u64;
 
@@ -587,8 +594,30 @@ impl Syncer {
                 self.follow_links(tenant, page, c).await?;
                 self.write(tenant, &[], Some(b), ceiling, c).await?;
             } else if page.alerts.len() < page_size {
-                self.write(tenant, &page.alerts, Some(b), ceiling, c)
-                    .await?;
+                // Writing this window and fetching the next are independent (each response is
+                // its own snapshot), so they overlap: the API and the database work at once.
+                let next = stack
+                    .last()
+                    .copied()
+                    .filter(|_| c.pages < self.settings.max_pages_per_run);
+                match next {
+                    Some((na, nb)) => {
+                        let q = query(na, nb);
+                        let (written, fetched) = tokio::join!(
+                            self.write(tenant, &page.alerts, Some(b), ceiling, c),
+                            self.fetch_unless_stopped(
+                                &tenant.id,
+                                self.source.fetch(&tenant.id, &q)
+                            ),
+                        );
+                        written?;
+                        prefetched = Some(((na, nb), fetched));
+                    }
+                    None => {
+                        self.write(tenant, &page.alerts, Some(b), ceiling, c)
+                            .await?
+                    }
+                }
             } else if b.ticks() - a.ticks() <= 1 {
                 self.read_instant(tenant, a, page, c).await?;
                 self.write(tenant, &[], Some(b), ceiling, c).await?;
