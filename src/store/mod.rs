@@ -211,3 +211,31 @@ pub(crate) fn newest_per_id(alerts: &[AlertRow]) -> Vec<&AlertRow> {
     }
     out
 }
+
+/// A migrator over migrations embedded in the binary as `(version, description, sql)`, so an
+/// installed binary needs no `migrations/` folder beside it.
+pub(crate) fn migrator(
+    migrations: &[(i64, &'static str, &'static str)],
+) -> sqlx::migrate::Migrator {
+    use sqlx::{
+        AssertSqlSafe, SqlSafeStr,
+        migrate::{Migration, MigrationType, Migrator},
+    };
+    use std::borrow::Cow;
+    let migrations = migrations
+        .iter()
+        .map(|(version, desc, sql)| {
+            Migration::new(
+                *version,
+                Cow::Borrowed(*desc),
+                MigrationType::Simple,
+                AssertSqlSafe(*sql).into_sql_str(),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
+}

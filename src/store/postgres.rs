@@ -7,12 +7,11 @@
 //! Versions are compared on `last_update_ticks` (exact 100 ns ticks): `timestamptz` has only
 //! microseconds. Times shown to users are floored to the microsecond.
 
-use std::{borrow::Cow, collections::BTreeMap, str::FromStr, sync::LazyLock};
+use std::{collections::BTreeMap, str::FromStr, sync::LazyLock};
 
 use secrecy::ExposeSecret;
 use sqlx::{
-    AssertSqlSafe, PgPool, Row, SqlSafeStr,
-    migrate::{Migration, MigrationType, Migrator},
+    AssertSqlSafe, PgPool, Row,
     postgres::{PgConnectOptions, PgPoolOptions, PgSslMode},
 };
 
@@ -30,25 +29,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     "initial",
     include_str!("../../migrations/postgres/0001_initial.sql"),
 )];
-
-fn migrator() -> Migrator {
-    let migrations = MIGRATIONS
-        .iter()
-        .map(|(version, desc, sql)| {
-            Migration::new(
-                *version,
-                Cow::Borrowed(desc),
-                MigrationType::Simple,
-                AssertSqlSafe(*sql).into_sql_str(),
-                false,
-            )
-        })
-        .collect::<Vec<_>>();
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ..Migrator::DEFAULT
-    }
-}
 
 /// The staging table's COPY, in the column order of `alerts`.
 static COPY_STAGE: LazyLock<String> = LazyLock::new(|| {
@@ -176,7 +156,7 @@ impl Store for PostgresStore {
 
     fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            migrator().run(&self.pool).await?;
+            super::migrator(MIGRATIONS).run(&self.pool).await?;
             sqlx::query("UPDATE sync_runs SET outcome = 'abandoned' WHERE outcome = 'running'")
                 .execute(&self.pool)
                 .await?;

@@ -2,11 +2,10 @@
 //! write lock instead of failing, and write transactions opened `IMMEDIATE` so they never have to
 //! upgrade a read lock mid-way.
 
-use std::{borrow::Cow, collections::BTreeMap, str::FromStr, sync::LazyLock, time::Duration};
+use std::{collections::BTreeMap, str::FromStr, sync::LazyLock, time::Duration};
 
 use sqlx::{
-    AssertSqlSafe, Row, SqlSafeStr, Sqlite, SqlitePool,
-    migrate::{Migration, MigrationType, Migrator},
+    AssertSqlSafe, Row, Sqlite, SqlitePool,
     query::Query,
     sqlite::{
         SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions,
@@ -27,25 +26,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     "initial",
     include_str!("../../migrations/sqlite/0001_initial.sql"),
 )];
-
-fn migrator() -> Migrator {
-    let migrations = MIGRATIONS
-        .iter()
-        .map(|(version, desc, sql)| {
-            Migration::new(
-                *version,
-                Cow::Borrowed(desc),
-                MigrationType::Simple,
-                AssertSqlSafe(*sql).into_sql_str(),
-                false,
-            )
-        })
-        .collect::<Vec<_>>();
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ..Migrator::DEFAULT
-    }
-}
 
 /// The alert upsert. A row is replaced only by a version that is newer, or equally new with
 /// different content (re-reading the overlap window then costs no writes).
@@ -171,7 +151,7 @@ impl Store for SqliteStore {
 
     fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            migrator().run(&self.pool).await?;
+            super::migrator(MIGRATIONS).run(&self.pool).await?;
             sqlx::query("UPDATE sync_runs SET outcome = 'abandoned' WHERE outcome = 'running'")
                 .execute(&self.pool)
                 .await?;
