@@ -214,13 +214,58 @@ impl Store for PostgresStore {
         watermark: Option<Timestamp>,
         now: Timestamp,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async move {
-            // One statement cannot touch a row twice: keep the newest version of each id.
-            let batch = super::newest_per_id(alerts);
-            let now_text = now.to_db();
-            let mut tx = self.pool.begin().await?;
+        // The COPY text is built here, from borrowed rows; the transaction then runs in a task
+        // of its own. A caller that is dropped mid-way (a killed or stopped run) must not leave a
+        // pooled connection in the middle of a COPY, which would corrupt its next use: the task
+        // always finishes its transaction, committing or rolling back.
+        let batch = super::newest_per_id(alerts);
+        let now_text = now.to_db();
+        let mut stage = String::with_capacity(batch.iter().map(|a| a.raw.len() * 2).sum());
+        // each alert's evidence rows, copied only if the upsert writes that alert
+        let mut evidence: Vec<(String, String)> = Vec::with_capacity(batch.len());
+        for a in &batch {
+            copy_field(&mut stage, Some(tenant.as_str()));
+            stage.push('\t');
+            copy_field(&mut stage, Some(&a.id));
+            for v in &a.values {
+                stage.push('\t');
+                copy_val(&mut stage, v);
+            }
+            stage.push('\t');
+            copy_field(&mut stage, Some(&a.raw));
+            stage.push('\t');
+            copy_field(
+                &mut stage,
+                a.last_update.map(|t| t.ticks().to_string()).as_deref(),
+            );
+            for _ in 0..2 {
+                stage.push('\t');
+                copy_field(&mut stage, Some(&now_text));
+            }
+            stage.push('\n');
+            let mut rows = String::new();
+            for (pos, e) in a.evidence.iter().enumerate() {
+                copy_field(&mut rows, Some(tenant.as_str()));
+                rows.push('\t');
+                copy_field(&mut rows, Some(&a.id));
+                rows.push('\t');
+                rows.push_str(&pos.to_string());
+                for v in &e.values {
+                    rows.push('\t');
+                    copy_val(&mut rows, v);
+                }
+                rows.push('\t');
+                copy_field(&mut rows, Some(&e.raw));
+                rows.push('\n');
+            }
+            evidence.push((a.id.clone(), rows));
+        }
+        let pool = self.pool.clone();
+        let tenant = tenant.as_str().to_owned();
+        let task = tokio::spawn(async move {
+            let mut tx = pool.begin().await?;
             let mut written = 0u64;
-            if !batch.is_empty() {
+            if !evidence.is_empty() {
                 // COPY the batch into a staging table, then upsert from it in one statement:
                 // COPY is Postgres' fastest way in, and the upsert keeps the newer-wins rule.
                 sqlx::query(
@@ -228,29 +273,7 @@ impl Store for PostgresStore {
                 )
                 .execute(&mut *tx)
                 .await?;
-                let mut data = String::with_capacity(batch.iter().map(|a| a.raw.len() * 2).sum());
-                for a in &batch {
-                    copy_field(&mut data, Some(tenant.as_str()));
-                    data.push('\t');
-                    copy_field(&mut data, Some(&a.id));
-                    for v in &a.values {
-                        data.push('\t');
-                        copy_val(&mut data, v);
-                    }
-                    data.push('\t');
-                    copy_field(&mut data, Some(&a.raw));
-                    data.push('\t');
-                    copy_field(
-                        &mut data,
-                        a.last_update.map(|t| t.ticks().to_string()).as_deref(),
-                    );
-                    for _ in 0..2 {
-                        data.push('\t');
-                        copy_field(&mut data, Some(&now_text));
-                    }
-                    data.push('\n');
-                }
-                copy_in(&mut tx, &COPY_STAGE, data).await?;
+                copy_in(&mut tx, &COPY_STAGE, stage).await?;
                 let ids: Vec<String> =
                     sqlx::query_scalar(AssertSqlSafe(UPSERT_FROM_STAGE.as_str()))
                         .fetch_all(&mut *tx)
@@ -260,29 +283,17 @@ impl Store for PostgresStore {
                     sqlx::query(
                         "DELETE FROM alert_evidence WHERE tenant_id = $1 AND alert_id = ANY($2)",
                     )
-                    .bind(tenant.as_str())
+                    .bind(&tenant)
                     .bind(&ids)
                     .execute(&mut *tx)
                     .await?;
                     let written_ids: std::collections::HashSet<&str> =
                         ids.iter().map(String::as_str).collect();
-                    let mut data = String::new();
-                    for a in batch.iter().filter(|a| written_ids.contains(a.id.as_str())) {
-                        for (pos, e) in a.evidence.iter().enumerate() {
-                            copy_field(&mut data, Some(tenant.as_str()));
-                            data.push('\t');
-                            copy_field(&mut data, Some(&a.id));
-                            data.push('\t');
-                            data.push_str(&pos.to_string());
-                            for v in &e.values {
-                                data.push('\t');
-                                copy_val(&mut data, v);
-                            }
-                            data.push('\t');
-                            copy_field(&mut data, Some(&e.raw));
-                            data.push('\n');
-                        }
-                    }
+                    let data: String = evidence
+                        .iter()
+                        .filter(|(id, _)| written_ids.contains(id.as_str()))
+                        .map(|(_, rows)| rows.as_str())
+                        .collect();
                     if !data.is_empty() {
                         copy_in(&mut tx, &COPY_EVIDENCE, data).await?;
                     }
@@ -294,14 +305,18 @@ impl Store for PostgresStore {
                     "UPDATE sync_state SET watermark = GREATEST(COALESCE(watermark, '-infinity'::timestamptz), $2::timestamptz), \
                      updated_at = $3::timestamptz WHERE tenant_id = $1",
                 )
-                .bind(tenant.as_str())
+                .bind(&tenant)
                 .bind(wm.floor_micros().to_db())
                 .bind(&now_text)
                 .execute(&mut *tx)
                 .await?;
             }
             tx.commit().await?;
-            Ok(written)
+            Ok::<u64, StoreError>(written)
+        });
+        Box::pin(async move {
+            task.await
+                .map_err(|e| StoreError::Config(format!("the database task failed: {e}")))?
         })
     }
 
