@@ -467,6 +467,18 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<SharedStore> {
     Ok(store)
 }
 
+/// Opens the database for `status`: read only, never created or migrated.
+pub async fn open_store_read_only(settings: &Settings) -> anyhow::Result<SharedStore> {
+    store::open_read_only(&settings.database)
+        .await
+        .with_context(|| {
+            format!(
+                "while opening the database {} for reading",
+                settings.database.display_url()
+            )
+        })
+}
+
 /// The per-tenant lines `sync` prints.
 pub fn render_outcomes(outcomes: &[RunOutcome]) -> String {
     let mut rows = vec![vec![

@@ -64,6 +64,16 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Start the simulator in-process, sync it into a fresh SQLite file, print a summary and exit.
     Demo(DemoArgs),
+    /// Write the man page and shell completions, generated from this command line, into DIR
+    /// (used when building the Debian package).
+    #[command(hide = true)]
+    PackageAssets(PackageAssetsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PackageAssetsArgs {
+    /// Directory to write man/mde-sync.1 and completions/{mde-sync.bash,_mde-sync,mde-sync.fish} into.
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -178,8 +188,35 @@ pub fn main() -> ExitCode {
 }
 
 fn load(path: &Path, needs: Needs) -> Result<Settings, i32> {
-    Settings::load(path, &Environment::from_process(), needs).map_err(|e| {
-        eprint!("mde-sync: {e}");
+    load_for(path, needs, Target::Stderr)
+}
+
+/// Loads the configuration; on problems reports them once, in the configuration's log format
+/// (JSON lines, one per problem, when the logs are JSON: journald then files them at priority
+/// err), on `target`, and returns [`EX_CONFIG`].
+fn load_for(path: &Path, needs: Needs, target: Target) -> Result<Settings, i32> {
+    let env = Environment::from_process();
+    Settings::load(path, &env, needs).map_err(|e| {
+        match config::log_format_hint(path, &env) {
+            config::LogFormat::Json => {
+                telemetry::init(config::LogFormat::Json, "info", target);
+                for p in &e.problems {
+                    tracing::error!(
+                        config = %path.display(),
+                        key = %p.key,
+                        error = %p.message,
+                        "configuration problem"
+                    );
+                }
+                tracing::error!(
+                    config = %path.display(),
+                    problems = e.problems.len(),
+                    exit_code = EX_CONFIG,
+                    "configuration invalid: fix every problem listed and start again"
+                );
+            }
+            config::LogFormat::Text => eprint!("mde-sync: {e}"),
+        }
         EX_CONFIG
     })
 }
@@ -207,7 +244,7 @@ pub async fn execute(cli: Cli) -> i32 {
             Err(code) => code,
         },
         Command::Run => {
-            let s = match load(&cli.config, Needs::ALL) {
+            let s = match load_for(&cli.config, Needs::ALL, Target::Stdout) {
                 Ok(s) => s,
                 Err(c) => return c,
             };
@@ -322,7 +359,9 @@ pub async fn execute(cli: Cli) -> i32 {
                 Err(c) => return c,
             };
             telemetry::init(s.log.format, "warn", Target::Stderr);
-            let store = match app::open_store(&s).await {
+            // Read only: no migration, no write, no new database (a running daemon's runs stay
+            // `running`, and a read-only role or file is enough).
+            let store = match app::open_store_read_only(&s).await {
                 Ok(st) => st,
                 Err(e) => return fail(e),
             };
@@ -337,7 +376,10 @@ pub async fn execute(cli: Cli) -> i32 {
                     );
                     0
                 }
-                Err(e) => fail(e.into()),
+                Err(e) => fail(anyhow::Error::new(e).context(format!(
+                    "while reading the status from {}: if it has no mde-sync tables, start the service or run `mde-sync migrate` first",
+                    s.database.display_url()
+                ))),
             }
         }
         Command::Migrate => {
@@ -357,7 +399,41 @@ pub async fn execute(cli: Cli) -> i32 {
         Command::CertThumbprint(args) => cert_thumbprint(&cli.config, args),
         Command::Simulate(args) => simulate(args).await,
         Command::Demo(args) => crate::demo::run(args.database, args.tenants, args.alerts).await,
+        Command::PackageAssets(args) => match package_assets(&args.dir) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!(
+                    "mde-sync: cannot write the package assets into {}: {e}",
+                    args.dir.display()
+                );
+                1
+            }
+        },
     }
+}
+
+/// The man page and the bash, zsh and fish completions, from the clap definition above, so
+/// they never disagree with the binary they ship with.
+pub fn package_assets(dir: &Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completions)?;
+    let cmd = Cli::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+    std::fs::write(man.join("mde-sync.1"), page)?;
+    for (shell, file) in [
+        (clap_complete::Shell::Bash, "mde-sync.bash"),
+        (clap_complete::Shell::Zsh, "_mde-sync"),
+        (clap_complete::Shell::Fish, "mde-sync.fish"),
+    ] {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut cmd.clone(), "mde-sync", &mut out);
+        std::fs::write(completions.join(file), out)?;
+    }
+    Ok(())
 }
 
 fn cert_thumbprint(config_path: &Path, args: CertThumbprintArgs) -> i32 {

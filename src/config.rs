@@ -542,7 +542,13 @@ pub struct Environment {
     pub credentials_directory: Option<PathBuf>,
     /// Whether stdout is a terminal (picks the default log format).
     pub stdout_is_terminal: bool,
+    /// The service's state directory (`/var/lib/mde-sync`): without `$STATE_DIRECTORY`, the default
+    /// database is the one there when it exists, so `status` run by hand reads the service's.
+    pub service_state_directory: Option<PathBuf>,
 }
+
+/// Where the service's `StateDirectory=mde-sync` puts its files.
+pub const SERVICE_STATE_DIRECTORY: &str = "/var/lib/mde-sync";
 
 impl Environment {
     pub fn from_process() -> Self {
@@ -559,6 +565,7 @@ impl Environment {
                 .map(PathBuf::from)
                 .filter(|p| !p.as_os_str().is_empty()),
             stdout_is_terminal: std::io::stdout().is_terminal(),
+            service_state_directory: Some(PathBuf::from(SERVICE_STATE_DIRECTORY)),
         }
     }
 }
@@ -588,30 +595,122 @@ impl Settings {
                 ),
             });
         }
-        let raw: RawConfig = match figment(path).extract() {
-            Ok(raw) => raw,
-            Err(errors) => {
-                for e in errors {
-                    let key = if e.path.is_empty() {
-                        "config".to_string()
-                    } else {
-                        e.path.join(".")
-                    };
-                    problems.push(Problem {
-                        key,
-                        message: format!("{}: fix the value in {}", e.kind, path.display()),
-                    });
-                }
-                return Err(ConfigError { problems });
-            }
+        let Some(raw) = extract_raw(path, &mut problems) else {
+            return Err(ConfigError { problems });
         };
+        // A key already reported as malformed is not reported again as missing.
+        let reported: HashSet<String> = problems.iter().map(|p| p.key.clone()).collect();
+        let before = problems.len();
         let base_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let settings = validate(raw, path, &base_dir, env, needs, &mut problems);
+        let mut i = 0;
+        problems.retain(|p| {
+            i += 1;
+            i <= before || !reported.contains(&p.key)
+        });
         if problems.is_empty() {
             Ok(settings.expect("no problems means settings were built"))
         } else {
             Err(ConfigError { problems })
         }
+    }
+}
+
+/// The raw configuration. serde stops at the first unknown or malformed key; each one is
+/// recorded, taken out and the rest read again, so one typo hides no other problem.
+fn extract_raw(path: &Path, problems: &mut Vec<Problem>) -> Option<RawConfig> {
+    let key_of = |p: &[String]| {
+        if p.is_empty() {
+            "config".to_string()
+        } else {
+            p.join(".")
+        }
+    };
+    let mut value: figment::value::Value = match figment(path).extract() {
+        Ok(v) => v,
+        Err(errors) => {
+            for e in errors {
+                problem(
+                    problems,
+                    &key_of(&e.path),
+                    format!("{}: fix the file {}", e.kind, path.display()),
+                );
+            }
+            return None;
+        }
+    };
+    // Each round takes out at least one key, so this ends; the bound is a guard.
+    for _ in 0..256 {
+        let errors = match value.deserialize::<RawConfig>() {
+            Ok(raw) => return Some(raw),
+            Err(errors) => errors,
+        };
+        let mut removed = false;
+        for e in errors {
+            let (key_path, message) = match &e.kind {
+                figment::error::Kind::UnknownField(field, expected) => {
+                    let mut key_path = e.path.clone();
+                    if key_path.last() != Some(field) {
+                        key_path.push(field.clone());
+                    }
+                    let message = if expected.is_empty() {
+                        format!("unknown key: remove it from {}", path.display())
+                    } else {
+                        format!(
+                            "unknown key: remove it from {} or use one of {}",
+                            path.display(),
+                            expected.join(", ")
+                        )
+                    };
+                    (key_path, message)
+                }
+                kind => (
+                    e.path.clone(),
+                    format!("{kind}: fix the value in {}", path.display()),
+                ),
+            };
+            problem(problems, &key_of(&key_path), message);
+            removed |= remove_key(&mut value, &key_path);
+        }
+        if !removed {
+            return None;
+        }
+    }
+    None
+}
+
+/// Removes `key_path` from a figment value; false when it was not there.
+fn remove_key(value: &mut figment::value::Value, key_path: &[String]) -> bool {
+    let Some((last, parents)) = key_path.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for k in parents {
+        match node {
+            figment::value::Value::Dict(_, dict) => match dict.get_mut(k) {
+                Some(child) => node = child,
+                None => return false,
+            },
+            _ => return false,
+        }
+    }
+    match node {
+        figment::value::Value::Dict(_, dict) => dict.remove(last).is_some(),
+        _ => false,
+    }
+}
+
+/// The log format a configuration asks for, read leniently so that even a configuration with
+/// problems has them reported in the format its logs use.
+pub fn log_format_hint(path: &Path, env: &Environment) -> LogFormat {
+    match figment(path)
+        .extract_inner::<String>("log.format")
+        .as_deref()
+    {
+        Ok("json") => LogFormat::Json,
+        Ok("text") => LogFormat::Text,
+        _ if env.stdout_is_terminal => LogFormat::Text,
+        _ => LogFormat::Json,
     }
 }
 
@@ -634,6 +733,11 @@ fn validate(
     let state_dir = env
         .state_directory
         .clone()
+        .or_else(|| {
+            env.service_state_directory
+                .clone()
+                .filter(|d| d.join("mde-sync.db").exists())
+        })
         .unwrap_or_else(|| PathBuf::from("."));
     let db_url = match raw.database.url {
         Some(u)
@@ -822,11 +926,12 @@ fn validate(
         }
     };
     if client_secret.is_none() && certificate_file.is_none() && needs.secret {
-        problem(
-            problems,
-            "app.client_secret",
-            "missing: configure a credential: a client secret (app.client_secret, app.client_secret_file, or the systemd credential `client-secret`: LoadCredential=client-secret:/etc/mde-sync/client-secret), or a certificate (app.certificate_file and app.private_key_file)",
-        );
+        let message = if env.credentials_directory.is_some() {
+            "missing: the systemd credential `client-secret` is empty or absent: put the client secret's value in /etc/mde-sync/client-secret (the file the unit's LoadCredential= reads, mode 0600, owner root) and `systemctl restart mde-sync`; or configure a certificate (app.certificate_file and app.private_key_file)"
+        } else {
+            "missing: configure a credential: a client secret (app.client_secret, app.client_secret_file, or the systemd credential `client-secret`: LoadCredential=client-secret:/etc/mde-sync/client-secret), or a certificate (app.certificate_file and app.private_key_file)"
+        };
+        problem(problems, "app.client_secret", message);
     }
 
     // cloud
@@ -1249,7 +1354,9 @@ fn resolve_secret(
     }
     if let Some(dir) = &env.credentials_directory {
         let file = dir.join("client-secret");
-        if file.exists() {
+        // A blank credential is the unit's `SetCredential=client-secret:\n` default, standing in
+        // for a missing file so that systemd starts the service and it can say what is wrong.
+        if std::fs::read_to_string(&file).is_ok_and(|s| !s.trim().is_empty()) {
             return match read_secret_file(&file) {
                 Ok(s) => (Some(s), Some("systemd credential client-secret".into())),
                 Err(msg) => {

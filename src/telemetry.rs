@@ -1,9 +1,20 @@
 //! The tracing subscriber: JSON lines (one object per line, event fields at the top level) for
 //! journald and log shippers, or human text for terminals. The level filter sits behind a reload
 //! layer so the daemon can change it on SIGHUP without a restart.
+//!
+//! Under systemd, when the output is the journal's stream (`$JOURNAL_STREAM` names its device and
+//! inode), each line starts with an sd-daemon `<N>` priority prefix: journald strips it
+//! (`SyslogLevelPrefix=`, on by default) and records the line at that priority, so
+//! `journalctl -p err` finds the errors. The line itself, JSON included, stays exactly as written.
 
+use std::{io::Write, path::Path};
+
+use tracing::{Level, Metadata};
 use tracing_subscriber::{
-    EnvFilter, Layer as _, Registry, fmt, layer::SubscriberExt as _, reload,
+    EnvFilter, Layer as _, Registry,
+    fmt::{self, MakeWriter},
+    layer::SubscriberExt as _,
+    reload,
     util::SubscriberInitExt as _,
 };
 
@@ -48,11 +59,9 @@ impl LogHandle {
 pub fn init(format: LogFormat, level: &str, target: Target) -> Option<LogHandle> {
     let filter = filter(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let writer = move || -> Box<dyn std::io::Write> {
-        match target {
-            Target::Stdout => Box::new(std::io::stdout()),
-            Target::Stderr => Box::new(std::io::stderr()),
-        }
+    let writer = LogWriter {
+        target,
+        journal: is_journal_stream(target),
     };
     let output = match format {
         LogFormat::Json => fmt::layer()
@@ -75,6 +84,118 @@ pub fn init(format: LogFormat, level: &str, target: Target) -> Option<LogHandle>
         .map(|()| LogHandle { handle })
 }
 
+/// Opens the log target for each line; adds the journald priority prefix when `journal` is set.
+#[derive(Debug, Clone, Copy)]
+struct LogWriter {
+    target: Target,
+    journal: bool,
+}
+
+impl LogWriter {
+    fn open(&self, prefix: Option<&'static str>) -> LineWriter {
+        let out: Box<dyn Write> = match self.target {
+            Target::Stdout => Box::new(std::io::stdout()),
+            Target::Stderr => Box::new(std::io::stderr()),
+        };
+        LineWriter {
+            out,
+            prefix: prefix.filter(|_| self.journal),
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = LineWriter;
+
+    fn make_writer(&'a self) -> LineWriter {
+        self.open(None)
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> LineWriter {
+        self.open(Some(priority_prefix(*meta.level())))
+    }
+}
+
+/// The sd-daemon(3) prefix for a level: err, warning, info, debug.
+pub fn priority_prefix(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => "<3>",
+        Level::WARN => "<4>",
+        Level::INFO => "<6>",
+        Level::DEBUG | Level::TRACE => "<7>",
+    }
+}
+
+/// One log event's bytes, written in one piece when dropped, with the prefix on every line (a
+/// text event may span lines; journald reads each line as its own entry).
+pub struct LineWriter {
+    out: Box<dyn Write>,
+    prefix: Option<&'static str>,
+    buf: Vec<u8>,
+}
+
+impl Write for LineWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        let bytes = match self.prefix {
+            None => std::mem::take(&mut self.buf),
+            Some(prefix) => prefixed(prefix, &self.buf),
+        };
+        // A log line that cannot be written has nowhere else to go.
+        let _ = self.out.write_all(&bytes);
+        let _ = self.out.flush();
+    }
+}
+
+fn prefixed(prefix: &str, text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + prefix.len());
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+/// Whether `target` is the stream systemd connected to the journal: `$JOURNAL_STREAM` is
+/// `DEVICE:INODE` of that stream, and it stays set in children whose output goes elsewhere, so the
+/// descriptor itself is compared.
+fn is_journal_stream(target: Target) -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let fd = match target {
+        Target::Stdout => 1,
+        Target::Stderr => 2,
+    };
+    journal_stream_matches(
+        &value.to_string_lossy(),
+        Path::new(&format!("/proc/self/fd/{fd}")),
+    )
+}
+
+/// Whether `JOURNAL_STREAM`'s `DEVICE:INODE` names the file `fd_path` opens.
+pub fn journal_stream_matches(value: &str, fd_path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some((dev, ino)) = value.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    std::fs::metadata(fd_path).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+}
+
 /// `level` as a filter. The scheduler crate logs its own bookkeeping at info; that is kept at
 /// warn unless the filter names it.
 fn filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
@@ -90,5 +211,40 @@ fn target_is_terminal(target: Target) -> bool {
     match target {
         Target::Stdout => std::io::stdout().is_terminal(),
         Target::Stderr => std::io::stderr().is_terminal(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_line_of_an_event_gets_the_priority_prefix() {
+        assert_eq!(prefixed("<3>", b"{\"a\":1}\n"), b"<3>{\"a\":1}\n".to_vec());
+        assert_eq!(prefixed("<4>", b"one\ntwo\n"), b"<4>one\n<4>two\n".to_vec());
+        assert_eq!(priority_prefix(Level::ERROR), "<3>");
+        assert_eq!(priority_prefix(Level::WARN), "<4>");
+        assert_eq!(priority_prefix(Level::INFO), "<6>");
+        assert_eq!(priority_prefix(Level::DEBUG), "<7>");
+    }
+
+    #[test]
+    fn the_journal_stream_is_recognised_by_device_and_inode_only() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("mde-sync-journal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("stream");
+        std::fs::write(&file, "").unwrap();
+        let m = std::fs::metadata(&file).unwrap();
+        assert!(journal_stream_matches(
+            &format!("{}:{}", m.dev(), m.ino()),
+            &file
+        ));
+        assert!(!journal_stream_matches(
+            &format!("{}:{}", m.dev(), m.ino() + 1),
+            &file
+        ));
+        assert!(!journal_stream_matches("garbage", &file));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -157,6 +157,18 @@ pub async fn open(db: &DatabaseSettings) -> Result<SharedStore, StoreError> {
     }
 }
 
+/// Opens the database for reading only, as `status` does: no migrations, no writes, and a
+/// missing SQLite file is an error rather than a new empty database. On Postgres, a role with
+/// `SELECT` on the tables is enough.
+pub async fn open_read_only(db: &DatabaseSettings) -> Result<SharedStore, StoreError> {
+    let url = db.url.expose_secret();
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open_read_only(url).await?))
+    } else {
+        open(db).await
+    }
+}
+
 /// The `SELECT` list [`Store::dump`] uses: every column as text, times through `time_sql`.
 pub(crate) fn dump_sql(
     time_sql: fn(&str) -> String,

@@ -139,6 +139,39 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
+    /// Opens an existing database for reading only (`status`): never creates the file, never
+    /// migrates, never writes, so it works on a read-only file and beside a running daemon. A WAL
+    /// database whose `-shm` file is gone and cannot be created (a read-only directory, the
+    /// daemon stopped) is read as immutable instead.
+    pub async fn open_read_only(url: &str) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(false)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(30));
+        let file = opts.get_filename().to_path_buf();
+        if !file.exists() {
+            return Err(StoreError::Config(format!(
+                "the database {} does not exist: start the service (it creates the database) or run `mde-sync migrate`, or point database.url at the service's database; read-only commands never create one",
+                file.display()
+            )));
+        }
+        let connect = |opts: SqliteConnectOptions| async move {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts)
+                .await?;
+            sqlx::query("SELECT count(*) FROM sqlite_master")
+                .execute(&pool)
+                .await?;
+            Ok::<_, sqlx::Error>(pool)
+        };
+        let pool = match connect(opts.clone()).await {
+            Ok(pool) => pool,
+            Err(_) => connect(opts.immutable(true)).await?,
+        };
+        Ok(Self { pool })
+    }
+
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
