@@ -233,8 +233,10 @@ echo "== README: day to day"
 check "sudo -u mde-sync mde-sync --config /etc/mde-sync/config.toml status (from the service's database, read only)" \
     sh_ct "cd / && sudo -u mde-sync mde-sync --config /etc/mde-sync/config.toml status >/srv/ci/status-cmd.txt &&
            grep -q '${TENANTS[0]}' /srv/ci/status-cmd.txt && grep -q '${TENANTS[1]}' /srv/ci/status-cmd.txt"
-check "status run from a directory mde-sync cannot write to creates nothing there" \
-    sh_ct '[ ! -e /mde-sync.db ] && [ ! -e /srv/ci/mde-sync.db ]'
+check "status with the default database.url (no url line) reads the service's database and creates none" \
+    sh_ct "sed '/^url = /d' /etc/mde-sync/config.toml >/srv/ci/config-default-db.toml && chmod 0644 /srv/ci/config-default-db.toml &&
+           cd / && sudo -u mde-sync mde-sync --config /srv/ci/config-default-db.toml status | grep -q '${TENANTS[0]}' &&
+           [ ! -e /mde-sync.db ] && [ ! -e /srv/ci/mde-sync.db ]"
 check "status does not mark the running daemon's run abandoned" \
     sh_ct 'for i in 1 2 3 4 5; do sudo -u mde-sync mde-sync --config /etc/mde-sync/config.toml status >/dev/null || exit 1; done; journalctl -u mde-sync -o cat | grep -q "tenant synced"'
 
