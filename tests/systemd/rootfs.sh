@@ -2,7 +2,7 @@
 # Built once with `debootstrap --variant=minbase` from the Debian mirror this machine's apt uses,
 # and kept outside the repository (MDE_SYNC_CI_CACHE, default /var/cache/mde-sync-ci).
 
-ROOTFS_PACKAGES="systemd,systemd-sysv,dbus,sudo,curl,jq,procps"
+ROOTFS_PACKAGES="systemd,systemd-sysv,dbus,sudo,curl,jq,procps,ca-certificates"
 CACHE_DIR="${MDE_SYNC_CI_CACHE:-/var/cache/mde-sync-ci}"
 ROOTFS="$CACHE_DIR/bookworm-minbase-$(printf '%s' "$ROOTFS_PACKAGES" | sha256sum | cut -c1-12)"
 
@@ -57,6 +57,7 @@ ensure_rootfs() {
         return 1
     fi
     echo mde-sync-ci >"$ROOTFS.tmp/etc/hostname"
+    printf '127.0.0.1 localhost\n127.0.1.1 mde-sync-ci\n::1 localhost ip6-localhost ip6-loopback\n' >"$ROOTFS.tmp/etc/hosts"
     # No console login in a container booted without a terminal.
     ln -sf /dev/null "$ROOTFS.tmp/etc/systemd/system/console-getty.service"
     ln -sf /dev/null "$ROOTFS.tmp/etc/systemd/system/getty@.service"

@@ -67,8 +67,18 @@ RUN="$(mktemp -d /var/tmp/mde-sync-systemd.XXXXXX)"
 ROOT="$RUN/root"
 NSPAWN_PID=""
 CPID=""
+# Runs a command inside the container, as root, with a clean environment.
+ct() {
+    nsenter -t "$CPID" -a -r -w -- /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        HOME=/root LANG=C.UTF-8 TERM=dumb "$@"
+}
+# A shell command line inside the container, from /srv/ci.
+sh_ct() { ct /bin/bash -c "cd /srv/ci && $1"; }
+
+journal_dump() { ct journalctl --no-pager -o short-precise >"$RUN/journal.txt" 2>&1 || true; }
 teardown() {
     local code=$?
+    if [ "$code" != 0 ] && [ -n "$CPID" ] && kill -0 "$CPID" 2>/dev/null; then journal_dump; fi
     if [ -n "$NSPAWN_PID" ] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
         # SIGTERM asks the container's systemd to power off; SIGKILL if it does not.
         kill -TERM "$NSPAWN_PID" 2>/dev/null || true
@@ -110,21 +120,18 @@ done
     die "the container did not boot"
 }
 
-# Runs a command inside the container, as root, with a clean environment.
-ct() {
-    nsenter -t "$CPID" -a -r -w -- /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-        HOME=/root LANG=C.UTF-8 TERM=dumb "$@"
-}
-# A shell command line inside the container, from /srv/ci.
-sh_ct() { ct /bin/bash -c "cd /srv/ci && $1"; }
-
-state="$(ct timeout 60 systemctl is-system-running --wait || true)"
+state=""
+for _ in $(seq 1 120); do
+    # (systemctl fails until PID 1's private socket exists; then it says starting, running, …)
+    state="$(ct systemctl is-system-running 2>/dev/null || true)"
+    case "$state" in running | degraded) break ;; esac
+    sleep 0.5
+done
 case "$state" in
     running | degraded) echo "== container booted ($state) in $((SECONDS - STARTED)) s" ;;
     *) die "the container's systemd did not finish booting: $state" ;;
 esac
 
-journal_dump() { ct journalctl --no-pager -o short-precise >"$RUN/journal.txt" 2>&1 || true; }
 # Waits up to $1 seconds for a shell condition inside the container.
 wait_ct() {
     local secs="$1" cond="$2"
@@ -156,8 +163,8 @@ check "/etc/mde-sync is root:mde-sync 0750, its files 0640, and both are conffil
 check "the package ships no secret" \
     sh_ct '! dpkg -L mde-sync | grep -q secret'
 check "man page and bash, zsh and fish completions are installed" \
-    sh_ct 'zcat /usr/share/man/man1/mde-sync.1.gz | grep -q "^\.TH mde-sync" &&
-           grep -q _mde-sync /usr/share/bash-completion/completions/mde-sync &&
+    sh_ct 'gzip -dc /usr/share/man/man1/mde-sync.1.gz | grep -q "^\.TH mde-sync" &&
+           grep -q "complete .*mde-sync" /usr/share/bash-completion/completions/mde-sync &&
            grep -q "#compdef mde-sync" /usr/share/zsh/vendor-completions/_mde-sync &&
            grep -q "complete -c mde-sync" /usr/share/fish/vendor_completions.d/mde-sync.fish'
 
@@ -211,8 +218,12 @@ check "sudo CREDENTIALS_DIRECTORY=/etc/mde-sync mde-sync --config /etc/mde-sync/
 
 echo "== README: start"
 T0=$SECONDS
-check "sudo systemctl enable --now mde-sync (returns once READY=1 was sent)" \
-    sh_ct 'sudo systemctl enable --now mde-sync'
+if sh_ct 'sudo systemctl enable --now mde-sync'; then
+    pass "sudo systemctl enable --now mde-sync (returns once READY=1 was sent)"
+else
+    fail "sudo systemctl enable --now mde-sync (returns once READY=1 was sent)"
+    exit 1
+fi
 check "the service is active (running) after READY, within 30 s" \
     sh_ct '[ "$(systemctl show -p ActiveState,SubState --value mde-sync | paste -sd/)" = active/running ]'
 [ $((SECONDS - T0)) -le 30 ] || fail "enable --now took $((SECONDS - T0)) s"
@@ -298,7 +309,8 @@ printf '[Service]\nWatchdogSec=4s\nRestartSec=1s\nTimeoutAbortSec=5s\n' >"$ROOT/
 ct systemctl daemon-reload
 check "the service starts again" sh_ct 'systemctl start mde-sync'
 PID_STOPPED="$(show MainPID)"
-ct kill -STOP "$PID_STOPPED"
+[ "${PID_STOPPED:-0}" -gt 1 ] || die "no main process to stop (MainPID=$PID_STOPPED)"
+ct /bin/kill -STOP "$PID_STOPPED"
 wait_ct 30 "p=\$(systemctl show -p MainPID --value mde-sync); [ \"\$p\" != 0 ] && [ \"\$p\" != $PID_STOPPED ] && systemctl is-active --quiet mde-sync" &&
     pass "a SIGSTOPped daemon is killed by the watchdog and restarted" ||
     fail "a SIGSTOPped daemon is killed by the watchdog and restarted"
