@@ -321,7 +321,7 @@ ct systemctl stop mde-sync
 
 echo "== configuration error: exit 78, every problem once, no restart loop"
 cp "$ROOT/etc/mde-sync/config.toml" "$RUN/config.good"
-sed -i 's/^\[sync\]$/[sync]\npage_sise = 10\npage_size = 0/' "$ROOT/etc/mde-sync/config.toml"
+sed -i -e 's/^page_size = .*/page_size = 0/' -e 's/^\[sync\]$/[sync]\npage_sise = 10/' "$ROOT/etc/mde-sync/config.toml"
 ct systemctl reset-failed mde-sync >/dev/null 2>&1 || true
 CURSOR="$(ct journalctl -u mde-sync -n 0 --show-cursor -q | sed -n 's/^-- cursor: //p')"
 sh_ct 'systemctl start mde-sync' >/dev/null 2>&1 && fail "start with a broken config fails" || pass "start with a broken config fails"
