@@ -248,8 +248,12 @@ check "status with the default database.url (no url line) reads the service's da
     sh_ct "sed '/^url = /d' /etc/mde-sync/config.toml >/srv/ci/config-default-db.toml && chmod 0644 /srv/ci/config-default-db.toml &&
            cd / && sudo -u mde-sync mde-sync --config /srv/ci/config-default-db.toml status | grep -q '${TENANTS[0]}' &&
            [ ! -e /mde-sync.db ] && [ ! -e /srv/ci/mde-sync.db ]"
-check "status does not mark the running daemon's run abandoned" \
-    sh_ct 'for i in 1 2 3 4 5; do sudo -u mde-sync mde-sync --config /etc/mde-sync/config.toml status >/dev/null || exit 1; done; journalctl -u mde-sync -o cat | grep -q "tenant synced"'
+check "status runs beside the daemon (5 times) and the daemon keeps syncing" \
+    sh_ct 'for i in 1 2 3 4 5; do sudo -u mde-sync mde-sync --config /etc/mde-sync/config.toml status >/dev/null || exit 1; done; systemctl is-active --quiet mde-sync'
+check "journalctl -u mde-sync -o json --since -1h | jq … (README: the synced tenants from MESSAGE)" \
+    sh_ct "journalctl -u mde-sync -o json --since -1h \
+             | jq -r '.MESSAGE | fromjson? | select(.message == \"tenant synced\") | [.timestamp, .tenant_name, .alerts, .written] | @tsv' \
+             | grep -q 'Customer 1'"
 
 # Journal priority per level and the JSON fields.
 check "info lines are PRIORITY=6 JSON objects with timestamp, level, message and target" \
@@ -273,11 +277,12 @@ wait_ct 30 "sudo -u mde-sync mde-sync --config /etc/mde-sync/config.toml status 
     pass "the added tenant synced after the reload" || fail "the added tenant synced after the reload"
 check "the reload kept the process (same MainPID) and counts as applied in /metrics" \
     sh_ct "[ \"\$(systemctl show -p MainPID --value mde-sync)\" = $MAIN_BEFORE ] &&
-           curl -fsS http://127.0.0.1:9464/metrics | grep -q '^mde_sync_config_reloads_total{result=\"applied\"} 1$'"
+           curl -fsS -o /srv/ci/metrics-applied.txt http://127.0.0.1:9464/metrics &&
+           grep -q '^mde_sync_config_reloads_total{result=\"applied\"} 1$' /srv/ci/metrics-applied.txt"
 cp "$ROOT/etc/mde-sync/tenants.toml" "$RUN/tenants.good"
 printf '\n[[tenant]]\nid = "not-a-guid"\n' >>"$ROOT/etc/mde-sync/tenants.toml"
 check "systemctl reload with a broken tenants file does not kill the service" sh_ct 'sudo systemctl reload mde-sync'
-wait_ct 20 'journalctl -u mde-sync -p err -o cat | grep -q "\"message\":\"reload rejected"' &&
+wait_ct 20 'journalctl -u mde-sync -p err | grep -q "\"message\":\"reload rejected"' &&
     pass "the rejected reload is in journalctl -u mde-sync -p err, naming the problem" ||
     fail "the rejected reload is in journalctl -u mde-sync -p err, naming the problem"
 check "the rejected reload names the bad tenant id" \
@@ -354,6 +359,20 @@ mv "$RUN/client-secret.saved" "$ROOT/etc/mde-sync/client-secret"
 ct systemctl reset-failed mde-sync >/dev/null 2>&1 || true
 check "with the secret back the service starts" sh_ct 'systemctl start mde-sync && systemctl is-active --quiet mde-sync'
 
+echo "== README: the secret encrypted at rest"
+printf '[Service]\nLoadCredential=\nLoadCredentialEncrypted=client-secret:/etc/mde-sync/client-secret.cred\n' >"$ROOT/srv/ci/override.conf"
+check "sudo systemd-creds encrypt --name=client-secret /etc/mde-sync/client-secret /etc/mde-sync/client-secret.cred" \
+    sh_ct 'sudo systemd-creds encrypt --name=client-secret /etc/mde-sync/client-secret /etc/mde-sync/client-secret.cred'
+check "sudo shred -u /etc/mde-sync/client-secret" sh_ct 'sudo shred -u /etc/mde-sync/client-secret && [ ! -e /etc/mde-sync/client-secret ]'
+# systemctl edit wants a terminal: `script` gives it one; SYSTEMD_EDITOR "types" the drop-in.
+check "sudo systemctl edit mde-sync (the drop-in above)" \
+    sh_ct 'script -qec "sudo SYSTEMD_EDITOR=\"cp /srv/ci/override.conf\" systemctl edit mde-sync" /dev/null >/dev/null &&
+           systemctl cat mde-sync | grep -q "^LoadCredentialEncrypted=client-secret:/etc/mde-sync/client-secret.cred$"'
+check "sudo systemctl restart mde-sync: running on the encrypted secret" \
+    sh_ct "sudo systemctl restart mde-sync && systemctl is-active --quiet mde-sync"
+wait_ct 30 "journalctl -u mde-sync -o cat --since '-20s' | grep -q '\"tenant synced\"'" &&
+    pass "tenants sync with the encrypted secret" || fail "tenants sync with the encrypted secret"
+
 echo "== sandbox"
 EXPOSURE="$(ct systemd-analyze security --no-pager mde-sync | sed -n 's/.*Overall exposure level for mde-sync.service: \([0-9.]*\).*/\1/p')"
 awk -v e="$EXPOSURE" 'BEGIN { exit !(e != "" && e + 0 <= 2.0) }' &&
@@ -363,7 +382,7 @@ awk -v e="$EXPOSURE" 'BEGIN { exit !(e != "" && e + 0 <= 2.0) }' &&
 echo "== remove and purge"
 check "sudo apt remove -y mde-sync stops the service and keeps configuration, data and user" \
     sh_ct 'sudo apt remove -y mde-sync >/dev/null 2>&1 && ! systemctl is-active --quiet mde-sync && [ ! -e /usr/bin/mde-sync ] &&
-           [ -f /etc/mde-sync/config.toml ] && [ -f /etc/mde-sync/client-secret ] && [ -f /var/lib/mde-sync/mde-sync.db ] && getent passwd mde-sync >/dev/null'
+           [ -f /etc/mde-sync/config.toml ] && [ -f /etc/mde-sync/client-secret.cred ] && [ -f /var/lib/mde-sync/mde-sync.db ] && getent passwd mde-sync >/dev/null'
 check "sudo apt purge -y mde-sync removes configuration and data, keeps the user" \
     sh_ct 'sudo apt purge -y mde-sync >/dev/null 2>&1 && [ ! -e /etc/mde-sync ] && [ ! -e /var/lib/mde-sync ] && getent passwd mde-sync >/dev/null &&
            ! systemctl cat mde-sync >/dev/null 2>&1'
