@@ -539,8 +539,19 @@ pub fn human_duration(secs: i64) -> String {
     }
 }
 
-/// Left-aligned columns; the last column is not padded.
+/// Left-aligned columns; the last column is not padded. Control characters in cells (names from
+/// the tenants file, errors quoting the API) are escaped, so no cell can break a line or reach
+/// the terminal as an escape code.
 pub fn table(rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| crate::telemetry::escape_control(c).into_owned())
+                .collect()
+        })
+        .collect();
+    let rows = &rows[..];
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|i| {

@@ -32,6 +32,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Config(String),
+    /// The database cannot be reached; says where and why.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// How one sync run ended, for `sync_runs` and `sync_state`.

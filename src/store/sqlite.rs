@@ -120,6 +120,32 @@ fn bind_val<'q>(
     }
 }
 
+/// Creates the database file readable by its owner only (0600), whatever the umask: it holds
+/// every customer's alerts. SQLite gives the `-wal` and `-shm` files it creates beside it the
+/// same mode. An existing file is left as it is.
+fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.to_string_lossy();
+    // in-memory databases are named `:memory:` or `file:sqlx-in-memory-N`
+    if name.is_empty() || name.starts_with(':') || name.starts_with("file:") || path.exists() {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        // created meanwhile by another process: SQLite opens it as it is
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Config(format!(
+            "cannot create the database file {}: {e}; check that its directory exists and the mde-sync user may write there",
+            path.display()
+        ))),
+    }
+}
+
 pub struct SqliteStore {
     pool: SqlitePool,
 }
@@ -132,8 +158,21 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
+        create_private(opts.get_filename())?;
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
+            // A transaction whose COMMIT or ROLLBACK failed (a full disk: SQLite may already
+            // have rolled it back itself, so sqlx's ROLLBACK fails too) leaves the connection
+            // believing it is still inside one, and every later `begin` on it fails. Such a
+            // connection is closed instead of going back to the pool; the ping first runs the
+            // rollback sqlx queued when the transaction was dropped.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Connection;
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(opts)
             .await?;
         Ok(Self { pool })

@@ -1,0 +1,437 @@
+//! The torture suite: hostile API servers (redirects, looping `@odata.nextLink`s, NUL
+//! characters, wrong types, other tenants' alerts, duplicate ids, bad UTF-8, slow bodies) run
+//! against both backends, and what each one gets: a clear error, the tenant kept apart, nothing
+//! lost, the watermark never moved on bad data.
+
+mod common;
+
+use std::time::Duration as StdDuration;
+
+use common::{hostile::*, *};
+use mde_sync::{
+    app::App,
+    config::Settings,
+    store::SharedStore,
+    sync::RunOutcome,
+    tenant::{Tenant, TenantId},
+};
+use secrecy::SecretString;
+use time::{Duration, OffsetDateTime};
+
+const TENANT: &str = "00000000-0000-4000-a000-000000000001";
+const OTHER_TENANT: &str = "00000000-0000-4000-a000-000000000999";
+const CLIENT: &str = "11111111-1111-4111-a111-111111111111";
+const SECRET: &str = "test-only-secret-do-not-resend";
+
+/// An alert of `TENANT` last updated an hour ago, with `extra` fields merged in.
+fn alert(id: &str, extra: serde_json::Value) -> String {
+    static LUT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        (OffsetDateTime::now_utc() - Duration::hours(1))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    });
+    let mut v = serde_json::json!({
+        "id": id,
+        "title": "hostile test alert",
+        "severity": "High",
+        "status": "New",
+        "lastUpdateTime": *LUT,
+        "aadTenantId": TENANT,
+        "evidence": [],
+    });
+    if let serde_json::Value::Object(extra) = extra {
+        for (k, val) in extra {
+            v[k] = val;
+        }
+    }
+    v.to_string()
+}
+
+struct Env {
+    app: App,
+    _db: TestDb,
+    tenant: Tenant,
+}
+
+impl Env {
+    fn store(&self) -> &SharedStore {
+        &self.app.store
+    }
+
+    async fn sync(&self) -> RunOutcome {
+        let mut out = self.app.sync_once().await;
+        assert_eq!(out.len(), 1);
+        out.remove(0)
+    }
+
+    async fn watermark(&self) -> Option<String> {
+        self.store()
+            .status()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|s| s.tenant_id == TENANT)
+            .and_then(|s| s.watermark)
+    }
+
+    async fn stored(&self) -> std::collections::BTreeMap<String, String> {
+        self.store().alert_raws(&self.tenant.id).await.unwrap()
+    }
+}
+
+/// An app syncing one tenant from `api` (token endpoint and API both there) into a new
+/// database; no retries, so each test counts exactly the calls it caused.
+async fn env_for(
+    backend: Backend,
+    label: &str,
+    base_url: &str,
+    tweak: impl FnOnce(&mut Settings),
+) -> Env {
+    let db = TestDb::new(backend, label).await;
+    let tenant = Tenant::new(TenantId::parse(TENANT).unwrap(), "Contoso");
+    let mut settings = Settings::for_endpoints(
+        base_url,
+        vec![tenant.clone()],
+        db.url.clone(),
+        CLIENT.into(),
+        SecretString::from(SECRET.to_owned()),
+    );
+    settings.sync = sync_settings(100, Duration::minutes(10));
+    settings.sync.max_attempts = 1;
+    settings.sync.request_timeout = StdDuration::from_secs(5);
+    tweak(&mut settings);
+    let app = App::build(settings, mde_sync::clock::system())
+        .await
+        .unwrap();
+    Env {
+        app,
+        _db: db,
+        tenant,
+    }
+}
+
+/// A server that records requests and answers nothing useful: where redirects point.
+async fn elsewhere() -> HostileServer {
+    HostileServer::start(|_, _| Reply::alerts(&[], None)).await
+}
+
+async fn api_redirect_is_not_followed_and_the_watermark_stays(backend: Backend) {
+    let other = elsewhere().await;
+    let target = format!("{}/api/alerts", other.base_url());
+    let api = HostileServer::start(move |req, _| {
+        if req.is_token() {
+            Reply::token()
+        } else {
+            Reply::redirect(302, &target)
+        }
+    })
+    .await;
+    let env = env_for(backend, "redirect-api", &api.base_url(), |_| {}).await;
+    let o = env.sync().await;
+    assert_eq!(o.ok, Some(false), "{o:?}");
+    assert_eq!(o.health, "redirected");
+    let err = o.error.unwrap();
+    assert!(
+        err.contains(&format!("host 127.0.0.1:{}", other.addr.port())),
+        "{err}"
+    );
+    assert!(err.contains("not followed"), "{err}");
+    assert!(
+        other.seen().is_empty(),
+        "the redirect was followed: {:?}",
+        other.seen()
+    );
+    assert_eq!(api.api_calls(), 1);
+    assert_eq!(
+        env.watermark().await,
+        None,
+        "the watermark moved on a redirect"
+    );
+    assert!(env.stored().await.is_empty());
+}
+
+async fn token_redirect_does_not_resend_the_secret(backend: Backend) {
+    let other = elsewhere().await;
+    let target = format!("{}/{TENANT}/oauth2/v2.0/token", other.base_url());
+    let api = HostileServer::start(move |req, _| {
+        if req.is_token() {
+            Reply::redirect(307, &target)
+        } else {
+            Reply::alerts(&[], None)
+        }
+    })
+    .await;
+    let env = env_for(backend, "redirect-token", &api.base_url(), |_| {}).await;
+    let o = env.sync().await;
+    assert_eq!(o.ok, Some(false), "{o:?}");
+    let err = o.error.unwrap();
+    assert!(
+        err.contains("redirect") && err.contains(&format!("127.0.0.1:{}", other.addr.port())),
+        "{err}"
+    );
+    assert!(
+        other.seen().is_empty(),
+        "the secret was re-posted to the redirect target: {:?}",
+        other.seen()
+    );
+    let tokens: Vec<Seen> = api.seen().into_iter().filter(Seen::is_token).collect();
+    assert_eq!(tokens.len(), 1);
+    assert!(tokens[0].body.contains("client_secret="));
+    assert_eq!(api.api_calls(), 0, "no token, no API call");
+    assert_eq!(env.watermark().await, None);
+}
+
+async fn looping_next_link_is_detected(backend: Backend) {
+    // every page links to the same next page
+    let api = HostileServer::start(|req, me| {
+        if req.is_token() {
+            return Reply::token();
+        }
+        let link = format!("{}/api/alerts?$skiptoken=loop", me.base_url());
+        Reply::alerts(&[alert("da-loop_1", serde_json::json!({}))], Some(&link))
+    })
+    .await;
+    let env = env_for(backend, "link-loop", &api.base_url(), |_| {}).await;
+    let started = std::time::Instant::now();
+    let o = env.sync().await;
+    assert!(started.elapsed() < StdDuration::from_secs(10));
+    assert_eq!(o.ok, Some(false), "{o:?}");
+    assert!(
+        o.error.as_deref().unwrap().contains("repeated a link"),
+        "{o:?}"
+    );
+    // the window's call and one link; the repeat is never fetched
+    assert_eq!(api.api_calls(), 2);
+    assert_eq!(env.stored().await.len(), 1, "the alerts read are kept");
+    assert_eq!(
+        env.watermark().await,
+        None,
+        "an incomplete window moved the watermark"
+    );
+}
+
+async fn endless_next_links_stop_at_max_pages_per_run(backend: Backend) {
+    // every page links to a new page, forever
+    let api = HostileServer::start(|req, me| {
+        if req.is_token() {
+            return Reply::token();
+        }
+        let n = me.api_calls();
+        let link = format!("{}/api/alerts?$skiptoken={n}", me.base_url());
+        Reply::alerts(
+            &[alert(&format!("da-endless_{n}"), serde_json::json!({}))],
+            Some(&link),
+        )
+    })
+    .await;
+    let env = env_for(backend, "link-endless", &api.base_url(), |s| {
+        s.sync.max_pages_per_run = 7;
+    })
+    .await;
+    let o = env.sync().await;
+    assert_eq!(o.ok, Some(false), "{o:?}");
+    assert!(
+        o.error
+            .as_deref()
+            .unwrap()
+            .contains("sync.max_pages_per_run"),
+        "{o:?}"
+    );
+    assert_eq!(
+        api.api_calls(),
+        7,
+        "links must count against sync.max_pages_per_run"
+    );
+    assert_eq!(o.pages, 7);
+    assert_eq!(env.stored().await.len(), 7);
+    assert_eq!(env.watermark().await, None);
+}
+
+async fn nul_in_an_alert_blocks_nothing(backend: Backend) {
+    let api = HostileServer::start(|req, _| {
+        if req.is_token() {
+            return Reply::token();
+        }
+        Reply::alerts(
+            &[
+                alert("da-clean_1", serde_json::json!({})),
+                alert(
+                    "da-nul_2",
+                    serde_json::json!({"title": "before\u{0}after", "comments": [{"comment": "x\u{0}y"}],
+                        "evidence": [{"entityType": "File", "fileName": "a\u{0}.exe"}]}),
+                ),
+                alert("da-clean_3", serde_json::json!({})),
+            ],
+            None,
+        )
+    })
+    .await;
+    let env = env_for(backend, "nul", &api.base_url(), |_| {}).await;
+    let o = env.sync().await;
+    assert_eq!(o.ok, Some(true), "{o:?}");
+    assert_eq!(o.alerts_written, 3);
+    let stored = env.stored().await;
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    assert!(env.watermark().await.is_some());
+    let (alerts, evidence) = env.store().dump(&env.tenant.id).await.unwrap();
+    let nul = alerts
+        .iter()
+        .find(|r| r[0].as_deref() == Some("da-nul_2"))
+        .unwrap();
+    let raw: serde_json::Value = serde_json::from_str(&stored["da-nul_2"]).unwrap();
+    match backend {
+        // SQLite keeps everything as it came
+        Backend::Sqlite => {
+            assert!(nul.iter().any(|c| c.as_deref() == Some("before\u{0}after")));
+            assert_eq!(raw["title"], "before\u{0}after");
+            assert_eq!(raw["comments"][0]["comment"], "x\u{0}y");
+        }
+        // Postgres cannot hold NUL: the documented escape, six characters
+        Backend::Postgres => {
+            assert!(
+                nul.iter()
+                    .any(|c| c.as_deref() == Some("before\\u0000after")),
+                "{nul:?}"
+            );
+            assert_eq!(raw["title"], "before\\u0000after");
+            assert_eq!(raw["comments"][0]["comment"], "x\\u0000y");
+        }
+    }
+    assert_eq!(evidence.len(), 1);
+    // a second run re-reads the same page and writes nothing new
+    let again = env.sync().await;
+    assert_eq!(again.ok, Some(true), "{again:?}");
+    assert_eq!(again.alerts_written, 0);
+}
+
+async fn garbage_alerts_are_refused_one_by_one(backend: Backend) {
+    let lut = |h: i64| {
+        (OffsetDateTime::now_utc() - Duration::hours(h))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let older = lut(3);
+    let newer = lut(2);
+    let api = HostileServer::start(move |req, _| {
+        if req.is_token() {
+            return Reply::token();
+        }
+        Reply::alerts(
+            &[
+                alert("da-good_1", serde_json::json!({})),
+                // wrong types
+                alert(
+                    "da-types_2",
+                    serde_json::json!({"incidentId": {"nested": true}}),
+                ),
+                alert("da-types_3", serde_json::json!({"evidence": "not a list"})),
+                // another tenant's alert
+                alert(
+                    "da-foreign_4",
+                    serde_json::json!({"aadTenantId": OTHER_TENANT}),
+                ),
+                // one id twice: the newer version wins whatever the order
+                alert(
+                    "da-dup_5",
+                    serde_json::json!({"lastUpdateTime": newer, "status": "Resolved"}),
+                ),
+                alert(
+                    "da-dup_5",
+                    serde_json::json!({"lastUpdateTime": older, "status": "New"}),
+                ),
+                // no lastUpdateTime: skipped, as the README says
+                alert("da-notime_6", serde_json::json!({"lastUpdateTime": null})),
+                // not even an object
+                "[1,2,3]".to_string(),
+            ],
+            None,
+        )
+    })
+    .await;
+    let env = env_for(backend, "garbage", &api.base_url(), |_| {}).await;
+    let o = env.sync().await;
+    assert_eq!(o.ok, Some(true), "{o:?}");
+    assert_eq!(o.alerts_received, 8);
+    assert_eq!(o.alerts_rejected, 5, "{o:?}");
+    let stored = env.stored().await;
+    assert_eq!(
+        stored.keys().cloned().collect::<Vec<_>>(),
+        vec!["da-dup_5".to_string(), "da-good_1".to_string()]
+    );
+    let dup: serde_json::Value = serde_json::from_str(&stored["da-dup_5"]).unwrap();
+    assert_eq!(dup["status"], "Resolved");
+    assert!(env.watermark().await.is_some());
+}
+
+async fn unreadable_and_slow_bodies_fail_the_run_and_keep_the_watermark(backend: Backend) {
+    // bad UTF-8 inside a JSON string
+    let api = HostileServer::start(|req, _| {
+        if req.is_token() {
+            return Reply::token();
+        }
+        let mut body = br#"{"value":[{"id":"da-bad_1","title":""#.to_vec();
+        body.extend_from_slice(&[0xff, 0xfe, 0xc3]);
+        body.extend_from_slice(br#"","lastUpdateTime":"2026-01-01T00:00:00Z"}]}"#);
+        Reply::bytes(200, body)
+    })
+    .await;
+    let env = env_for(backend, "bad-utf8", &api.base_url(), |_| {}).await;
+    let o = env.sync().await;
+    assert_eq!(o.ok, Some(false), "{o:?}");
+    assert!(
+        o.error.as_deref().unwrap().contains("unreadable body"),
+        "{o:?}"
+    );
+    assert!(env.stored().await.is_empty());
+    assert_eq!(env.watermark().await, None);
+
+    // a body trickled a few bytes a second: sync.request_timeout ends it
+    let slow = HostileServer::start(|req, _| {
+        if req.is_token() {
+            return Reply::token();
+        }
+        let mut r = Reply::alerts(&[alert("da-slow_1", serde_json::json!({}))], None);
+        r.trickle = Some((8, StdDuration::from_millis(500)));
+        r
+    })
+    .await;
+    let env = env_for(backend, "slow", &slow.base_url(), |s| {
+        s.sync.request_timeout = StdDuration::from_secs(2);
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let o = env.sync().await;
+    assert!(
+        started.elapsed() < StdDuration::from_secs(10),
+        "a slow body held the run"
+    );
+    assert_eq!(o.ok, Some(false), "{o:?}");
+    assert!(env.stored().await.is_empty());
+    assert_eq!(env.watermark().await, None);
+}
+
+on_both_backends!(
+    api_redirect_is_not_followed_and_the_watermark_stays,
+    token_redirect_does_not_resend_the_secret,
+    looping_next_link_is_detected,
+    endless_next_links_stop_at_max_pages_per_run,
+    nul_in_an_alert_blocks_nothing,
+    garbage_alerts_are_refused_one_by_one,
+    unreadable_and_slow_bodies_fail_the_run_and_keep_the_watermark,
+);
+
+#[test]
+fn tables_escape_control_characters_in_names_and_errors() {
+    let rows = vec![
+        vec!["NAME".to_string(), "ERROR".to_string()],
+        vec![
+            "Evil\nmde-sync: all tenants ok".to_string(),
+            "\u{1b}[2J\u{1b}[31mred\u{7}".to_string(),
+        ],
+    ];
+    let out = mde_sync::app::table(&rows);
+    assert_eq!(out.lines().count(), 2, "{out:?}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(out.contains("Evil\\nmde-sync"), "{out:?}");
+    assert!(out.contains("\\u{1b}[31mred"), "{out:?}");
+}
