@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::Duration as StdDuration;
+use std::{sync::Arc, time::Duration as StdDuration};
 
 use common::{hostile::*, *};
 use mde_sync::{
@@ -434,4 +434,318 @@ fn tables_escape_control_characters_in_names_and_errors() {
     assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
     assert!(out.contains("Evil\\nmde-sync"), "{out:?}");
     assert!(out.contains("\\u{1b}[31mred"), "{out:?}");
+}
+
+/// A tmpfs mounted for one test, unmounted (lazily, so nothing can keep it) when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// SQLite on a small tmpfs that fills up mid-backfill, then is enlarged: the same process (the
+/// same pool) must recover, converge, and record the outcome of the run that failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_recovered_from_in_the_same_process() {
+    use mde_sync::simulator::{SimConfig, SimTenant, Simulator, TenantKind};
+    let dir = TempDir::new("full-disk");
+    let Some(fs) = Tmpfs::mount(&dir.0, "600k") else {
+        eprintln!(
+            "skipped: cannot mount a tmpfs here (needs root); the full-disk case is not tested"
+        );
+        return;
+    };
+    let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 3_000)]);
+    cfg.max_lag = Duration::ZERO;
+    let sim = Simulator::new(cfg.clone());
+    let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let tenants = tenants_of(&cfg.tenants);
+    let db_path = fs.0.join("full.db");
+    let mut settings = Settings::for_endpoints(
+        &server.base_url(),
+        tenants.clone(),
+        format!("sqlite://{}", db_path.display()),
+        cfg.client_id.clone(),
+        SecretString::from(cfg.client_secret.clone()),
+    );
+    settings.sync = sync_settings(500, Duration::minutes(10));
+    settings.sync.max_attempts = 1;
+    let app = App::build(settings, mde_sync::clock::system())
+        .await
+        .unwrap();
+
+    let first = app.sync_once().await.remove(0);
+    assert_eq!(first.ok, Some(false), "the disk did not fill up: {first:?}");
+    assert_eq!(first.health, "database-error", "{first:?}");
+    assert!(
+        first.error.as_deref().unwrap().contains("full"),
+        "{first:?}"
+    );
+
+    fs.resize("64m");
+    let mut last = None;
+    for _ in 0..3 {
+        let o = app.sync_once().await.remove(0);
+        if o.ok == Some(true) {
+            last = Some(o);
+            break;
+        }
+        last = Some(o);
+    }
+    let last = last.unwrap();
+    assert_eq!(
+        last.ok,
+        Some(true),
+        "the same process did not recover: {last:?}"
+    );
+    let env = TestEnv {
+        sim: sim.clone(),
+        server,
+        app,
+        db: TestDb::new(Backend::Sqlite, "full-disk-unused").await,
+        tenants,
+    };
+    assert_converged(&env, &[]).await;
+    // no run is left `running`: the failed one's outcome was recorded once space was back
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path.display()))
+        .await
+        .unwrap();
+    let outcomes: Vec<(String,)> = sqlx::query_as("SELECT outcome FROM sync_runs ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let outcomes: Vec<&str> = outcomes.iter().map(|o| o.0.as_str()).collect();
+    assert!(!outcomes.contains(&"running"), "{outcomes:?}");
+    assert!(
+        outcomes.contains(&"failed") && outcomes.contains(&"ok"),
+        "{outcomes:?}"
+    );
+    let integrity: (String,) = sqlx::query_as("PRAGMA integrity_check")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(integrity.0, "ok");
+    pool.close().await;
+    drop(env);
+    drop(fs);
+}
+
+/// The SQLite database and the `-wal` and `-shm` files SQLite creates beside it are 0600, though
+/// this process's umask (022, checked) would give 0644.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let umask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|u| u32::from_str_radix(u.trim(), 8).unwrap())
+        .unwrap();
+    assert_eq!(
+        umask & 0o044,
+        0,
+        "this test needs a umask like 022, not {umask:o}"
+    );
+    let dir = TempDir::new("modes");
+    let path = dir.0.join("private.db");
+    let db = mde_sync::config::DatabaseSettings::from_url(format!("sqlite://{}", path.display()));
+    let store = mde_sync::store::open(&db).await.unwrap();
+    store.migrate().await.unwrap();
+    let tenant = Tenant::new(TenantId::parse(TENANT).unwrap(), "Contoso");
+    let now = mde_sync::timestamp::Timestamp::from_datetime(OffsetDateTime::now_utc());
+    store.prepare_tenant(&tenant, now).await.unwrap();
+    // the store is still open, so the WAL files exist
+    for suffix in ["", "-wal", "-shm"] {
+        let f = dir.0.join(format!("private.db{suffix}"));
+        let mode = std::fs::metadata(&f)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "{} has mode {:o}",
+            f.display(),
+            mode & 0o777
+        );
+    }
+    drop(store);
+}
+
+/// A TCP proxy to the Postgres server that can be stopped like the server itself: its port
+/// then refuses connections and the ones open through it are cut.
+struct Proxy {
+    port: u16,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(port: u16, target: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let t = tasks.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let target = target.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                t.lock().unwrap().push(conn);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        Proxy { port, tasks }
+    }
+
+    fn stop(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Postgres: a write blocked by another session's lock waits `database.lock_timeout`, not
+/// forever; a stopped server is reported with its address and the cause; both recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mde_pg_tests),
+    ignore = "set MDE_SYNC_TEST_POSTGRES_URL to run the Postgres tests"
+)]
+async fn postgres_lock_waits_are_bounded_and_an_outage_names_its_cause() {
+    use sqlx::Connection;
+    let db = TestDb::new(Backend::Postgres, "pg-lock").await;
+    let real = url::Url::parse(&db.url).unwrap();
+    let target = format!(
+        "{}:{}",
+        real.host_str().unwrap(),
+        real.port().unwrap_or(5432)
+    );
+    let proxy = Proxy::start(0, target.clone()).await;
+    let mut via_proxy = real.clone();
+    via_proxy.set_port(Some(proxy.port)).unwrap();
+    // every call brings a new alert, so every run has something to write
+    let api = HostileServer::start(|req, me| {
+        if req.is_token() {
+            return Reply::token();
+        }
+        let n = me.api_calls();
+        Reply::alerts(
+            &[alert(&format!("da-lock_{n}"), serde_json::json!({}))],
+            None,
+        )
+    })
+    .await;
+    let tenant = Tenant::new(TenantId::parse(TENANT).unwrap(), "Contoso");
+    let mut settings = Settings::for_endpoints(
+        &api.base_url(),
+        vec![tenant.clone()],
+        via_proxy.to_string(),
+        CLIENT.into(),
+        SecretString::from(SECRET.to_owned()),
+    );
+    settings.sync = sync_settings(100, Duration::minutes(10));
+    settings.sync.max_attempts = 1;
+    settings.database.lock_timeout = StdDuration::from_secs(1);
+    settings.database.connect_timeout = StdDuration::from_secs(2);
+    let app = App::build(settings, mde_sync::clock::system())
+        .await
+        .unwrap();
+    let sync = || async { app.sync_once().await.remove(0) };
+    assert_eq!(sync().await.ok, Some(true));
+
+    // another session holds a lock on alerts
+    let mut locker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE alerts IN EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let o = sync().await;
+    assert!(
+        started.elapsed() < StdDuration::from_secs(8),
+        "a lock held the write for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(o.ok, Some(false), "{o:?}");
+    assert_eq!(o.health, "database-error");
+    assert!(
+        o.error.as_deref().unwrap().contains("lock timeout"),
+        "{o:?}"
+    );
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    let o = sync().await;
+    assert_eq!(o.ok, Some(true), "{o:?}");
+    // (this server serves a new alert per call: the locked run's one is not served again)
+    assert_eq!(app.store.alert_raws(&tenant.id).await.unwrap().len(), 2);
+
+    // the server stops
+    proxy.stop();
+    let started = std::time::Instant::now();
+    let o = sync().await;
+    assert!(
+        started.elapsed() < StdDuration::from_secs(10),
+        "an outage held the run for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(o.ok, Some(false), "{o:?}");
+    let err = o.error.clone().unwrap_or_default();
+    assert!(
+        err.contains(&format!(
+            "cannot connect to Postgres at 127.0.0.1:{}",
+            proxy.port
+        )) && err.to_lowercase().contains("connection refused"),
+        "{o:?}"
+    );
+
+    // and comes back on the same address
+    let _back = Proxy::start(proxy.port, target).await;
+    let o = sync().await;
+    assert_eq!(o.ok, Some(true), "{o:?}");
+    assert_eq!(app.store.alert_raws(&tenant.id).await.unwrap().len(), 3);
 }
