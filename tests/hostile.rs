@@ -410,6 +410,110 @@ async fn unreadable_and_slow_bodies_fail_the_run_and_keep_the_watermark(backend:
     assert_eq!(env.watermark().await, None);
 }
 
+/// A `Retry-After` the API asked for is still honoured after a restart: the process is stopped
+/// while it waits, and a new one on the same database does not call before it has passed.
+async fn retry_after_survives_a_restart(backend: Backend) {
+    let api = HostileServer::start(|req, me| {
+        if req.is_token() {
+            return Reply::token();
+        }
+        if me.api_calls() == 1 {
+            let mut r = Reply::json(429, r#"{"error":{"code":"429","message":"slow down"}}"#);
+            r.headers.push(("Retry-After".into(), "4".into()));
+            return r;
+        }
+        Reply::alerts(&[alert("da-after_1", serde_json::json!({}))], None)
+    })
+    .await;
+    let env = env_for(backend, "retry-after", &api.base_url(), |s| {
+        s.sync.max_attempts = 3;
+    })
+    .await;
+    let first = env.app.syncer.clone();
+    let settings = env.app.settings.clone();
+    let pass = tokio::spawn({
+        let tenants = settings.tenants.clone();
+        async move { first.sync_all(&tenants).await }
+    });
+    // the 429 arrives; then the process goes away while it waits
+    while api.api_calls() == 0 {
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    env.app.syncer.stop();
+    let stopped = pass.await.unwrap();
+    assert_eq!(stopped[0].health, "stopped", "{stopped:?}");
+    let throttled_at = api.seen().iter().find(|s| s.is_api()).unwrap().at;
+
+    let second = App::with_store(settings, mde_sync::clock::system(), env.app.store.clone());
+    let o = second.sync_once().await.remove(0);
+    assert_eq!(o.ok, Some(true), "{o:?}");
+    let calls: Vec<Seen> = api.seen().into_iter().filter(Seen::is_api).collect();
+    assert_eq!(calls.len(), 2);
+    let waited = calls[1].at.duration_since(throttled_at);
+    assert!(
+        waited >= StdDuration::from_millis(3_800),
+        "the restarted process called {waited:?} after a Retry-After of 4 s"
+    );
+}
+
+/// The calls a tenant spent stay spent across a restart: a new budget on the same database
+/// waits for the window like the old one would have, and another tenant is not held up.
+async fn the_call_budget_survives_a_restart(backend: Backend) {
+    use mde_sync::{app::StoreBudgetJournal, budget::Budget};
+    let db = TestDb::new(backend, "budget").await;
+    let store = mde_sync::store::open(&mde_sync::config::DatabaseSettings::from_url(
+        db.url.clone(),
+    ))
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let journal = || {
+        Arc::new(StoreBudgetJournal {
+            store: store.clone(),
+            api: "mde",
+        })
+    };
+    let tenant = TenantId::parse(TENANT).unwrap();
+    let other = TenantId::parse(OTHER_TENANT).unwrap();
+    let window = StdDuration::from_secs(3);
+    let before = Budget::new(vec![(3, window)]).with_journal(journal());
+    let started = tokio::time::Instant::now();
+    for _ in 0..3 {
+        before.acquire(&tenant).await;
+    }
+    assert!(started.elapsed() < StdDuration::from_secs(1));
+    drop(before);
+    // the calls are saved without waiting: give the journal a moment
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    let saved = store
+        .load_budget(
+            &tenant,
+            "mde",
+            mde_sync::timestamp::Timestamp::from_datetime(
+                OffsetDateTime::now_utc() - Duration::minutes(1),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(saved.calls.len(), 3, "{saved:?}");
+
+    let after = Budget::new(vec![(3, window)]).with_journal(journal());
+    let restarted = tokio::time::Instant::now();
+    assert!(after.acquire(&other).await < StdDuration::from_millis(500));
+    after.acquire(&tenant).await;
+    let total = started.elapsed();
+    assert!(
+        total >= window - StdDuration::from_millis(200),
+        "the fourth call went out {total:?} after the first, inside the {window:?} window"
+    );
+    assert!(
+        restarted.elapsed() >= StdDuration::from_secs(2),
+        "{:?}",
+        restarted.elapsed()
+    );
+}
+
 on_both_backends!(
     api_redirect_is_not_followed_and_the_watermark_stays,
     token_redirect_does_not_resend_the_secret,
@@ -418,6 +522,8 @@ on_both_backends!(
     nul_in_an_alert_blocks_nothing,
     garbage_alerts_are_refused_one_by_one,
     unreadable_and_slow_bodies_fail_the_run_and_keep_the_watermark,
+    retry_after_survives_a_restart,
+    the_call_budget_survives_a_restart,
 );
 
 #[test]

@@ -275,7 +275,7 @@ impl MdeClient {
                         // every later call for this tenant waits too, not just this retry
                         Some(ra) => {
                             let ra = ra.min(self.max_retry_after);
-                            self.budget.defer(tenant, ra);
+                            self.budget.defer(tenant, ra).await;
                             ra
                         }
                         None => delay,

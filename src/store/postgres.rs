@@ -24,11 +24,18 @@ use crate::{
     timestamp::Timestamp,
 };
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/postgres/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        3,
+        "call budget",
+        include_str!("../../migrations/postgres/0003_call_budget.sql"),
+    ),
+];
 
 /// The staging table's COPY, in the column order of `alerts`.
 static COPY_STAGE: LazyLock<String> = LazyLock::new(|| {
@@ -587,6 +594,78 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await?)
         })
+    }
+
+    fn load_budget<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        api: &'a str,
+        since: Timestamp,
+    ) -> BoxFuture<'a, Result<super::SavedBudget, StoreError>> {
+        Box::pin(self.explained(async move {
+            let calls: Vec<i64> = sqlx::query_scalar(
+                "SELECT (EXTRACT(EPOCH FROM sent_at) * 1000000)::int8 FROM api_calls \
+                 WHERE tenant_id = $1 AND api = $2 AND sent_at >= $3::timestamptz ORDER BY sent_at",
+            )
+            .bind(tenant.as_str())
+            .bind(api)
+            .bind(since.to_db())
+            .fetch_all(&self.pool)
+            .await?;
+            let hold: Option<i64> = sqlx::query_scalar(
+                "SELECT (EXTRACT(EPOCH FROM not_before) * 1000000)::int8 FROM api_holds WHERE tenant_id = $1 AND api = $2",
+            )
+            .bind(tenant.as_str())
+            .bind(api)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(super::SavedBudget {
+                calls: calls.into_iter().map(Timestamp::from_micros).collect(),
+                not_before: hold.map(Timestamp::from_micros),
+            })
+        }))
+    }
+
+    fn record_call<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        api: &'a str,
+        at: Timestamp,
+        forget_before: Timestamp,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.explained(async move {
+            sqlx::query(
+                "WITH gone AS (DELETE FROM api_calls WHERE tenant_id = $1 AND api = $2 AND sent_at < $4::timestamptz) \
+                 INSERT INTO api_calls (tenant_id, api, sent_at) VALUES ($1, $2, $3::timestamptz)",
+            )
+            .bind(tenant.as_str())
+            .bind(api)
+            .bind(at.to_db())
+            .bind(forget_before.to_db())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }))
+    }
+
+    fn record_hold<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        api: &'a str,
+        until: Timestamp,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.explained(async move {
+            sqlx::query(
+                "INSERT INTO api_holds (tenant_id, api, not_before) VALUES ($1, $2, $3::timestamptz) \
+                 ON CONFLICT (tenant_id, api) DO UPDATE SET not_before = GREATEST(api_holds.not_before, excluded.not_before)",
+            )
+            .bind(tenant.as_str())
+            .bind(api)
+            .bind(until.to_db())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }))
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Seen {
     pub path_and_query: String,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 impl Seen {
@@ -207,6 +209,7 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Seen> {
         path_and_query,
         headers,
         body,
+        at: std::time::Instant::now(),
     })
 }
 
