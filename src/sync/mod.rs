@@ -6,7 +6,9 @@
 //! promises no order and no `@odata.nextLink`. Changes become visible some time after their
 //! `lastUpdateTime` (indexing lag), alerts change while we page, and a bulk action can give more
 //! alerts one identical `lastUpdateTime` than fit in a page. Timestamps carry 0 to 7 fractional
-//! digits; we compare them as instants ([`Timestamp`]), never as text.
+//! digits; we compare them as instants ([`Timestamp`]), never as text. An alert without a
+//! `lastUpdateTime` lies in no window and has no version order, so it is refused (counted as
+//! rejected), never stored.
 //!
 //! # Assumptions (A1–A3)
 //! - **A1** A response is a snapshot: every alert matching the filter at that moment whose rank
@@ -512,7 +514,8 @@ impl Syncer {
                 error: outcome.error.clone(),
             };
             if let Err(e) = self.record(&report, stopped).await {
-                tracing::error!(error = %e, "cannot record the run's outcome, will retry before the next run");
+                // kept, and recorded before the tenant's next run
+                tracing::error!(error = %e, "cannot record the run's outcome");
                 self.unrecorded
                     .lock()
                     .expect("unrecorded runs")
