@@ -5,16 +5,78 @@
 //! another's calls.
 //!
 //! Times are `tokio::time::Instant`, so tests can pause and advance them.
+//!
+//! With a [`BudgetJournal`] (the daemon passes the store), every call and every `Retry-After` is
+//! also saved, and a tenant's saved budget is loaded before its first call in this process: a
+//! restart — or, later, another replica taking the tenant over — neither bursts past the calls the
+//! API has already counted nor calls before a `Retry-After` has passed. Calls are saved without
+//! waiting (a crash loses at most the ones in flight); a `Retry-After` is saved before the wait.
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use tokio::time::Instant;
 
-use crate::tenant::TenantId;
+use crate::{BoxFuture, tenant::TenantId, timestamp::Timestamp};
+
+/// A tenant's saved calls (when each was sent) and its pending `Retry-After`.
+pub type SavedCalls = (Vec<Timestamp>, Option<Timestamp>);
+
+/// Where a budget keeps what must outlive the process. Times are wall-clock instants.
+pub trait BudgetJournal: Send + Sync {
+    /// The tenant's calls sent since `since`, and its pending `Retry-After` (no call before).
+    fn load<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        since: Timestamp,
+    ) -> BoxFuture<'a, Result<SavedCalls, String>>;
+
+    /// One call sent at `at`; calls before `forget_before` no longer matter.
+    fn record_call<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        at: Timestamp,
+        forget_before: Timestamp,
+    ) -> BoxFuture<'a, Result<(), String>>;
+
+    /// No call before `until`.
+    fn record_hold<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        until: Timestamp,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// The wall clock now, and the same moment as a tokio instant, for converting saved times.
+fn wall_now() -> (Timestamp, Instant) {
+    (
+        Timestamp::from_datetime(time::OffsetDateTime::now_utc()),
+        Instant::now(),
+    )
+}
+
+/// `ts` as a tokio instant, given that `now` and `at` are the same moment; `None` if it lies
+/// before the instants this process can represent (it no longer matters then).
+fn to_instant(ts: Timestamp, now: Timestamp, at: Instant) -> Option<Instant> {
+    let delta = ts.ticks() - now.ticks();
+    let d = Duration::from_nanos(delta.unsigned_abs().saturating_mul(100));
+    if delta < 0 {
+        at.checked_sub(d)
+    } else {
+        Some(at + d)
+    }
+}
+
+fn plus(ts: Timestamp, d: Duration) -> Timestamp {
+    ts.plus_ticks((d.as_nanos() / 100).min(i64::MAX as u128) as i64)
+}
+
+fn minus(ts: Timestamp, d: Duration) -> Timestamp {
+    ts.plus_ticks(-((d.as_nanos() / 100).min(i64::MAX as u128) as i64))
+}
 
 #[derive(Debug, Default)]
 struct TenantBudget {
@@ -22,6 +84,8 @@ struct TenantBudget {
     calls: VecDeque<Instant>,
     /// No call before this (the last `Retry-After`).
     not_before: Option<Instant>,
+    /// The journal's saved budget has been merged in.
+    loaded: bool,
 }
 
 /// Call limits shared by everything that calls the API.
@@ -30,6 +94,13 @@ pub struct Budget {
     /// `(calls, window)` pairs; all must hold.
     limits: Vec<(usize, Duration)>,
     tenants: Mutex<HashMap<TenantId, TenantBudget>>,
+    journal: Option<Arc<dyn BudgetJournal>>,
+}
+
+impl std::fmt::Debug for dyn BudgetJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BudgetJournal")
+    }
 }
 
 impl Budget {
@@ -37,6 +108,58 @@ impl Budget {
         Self {
             limits: limits.into_iter().filter(|(n, _)| *n > 0).collect(),
             tenants: Mutex::new(HashMap::new()),
+            journal: None,
+        }
+    }
+
+    /// Saves calls and `Retry-After`s in `journal`, and loads each tenant's saved budget before
+    /// its first call.
+    pub fn with_journal(mut self, journal: Arc<dyn BudgetJournal>) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    fn longest(&self) -> Duration {
+        self.limits.iter().map(|l| l.1).max().unwrap_or_default()
+    }
+
+    /// Merges the tenant's saved calls and `Retry-After` in, once. If the journal cannot be read,
+    /// the call goes ahead on what this process knows and the next call tries again.
+    async fn load(&self, tenant: &TenantId) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        if self
+            .tenants
+            .lock()
+            .expect("budget lock")
+            .get(tenant)
+            .is_some_and(|b| b.loaded)
+        {
+            return;
+        }
+        let (now, at) = wall_now();
+        match journal.load(tenant, minus(now, self.longest())).await {
+            Ok((calls, not_before)) => {
+                let mut tenants = self.tenants.lock().expect("budget lock");
+                let b = tenants.entry(tenant.clone()).or_default();
+                if b.loaded {
+                    return;
+                }
+                b.loaded = true;
+                b.calls
+                    .extend(calls.into_iter().filter_map(|t| to_instant(t, now, at)));
+                b.calls.make_contiguous().sort();
+                if let Some(nb) = not_before.and_then(|t| to_instant(t, now, at)) {
+                    b.not_before = Some(b.not_before.map_or(nb, |t| t.max(nb)));
+                }
+                if !b.calls.is_empty() || b.not_before.is_some_and(|t| t > at) {
+                    tracing::debug!(tenant = %tenant, calls = b.calls.len(), "loaded the tenant's saved call budget");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, error = %e, "cannot load the tenant's saved call budget");
+            }
         }
     }
 
@@ -83,6 +206,7 @@ impl Budget {
     /// Returns how long it waited.
     pub async fn acquire(&self, tenant: &TenantId) -> Duration {
         let started = Instant::now();
+        self.load(tenant).await;
         loop {
             let wait = {
                 let mut tenants = self.tenants.lock().expect("budget lock");
@@ -91,6 +215,7 @@ impl Budget {
                 let wait = self.wait_for(b, now);
                 if wait.is_zero() {
                     b.calls.push_back(now);
+                    self.save_call(tenant);
                     return now.duration_since(started);
                 }
                 wait
@@ -99,12 +224,36 @@ impl Budget {
         }
     }
 
-    /// No call for `tenant` before `delay` from now (a 429's or 503's `Retry-After`).
-    pub fn defer(&self, tenant: &TenantId, delay: Duration) {
+    /// Saves the call just made, without waiting for the journal.
+    fn save_call(&self, tenant: &TenantId) {
+        let Some(journal) = self.journal.clone() else {
+            return;
+        };
+        let (now, _) = wall_now();
+        let forget_before = minus(now, self.longest());
+        let tenant = tenant.clone();
+        tokio::spawn(async move {
+            if let Err(e) = journal.record_call(&tenant, now, forget_before).await {
+                tracing::warn!(tenant = %tenant, error = %e, "cannot save an api call in the call budget");
+            }
+        });
+    }
+
+    /// No call for `tenant` before `delay` from now (a 429's or 503's `Retry-After`); saved in
+    /// the journal before this returns.
+    pub async fn defer(&self, tenant: &TenantId, delay: Duration) {
         let until = Instant::now() + delay;
-        let mut tenants = self.tenants.lock().expect("budget lock");
-        let b = tenants.entry(tenant.clone()).or_default();
-        b.not_before = Some(b.not_before.map_or(until, |t| t.max(until)));
+        {
+            let mut tenants = self.tenants.lock().expect("budget lock");
+            let b = tenants.entry(tenant.clone()).or_default();
+            b.not_before = Some(b.not_before.map_or(until, |t| t.max(until)));
+        }
+        if let Some(journal) = &self.journal {
+            let (now, _) = wall_now();
+            if let Err(e) = journal.record_hold(tenant, plus(now, delay)).await {
+                tracing::warn!(tenant = %tenant, error = %e, "cannot save a retry-after in the call budget");
+            }
+        }
     }
 }
 
@@ -143,7 +292,7 @@ mod tests {
             at.push((Instant::now() - start).as_secs_f64());
         }
         assert_eq!(at, vec![0.0, 0.0, 1.0, 10.0, 10.0]);
-        b.defer(&t(1), Duration::from_secs(7));
+        b.defer(&t(1), Duration::from_secs(7)).await;
         b.acquire(&t(1)).await;
         assert!((Instant::now() - start).as_secs_f64() >= 17.0);
     }

@@ -196,7 +196,7 @@ fn load(path: &Path, needs: Needs) -> Result<Settings, i32> {
 /// err), on `target`, and returns [`EX_CONFIG`].
 fn load_for(path: &Path, needs: Needs, target: Target) -> Result<Settings, i32> {
     let env = Environment::from_process();
-    Settings::load(path, &env, needs).map_err(|e| {
+    let s = Settings::load(path, &env, needs).map_err(|e| {
         match config::log_format_hint(path, &env) {
             config::LogFormat::Json => {
                 telemetry::init(config::LogFormat::Json, "info", target);
@@ -218,7 +218,11 @@ fn load_for(path: &Path, needs: Needs, target: Target) -> Result<Settings, i32> 
             config::LogFormat::Text => eprint!("mde-sync: {e}"),
         }
         EX_CONFIG
-    })
+    })?;
+    for w in &s.warnings {
+        eprintln!("mde-sync: warning: {w}");
+    }
+    Ok(s)
 }
 
 fn fail(e: anyhow::Error) -> i32 {

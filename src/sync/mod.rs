@@ -6,7 +6,9 @@
 //! promises no order and no `@odata.nextLink`. Changes become visible some time after their
 //! `lastUpdateTime` (indexing lag), alerts change while we page, and a bulk action can give more
 //! alerts one identical `lastUpdateTime` than fit in a page. Timestamps carry 0 to 7 fractional
-//! digits; we compare them as instants ([`Timestamp`]), never as text.
+//! digits; we compare them as instants ([`Timestamp`]), never as text. An alert without a
+//! `lastUpdateTime` lies in no window and has no version order, so it is refused (counted as
+//! rejected), never stored.
 //!
 //! # Assumptions (A1–A3)
 //! - **A1** A response is a snapshot: every alert matching the filter at that moment whose rank
@@ -44,7 +46,9 @@
 //!    below). If the check fails the instant is paged again from the start, a few times at most,
 //!    and otherwise the run fails without moving `W`.
 //! 5. Following a `@odata.nextLink`, if the API ever sends one, is treated as paging the same
-//!    window.
+//!    window. The window counts as complete only when a page comes without a link; a link seen
+//!    twice, or `sync.max_pages_per_run` reached, ends the run with the alerts read stored and
+//!    `W` not moved past the window (so the argument below is untouched).
 //!
 //! # Why no alert is lost
 //! Take any alert `x` and its current version `v` with `lastUpdateTime t`. We show that `x` is
@@ -127,6 +131,10 @@ pub enum SyncError {
     },
     #[error("the run was stopped at a page boundary (shutdown, or the tenant was removed)")]
     Stopped,
+    #[error(
+        "the API's @odata.nextLink {why} after {pages} pages of one window: the links were not followed further, the alerts read are stored and the watermark did not move; will retry next run (if it persists, report it to Microsoft with the correlation ids in the log)"
+    )]
+    NextLinkLoop { why: &'static str, pages: u64 },
 }
 
 /// What a failed run says about the tenant, for scheduling its next attempt.
@@ -161,7 +169,7 @@ impl SyncError {
         match self {
             Self::Api(e) => e.label(),
             Self::Store(_) => "database-error",
-            Self::UnstableInstant { .. } => "degraded",
+            Self::UnstableInstant { .. } | Self::NextLinkLoop { .. } => "degraded",
             Self::Stopped => "stopped",
         }
     }
@@ -211,6 +219,9 @@ pub struct Syncer {
     stop: watch::Sender<bool>,
     /// When set, only these tenants may run; the others stop at their next page boundary.
     active: Mutex<Option<HashSet<TenantId>>>,
+    /// Run outcomes the store refused to record (a full disk, the database away), with whether
+    /// the run was stopped; recorded before the tenant's next run.
+    unrecorded: Mutex<HashMap<TenantId, (RunReport, bool)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -243,6 +254,7 @@ impl Syncer {
             credential_fault: Mutex::new(None),
             stop: watch::Sender::new(false),
             active: Mutex::new(None),
+            unrecorded: Mutex::new(HashMap::new()),
             metrics: Arc::default(),
         }
     }
@@ -453,6 +465,7 @@ impl Syncer {
             tenant: tenant.id.clone(),
         };
 
+        self.record_unrecorded(&tenant.id).await;
         let mut c = Counters::default();
         let (before, run_id, result) = match self.begin(tenant).await {
             Ok((before, run_id)) => {
@@ -500,13 +513,13 @@ impl Syncer {
                 watermark_after: c.watermark,
                 error: outcome.error.clone(),
             };
-            let recorded = if stopped {
-                self.store.stop_run(&report).await
-            } else {
-                self.store.finish_run(&report).await
-            };
-            if let Err(e) = recorded {
+            if let Err(e) = self.record(&report, stopped).await {
+                // kept, and recorded before the tenant's next run
                 tracing::error!(error = %e, "cannot record the run's outcome");
+                self.unrecorded
+                    .lock()
+                    .expect("unrecorded runs")
+                    .insert(tenant.id.clone(), (report, stopped));
             }
         }
         match &outcome.error {
@@ -544,6 +557,40 @@ impl Syncer {
             ),
         }
         outcome
+    }
+
+    async fn record(&self, report: &RunReport, stopped: bool) -> Result<(), StoreError> {
+        if stopped {
+            self.store.stop_run(report).await
+        } else {
+            self.store.finish_run(report).await
+        }
+    }
+
+    /// Records the outcome of the tenant's last run if the store refused it then.
+    async fn record_unrecorded(&self, tenant: &TenantId) {
+        let pending = self
+            .unrecorded
+            .lock()
+            .expect("unrecorded runs")
+            .remove(tenant);
+        if let Some((report, stopped)) = pending {
+            match self.record(&report, stopped).await {
+                Ok(()) => {
+                    tracing::info!(
+                        run_id = report.run_id,
+                        "recorded the outcome of an earlier run"
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "still cannot record the outcome of an earlier run");
+                    self.unrecorded
+                        .lock()
+                        .expect("unrecorded runs")
+                        .insert(tenant.clone(), (report, stopped));
+                }
+            }
+        }
     }
 
     async fn begin(&self, tenant: &Tenant) -> Result<(Option<Timestamp>, i64), StoreError> {
@@ -687,6 +734,12 @@ impl Syncer {
         let mut rows = Vec::with_capacity(alerts.len());
         for raw in alerts {
             match parse_alert(raw) {
+                Ok(row) if row.last_update.is_none() => {
+                    // Without it no version can be ordered against another, and no window or
+                    // watermark covers the alert.
+                    c.rejected += 1;
+                    tracing::warn!(alert_id = %row.id, reason = "no lastUpdateTime", "malformed alert skipped");
+                }
                 Ok(row) => {
                     if let Some(aad) = &row.aad_tenant_id
                         && !aad.eq_ignore_ascii_case(tenant.id.as_str())
@@ -742,22 +795,48 @@ impl Syncer {
         Ok(())
     }
 
-    /// A window that returned a `@odata.nextLink`: the source pages for us.
+    /// A window that returned a `@odata.nextLink`: the source pages for us. A link seen twice in
+    /// one window is a loop, and links count against `sync.max_pages_per_run` like any call, so
+    /// a server that keeps sending links can neither hold the run forever nor spend the
+    /// tenant's call budget; the window then stays incomplete and the watermark where it was.
     async fn follow_links(
         &self,
         tenant: &Tenant,
         mut page: Page,
         c: &mut Counters,
     ) -> Result<(), SyncError> {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut followed = 0u64;
         loop {
             self.write(tenant, &page.alerts, None, Timestamp::MIN_TICK, c)
                 .await?;
             let Some(link) = page.next_link.take() else {
                 return Ok(());
             };
+            let why = if !seen.insert(link.clone()) {
+                Some("repeated a link already followed")
+            } else if c.pages >= self.settings.max_pages_per_run {
+                Some("reached sync.max_pages_per_run")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                tracing::warn!(
+                    pages = c.pages,
+                    links_followed = followed,
+                    alerts = c.received,
+                    reason = why,
+                    "nextlink paging cut short"
+                );
+                return Err(SyncError::NextLinkLoop {
+                    why,
+                    pages: followed + 1,
+                });
+            }
             page = self
                 .fetch_unless_stopped(&tenant.id, self.source.fetch_link(&tenant.id, &link))
                 .await?;
+            followed += 1;
             c.pages += 1;
             c.received += page.alerts.len() as u64;
         }
