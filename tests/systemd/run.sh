@@ -292,6 +292,8 @@ check "after the rejected reload: same MainPID, still active, 3 tenants, rejecte
            curl -fsS http://127.0.0.1:9464/metrics >/srv/ci/metrics.txt &&
            grep -q '^mde_sync_config_reloads_total{result=\"rejected\"} 1$' /srv/ci/metrics.txt &&
            grep -q '^mde_sync_tenants 3$' /srv/ci/metrics.txt"
+check "systemctl status shows the rejected reload in the STATUS= line" \
+    sh_ct 'systemctl status --no-pager mde-sync | grep -q "last reload rejected, running configuration kept"'
 cp "$RUN/tenants.good" "$ROOT/etc/mde-sync/tenants.toml"
 # The live /metrics output, for `promtool check metrics` in .ci/run.
 if [ -n "${MDE_SYNC_METRICS_OUT:-}" ]; then
