@@ -301,6 +301,14 @@ if [ -n "${MDE_SYNC_METRICS_OUT:-}" ]; then
     cp "$ROOT/srv/ci/metrics.txt" "$MDE_SYNC_METRICS_OUT"
 fi
 
+echo "== upgrade"
+MAIN_BEFORE="$(show MainPID)"
+check "reinstalling the package keeps the edited configuration and restarts the running service" \
+    sh_ct "sudo apt install -y --reinstall ./$DEB_NAME >/dev/null 2>&1 &&
+           grep -qx 'client_id = \"$CLIENT_ID\"' /etc/mde-sync/config.toml &&
+           [ \"\$(stat -c '%U:%G %a' /etc/mde-sync/config.toml)\" = 'root:mde-sync 640' ] &&
+           systemctl is-active --quiet mde-sync && [ \"\$(systemctl show -p MainPID --value mde-sync)\" != $MAIN_BEFORE ]"
+
 echo "== stop"
 T0=$(date +%s%N)
 check "sudo systemctl stop mde-sync exits 0" sh_ct 'sudo systemctl stop mde-sync'
