@@ -115,6 +115,8 @@ struct Inner {
     tenants: BTreeMap<TenantId, TenantGauges>,
     run_duration: Histogram,
     last_pass: Option<(Timestamp, Duration)>,
+    /// The last `systemctl reload` was rejected: the running configuration is not the file's.
+    reload_rejected: bool,
 }
 
 /// The daemon's metrics. `Metrics::default()` is a private registry nobody scrapes, which is what
@@ -175,6 +177,7 @@ impl Metrics {
 
     pub fn config_reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "rejected" };
+        self.lock().reload_rejected = !applied;
         self.add(
             "mde_sync_config_reloads_total",
             vec![("result", result.to_owned())],
@@ -303,6 +306,10 @@ impl Metrics {
                 took.as_secs_f64()
             )),
             None => s.push_str("; first pass running"),
+        }
+        if st.reload_rejected {
+            // Until a reload is applied: `systemctl status` shows it next to the pass summary.
+            s.push_str("; last reload rejected, running configuration kept (journalctl -u mde-sync -p err)");
         }
         s
     }
@@ -520,6 +527,22 @@ fn escape(s: &str, quotes: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rejected_reload_stays_in_the_status_line_until_one_is_applied() {
+        let m = Metrics::default();
+        assert!(!m.summary().contains("reload rejected"));
+        m.config_reload(false);
+        assert!(
+            m.summary().ends_with(
+                "; last reload rejected, running configuration kept (journalctl -u mde-sync -p err)"
+            ),
+            "{}",
+            m.summary()
+        );
+        m.config_reload(true);
+        assert!(!m.summary().contains("reload rejected"), "{}", m.summary());
+    }
 
     fn tenant(n: u32) -> TenantId {
         TenantId::parse(&format!("00000000-0000-4000-a000-{n:012}")).unwrap()

@@ -22,8 +22,15 @@ case "$PROFILE" in
         exit 2
         ;;
 esac
-echo "== cargo build --profile $PROFILE --locked" >&2
-cargo build --profile "$PROFILE" --locked >&2
+if [ "$PROFILE" = dev ]; then
+    # The binary exactly as `cargo test` builds it (with the dev-dependencies' features): a plain
+    # `cargo build` would rebuild the dependencies without them.
+    echo "== cargo test --no-run --locked" >&2
+    cargo test --no-run --locked >&2
+else
+    echo "== cargo build --release --locked" >&2
+    cargo build --release --locked >&2
+fi
 rm -rf target/package-assets
 "$BIN" package-assets target/package-assets
 echo "== cargo deb --no-build --profile $PROFILE" >&2

@@ -403,9 +403,25 @@ async fn status_on_a_read_only_sqlite_file_neither_migrates_nor_writes_nor_aband
     let before = std::fs::read(&db).unwrap();
     let mut cmd = status_command(&dir.0.join("config.toml"));
     if running_as_root() {
-        // root writes to anything: run as nobody, who cannot
+        // root writes to anything: run as nobody, who cannot, from a copy of the binary that
+        // nobody may execute wherever the build directory is
         use std::os::unix::process::CommandExt;
-        cmd.uid(65534).gid(65534);
+        let bin = dir.0.join("mde-sync");
+        std::fs::copy(BIN, &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut as_nobody = Command::new(&bin);
+        as_nobody
+            .args([
+                "--config",
+                &dir.0.join("config.toml").display().to_string(),
+                "status",
+            ])
+            .env("MDE_SYNC_LOG__FORMAT", "json")
+            .env_remove("STATE_DIRECTORY")
+            .current_dir(&dir.0)
+            .uid(65534)
+            .gid(65534);
+        cmd = as_nobody;
     }
     let out = cmd.output().unwrap();
     for p in [&dir.0, &data] {

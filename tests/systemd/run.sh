@@ -292,12 +292,22 @@ check "after the rejected reload: same MainPID, still active, 3 tenants, rejecte
            curl -fsS http://127.0.0.1:9464/metrics >/srv/ci/metrics.txt &&
            grep -q '^mde_sync_config_reloads_total{result=\"rejected\"} 1$' /srv/ci/metrics.txt &&
            grep -q '^mde_sync_tenants 3$' /srv/ci/metrics.txt"
+check "systemctl status shows the rejected reload in the STATUS= line" \
+    sh_ct 'systemctl status --no-pager mde-sync | grep -q "last reload rejected, running configuration kept"'
 cp "$RUN/tenants.good" "$ROOT/etc/mde-sync/tenants.toml"
 # The live /metrics output, for `promtool check metrics` in .ci/run.
 if [ -n "${MDE_SYNC_METRICS_OUT:-}" ]; then
     check "GET /metrics answers" sh_ct 'curl -fsS http://127.0.0.1:9464/metrics >/srv/ci/metrics.txt'
     cp "$ROOT/srv/ci/metrics.txt" "$MDE_SYNC_METRICS_OUT"
 fi
+
+echo "== upgrade"
+MAIN_BEFORE="$(show MainPID)"
+check "reinstalling the package keeps the edited configuration and restarts the running service" \
+    sh_ct "sudo apt install -y --reinstall ./$DEB_NAME >/dev/null 2>&1 &&
+           grep -qx 'client_id = \"$CLIENT_ID\"' /etc/mde-sync/config.toml &&
+           [ \"\$(stat -c '%U:%G %a' /etc/mde-sync/config.toml)\" = 'root:mde-sync 640' ] &&
+           systemctl is-active --quiet mde-sync && [ \"\$(systemctl show -p MainPID --value mde-sync)\" != $MAIN_BEFORE ]"
 
 echo "== stop"
 T0=$(date +%s%N)
