@@ -15,7 +15,7 @@ use crate::{
     config::{Environment, Needs, Settings},
     mde::MdeClient,
     metrics::Metrics,
-    service::{self, Heartbeat, Integration, Notifier, http::AdminState, notify},
+    service::{self, Heartbeat, Integration, Notifier, http::AdminState, notify, replica::Replica},
     store::{self, SharedStore, TenantStatus},
     sync::{RunOutcome, Syncer},
     telemetry::LogHandle,
@@ -33,6 +33,8 @@ pub struct App {
     pub clock: SharedClock,
     /// What `/metrics` shows; shared by the client, the token provider and the syncer.
     pub metrics: Arc<Metrics>,
+    /// Set by `run` on Postgres: this process is one replica among any number.
+    pub replica: std::sync::OnceLock<Arc<Replica>>,
 }
 
 impl App {
@@ -74,6 +76,7 @@ impl App {
             syncer,
             clock,
             metrics,
+            replica: std::sync::OnceLock::new(),
         }
     }
 
@@ -115,6 +118,18 @@ impl App {
             log,
         } = service;
         let tenants = watch::Sender::new(Arc::new(self.settings.tenants.clone()));
+        // Several replicas (Postgres): claim a share of the tenants before the first pass.
+        let (claimed_tx, mut claimed_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Tenant>>();
+        let replica_loop = match self.store.leases() {
+            Some(leases) => {
+                let replica = Replica::new(leases, &self.settings.service.replica)
+                    .context("while joining as a replica")?;
+                let _ = self.replica.set(replica.clone());
+                replica.start(&self.settings.tenants, &self.syncer).await;
+                Some(replica.spawn(self.syncer.clone(), tenants.subscribe(), claimed_tx))
+            }
+            None => None,
+        };
         self.apply_tenants(&self.settings.tenants);
         match self.store.status().await {
             Ok(rows) => self.metrics.seed(&rows),
@@ -133,11 +148,12 @@ impl App {
             .await
             .context("while starting the scheduler")?;
 
-        let (syncer, metrics, current, n) = (
+        let (syncer, metrics, current, n, replica) = (
             self.syncer.clone(),
             self.metrics.clone(),
             tenants.subscribe(),
             notifier.clone(),
+            self.replica.get().cloned(),
         );
         sched
             .add(
@@ -145,7 +161,7 @@ impl App {
                     // The tenants file as of this tick: a reload takes effect at the next one.
                     let run = pass(
                         syncer.clone(),
-                        current.borrow().clone(),
+                        mine(replica.as_deref(), current.borrow().clone()),
                         metrics.clone(),
                         n.clone(),
                     );
@@ -207,13 +223,14 @@ impl App {
                     heartbeat: heartbeat.clone(),
                     store: self.store.clone(),
                     syncer: self.syncer.clone(),
+                    replica: self.replica.get().cloned(),
                 },
             )
         });
 
         tokio::spawn(pass(
             self.syncer.clone(),
-            tenants.borrow().clone(),
+            mine(self.replica.get().map(|r| &**r), tenants.borrow().clone()),
             self.metrics.clone(),
             notifier.clone(),
         ));
@@ -237,6 +254,15 @@ impl App {
                     self.reload(&tenants, log.as_ref(), &mut log_level, &notifier);
                     notifier.ready(&self.metrics.summary());
                 }
+                Some(claimed) = claimed_rx.recv() => {
+                    // Tenants this replica just claimed start now rather than at the next tick.
+                    tokio::spawn(pass(
+                        self.syncer.clone(),
+                        Arc::new(claimed),
+                        self.metrics.clone(),
+                        notifier.clone(),
+                    ));
+                }
             }
         }
 
@@ -250,6 +276,10 @@ impl App {
             "stopping: {running} run(s) finishing their current page"
         ));
         self.syncer.stop();
+        if let Some(r) = self.replica.get() {
+            // held leases stay renewed while runs finish; nothing new is claimed
+            r.begin_stop();
+        }
         let mut sched = sched;
         let _ = sched.shutdown().await;
         let deadline = tokio::time::Instant::now() + grace;
@@ -265,8 +295,12 @@ impl App {
                 "runs still in progress abandoned; they resume from their watermark"
             );
         }
-        for task in admin.into_iter().chain(watchdog) {
+        for task in admin.into_iter().chain(watchdog).chain(replica_loop) {
             task.abort();
+        }
+        if let Some(r) = self.replica.get() {
+            // Other replicas take this one's tenants over at their next round, not after a ttl.
+            r.release_all().await;
         }
         tracing::info!("stopped");
         Ok(())
@@ -275,13 +309,14 @@ impl App {
     /// Points the syncer and the metrics at `tenants`: tenants not listed (or disabled) stop
     /// at their next page boundary and lose their gauges; their data stays.
     fn apply_tenants(&self, tenants: &[Tenant]) {
-        self.syncer.set_active_tenants(Some(
-            tenants
+        self.syncer.set_active_tenants(Some(match self.replica.get() {
+            Some(r) => r.active(tenants),
+            None => tenants
                 .iter()
                 .filter(|t| t.enabled)
                 .map(|t| t.id.clone())
                 .collect(),
-        ));
+        }));
         self.metrics.set_tenants(tenants);
     }
 
@@ -356,11 +391,19 @@ impl App {
                 .collect();
             tokio::spawn(pass(
                 self.syncer.clone(),
-                Arc::new(first),
+                mine(self.replica.get().map(|r| &**r), Arc::new(first)),
                 self.metrics.clone(),
                 notifier.clone(),
             ));
         }
+    }
+}
+
+/// The tenants this process syncs: all of them, or, as a replica, those it holds a lease on.
+fn mine(replica: Option<&Replica>, tenants: Arc<Vec<Tenant>>) -> Arc<Vec<Tenant>> {
+    match replica {
+        Some(r) => Arc::new(r.mine(&tenants)),
+        None => tenants,
     }
 }
 

@@ -21,11 +21,18 @@ use crate::{
     timestamp::Timestamp,
 };
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/sqlite/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        5,
+        "replicas",
+        include_str!("../../migrations/sqlite/0005_replicas.sql"),
+    ),
+];
 
 /// The alert upsert. A row is replaced only by a version that is newer, or equally new with
 /// different content (re-reading the overlap window then costs no writes).

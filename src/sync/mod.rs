@@ -160,6 +160,7 @@ impl SyncError {
     pub fn label(&self) -> &'static str {
         match self {
             Self::Api(e) => e.label(),
+            Self::Store(StoreError::LeaseLost { .. }) => "lease-lost",
             Self::Store(_) => "database-error",
             Self::UnstableInstant { .. } => "degraded",
             Self::Stopped => "stopped",
@@ -303,6 +304,11 @@ impl Syncer {
 
     fn now(&self) -> Timestamp {
         Timestamp::from_datetime(self.clock.now())
+    }
+
+    /// Whether `tenant` has a run in progress.
+    pub fn is_running(&self, tenant: &TenantId) -> bool {
+        self.running.lock().expect("running set").contains(tenant)
     }
 
     /// How many tenants have a run in progress.

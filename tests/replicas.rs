@@ -1,0 +1,552 @@
+//! Several replicas of the real binary (`mde-sync run`) on one real Postgres, against the
+//! simulator: one is killed with SIGKILL mid-run and restarted, one is frozen with SIGSTOP past
+//! its lease and woken, one is stopped with SIGTERM. Afterwards the database equals the
+//! simulator, no two replicas ever synced one tenant at overlapping times, the frozen replica's
+//! late write was refused, takeovers were on time, and no tenant's call budget was exceeded.
+//! Also: a second `run` on one SQLite file refuses to start.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use mde_sync::{
+    cli::{SimCredentialFiles, write_sim_config},
+    config::CloudName,
+    simulator::{SimConfig, SimTenant, Simulator, TenantKind},
+};
+use sqlx::PgPool;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mde-sync");
+const TENANTS: usize = 6;
+const LEASE_TTL_S: f64 = 3.0;
+const CLAIM_INTERVAL_S: f64 = 1.0;
+/// Per tenant and minute, enforced by mde-sync and by the simulator (which answers 429 past it).
+const CALLS_PER_MINUTE: usize = 40;
+/// Each API call takes this long, so a replica is nearly always in the middle of a run.
+const LATENCY: Duration = Duration::from_millis(2000);
+
+/// One `mde-sync run` child, with its output in a file.
+struct ReplicaProc {
+    name: String,
+    child: Child,
+    log: std::path::PathBuf,
+    metrics_port: u16,
+}
+
+impl ReplicaProc {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {}", self.name);
+    }
+
+    fn log_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    async fn get(&self, path: &str) -> String {
+        let http = mde_sync::auth::http_client(Duration::from_secs(5));
+        http.get(format!("http://127.0.0.1:{}{path}", self.metrics_port))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for ReplicaProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(dir: &std::path::Path, db_url: &str, name: &str, incarnation: usize) -> ReplicaProc {
+    let log = dir.join(format!("{name}-{incarnation}.log"));
+    let out = File::create(&log).unwrap();
+    let port = free_port();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .arg("run")
+        .env("MDE_SYNC_DATABASE__URL", db_url)
+        .env("MDE_SYNC_DATABASE__MAX_CONNECTIONS", "4")
+        .env("MDE_SYNC_SYNC__SCHEDULE", "* * * * * *")
+        .env("MDE_SYNC_SYNC__LAG_ALLOWANCE", "2s")
+        .env("MDE_SYNC_SYNC__INITIAL_LOOKBACK", "3d")
+        .env("MDE_SYNC_SYNC__REQUEST_TIMEOUT", "30s")
+        .env(
+            "MDE_SYNC_SYNC__CALLS_PER_MINUTE",
+            CALLS_PER_MINUTE.to_string(),
+        )
+        .env("MDE_SYNC_SERVICE__REPLICA_ID", name)
+        .env("MDE_SYNC_SERVICE__LEASE_TTL", format!("{LEASE_TTL_S}s"))
+        .env(
+            "MDE_SYNC_SERVICE__CLAIM_INTERVAL",
+            format!("{}ms", (CLAIM_INTERVAL_S * 1000.0) as u64),
+        )
+        .env("MDE_SYNC_SERVICE__SHUTDOWN_TIMEOUT", "10s")
+        .env("MDE_SYNC_METRICS__LISTEN", format!("127.0.0.1:{port}"))
+        .env("MDE_SYNC_LOG__FORMAT", "json")
+        .env("MDE_SYNC_LOG__LEVEL", "info")
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .expect("start mde-sync run");
+    ReplicaProc {
+        name: name.to_owned(),
+        child,
+        log,
+        metrics_port: port,
+    }
+}
+
+/// `tenant -> owner` of the live leases.
+async fn owners(pool: &PgPool) -> BTreeMap<String, String> {
+    sqlx::query_as::<_, (String, String)>(
+        "SELECT tenant_id, owner FROM tenant_leases WHERE owner IS NOT NULL AND lease_until > now()",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default()
+    .into_iter()
+    .collect()
+}
+
+async fn db_now(pool: &PgPool) -> f64 {
+    sqlx::query_scalar("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics after `limit`.
+async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every tenant leased, spread evenly over `names`.
+async fn wait_balanced(pool: &PgPool, names: &[&str], limit: Duration) -> BTreeMap<String, String> {
+    let share = TENANTS.div_ceil(names.len());
+    wait_for(limit, &format!("tenants spread over {names:?}"), || async {
+        let o = owners(pool).await;
+        let mut per: HashMap<&str, usize> = HashMap::new();
+        for v in o.values() {
+            *per.entry(v.as_str()).or_default() += 1;
+        }
+        (o.len() == TENANTS
+            && names.iter().all(|n| per.get(n).is_some_and(|c| *c <= share && *c >= 1))
+            && per.keys().all(|k| names.contains(k)))
+        .then_some(o)
+    })
+    .await
+}
+
+/// Waits until none of `tenants` is owned by `gone`, and returns the seconds from `since` (database
+/// clock) to each tenant's new `acquired_at`.
+async fn takeover_secs(pool: &PgPool, tenants: &[String], gone: &str, since: f64) -> Vec<f64> {
+    let limit = Duration::from_secs_f64(LEASE_TTL_S + CLAIM_INTERVAL_S + 10.0);
+    wait_for(limit, &format!("{gone}'s tenants taken over"), || async {
+        let rows: Vec<(String, Option<String>, f64)> = sqlx::query_as(
+            "SELECT tenant_id, owner, EXTRACT(EPOCH FROM acquired_at)::float8 FROM tenant_leases \
+             WHERE tenant_id = ANY($1) AND owner IS NOT NULL AND owner <> $2 AND lease_until > now()",
+        )
+        .bind(tenants)
+        .bind(gone)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        (rows.len() == tenants.len()).then(|| rows.iter().map(|r| r.2 - since).collect())
+    })
+    .await
+}
+
+fn mine(o: &BTreeMap<String, String>, name: &str) -> Vec<String> {
+    o.iter()
+        .filter(|(_, v)| *v == name)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mde_pg_tests),
+    ignore = "set MDE_SYNC_TEST_POSTGRES_URL to run the Postgres tests"
+)]
+async fn three_replicas_survive_kill_freeze_and_restart_without_overlap_loss_or_overspending() {
+    let dir = TempDir::new("replicas");
+    let db = TestDb::new(Backend::Postgres, "replicas").await;
+    let mut cfg = SimConfig::new(
+        (1..=TENANTS)
+            .map(|n| SimTenant::numbered(n, TenantKind::Good, 60))
+            .collect(),
+    );
+    cfg.history_days = 2;
+    cfg.max_lag = time::Duration::seconds(1);
+    cfg.changes_per_request = 2;
+    cfg.latency = LATENCY;
+    cfg.faults.limit = Some((CALLS_PER_MINUTE, time::Duration::minutes(1)));
+    let sim = Simulator::new(cfg.clone());
+    let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    write_sim_config(
+        &dir.0,
+        &server.base_url(),
+        &cfg,
+        &SimCredentialFiles {
+            cloud: CloudName::Commercial,
+            certificate: None,
+            private_key: None,
+        },
+    )
+    .unwrap();
+    // Migrate once up front, so the replicas do not race to create the schema.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.0.join("config.toml"))
+        .arg("migrate")
+        .env("MDE_SYNC_DATABASE__URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let pool = PgPool::connect(&db.url).await.unwrap();
+
+    let test_start = Instant::now();
+    let mut a = spawn(&dir.0, &db.url, "replica-a", 1);
+    let b = spawn(&dir.0, &db.url, "replica-b", 1);
+    let c = spawn(&dir.0, &db.url, "replica-c", 1);
+    let names = ["replica-a", "replica-b", "replica-c"];
+    wait_balanced(&pool, &names, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // 1. kill -9 A in the middle of its runs; B and C take its tenants over.
+    let o = owners(&pool).await;
+    let a_tenants = mine(&o, "replica-a");
+    wait_for(Duration::from_secs(10), "a run of A in progress", || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sync_runs WHERE replica_id = 'replica-a' AND outcome = 'running'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (n > 0).then_some(())
+    })
+    .await;
+    let killed_at = db_now(&pool).await;
+    a.signal("KILL");
+    let _ = a.child.wait();
+    let after_kill = takeover_secs(&pool, &a_tenants, "replica-a", killed_at).await;
+    let bound = LEASE_TTL_S + CLAIM_INTERVAL_S * 1.1 + 1.0;
+    for s in &after_kill {
+        assert!(*s <= bound, "takeover after kill -9 took {s:.2}s, bound {bound}s");
+    }
+    eprintln!("takeover after kill -9: {after_kill:.2?} s (bound {bound} s)");
+
+    // 2. restart A under the same replica id: it gets its share back from B and C.
+    a = spawn(&dir.0, &db.url, "replica-a", 2);
+    wait_balanced(&pool, &names, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 3. freeze B while an API call of one of its tenants is in flight, past its lease.
+    let o = owners(&pool).await;
+    let b_tenants = mine(&o, "replica-b");
+    let watched = b_tenants[0].clone();
+    let answered = |sim: &Arc<Simulator>| {
+        sim.requests()
+            .iter()
+            .filter(|r| r.tenant.as_deref() == Some(watched.as_str()) && r.path_and_query.contains("/alerts"))
+            .count()
+    };
+    let before = answered(&sim);
+    wait_for(Duration::from_secs(10), "an answer to B", || async {
+        (answered(&sim) > before).then_some(())
+    })
+    .await;
+    // B starts its next run at the next whole second and waits LATENCY for the answer: stop it
+    // in between.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let frozen_at = db_now(&pool).await;
+    b.signal("STOP");
+    let after_freeze = takeover_secs(&pool, &b_tenants, "replica-b", frozen_at).await;
+    for s in &after_freeze {
+        assert!(*s <= bound, "takeover of a frozen replica took {s:.2}s, bound {bound}s");
+    }
+    eprintln!("takeover after SIGSTOP: {after_freeze:.2?} s (bound {bound} s)");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    b.signal("CONT");
+    // B wakes, gets the answer it was waiting for and tries to commit it: refused.
+    let refused = wait_for(Duration::from_secs(10), "B's late write refused", || async {
+        b.log_lines()
+            .into_iter()
+            .find(|l| l["message"] == "write refused: lease lost")
+    })
+    .await;
+    assert_eq!(refused["replica"], "replica-b", "{refused}");
+    let metrics = b.get("/metrics").await;
+    let refusals: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("mde_sync_fencing_refusals_total{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(refusals >= 1.0, "{metrics}");
+    let fenced: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sync_runs WHERE replica_id = 'replica-b' AND outcome = 'fenced'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(fenced >= 1, "the refused run is recorded as fenced");
+    wait_balanced(&pool, &names, Duration::from_secs(30)).await;
+
+    // 4. SIGTERM C: it releases its leases, and A and B take them at their next round, long
+    // before the lease would have expired.
+    let o = owners(&pool).await;
+    let c_tenants = mine(&o, "replica-c");
+    let health = c.get("/healthz").await;
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["replica"]["id"], "replica-c", "{health}");
+    assert_eq!(
+        health["replica"]["leases_held"].as_u64(),
+        Some(c_tenants.len() as u64),
+        "{health}"
+    );
+    let stopped_at = db_now(&pool).await;
+    let mut c = c;
+    c.signal("TERM");
+    let status = c.child.wait().unwrap();
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+    let after_term = takeover_secs(&pool, &c_tenants, "replica-c", stopped_at).await;
+    eprintln!("takeover after SIGTERM: {after_term:.2?} s");
+    // the releasing replica waits for its runs (up to one LATENCY), then others claim at once
+    let planned = LATENCY.as_secs_f64() + CLAIM_INTERVAL_S * 1.1 + 1.0;
+    for s in &after_term {
+        assert!(*s <= planned, "hand-over after SIGTERM took {s:.2}s");
+    }
+    assert!(c.log_lines().iter().any(|l| l["message"] == "leases released"));
+
+    // `status` names the holder of every tenant and every replica with its heartbeat.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.0.join("config.toml"))
+        .arg("status")
+        .env("MDE_SYNC_DATABASE__URL", &db.url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let o = owners(&pool).await;
+    for (tenant, owner) in &o {
+        assert!(
+            text.lines().any(|l| l.starts_with(tenant.as_str()) && l.contains(owner.as_str())),
+            "status shows {tenant} held by {owner}:\n{text}"
+        );
+    }
+    assert!(text.contains("LAST HEARTBEAT"), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("replica-a") && l.contains("live")),
+        "{text}"
+    );
+
+    // 5. quiesce: no more changes, let the two replicas left catch up, then stop them.
+    sim.set_changes_enabled(false);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    for r in [&a, &b] {
+        r.signal("TERM");
+    }
+    for r in [&mut a] {
+        let _ = r.child.wait();
+    }
+    let mut b = b;
+    let _ = b.child.wait();
+    eprintln!("whole scenario took {:?}", test_start.elapsed());
+
+    // The database equals the simulator.
+    for n in 1..=TENANTS {
+        let tenant = mde_sync::simulator::tenant_id(n);
+        let truth = sim.truth(&tenant);
+        let stored: BTreeMap<String, String> = sqlx::query_as::<_, (String, String)>(
+            "SELECT id, raw::text FROM alerts WHERE tenant_id = $1",
+        )
+        .bind(&tenant)
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+        assert_eq!(
+            stored.keys().collect::<Vec<_>>(),
+            truth.keys().collect::<Vec<_>>(),
+            "tenant {n}: the same alert ids"
+        );
+        for (id, raw) in &truth {
+            assert!(
+                same_raw(Backend::Postgres, &stored[id], raw),
+                "tenant {n} alert {id}: stored version differs from the simulator's"
+            );
+        }
+    }
+
+    // No two replicas synced one tenant at overlapping times. A run's interval ends when it
+    // finished, or, for a run its replica could not finish (killed, frozen), when that replica's
+    // lease expired: it could write nothing after that.
+    let runs: Vec<(String, String, f64, Option<f64>, String)> = sqlx::query_as(
+        "SELECT tenant_id, replica_id, EXTRACT(EPOCH FROM started_at)::float8, \
+                EXTRACT(EPOCH FROM finished_at)::float8, outcome \
+           FROM sync_runs WHERE replica_id IS NOT NULL ORDER BY tenant_id, started_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(runs.len() > 50, "enough runs to mean something: {}", runs.len());
+    for r in &runs {
+        assert!(r.3.is_some(), "every run has ended: {r:?}");
+    }
+    let mut checked = 0;
+    for (i, x) in runs.iter().enumerate() {
+        for y in &runs[i + 1..] {
+            if x.0 != y.0 || x.1 == y.1 {
+                continue;
+            }
+            checked += 1;
+            let (xs, xe, ys, ye) = (x.2, x.3.unwrap(), y.2, y.3.unwrap());
+            assert!(
+                xe <= ys || ye <= xs,
+                "overlapping runs of one tenant by two replicas:\n{x:?}\n{y:?}"
+            );
+        }
+    }
+    assert!(checked > 0);
+    let mut outcomes: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for r in &runs {
+        *outcomes.entry((r.1.clone(), r.4.clone())).or_default() += 1;
+    }
+    let has = |replica: &str, outcome: &str| outcomes.contains_key(&(replica.into(), outcome.into()));
+    assert!(has("replica-a", "abandoned"), "the killed replica's runs: {outcomes:?}");
+    assert!(has("replica-b", "fenced"), "the frozen replica's refused run: {outcomes:?}");
+
+    // The call budget held across every hand-over: the simulator never refused a call, and no
+    // tenant made more than CALLS_PER_MINUTE calls in any minute.
+    let requests = sim.requests();
+    let mut per_tenant: HashMap<String, Vec<f64>> = HashMap::new();
+    for r in &requests {
+        if !r.path_and_query.contains("/alerts") {
+            continue;
+        }
+        assert_ne!(r.status, 429, "the simulator refused a call: {r:?}");
+        if let Some(t) = &r.tenant {
+            per_tenant
+                .entry(t.clone())
+                .or_default()
+                .push(r.at.ticks() as f64 / 1e7);
+        }
+    }
+    assert_eq!(per_tenant.len(), TENANTS);
+    for (t, mut at) in per_tenant {
+        at.sort_by(f64::total_cmp);
+        for (i, start) in at.iter().enumerate() {
+            let in_minute = at[i..].iter().take_while(|x| **x < start + 60.0).count();
+            assert!(
+                in_minute <= CALLS_PER_MINUTE,
+                "tenant {t}: {in_minute} calls within a minute"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_one_sqlite_file_refuses_to_start_with_status_75() {
+    let dir = TempDir::new("sqlite-lock");
+    let cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 5)]);
+    let sim = Simulator::new(cfg.clone());
+    let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    write_sim_config(
+        &dir.0,
+        &server.base_url(),
+        &cfg,
+        &SimCredentialFiles {
+            cloud: CloudName::Commercial,
+            certificate: None,
+            private_key: None,
+        },
+    )
+    .unwrap();
+    let run = || {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(dir.0.join("config.toml"))
+            .arg("run")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = run();
+    let db = dir.0.join("mde-sync.db");
+    wait_for(Duration::from_secs(20), "the first run synced", || async {
+        let Ok(pool) = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await
+        else {
+            return None;
+        };
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (n == 5).then_some(())
+    })
+    .await;
+    let second = run().wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.contains("another `mde-sync run` is already using this SQLite database"),
+        "{stderr}"
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+    // the kernel dropped the lock with the killed process: a new run starts
+    let mut third = run();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(third.try_wait().unwrap().is_none(), "the third run keeps running");
+    let _ = third.kill();
+    let _ = third.wait();
+}
