@@ -309,14 +309,15 @@ impl App {
     /// Points the syncer and the metrics at `tenants`: tenants not listed (or disabled) stop
     /// at their next page boundary and lose their gauges; their data stays.
     fn apply_tenants(&self, tenants: &[Tenant]) {
-        self.syncer.set_active_tenants(Some(match self.replica.get() {
-            Some(r) => r.active(tenants),
-            None => tenants
-                .iter()
-                .filter(|t| t.enabled)
-                .map(|t| t.id.clone())
-                .collect(),
-        }));
+        self.syncer
+            .set_active_tenants(Some(match self.replica.get() {
+                Some(r) => r.active(tenants),
+                None => tenants
+                    .iter()
+                    .filter(|t| t.enabled)
+                    .map(|t| t.id.clone())
+                    .collect(),
+            }));
         self.metrics.set_tenants(tenants);
     }
 

@@ -220,17 +220,16 @@ pub async fn execute(cli: Cli) -> i32 {
                 }
             };
             // SQLite stays single-replica: held until the process exits.
-            let _sqlite_lock =
-                match service::replica::lock_sqlite(secrecy::ExposeSecret::expose_secret(
-                    &s.database.url,
-                )) {
-                    Ok(lock) => lock,
-                    Err(e) => {
-                        tracing::error!(error = %e, "refusing to start");
-                        eprintln!("mde-sync: {e}");
-                        return service::replica::EX_SQLITE_IN_USE;
-                    }
-                };
+            let _sqlite_lock = match service::replica::lock_sqlite(
+                secrecy::ExposeSecret::expose_secret(&s.database.url),
+            ) {
+                Ok(lock) => lock,
+                Err(e) => {
+                    tracing::error!(error = %e, "refusing to start");
+                    eprintln!("mde-sync: {e}");
+                    return service::replica::EX_SQLITE_IN_USE;
+                }
+            };
             let notifier = Notifier::from_env();
             let app = match App::build(s, clock::system()).await {
                 Ok(a) => a,

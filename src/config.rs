@@ -1084,9 +1084,10 @@ fn validate(
     }
 
     let replica_id = raw.service.replica_id.map(|s| s.trim().to_owned());
-    if replica_id.as_deref().is_some_and(|id| {
-        id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_control())
-    }) {
+    if replica_id
+        .as_deref()
+        .is_some_and(|id| id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_control()))
+    {
         problem(
             problems,
             "service.replica_id",
@@ -1201,7 +1202,7 @@ fn validate(
             replica: ReplicaSettings {
                 id: replica_id,
                 lease_ttl: std::time::Duration::from_millis(
-                    lease_ttl.whole_milliseconds().max(0) as u64,
+                    lease_ttl.whole_milliseconds().max(0) as u64
                 ),
                 claim_interval: std::time::Duration::from_millis(
                     claim_interval.whole_milliseconds().max(0) as u64,

@@ -174,7 +174,9 @@ async fn wait_balanced(pool: &PgPool, names: &[&str], limit: Duration) -> BTreeM
             *per.entry(v.as_str()).or_default() += 1;
         }
         (o.len() == TENANTS
-            && names.iter().all(|n| per.get(n).is_some_and(|c| *c <= share && *c >= 1))
+            && names
+                .iter()
+                .all(|n| per.get(n).is_some_and(|c| *c <= share && *c >= 1))
             && per.keys().all(|k| names.contains(k)))
         .then_some(o)
     })
@@ -260,15 +262,19 @@ async fn three_replicas_survive_kill_freeze_and_restart_without_overlap_loss_or_
     // 1. kill -9 A in the middle of its runs; B and C take its tenants over.
     let o = owners(&pool).await;
     let a_tenants = mine(&o, "replica-a");
-    wait_for(Duration::from_secs(10), "a run of A in progress", || async {
-        let n: i64 = sqlx::query_scalar(
+    wait_for(
+        Duration::from_secs(10),
+        "a run of A in progress",
+        || async {
+            let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM sync_runs WHERE replica_id = 'replica-a' AND outcome = 'running'",
         )
         .fetch_one(&pool)
         .await
         .unwrap();
-        (n > 0).then_some(())
-    })
+            (n > 0).then_some(())
+        },
+    )
     .await;
     let killed_at = db_now(&pool).await;
     a.signal("KILL");
@@ -276,7 +282,10 @@ async fn three_replicas_survive_kill_freeze_and_restart_without_overlap_loss_or_
     let after_kill = takeover_secs(&pool, &a_tenants, "replica-a", killed_at).await;
     let bound = LEASE_TTL_S + CLAIM_INTERVAL_S * 1.1 + 1.0;
     for s in &after_kill {
-        assert!(*s <= bound, "takeover after kill -9 took {s:.2}s, bound {bound}s");
+        assert!(
+            *s <= bound,
+            "takeover after kill -9 took {s:.2}s, bound {bound}s"
+        );
     }
     eprintln!("takeover after kill -9: {after_kill:.2?} s (bound {bound} s)");
 
@@ -292,7 +301,10 @@ async fn three_replicas_survive_kill_freeze_and_restart_without_overlap_loss_or_
     let answered = |sim: &Arc<Simulator>| {
         sim.requests()
             .iter()
-            .filter(|r| r.tenant.as_deref() == Some(watched.as_str()) && r.path_and_query.contains("/alerts"))
+            .filter(|r| {
+                r.tenant.as_deref() == Some(watched.as_str())
+                    && r.path_and_query.contains("/alerts")
+            })
             .count()
     };
     let before = answered(&sim);
@@ -307,17 +319,24 @@ async fn three_replicas_survive_kill_freeze_and_restart_without_overlap_loss_or_
     b.signal("STOP");
     let after_freeze = takeover_secs(&pool, &b_tenants, "replica-b", frozen_at).await;
     for s in &after_freeze {
-        assert!(*s <= bound, "takeover of a frozen replica took {s:.2}s, bound {bound}s");
+        assert!(
+            *s <= bound,
+            "takeover of a frozen replica took {s:.2}s, bound {bound}s"
+        );
     }
     eprintln!("takeover after SIGSTOP: {after_freeze:.2?} s (bound {bound} s)");
     tokio::time::sleep(Duration::from_secs(1)).await;
     b.signal("CONT");
     // B wakes, gets the answer it was waiting for and tries to commit it: refused.
-    let refused = wait_for(Duration::from_secs(10), "B's late write refused", || async {
-        b.log_lines()
-            .into_iter()
-            .find(|l| l["message"] == "write refused: lease lost")
-    })
+    let refused = wait_for(
+        Duration::from_secs(10),
+        "B's late write refused",
+        || async {
+            b.log_lines()
+                .into_iter()
+                .find(|l| l["message"] == "write refused: lease lost")
+        },
+    )
     .await;
     assert_eq!(refused["replica"], "replica-b", "{refused}");
     let metrics = b.get("/metrics").await;
@@ -362,7 +381,11 @@ async fn three_replicas_survive_kill_freeze_and_restart_without_overlap_loss_or_
     for s in &after_term {
         assert!(*s <= planned, "hand-over after SIGTERM took {s:.2}s");
     }
-    assert!(c.log_lines().iter().any(|l| l["message"] == "leases released"));
+    assert!(
+        c.log_lines()
+            .iter()
+            .any(|l| l["message"] == "leases released")
+    );
 
     // `status` names the holder of every tenant and every replica with its heartbeat.
     let out = Command::new(BIN)
@@ -377,13 +400,15 @@ async fn three_replicas_survive_kill_freeze_and_restart_without_overlap_loss_or_
     let o = owners(&pool).await;
     for (tenant, owner) in &o {
         assert!(
-            text.lines().any(|l| l.starts_with(tenant.as_str()) && l.contains(owner.as_str())),
+            text.lines()
+                .any(|l| l.starts_with(tenant.as_str()) && l.contains(owner.as_str())),
             "status shows {tenant} held by {owner}:\n{text}"
         );
     }
     assert!(text.contains("LAST HEARTBEAT"), "{text}");
     assert!(
-        text.lines().any(|l| l.starts_with("replica-a") && l.contains("live")),
+        text.lines()
+            .any(|l| l.starts_with("replica-a") && l.contains("live")),
         "{text}"
     );
 
@@ -393,10 +418,8 @@ async fn three_replicas_survive_kill_freeze_and_restart_without_overlap_loss_or_
     for r in [&a, &b] {
         r.signal("TERM");
     }
-    for r in [&mut a] {
-        let _ = r.child.wait();
-    }
     let mut b = b;
+    let _ = a.child.wait();
     let _ = b.child.wait();
     eprintln!("whole scenario took {:?}", test_start.elapsed());
 
@@ -437,7 +460,11 @@ async fn three_replicas_survive_kill_freeze_and_restart_without_overlap_loss_or_
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert!(runs.len() > 50, "enough runs to mean something: {}", runs.len());
+    assert!(
+        runs.len() > 50,
+        "enough runs to mean something: {}",
+        runs.len()
+    );
     for r in &runs {
         assert!(r.3.is_some(), "every run has ended: {r:?}");
     }
@@ -460,9 +487,16 @@ async fn three_replicas_survive_kill_freeze_and_restart_without_overlap_loss_or_
     for r in &runs {
         *outcomes.entry((r.1.clone(), r.4.clone())).or_default() += 1;
     }
-    let has = |replica: &str, outcome: &str| outcomes.contains_key(&(replica.into(), outcome.into()));
-    assert!(has("replica-a", "abandoned"), "the killed replica's runs: {outcomes:?}");
-    assert!(has("replica-b", "fenced"), "the frozen replica's refused run: {outcomes:?}");
+    let has =
+        |replica: &str, outcome: &str| outcomes.contains_key(&(replica.into(), outcome.into()));
+    assert!(
+        has("replica-a", "abandoned"),
+        "the killed replica's runs: {outcomes:?}"
+    );
+    assert!(
+        has("replica-b", "fenced"),
+        "the frozen replica's refused run: {outcomes:?}"
+    );
 
     // The call budget held across every hand-over: the simulator never refused a call, and no
     // tenant made more than CALLS_PER_MINUTE calls in any minute.
@@ -546,7 +580,10 @@ async fn a_second_run_on_one_sqlite_file_refuses_to_start_with_status_75() {
     // the kernel dropped the lock with the killed process: a new run starts
     let mut third = run();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(third.try_wait().unwrap().is_none(), "the third run keeps running");
+    assert!(
+        third.try_wait().unwrap().is_none(),
+        "the third run keeps running"
+    );
     let _ = third.kill();
     let _ = third.wait();
 }

@@ -208,7 +208,7 @@ impl Replica {
                 );
             }
             self.shed(&known, tenants, syncer).await;
-            if n % 12 == 0 {
+            if n.is_multiple_of(12) {
                 self.warn_drift(&known).await;
             }
         }
@@ -274,11 +274,8 @@ impl Replica {
     }
 
     async fn warn_drift(&self, known: &[String]) {
-        if let Ok(Ok(other)) = tokio::time::timeout(
-            self.settings.lease_ttl / 3,
-            self.leases.unknown_to(known),
-        )
-        .await
+        if let Ok(Ok(other)) =
+            tokio::time::timeout(self.settings.lease_ttl / 3, self.leases.unknown_to(known)).await
             && !other.is_empty()
         {
             tracing::warn!(
@@ -493,9 +490,7 @@ pub fn lock_sqlite(url: &str) -> Result<Option<File>, String> {
             "another `mde-sync run` is already using this SQLite database (lock {}): SQLite allows one replica; stop the other one, or move to Postgres to run several replicas",
             path.display()
         )),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(format!("cannot lock {}: {e}", path.display()))
-        }
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
     }
 }
 
@@ -519,7 +514,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mde-sync-lock-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let url = format!("sqlite://{}/a.db", dir.display());
-        let first = lock_sqlite(&url).unwrap().expect("a lock for a file database");
+        let first = lock_sqlite(&url)
+            .unwrap()
+            .expect("a lock for a file database");
         let err = lock_sqlite(&url).unwrap_err();
         assert!(err.contains("another `mde-sync run`"), "{err}");
         drop(first);

@@ -77,6 +77,21 @@
 //! Rows are keyed by `(tenant_id, id)`, and the store writes a version only if its
 //! `lastUpdateTime` is not older than the stored one. Re-reading the overlap `[C, q0]` every run is
 //! therefore harmless, and the runs of one tenant never overlap (see [`Syncer::sync_all`]).
+//!
+//! # Several replicas (Postgres)
+//! Replicas share the tenants through leases ([`crate::store::lease`]): a tenant's lease row
+//! names one owner and an epoch that grows with every claim. Every transaction that writes a
+//! tenant's alerts, watermark or state begins with the fence, which commits only if the writer
+//! still holds the lease at its epoch and then keeps the lease row locked until COMMIT; a claimer
+//! skips locked rows and only claims expired ones, which the fence refuses. So the commits of
+//! different epochs never interleave: each commit is admitted under exactly one epoch, and a
+//! replica that was frozen or cut off past its lease has every late write refused (it aborts;
+//! nothing of it is stored). A new owner reads `W` after its claim committed, so it sees every
+//! commit of the previous owner, and the argument above applies to the sequence of admitted
+//! commits exactly as to one process's: `W` only ever covers committed alerts, and a run that
+//! ends without committing (killed, fenced) loses at most its uncommitted transaction. Even
+//! without the fence nothing would regress (versions are written newer-wins, `W` moves with
+//! `GREATEST`), so the fence is what keeps one writer per tenant, not what keeps the data right.
 
 use std::{
     collections::{HashMap, HashSet},
