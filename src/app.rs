@@ -125,6 +125,7 @@ impl App {
                 let replica = Replica::new(leases, &self.settings.service.replica)
                     .context("while joining as a replica")?;
                 let _ = self.replica.set(replica.clone());
+                self.syncer.set_gate(replica.gate());
                 replica.start(&self.settings.tenants, &self.syncer).await;
                 Some(replica.spawn(self.syncer.clone(), tenants.subscribe(), claimed_tx))
             }

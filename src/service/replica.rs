@@ -105,8 +105,26 @@ impl Replica {
         }))
     }
 
+    /// Whether this replica holds `tenant`'s lease and renewed recently enough to trust it: a
+    /// process that was frozen past its lease starts no run and no page when it wakes, even
+    /// before its next round notices.
     pub fn holds(&self, tenant: &TenantId) -> bool {
-        self.leases.book().epoch(tenant.as_str()).is_some()
+        self.trusted() && self.leases.book().epoch(tenant.as_str()).is_some()
+    }
+
+    fn trusted(&self) -> bool {
+        self.renewed
+            .lock()
+            .expect("renewed")
+            .is_some_and(|at| at.elapsed() + self.margin() < self.settings.lease_ttl)
+    }
+
+    /// The syncer's gate ([`Syncer::set_gate`]): held, trusted and not being shed.
+    pub fn gate(self: &Arc<Self>) -> crate::sync::Gate {
+        let this = Arc::clone(self);
+        Arc::new(move |t: &TenantId| {
+            this.holds(t) && this.draining.lock().expect("draining").as_ref() != Some(t)
+        })
     }
 
     pub fn held_count(&self) -> usize {
@@ -175,11 +193,7 @@ impl Replica {
             }
             Err(e) => tracing::warn!(error = %e, replica = %self.id, "lease renewal failed"),
         }
-        let trusted = self
-            .renewed
-            .lock()
-            .expect("renewed")
-            .is_some_and(|at| at.elapsed() + self.margin() < ttl);
+        let trusted = self.trusted();
         if !trusted {
             let n = self.leases.book().forget_all();
             if n > 0 {

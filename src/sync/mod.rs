@@ -120,6 +120,9 @@ use crate::{
     timestamp::Timestamp,
 };
 
+/// See [`Syncer::set_gate`].
+pub type Gate = Arc<dyn Fn(&TenantId) -> bool + Send + Sync>;
+
 /// Alerts parsed and written per transaction.
 const WRITE_BATCH: usize = 1_000;
 
@@ -227,6 +230,10 @@ pub struct Syncer {
     stop: watch::Sender<bool>,
     /// When set, only these tenants may run; the others stop at their next page boundary.
     active: Mutex<Option<HashSet<TenantId>>>,
+    /// Bumped whenever `active` changes, so calls in flight of a tenant that left it are dropped.
+    active_changed: watch::Sender<u64>,
+    /// Asked before every run and page as well (several replicas: is the lease still trusted?).
+    gate: Mutex<Option<Gate>>,
     metrics: Arc<Metrics>,
 }
 
@@ -259,6 +266,8 @@ impl Syncer {
             credential_fault: Mutex::new(None),
             stop: watch::Sender::new(false),
             active: Mutex::new(None),
+            active_changed: watch::Sender::new(0),
+            gate: Mutex::new(None),
             metrics: Arc::default(),
         }
     }
@@ -283,7 +292,17 @@ impl Syncer {
     /// a tenant outside the set does not start, and one in progress stops at its next page
     /// boundary.
     pub fn set_active_tenants(&self, tenants: Option<HashSet<TenantId>>) {
-        *self.active.lock().expect("active set") = tenants;
+        let mut active = self.active.lock().expect("active set");
+        if *active != tenants {
+            *active = tenants;
+            self.active_changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// A second condition for runs and pages besides the active set, asked at the moment: a
+    /// replica's "I still hold this tenant's lease, and renewed it recently enough to trust it".
+    pub fn set_gate(&self, gate: Gate) {
+        *self.gate.lock().expect("gate") = Some(gate);
     }
 
     /// Whether `tenant` may go on with its next page.
@@ -293,7 +312,13 @@ impl Syncer {
             .lock()
             .expect("active set")
             .as_ref()
-            .is_none_or(|set| set.contains(tenant));
+            .is_none_or(|set| set.contains(tenant))
+            && self
+                .gate
+                .lock()
+                .expect("gate")
+                .as_ref()
+                .is_none_or(|g| g(tenant));
         if self.is_stopping() || !active {
             Err(SyncError::Stopped)
         } else {
@@ -310,10 +335,19 @@ impl Syncer {
     ) -> Result<T, SyncError> {
         self.may_continue(tenant)?;
         let mut stop = self.stop.subscribe();
-        tokio::select! {
-            biased;
-            Ok(_) = stop.wait_for(|s| *s) => Err(SyncError::Stopped),
-            r = call => Ok(r?),
+        // A tenant removed from the active set (its lease lost, or removed on reload) drops its
+        // call in flight too: waiting on the call budget or a retry, it would otherwise still
+        // spend a call another replica may now be spending.
+        let mut active = self.active_changed.subscribe();
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                biased;
+                Ok(_) = stop.wait_for(|s| *s) => return Err(SyncError::Stopped),
+                // an answer already here is used: its commit is fenced anyway
+                r = &mut call => return Ok(r?),
+                Ok(()) = active.changed() => self.may_continue(tenant)?,
+            }
         }
     }
 
