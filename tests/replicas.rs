@@ -587,3 +587,252 @@ async fn a_second_run_on_one_sqlite_file_refuses_to_start_with_status_75() {
     let _ = third.kill();
     let _ = third.wait();
 }
+
+fn alert(id: &str, last_update: &str) -> mde_sync::mde::model::AlertRow {
+    let raw = serde_json::value::RawValue::from_string(format!(
+        r#"{{"id":"{id}","lastUpdateTime":"{last_update}","title":"t"}}"#
+    ))
+    .unwrap();
+    mde_sync::mde::model::parse_alert(&raw).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mde_pg_tests),
+    ignore = "set MDE_SYNC_TEST_POSTGRES_URL to run the Postgres tests"
+)]
+async fn the_fence_admits_only_the_current_holder_and_a_takeover_bumps_the_epoch() {
+    use mde_sync::{
+        config::DatabaseSettings,
+        store::{self, StoreError},
+        tenant::TenantId,
+        timestamp::Timestamp,
+    };
+    let db = TestDb::new(Backend::Postgres, "fence").await;
+    let a = store::open(&DatabaseSettings::from_url(db.url.clone()))
+        .await
+        .unwrap();
+    a.migrate().await.unwrap();
+    let b = store::open(&DatabaseSettings::from_url(db.url.clone()))
+        .await
+        .unwrap();
+    let (la, lb) = (a.leases().unwrap(), b.leases().unwrap());
+    la.join("a").unwrap();
+    lb.join("b").unwrap();
+    let tenants: Vec<String> = (1..=4).map(mde_sync::simulator::tenant_id).collect();
+    let ids: Vec<TenantId> = tenants
+        .iter()
+        .map(|t| TenantId::parse(t).unwrap())
+        .collect();
+    let now = Timestamp::parse("2026-01-02T00:00:00Z").unwrap();
+    for t in &ids {
+        a.prepare_tenant(
+            &mde_sync::tenant::Tenant {
+                id: t.clone(),
+                name: "x".into(),
+                enabled: true,
+                api_url: None,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    }
+    let ttl = Duration::from_secs(30);
+    la.register(&tenants).await.unwrap();
+    la.heartbeat("host-a", 1, ttl).await.unwrap();
+    // alone, A claims everything, at epoch 1
+    let got = la.claim(&tenants, ttl).await.unwrap();
+    assert_eq!(got.len(), 4);
+    assert!(
+        got.iter()
+            .all(|c| c.epoch == 1 && c.previous_owner.is_none())
+    );
+    // B joins: nothing is free, so it claims nothing, but its fair share is 2
+    lb.heartbeat("host-b", 2, ttl).await.unwrap();
+    assert!(lb.claim(&tenants, ttl).await.unwrap().is_empty());
+    assert_eq!(lb.fair_share(&tenants).await.unwrap(), (2, 2));
+    // A releases two; B claims them at epoch 2
+    let released = la.release(Some(&tenants[2..])).await.unwrap();
+    assert_eq!(released.len(), 2);
+    let got = lb.claim(&tenants, ttl).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(
+        got.iter()
+            .all(|c| c.epoch == 2 && c.previous_owner.is_none())
+    );
+
+    // each store writes its own tenants, and the fence refuses the other's
+    assert_eq!(
+        a.commit(
+            &ids[0],
+            &[alert("da1", "2026-01-01T00:00:00Z")],
+            Some(now),
+            now
+        )
+        .await
+        .unwrap(),
+        1
+    );
+    let refused = a
+        .commit(
+            &ids[2],
+            &[alert("da2", "2026-01-01T00:00:00Z")],
+            Some(now),
+            now,
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::LeaseLost { epoch: 0, .. })),
+        "{refused:?}"
+    );
+    assert_eq!(la.book().refusals(), 1);
+    assert!(
+        a.alert_raws(&ids[2]).await.unwrap().is_empty(),
+        "nothing of it stored"
+    );
+    let wm: Option<String> =
+        sqlx::query_scalar("SELECT watermark::text FROM sync_state WHERE tenant_id = $1")
+            .bind(&tenants[2])
+            .fetch_one(&PgPool::connect(&db.url).await.unwrap())
+            .await
+            .unwrap();
+    assert_eq!(wm, None, "the watermark did not move either");
+    b.commit(
+        &ids[2],
+        &[alert("db2", "2026-01-01T00:00:00Z")],
+        Some(now),
+        now,
+    )
+    .await
+    .unwrap();
+
+    // A stops renewing (its last renewal had a short ttl): B takes its tenants over at epoch 2,
+    // and A's late write, still carrying epoch 1, is refused
+    la.heartbeat("host-a", 1, Duration::from_millis(300))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let got = lb.claim(&tenants, ttl).await.unwrap();
+    assert_eq!(got.len(), 2, "{got:?}");
+    for c in &got {
+        assert_eq!(c.previous_owner.as_deref(), Some("a"));
+        assert_eq!(c.epoch, 2);
+        assert!(c.expired_ms.unwrap() >= 0);
+    }
+    assert_eq!(la.book().epoch(&tenants[0]), Some(1), "A does not know yet");
+    let late = a
+        .commit(
+            &ids[0],
+            &[alert("da1", "2026-01-01T00:00:01Z")],
+            Some(now),
+            now,
+        )
+        .await;
+    assert!(
+        matches!(late, Err(StoreError::LeaseLost { epoch: 1, .. })),
+        "{late:?}"
+    );
+    assert_eq!(la.book().refusals(), 2);
+    assert!(
+        a.alert_raws(&ids[0]).await.unwrap()["da1"].contains("00:00:00Z"),
+        "the older version stays"
+    );
+    // A's next heartbeat reports both leases lost and forgets them
+    let lost = la.heartbeat("host-a", 1, ttl).await.unwrap();
+    assert_eq!(lost.len(), 2);
+    assert!(la.book().held().is_empty());
+
+    // a process restarted under B's id does not adopt B's leases (it renews only the epochs it
+    // claimed itself): it could claim them only once they expire, at a new epoch
+    let b2 = store::open(&DatabaseSettings::from_url(db.url.clone()))
+        .await
+        .unwrap();
+    let lb2 = b2.leases().unwrap();
+    lb2.join("b").unwrap();
+    assert!(lb2.heartbeat("host-b", 3, ttl).await.unwrap().is_empty());
+    assert!(lb2.book().held().is_empty());
+    assert!(lb2.claim(&tenants, ttl).await.unwrap().is_empty());
+    let (leases, replicas) = lb2.status().await.unwrap();
+    assert_eq!(leases.len(), 4);
+    assert!(
+        leases
+            .iter()
+            .all(|l| l.owner.as_deref() == Some("b") && l.live)
+    );
+    assert_eq!(replicas.len(), 2);
+    assert!(
+        replicas
+            .iter()
+            .any(|r| r.replica_id == "b" && r.pid == 3 && r.leases == 4)
+    );
+}
+
+/// A source whose calls never answer, as a call waiting on the budget or a retry.
+struct Never(std::sync::atomic::AtomicUsize);
+
+impl mde_sync::mde::AlertSource for Never {
+    fn fetch<'a>(
+        &'a self,
+        _: &'a mde_sync::tenant::TenantId,
+        _: &'a mde_sync::mde::WindowQuery,
+    ) -> mde_sync::BoxFuture<'a, Result<mde_sync::mde::Page, mde_sync::mde::ApiError>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(std::future::pending())
+    }
+    fn fetch_link<'a>(
+        &'a self,
+        _: &'a mde_sync::tenant::TenantId,
+        _: &'a str,
+    ) -> mde_sync::BoxFuture<'a, Result<mde_sync::mde::Page, mde_sync::mde::ApiError>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_whose_lease_is_lost_drops_its_call_in_flight_and_starts_no_new_run() {
+    use mde_sync::{clock, config::DatabaseSettings, store, sync::Syncer, tenant::Tenant};
+    let db = TestDb::new(Backend::Sqlite, "drop-call").await;
+    let store = store::open(&DatabaseSettings::from_url(db.url.clone()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let source = Arc::new(Never(Default::default()));
+    let syncer = Arc::new(Syncer::new(
+        store,
+        source.clone(),
+        clock::system(),
+        Default::default(),
+    ));
+    let t = Tenant::new(
+        mde_sync::tenant::TenantId::parse(&mde_sync::simulator::tenant_id(1)).unwrap(),
+        "one",
+    );
+    let held = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let gate = held.clone();
+    syncer.set_gate(Arc::new(move |_| {
+        gate.load(std::sync::atomic::Ordering::SeqCst)
+    }));
+    syncer.set_active_tenants(Some([t.id.clone()].into()));
+    let run = tokio::spawn({
+        let (syncer, t) = (syncer.clone(), t.clone());
+        async move { syncer.sync_tenant(&t).await }
+    });
+    wait_for(Duration::from_secs(5), "the call is in flight", || async {
+        (source.0.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    // the lease is lost: the replica takes the tenant out of the active set
+    held.store(false, std::sync::atomic::Ordering::SeqCst);
+    syncer.set_active_tenants(Some(Default::default()));
+    let outcome = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("the run ends without its answer")
+        .unwrap();
+    assert_eq!(outcome.health, "stopped", "{outcome:?}");
+    // while the gate says no, a new run does not even start
+    syncer.set_active_tenants(None);
+    let again = syncer.sync_tenant(&t).await;
+    assert_eq!(again.health, "stopped");
+    assert_eq!(source.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
