@@ -836,3 +836,49 @@ async fn a_tenant_whose_lease_is_lost_drops_its_call_in_flight_and_starts_no_new
     assert_eq!(again.health, "stopped");
     assert_eq!(source.0.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[test]
+fn validate_checks_the_replica_settings() {
+    let dir = TempDir::new("replica-config");
+    let cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 1)]);
+    write_sim_config(
+        &dir.0,
+        "http://127.0.0.1:9",
+        &cfg,
+        &SimCredentialFiles {
+            cloud: CloudName::Commercial,
+            certificate: None,
+            private_key: None,
+        },
+    )
+    .unwrap();
+    let validate = |vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(dir.0.join("config.toml"))
+            .arg("validate");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let ok = validate(&[
+        ("MDE_SYNC_SERVICE__REPLICA_ID", "sync-eu-1"),
+        ("MDE_SYNC_SERVICE__LEASE_TTL", "60s"),
+        ("MDE_SYNC_SERVICE__CLAIM_INTERVAL", "10s"),
+    ]);
+    assert!(ok.status.success(), "{ok:?}");
+    let bad = validate(&[
+        ("MDE_SYNC_SERVICE__LEASE_TTL", "10s"),
+        ("MDE_SYNC_SERVICE__CLAIM_INTERVAL", "5s"),
+    ]);
+    assert_eq!(bad.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("service.claim_interval") && err.contains("a third of service.lease_ttl"),
+        "{err}"
+    );
+    let bad = validate(&[("MDE_SYNC_SERVICE__LEASE_TTL", "2h")]);
+    assert_eq!(bad.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("service.lease_ttl"));
+}
