@@ -35,6 +35,9 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Set by `run` on Postgres: this process is one replica among any number.
     pub replica: std::sync::OnceLock<Arc<Replica>>,
+    /// The per-tenant call budget the client spends; shared with the other replicas under `run`
+    /// on Postgres.
+    pub budget: Arc<Budget>,
 }
 
 impl App {
@@ -56,7 +59,7 @@ impl App {
         ));
         let client = Arc::new(
             mde_client(http, &settings, tokens.clone(), settings.sync.max_attempts)
-                .with_budget(budget, settings.sync.max_retry_after)
+                .with_budget(budget.clone(), settings.sync.max_retry_after)
                 .with_metrics(metrics.clone()),
         );
         let syncer = Arc::new(
@@ -77,6 +80,7 @@ impl App {
             clock,
             metrics,
             replica: std::sync::OnceLock::new(),
+            budget,
         }
     }
 
@@ -122,8 +126,11 @@ impl App {
         let (claimed_tx, mut claimed_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Tenant>>();
         let replica_loop = match self.store.leases() {
             Some(leases) => {
+                let shared_budget = leases.shared_budget();
                 let replica = Replica::new(leases, &self.settings.service.replica)
                     .context("while joining as a replica")?;
+                // a tenant taken over keeps the calls and Retry-After its previous owner spent
+                self.budget.share(Arc::new(shared_budget));
                 let _ = self.replica.set(replica.clone());
                 self.syncer.set_gate(replica.gate());
                 replica.start(&self.settings.tenants, &self.syncer).await;

@@ -8,13 +8,33 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::Mutex,
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
 use tokio::time::Instant;
 
-use crate::tenant::TenantId;
+use crate::{BoxFuture, tenant::TenantId};
+
+/// A tenant's budget shared by several processes (replicas on one database): a call is recorded
+/// there before it is sent, so a replica that takes a tenant over sees what the previous owner
+/// spent, and a `Retry-After` holds for every replica.
+pub trait SharedBudget: Send + Sync + std::fmt::Debug {
+    /// Records a call for `tenant` if it fits every `(calls, window)` limit and no `Retry-After`
+    /// is pending; otherwise returns how long to wait (nothing recorded).
+    fn reserve<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        limits: &'a [(usize, Duration)],
+    ) -> BoxFuture<'a, Result<Duration, String>>;
+
+    /// No call for `tenant` before `delay` from now, for every replica.
+    fn defer<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
 
 #[derive(Debug, Default)]
 struct TenantBudget {
@@ -30,6 +50,8 @@ pub struct Budget {
     /// `(calls, window)` pairs; all must hold.
     limits: Vec<(usize, Duration)>,
     tenants: Mutex<HashMap<TenantId, TenantBudget>>,
+    /// Set when replicas share the budget through the database.
+    shared: OnceLock<Arc<dyn SharedBudget>>,
 }
 
 impl Budget {
@@ -37,7 +59,13 @@ impl Budget {
         Self {
             limits: limits.into_iter().filter(|(n, _)| *n > 0).collect(),
             tenants: Mutex::new(HashMap::new()),
+            shared: OnceLock::new(),
         }
+    }
+
+    /// From now on every call is also recorded in (and must fit) `shared`.
+    pub fn share(&self, shared: Arc<dyn SharedBudget>) {
+        let _ = self.shared.set(shared);
     }
 
     /// Limits per minute and per hour. Each window is one second longer than the API's, so that
@@ -89,11 +117,32 @@ impl Budget {
                 let b = tenants.entry(tenant.clone()).or_default();
                 let now = Instant::now();
                 let wait = self.wait_for(b, now);
-                if wait.is_zero() {
+                if wait.is_zero() && self.shared.get().is_none() {
                     b.calls.push_back(now);
                     return now.duration_since(started);
                 }
                 wait
+            };
+            let wait = match (wait.is_zero(), self.shared.get()) {
+                (true, Some(shared)) => match shared.reserve(tenant, &self.limits).await {
+                    Ok(w) if w.is_zero() => {
+                        let mut tenants = self.tenants.lock().expect("budget lock");
+                        let now = Instant::now();
+                        tenants
+                            .entry(tenant.clone())
+                            .or_default()
+                            .calls
+                            .push_back(now);
+                        return now.duration_since(started);
+                    }
+                    Ok(w) => w,
+                    Err(e) => {
+                        // no call unless it is recorded where the other replicas see it
+                        tracing::warn!(tenant = %tenant, error = %e, "cannot record the call in the shared budget, waiting");
+                        Duration::from_secs(1)
+                    }
+                },
+                _ => wait,
             };
             tokio::time::sleep(wait).await;
         }
@@ -105,6 +154,14 @@ impl Budget {
         let mut tenants = self.tenants.lock().expect("budget lock");
         let b = tenants.entry(tenant.clone()).or_default();
         b.not_before = Some(b.not_before.map_or(until, |t| t.max(until)));
+        if let Some(shared) = self.shared.get().cloned() {
+            let tenant = tenant.clone();
+            tokio::spawn(async move {
+                if let Err(e) = shared.defer(&tenant, delay).await {
+                    tracing::warn!(tenant = %tenant, error = %e, "cannot record the Retry-After in the shared budget");
+                }
+            });
+        }
     }
 }
 

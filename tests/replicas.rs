@@ -882,3 +882,60 @@ fn validate_checks_the_replica_settings() {
     assert_eq!(bad.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("service.lease_ttl"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mde_pg_tests),
+    ignore = "set MDE_SYNC_TEST_POSTGRES_URL to run the Postgres tests"
+)]
+async fn a_new_owner_waits_for_the_calls_and_retry_after_its_predecessor_spent() {
+    use mde_sync::{budget::Budget, config::DatabaseSettings, store, tenant::TenantId};
+    let db = TestDb::new(Backend::Postgres, "shared-budget").await;
+    let open = || async {
+        let s = store::open(&DatabaseSettings::from_url(db.url.clone()))
+            .await
+            .unwrap();
+        s.migrate().await.unwrap();
+        s
+    };
+    let (a, b) = (open().await, open().await);
+    // three calls per two seconds, so the test need not wait a minute
+    let limits = || vec![(3, Duration::from_secs(2))];
+    let (old_owner, new_owner) = (Budget::new(limits()), Budget::new(limits()));
+    old_owner.share(Arc::new(a.leases().unwrap().shared_budget()));
+    new_owner.share(Arc::new(b.leases().unwrap().shared_budget()));
+    let t = TenantId::parse(&mde_sync::simulator::tenant_id(1)).unwrap();
+
+    for _ in 0..3 {
+        assert!(old_owner.acquire(&t).await < Duration::from_millis(500));
+    }
+    // the new owner's own record is empty, yet it waits for the old owner's first call to age out
+    let start = Instant::now();
+    new_owner.acquire(&t).await;
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1_500) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    // a budget of its own would not have waited: the wait above is the shared record
+    assert!(Budget::new(limits()).acquire(&t).await < Duration::from_millis(100));
+
+    // a Retry-After the old owner received holds for the new owner
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    old_owner.defer(&t, Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    new_owner.acquire(&t).await;
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1_200) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tenant_calls WHERE tenant_id = $1")
+            .bind(t.as_str())
+            .fetch_one(&PgPool::connect(&db.url).await.unwrap())
+            .await
+            .unwrap();
+    assert!(recorded >= 1);
+}

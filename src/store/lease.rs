@@ -378,6 +378,111 @@ impl Leases {
     }
 }
 
+/// The call budget of [`crate::budget::Budget`] shared through the database: every replica
+/// records each call in `tenant_calls` before sending it, under a lock on the tenant's
+/// `tenant_budget` row, and a `Retry-After` lands in `tenant_budget.not_before`. Times are the
+/// database's.
+#[derive(Clone, Debug)]
+pub struct SharedCalls {
+    pool: PgPool,
+}
+
+impl Leases {
+    /// The budget shared with the other replicas.
+    pub fn shared_budget(&self) -> SharedCalls {
+        SharedCalls {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+impl SharedCalls {
+    async fn try_reserve(
+        &self,
+        tenant: &str,
+        limits: &[(usize, Duration)],
+    ) -> Result<Duration, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO tenant_budget (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?;
+        let mut wait_ms: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(GREATEST(0, EXTRACT(EPOCH FROM (not_before - clock_timestamp())) * 1000), 0)::int8 \
+               FROM tenant_budget WHERE tenant_id = $1 FOR UPDATE",
+        )
+        .bind(tenant)
+        .fetch_one(&mut *tx)
+        .await?;
+        for (calls, window) in limits {
+            // the limit-th most recent call in the window must age out first
+            let w: Option<i64> = sqlx::query_scalar(
+                "SELECT (EXTRACT(EPOCH FROM (at + make_interval(secs => $2) - clock_timestamp())) * 1000)::int8 \
+                   FROM tenant_calls WHERE tenant_id = $1 AND at > clock_timestamp() - make_interval(secs => $2) \
+                  ORDER BY at DESC OFFSET $3 LIMIT 1",
+            )
+            .bind(tenant)
+            .bind(window.as_secs_f64())
+            .bind(calls.saturating_sub(1) as i64)
+            .fetch_optional(&mut *tx)
+            .await?;
+            wait_ms = wait_ms.max(w.unwrap_or(0));
+        }
+        if wait_ms > 0 {
+            tx.rollback().await?;
+            return Ok(Duration::from_millis(wait_ms as u64));
+        }
+        let longest = limits.iter().map(|l| l.1).max().unwrap_or_default();
+        sqlx::query("INSERT INTO tenant_calls (tenant_id, at) VALUES ($1, clock_timestamp())")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM tenant_calls WHERE tenant_id = $1 AND at < clock_timestamp() - make_interval(secs => $2)",
+        )
+        .bind(tenant)
+        .bind(longest.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Duration::ZERO)
+    }
+}
+
+impl crate::budget::SharedBudget for SharedCalls {
+    fn reserve<'a>(
+        &'a self,
+        tenant: &'a crate::tenant::TenantId,
+        limits: &'a [(usize, Duration)],
+    ) -> crate::BoxFuture<'a, Result<Duration, String>> {
+        Box::pin(async move {
+            self.try_reserve(tenant.as_str(), limits)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn defer<'a>(
+        &'a self,
+        tenant: &'a crate::tenant::TenantId,
+        delay: Duration,
+    ) -> crate::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO tenant_budget (tenant_id, not_before) VALUES ($1, clock_timestamp() + make_interval(secs => $2)) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET not_before = \
+                    GREATEST(COALESCE(tenant_budget.not_before, '-infinity'), excluded.not_before)",
+            )
+            .bind(tenant.as_str())
+            .bind(delay.as_secs_f64())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(())
+        })
+    }
+}
+
 /// The fence: call it first in every transaction that writes `tenant`'s data. Without an owner
 /// in `book` (no leasing in this process) it does nothing. Otherwise the database refuses unless
 /// this replica holds the lease at the epoch `book` has for it, and the refusal is logged and
