@@ -202,6 +202,16 @@ async fn takeover_secs(pool: &PgPool, tenants: &[String], gone: &str, since: f64
     .await
 }
 
+/// The value of a replica metric (`name{replica="…"} value`).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
 fn mine(o: &BTreeMap<String, String>, name: &str) -> Vec<String> {
     o.iter()
         .filter(|(_, v)| *v == name)
@@ -288,6 +298,14 @@ async fn three_replicas_survive_kill_freeze_and_restart_without_overlap_loss_or_
         );
     }
     eprintln!("takeover after kill -9: {after_kill:.2?} s (bound {bound} s)");
+    let mut takeovers = 0.0;
+    for r in [&b, &c] {
+        takeovers += metric(&r.get("/metrics").await, "mde_sync_lease_takeovers_total");
+    }
+    assert!(
+        takeovers >= a_tenants.len() as f64,
+        "{takeovers} takeovers counted"
+    );
 
     // 2. restart A under the same replica id: it gets its share back from B and C.
     a = spawn(&dir.0, &db.url, "replica-a", 2);
@@ -340,14 +358,14 @@ async fn three_replicas_survive_kill_freeze_and_restart_without_overlap_loss_or_
     .await;
     assert_eq!(refused["replica"], "replica-b", "{refused}");
     let metrics = b.get("/metrics").await;
-    let refusals: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("mde_sync_fencing_refusals_total{"))
-        .and_then(|l| l.rsplit(' ').next())
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(refusals >= 1.0, "{metrics}");
+    assert!(
+        metric(&metrics, "mde_sync_fencing_refusals_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "mde_sync_lease_losses_total") >= b_tenants.len() as f64,
+        "{metrics}"
+    );
     let fenced: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM sync_runs WHERE replica_id = 'replica-b' AND outcome = 'fenced'",
     )
