@@ -90,6 +90,17 @@ fn free_port() -> u16 {
 }
 
 fn spawn(dir: &std::path::Path, db_url: &str, name: &str, incarnation: usize) -> ReplicaProc {
+    spawn_with(dir, db_url, name, incarnation, &[])
+}
+
+/// [`spawn`] with more (or overriding) environment variables.
+fn spawn_with(
+    dir: &std::path::Path,
+    db_url: &str,
+    name: &str,
+    incarnation: usize,
+    vars: &[(&str, &str)],
+) -> ReplicaProc {
     let log = dir.join(format!("{name}-{incarnation}.log"));
     let out = File::create(&log).unwrap();
     let port = free_port();
@@ -117,6 +128,7 @@ fn spawn(dir: &std::path::Path, db_url: &str, name: &str, incarnation: usize) ->
         .env("MDE_SYNC_METRICS__LISTEN", format!("127.0.0.1:{port}"))
         .env("MDE_SYNC_LOG__FORMAT", "json")
         .env("MDE_SYNC_LOG__LEVEL", "info")
+        .envs(vars.iter().copied())
         .stdout(Stdio::from(out.try_clone().unwrap()))
         .stderr(Stdio::from(out))
         .spawn()
@@ -290,7 +302,7 @@ async fn three_replicas_survive_kill_freeze_and_restart_without_overlap_loss_or_
     a.signal("KILL");
     let _ = a.child.wait();
     let after_kill = takeover_secs(&pool, &a_tenants, "replica-a", killed_at).await;
-    let bound = LEASE_TTL_S + CLAIM_INTERVAL_S * 1.1 + 1.0;
+    let bound = LEASE_TTL_S + CLAIM_INTERVAL_S * 1.1 + 2.0;
     for s in &after_kill {
         assert!(
             *s <= bound,
@@ -956,4 +968,97 @@ async fn a_new_owner_waits_for_the_calls_and_retry_after_its_predecessor_spent()
             .await
             .unwrap();
     assert!(recorded >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mde_pg_tests),
+    ignore = "set MDE_SYNC_TEST_POSTGRES_URL to run the Postgres tests"
+)]
+async fn a_replica_that_takes_over_a_killed_one_stays_within_the_budget_it_spent() {
+    const LIMIT: usize = 8;
+    let dir = TempDir::new("budget-handover");
+    let db = TestDb::new(Backend::Postgres, "budget_handover").await;
+    let mut cfg = SimConfig::new(
+        (1..=2)
+            .map(|n| SimTenant::numbered(n, TenantKind::Good, 20))
+            .collect(),
+    );
+    cfg.history_days = 2;
+    cfg.max_lag = time::Duration::seconds(1);
+    cfg.changes_per_request = 1;
+    // the API's own limit: a call past it gets 429
+    cfg.faults.limit = Some((LIMIT, time::Duration::minutes(1)));
+    let sim = Simulator::new(cfg.clone());
+    let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    write_sim_config(
+        &dir.0,
+        &server.base_url(),
+        &cfg,
+        &SimCredentialFiles {
+            cloud: CloudName::Commercial,
+            certificate: None,
+            private_key: None,
+        },
+    )
+    .unwrap();
+    let pool = {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(dir.0.join("config.toml"))
+            .arg("migrate")
+            .env("MDE_SYNC_DATABASE__URL", &db.url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        PgPool::connect(&db.url).await.unwrap()
+    };
+    // a run every second, each one call: the budget, not the schedule, sets the pace
+    let limit = LIMIT.to_string();
+    let vars = [("MDE_SYNC_SYNC__CALLS_PER_MINUTE", limit.as_str())];
+    let mut a = spawn_with(&dir.0, &db.url, "replica-a", 1, &vars);
+    let o = wait_for(
+        Duration::from_secs(20),
+        "replica-a holds both tenants",
+        || async {
+            let o = owners(&pool).await;
+            (o.len() == 2).then_some(o)
+        },
+    )
+    .await;
+    assert!(o.values().all(|v| v == "replica-a"), "{o:?}");
+    // A spends every tenant's budget for this minute
+    wait_for(Duration::from_secs(30), "A spent the budget", || async {
+        let spent = (1..=2).all(|n| sim.api_requests(&mde_sync::simulator::tenant_id(n)) >= LIMIT);
+        spent.then_some(())
+    })
+    .await;
+    let killed_at = db_now(&pool).await;
+    a.signal("KILL");
+    let _ = a.child.wait();
+    let b = spawn_with(&dir.0, &db.url, "replica-b", 1, &vars);
+    let tenants: Vec<String> = o.keys().cloned().collect();
+    let took = takeover_secs(&pool, &tenants, "replica-a", killed_at).await;
+    eprintln!("takeover of a killed replica's tenants: {took:.2?} s");
+    let calls_at_takeover: usize = tenants.iter().map(|t| sim.api_requests(t)).sum();
+    // B holds the tenants and runs every second, yet the budget A spent is still spent
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let runs_of_b: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sync_runs WHERE replica_id = 'replica-b'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        runs_of_b >= 2,
+        "B ran the tenants it took over: {runs_of_b}"
+    );
+    let calls_now: usize = tenants.iter().map(|t| sim.api_requests(t)).sum();
+    assert_eq!(
+        calls_now, calls_at_takeover,
+        "B made no call while A's calls of this minute still count"
+    );
+    drop(b);
+    for r in sim.requests() {
+        assert_ne!(r.status, 429, "the simulator refused a call: {r:?}");
+    }
 }

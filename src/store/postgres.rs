@@ -173,9 +173,13 @@ impl Store for PostgresStore {
         Box::pin(async move {
             super::migrator(MIGRATIONS).run(&self.pool).await?;
             // Only runs of replicas that are gone: another live replica's runs are its own.
+            // A run under a lease ended, at the latest, when that lease expired.
             sqlx::query(
-                "UPDATE sync_runs SET outcome = 'abandoned' WHERE outcome = 'running' AND (replica_id IS NULL \
-                 OR replica_id NOT IN (SELECT replica_id FROM sync_replicas WHERE expires_at > now()))",
+                "UPDATE sync_runs r SET outcome = 'abandoned', finished_at = COALESCE(r.finished_at, \
+                    (SELECT LEAST(l.lease_until, now()) FROM tenant_leases l \
+                      WHERE l.tenant_id = r.tenant_id AND l.epoch = r.lease_epoch AND l.lease_until > '-infinity')) \
+                 WHERE r.outcome = 'running' AND (r.replica_id IS NULL \
+                 OR r.replica_id NOT IN (SELECT replica_id FROM sync_replicas WHERE expires_at > now()))",
             )
             .execute(&self.pool)
             .await?;
