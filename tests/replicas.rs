@@ -1062,3 +1062,11 @@ async fn a_replica_that_takes_over_a_killed_one_stays_within_the_budget_it_spent
         assert_ne!(r.status, 429, "the simulator refused a call: {r:?}");
     }
 }
+
+#[test]
+fn with_the_default_settings_a_dead_replicas_tenants_move_within_a_minute() {
+    let d = mde_sync::config::ReplicaSettings::default();
+    // expiry of the last renewal, then the next round of a live replica (with its jitter)
+    let bound = d.lease_ttl + d.claim_interval.mul_f64(1.1);
+    assert!(bound <= Duration::from_secs(60), "{bound:?}");
+}
