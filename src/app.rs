@@ -23,6 +23,56 @@ use crate::{
     timestamp::Timestamp,
 };
 
+/// The call budget's journal in the store (`api_calls`, `api_holds`), under one API's name.
+pub struct StoreBudgetJournal {
+    pub store: SharedStore,
+    pub api: &'static str,
+}
+
+impl crate::budget::BudgetJournal for StoreBudgetJournal {
+    fn load<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        since: Timestamp,
+    ) -> crate::BoxFuture<'a, Result<crate::budget::SavedCalls, String>> {
+        Box::pin(async move {
+            let saved = self
+                .store
+                .load_budget(tenant, self.api, since)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((saved.calls, saved.not_before))
+        })
+    }
+
+    fn record_call<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        at: Timestamp,
+        forget_before: Timestamp,
+    ) -> crate::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.store
+                .record_call(tenant, self.api, at, forget_before)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn record_hold<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        until: Timestamp,
+    ) -> crate::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.store
+                .record_hold(tenant, self.api, until)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 /// Everything a running mde-sync holds.
 pub struct App {
     pub settings: Settings,
@@ -53,10 +103,16 @@ impl App {
         let tokens = Arc::new(
             token_provider(http.clone(), &settings, clock.clone()).with_metrics(metrics.clone()),
         );
-        let budget = Arc::new(Budget::per_minute_and_hour(
-            settings.sync.calls_per_minute,
-            settings.sync.calls_per_hour,
-        ));
+        let budget = Arc::new(
+            Budget::per_minute_and_hour(
+                settings.sync.calls_per_minute,
+                settings.sync.calls_per_hour,
+            )
+            .with_journal(Arc::new(StoreBudgetJournal {
+                store: store.clone(),
+                api: "mde",
+            })),
+        );
         let client = Arc::new(
             mde_client(http, &settings, tokens.clone(), settings.sync.max_attempts)
                 .with_budget(budget.clone(), settings.sync.max_retry_after)
@@ -126,11 +182,10 @@ impl App {
         let (claimed_tx, mut claimed_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Tenant>>();
         let replica_loop = match self.store.leases() {
             Some(leases) => {
-                let shared_budget = leases.shared_budget();
                 let replica = Replica::new(leases, &self.settings.service.replica)
                     .context("while joining as a replica")?;
                 // a tenant taken over keeps the calls and Retry-After its previous owner spent
-                self.budget.share(Arc::new(shared_budget));
+                replica.use_budget(self.budget.clone());
                 let _ = self.replica.set(replica.clone());
                 self.syncer.set_gate(replica.gate());
                 replica.start(&self.settings.tenants, &self.syncer).await;
@@ -591,8 +646,19 @@ pub fn human_duration(secs: i64) -> String {
     }
 }
 
-/// Left-aligned columns; the last column is not padded.
+/// Left-aligned columns; the last column is not padded. Control characters in cells (names from
+/// the tenants file, errors quoting the API) are escaped, so no cell can break a line or reach
+/// the terminal as an escape code.
 pub fn table(rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| crate::telemetry::escape_control(c).into_owned())
+                .collect()
+        })
+        .collect();
+    let rows = &rows[..];
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|i| {

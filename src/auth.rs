@@ -187,6 +187,10 @@ pub enum AuthError {
     NoCredential,
     #[error("cannot build the client assertion: {0}")]
     Assertion(String),
+    #[error(
+        "the token endpoint answered HTTP {status} redirecting to {location}; the redirect was not followed (the secret is never sent elsewhere): check cloud.login_url and any proxy in between"
+    )]
+    Redirected { status: u16, location: String },
 }
 
 impl AuthError {
@@ -195,7 +199,10 @@ impl AuthError {
             Self::Refused { fault, .. } => *fault,
             Self::Network(_) => TokenFault::Transient,
             Self::Decode { status, .. } if *status >= 500 => TokenFault::Transient,
-            Self::Decode { .. } | Self::NoCredential | Self::Assertion(_) => TokenFault::Other,
+            Self::Decode { .. }
+            | Self::NoCredential
+            | Self::Assertion(_)
+            | Self::Redirected { .. } => TokenFault::Other,
         }
     }
 }
@@ -400,6 +407,12 @@ impl TokenProvider {
             .await
             .map_err(|e| AuthError::Network(without_url(&e)))?;
         let status = resp.status().as_u16();
+        if resp.status().is_redirection() {
+            return Err(AuthError::Redirected {
+                status,
+                location: redirect_target(resp.headers()),
+            });
+        }
         let body = resp
             .bytes()
             .await
@@ -444,6 +457,26 @@ impl TokenProvider {
             explanation: self.explain(fault),
             correlation_id: err.correlation_id,
         })
+    }
+}
+
+/// Where a 3xx answer pointed, for the error: the `Location` header's host (with its port), or
+/// `"no Location header"`. Only the host, never the path or query, which may carry anything.
+pub(crate) fn redirect_target(headers: &reqwest::header::HeaderMap) -> String {
+    let Some(location) = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return "no Location header".into();
+    };
+    match Url::parse(location) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("host {h}:{p}"),
+            (Some(h), None) => format!("host {h}"),
+            _ => "a location without a host".into(),
+        },
+        // a relative Location stays on the same host
+        Err(_) => "a path on the same host".into(),
     }
 }
 
@@ -504,6 +537,10 @@ pub fn http_client(timeout: StdDuration) -> reqwest::Client {
         .connect_timeout(StdDuration::from_secs(10))
         .pool_idle_timeout(StdDuration::from_secs(90))
         .user_agent(concat!("mde-sync/", env!("CARGO_PKG_VERSION")))
+        // Never follow a redirect: a 307 from the token endpoint would re-POST the secret to
+        // another host, and an API redirect's answer would be taken as the window's data. A 3xx
+        // is an error naming where it pointed (`redirect_target`).
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("http client builds")
 }

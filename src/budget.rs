@@ -5,35 +5,77 @@
 //! another's calls.
 //!
 //! Times are `tokio::time::Instant`, so tests can pause and advance them.
+//!
+//! With a [`BudgetJournal`] (the daemon passes the store), every call and every `Retry-After` is
+//! also saved, and a tenant's saved budget is loaded before its first call in this process: a
+//! restart — or, later, another replica taking the tenant over — neither bursts past the calls the
+//! API has already counted nor calls before a `Retry-After` has passed. Calls are saved without
+//! waiting (a crash loses at most the ones in flight); a `Retry-After` is saved before the wait.
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use tokio::time::Instant;
 
-use crate::{BoxFuture, tenant::TenantId};
+use crate::{BoxFuture, tenant::TenantId, timestamp::Timestamp};
 
-/// A tenant's budget shared by several processes (replicas on one database): a call is recorded
-/// there before it is sent, so a replica that takes a tenant over sees what the previous owner
-/// spent, and a `Retry-After` holds for every replica.
-pub trait SharedBudget: Send + Sync + std::fmt::Debug {
-    /// Records a call for `tenant` if it fits every `(calls, window)` limit and no `Retry-After`
-    /// is pending; otherwise returns how long to wait (nothing recorded).
-    fn reserve<'a>(
+/// A tenant's saved calls (when each was sent) and its pending `Retry-After`.
+pub type SavedCalls = (Vec<Timestamp>, Option<Timestamp>);
+
+/// Where a budget keeps what must outlive the process. Times are wall-clock instants.
+pub trait BudgetJournal: Send + Sync {
+    /// The tenant's calls sent since `since`, and its pending `Retry-After` (no call before).
+    fn load<'a>(
         &'a self,
         tenant: &'a TenantId,
-        limits: &'a [(usize, Duration)],
-    ) -> BoxFuture<'a, Result<Duration, String>>;
+        since: Timestamp,
+    ) -> BoxFuture<'a, Result<SavedCalls, String>>;
 
-    /// No call for `tenant` before `delay` from now, for every replica.
-    fn defer<'a>(
+    /// One call sent at `at`; calls before `forget_before` no longer matter.
+    fn record_call<'a>(
         &'a self,
         tenant: &'a TenantId,
-        delay: Duration,
+        at: Timestamp,
+        forget_before: Timestamp,
     ) -> BoxFuture<'a, Result<(), String>>;
+
+    /// No call before `until`.
+    fn record_hold<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        until: Timestamp,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// The wall clock now, and the same moment as a tokio instant, for converting saved times.
+fn wall_now() -> (Timestamp, Instant) {
+    (
+        Timestamp::from_datetime(time::OffsetDateTime::now_utc()),
+        Instant::now(),
+    )
+}
+
+/// `ts` as a tokio instant, given that `now` and `at` are the same moment; `None` if it lies
+/// before the instants this process can represent (it no longer matters then).
+fn to_instant(ts: Timestamp, now: Timestamp, at: Instant) -> Option<Instant> {
+    let delta = ts.ticks() - now.ticks();
+    let d = Duration::from_nanos(delta.unsigned_abs().saturating_mul(100));
+    if delta < 0 {
+        at.checked_sub(d)
+    } else {
+        Some(at + d)
+    }
+}
+
+fn plus(ts: Timestamp, d: Duration) -> Timestamp {
+    ts.plus_ticks((d.as_nanos() / 100).min(i64::MAX as u128) as i64)
+}
+
+fn minus(ts: Timestamp, d: Duration) -> Timestamp {
+    ts.plus_ticks(-((d.as_nanos() / 100).min(i64::MAX as u128) as i64))
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +84,8 @@ struct TenantBudget {
     calls: VecDeque<Instant>,
     /// No call before this (the last `Retry-After`).
     not_before: Option<Instant>,
+    /// The journal's saved budget has been merged in.
+    loaded: bool,
 }
 
 /// Call limits shared by everything that calls the API.
@@ -50,8 +94,13 @@ pub struct Budget {
     /// `(calls, window)` pairs; all must hold.
     limits: Vec<(usize, Duration)>,
     tenants: Mutex<HashMap<TenantId, TenantBudget>>,
-    /// Set when replicas share the budget through the database.
-    shared: OnceLock<Arc<dyn SharedBudget>>,
+    journal: Option<Arc<dyn BudgetJournal>>,
+}
+
+impl std::fmt::Debug for dyn BudgetJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BudgetJournal")
+    }
 }
 
 impl Budget {
@@ -59,13 +108,59 @@ impl Budget {
         Self {
             limits: limits.into_iter().filter(|(n, _)| *n > 0).collect(),
             tenants: Mutex::new(HashMap::new()),
-            shared: OnceLock::new(),
+            journal: None,
         }
     }
 
-    /// From now on every call is also recorded in (and must fit) `shared`.
-    pub fn share(&self, shared: Arc<dyn SharedBudget>) {
-        let _ = self.shared.set(shared);
+    /// Saves calls and `Retry-After`s in `journal`, and loads each tenant's saved budget before
+    /// its first call.
+    pub fn with_journal(mut self, journal: Arc<dyn BudgetJournal>) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    fn longest(&self) -> Duration {
+        self.limits.iter().map(|l| l.1).max().unwrap_or_default()
+    }
+
+    /// Merges the tenant's saved calls and `Retry-After` in, once. If the journal cannot be read,
+    /// the call goes ahead on what this process knows and the next call tries again.
+    async fn load(&self, tenant: &TenantId) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        if self
+            .tenants
+            .lock()
+            .expect("budget lock")
+            .get(tenant)
+            .is_some_and(|b| b.loaded)
+        {
+            return;
+        }
+        let (now, at) = wall_now();
+        match journal.load(tenant, minus(now, self.longest())).await {
+            Ok((calls, not_before)) => {
+                let mut tenants = self.tenants.lock().expect("budget lock");
+                let b = tenants.entry(tenant.clone()).or_default();
+                if b.loaded {
+                    return;
+                }
+                b.loaded = true;
+                b.calls
+                    .extend(calls.into_iter().filter_map(|t| to_instant(t, now, at)));
+                b.calls.make_contiguous().sort();
+                if let Some(nb) = not_before.and_then(|t| to_instant(t, now, at)) {
+                    b.not_before = Some(b.not_before.map_or(nb, |t| t.max(nb)));
+                }
+                if !b.calls.is_empty() || b.not_before.is_some_and(|t| t > at) {
+                    tracing::debug!(tenant = %tenant, calls = b.calls.len(), "loaded the tenant's saved call budget");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, error = %e, "cannot load the tenant's saved call budget");
+            }
+        }
     }
 
     /// Limits per minute and per hour. Each window is one second longer than the API's, so that
@@ -111,56 +206,62 @@ impl Budget {
     /// Returns how long it waited.
     pub async fn acquire(&self, tenant: &TenantId) -> Duration {
         let started = Instant::now();
+        self.load(tenant).await;
         loop {
             let wait = {
                 let mut tenants = self.tenants.lock().expect("budget lock");
                 let b = tenants.entry(tenant.clone()).or_default();
                 let now = Instant::now();
                 let wait = self.wait_for(b, now);
-                if wait.is_zero() && self.shared.get().is_none() {
+                if wait.is_zero() {
                     b.calls.push_back(now);
+                    self.save_call(tenant);
                     return now.duration_since(started);
                 }
                 wait
-            };
-            let wait = match (wait.is_zero(), self.shared.get()) {
-                (true, Some(shared)) => match shared.reserve(tenant, &self.limits).await {
-                    Ok(w) if w.is_zero() => {
-                        let mut tenants = self.tenants.lock().expect("budget lock");
-                        let now = Instant::now();
-                        tenants
-                            .entry(tenant.clone())
-                            .or_default()
-                            .calls
-                            .push_back(now);
-                        return now.duration_since(started);
-                    }
-                    Ok(w) => w,
-                    Err(e) => {
-                        // no call unless it is recorded where the other replicas see it
-                        tracing::warn!(tenant = %tenant, error = %e, "cannot record the call in the shared budget, waiting");
-                        Duration::from_secs(1)
-                    }
-                },
-                _ => wait,
             };
             tokio::time::sleep(wait).await;
         }
     }
 
-    /// No call for `tenant` before `delay` from now (a 429's or 503's `Retry-After`).
-    pub fn defer(&self, tenant: &TenantId, delay: Duration) {
+    /// Forgets what this process knows of `tenant`'s budget, so that its next call loads the
+    /// saved budget again: for a tenant another replica may have spent meanwhile (one taken over,
+    /// or got back). Without a journal it keeps everything, since nothing could be loaded.
+    pub fn reload(&self, tenant: &TenantId) {
+        if self.journal.is_some() {
+            self.tenants.lock().expect("budget lock").remove(tenant);
+        }
+    }
+
+    /// Saves the call just made, without waiting for the journal.
+    fn save_call(&self, tenant: &TenantId) {
+        let Some(journal) = self.journal.clone() else {
+            return;
+        };
+        let (now, _) = wall_now();
+        let forget_before = minus(now, self.longest());
+        let tenant = tenant.clone();
+        tokio::spawn(async move {
+            if let Err(e) = journal.record_call(&tenant, now, forget_before).await {
+                tracing::warn!(tenant = %tenant, error = %e, "cannot save an api call in the call budget");
+            }
+        });
+    }
+
+    /// No call for `tenant` before `delay` from now (a 429's or 503's `Retry-After`); saved in
+    /// the journal before this returns.
+    pub async fn defer(&self, tenant: &TenantId, delay: Duration) {
         let until = Instant::now() + delay;
-        let mut tenants = self.tenants.lock().expect("budget lock");
-        let b = tenants.entry(tenant.clone()).or_default();
-        b.not_before = Some(b.not_before.map_or(until, |t| t.max(until)));
-        if let Some(shared) = self.shared.get().cloned() {
-            let tenant = tenant.clone();
-            tokio::spawn(async move {
-                if let Err(e) = shared.defer(&tenant, delay).await {
-                    tracing::warn!(tenant = %tenant, error = %e, "cannot record the Retry-After in the shared budget");
-                }
-            });
+        {
+            let mut tenants = self.tenants.lock().expect("budget lock");
+            let b = tenants.entry(tenant.clone()).or_default();
+            b.not_before = Some(b.not_before.map_or(until, |t| t.max(until)));
+        }
+        if let Some(journal) = &self.journal {
+            let (now, _) = wall_now();
+            if let Err(e) = journal.record_hold(tenant, plus(now, delay)).await {
+                tracing::warn!(tenant = %tenant, error = %e, "cannot save a retry-after in the call budget");
+            }
         }
     }
 }
@@ -200,7 +301,7 @@ mod tests {
             at.push((Instant::now() - start).as_secs_f64());
         }
         assert_eq!(at, vec![0.0, 0.0, 1.0, 10.0, 10.0]);
-        b.defer(&t(1), Duration::from_secs(7));
+        b.defer(&t(1), Duration::from_secs(7)).await;
         b.acquire(&t(1)).await;
         assert!((Instant::now() - start).as_secs_f64() >= 17.0);
     }

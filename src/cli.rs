@@ -178,10 +178,14 @@ pub fn main() -> ExitCode {
 }
 
 fn load(path: &Path, needs: Needs) -> Result<Settings, i32> {
-    Settings::load(path, &Environment::from_process(), needs).map_err(|e| {
+    let s = Settings::load(path, &Environment::from_process(), needs).map_err(|e| {
         eprint!("mde-sync: {e}");
         EX_CONFIG
-    })
+    })?;
+    for w in &s.warnings {
+        eprintln!("mde-sync: warning: {w}");
+    }
+    Ok(s)
 }
 
 fn fail(e: anyhow::Error) -> i32 {

@@ -99,6 +99,8 @@ struct RawDatabase {
     max_connections: Option<u32>,
     password_file: Option<PathBuf>,
     connect_timeout: Option<String>,
+    lock_timeout: Option<String>,
+    statement_timeout: Option<String>,
     sslmode: Option<String>,
     ssl_root_cert: Option<PathBuf>,
 }
@@ -216,6 +218,9 @@ struct RawTenant {
 
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Things that work but should be fixed (a secret file any local user can read); `load`'s
+    /// callers print them.
+    pub warnings: Vec<Problem>,
     pub config_path: PathBuf,
     pub database: DatabaseSettings,
     pub app: AppSettings,
@@ -236,6 +241,10 @@ pub struct DatabaseSettings {
     /// `database-password`; overrides one in the URL.
     pub password: Option<SecretString>,
     pub connect_timeout: std::time::Duration,
+    /// Postgres `lock_timeout` and `statement_timeout` of every connection: no write waits
+    /// without limit behind another session's lock.
+    pub lock_timeout: std::time::Duration,
+    pub statement_timeout: std::time::Duration,
     /// Postgres `sslmode`: disable, allow, prefer, require, verify-ca, verify-full.
     pub ssl_mode: Option<String>,
     pub ssl_root_cert: Option<PathBuf>,
@@ -249,6 +258,8 @@ impl DatabaseSettings {
             max_connections: 8,
             password: None,
             connect_timeout: std::time::Duration::from_secs(10),
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             ssl_mode: None,
             ssl_root_cert: None,
         }
@@ -269,6 +280,8 @@ impl fmt::Debug for DatabaseSettings {
             .field("max_connections", &self.max_connections)
             .field("password", &self.password.as_ref().map(|_| "[redacted]"))
             .field("connect_timeout", &self.connect_timeout)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("statement_timeout", &self.statement_timeout)
             .field("ssl_mode", &self.ssl_mode)
             .field("ssl_root_cert", &self.ssl_root_cert)
             .finish()
@@ -626,18 +639,34 @@ impl Settings {
                     } else {
                         e.path.join(".")
                     };
+                    let from_env = e
+                        .metadata
+                        .as_ref()
+                        .is_some_and(|m| m.name.contains("environment variable"));
+                    let fix = if from_env {
+                        // the variable that set this key, as `figment` splits names on `__`
+                        format!(
+                            "fix the environment variable MDE_SYNC_{}",
+                            e.path.join("__").to_ascii_uppercase()
+                        )
+                    } else {
+                        format!("fix the value in {}", path.display())
+                    };
                     problems.push(Problem {
                         key,
-                        message: format!("{}: fix the value in {}", e.kind, path.display()),
+                        message: format!("{}: {fix}", e.kind),
                     });
                 }
                 return Err(ConfigError { problems });
             }
         };
         let base_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let warnings = secret_file_warnings(&raw, &base_dir);
         let settings = validate(raw, path, &base_dir, env, needs, &mut problems);
         if problems.is_empty() {
-            Ok(settings.expect("no problems means settings were built"))
+            let mut settings = settings.expect("no problems means settings were built");
+            settings.warnings = warnings;
+            Ok(settings)
         } else {
             Err(ConfigError { problems })
         }
@@ -723,6 +752,33 @@ fn validate(
         "database.connect_timeout",
         raw.database.connect_timeout,
         time::Duration::seconds(10),
+    );
+    let mut pg_timeout = |key: &str, value: Option<String>, default: std::time::Duration| {
+        let set = value.is_some();
+        let d = duration_key(
+            problems,
+            key,
+            value,
+            time::Duration::try_from(default).unwrap_or(time::Duration::ZERO),
+        );
+        if set && !(time::Duration::milliseconds(1)..=time::Duration::hours(24)).contains(&d) {
+            problem(
+                problems,
+                key,
+                "is out of range: use 1ms to 24h (a write must never wait without limit)",
+            );
+        }
+        std::time::Duration::from_millis(d.whole_milliseconds().max(1) as u64)
+    };
+    let lock_timeout = pg_timeout(
+        "database.lock_timeout",
+        raw.database.lock_timeout,
+        DEFAULT_LOCK_TIMEOUT,
+    );
+    let statement_timeout = pg_timeout(
+        "database.statement_timeout",
+        raw.database.statement_timeout,
+        DEFAULT_STATEMENT_TIMEOUT,
     );
     let ssl_mode = raw.database.sslmode;
     if let Some(mode) = &ssl_mode {
@@ -977,6 +1033,13 @@ fn validate(
         raw.sync.request_timeout,
         time::Duration::seconds(60),
     );
+    if request_timeout <= time::Duration::ZERO {
+        problem(
+            problems,
+            "sync.request_timeout",
+            "must be more than 0s (a request without time would fail at once): use e.g. \"60s\"",
+        );
+    }
     let max_attempts = match raw.sync.max_attempts {
         None => d.max_attempts,
         Some(n) if (1..=20).contains(&n) => n as usize,
@@ -1020,6 +1083,39 @@ fn validate(
         d.max_pages_per_run as usize,
         1_000_000,
     ) as u64;
+    // The API refuses more than 100 calls a minute and 1,500 an hour per tenant: a higher budget
+    // only trades our own pacing for 429s. A loopback API (the simulator, benchmarks) may go
+    // faster.
+    let api_is_loopback = api_url.as_ref().is_some_and(|u| match u.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    });
+    for (key, value, api_limit, window) in [
+        (
+            "sync.calls_per_minute",
+            calls_per_minute,
+            API_CALLS_PER_MINUTE,
+            "minute",
+        ),
+        (
+            "sync.calls_per_hour",
+            calls_per_hour,
+            API_CALLS_PER_HOUR,
+            "hour",
+        ),
+    ] {
+        if value > api_limit && !api_is_loopback {
+            problem(
+                problems,
+                key,
+                format!(
+                    "{value} is above the API's limit of {api_limit} calls a {window} per tenant, so the extra calls would only be refused with 429: use at most {api_limit}"
+                ),
+            );
+        }
+    }
     let max_retry_after = duration_key(
         problems,
         "sync.max_retry_after",
@@ -1060,12 +1156,8 @@ fn validate(
         }
     };
     let level = raw.log.level.unwrap_or_else(|| "info".into());
-    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-        problem(
-            problems,
-            "log.level",
-            format!("{level:?} is not a level or filter: use error, warn, info, debug or trace"),
-        );
+    if let Err(why) = check_log_level(&level) {
+        problem(problems, "log.level", why);
     }
 
     // service
@@ -1147,6 +1239,7 @@ fn validate(
         return None;
     }
     Some(Settings {
+        warnings: Vec::new(),
         config_path: path.to_path_buf(),
         database: DatabaseSettings {
             url: SecretString::from(db_url),
@@ -1155,6 +1248,8 @@ fn validate(
             connect_timeout: std::time::Duration::from_millis(
                 connect_timeout.whole_milliseconds().max(1) as u64,
             ),
+            lock_timeout,
+            statement_timeout,
             ssl_mode,
             ssl_root_cert,
         },
@@ -1213,6 +1308,45 @@ fn validate(
             listen: metrics_listen,
         },
     })
+}
+
+/// Postgres waits for another session's lock at most this long (`database.lock_timeout`).
+pub const DEFAULT_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A Postgres statement runs at most this long (`database.statement_timeout`); well above the
+/// longest batch.
+pub const DEFAULT_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The API's own limits per tenant and app (docs/mde-api.md).
+pub const API_CALLS_PER_MINUTE: usize = 100;
+pub const API_CALLS_PER_HOUR: usize = 1_500;
+
+const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// `log.level`: a level, or comma-separated `target=level` directives with an optional bare
+/// level (`mde_sync=debug,info`). tracing would take any other word as a target name and then
+/// log nothing at all, so such a word is refused.
+pub fn check_log_level(level: &str) -> Result<(), String> {
+    let bad = || {
+        format!(
+            "{level:?} is not a level or filter: use one of {} or target=level directives like \"mde_sync=debug,info\"",
+            LOG_LEVELS.join(", ")
+        )
+    };
+    if level.trim().is_empty() {
+        return Err(bad());
+    }
+    for directive in level.split(',').map(str::trim) {
+        let lvl = match directive.rsplit_once('=') {
+            Some((target, lvl)) if !target.trim().is_empty() => lvl,
+            Some(_) => return Err(bad()),
+            None => directive,
+        };
+        if !LOG_LEVELS.contains(&lvl.trim().to_ascii_lowercase().as_str()) {
+            return Err(bad());
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level).map_err(|_| bad())?;
+    Ok(())
 }
 
 fn relative_to(base_dir: &Path, path: PathBuf) -> PathBuf {
@@ -1336,6 +1470,31 @@ fn resolve_secret(
         }
     }
     (None, None)
+}
+
+/// Secret files that every local user may read. They still work (refusing them would stop a
+/// running service over a mode bit), but the warning names the file and the fix.
+fn secret_file_warnings(raw: &RawConfig, base_dir: &Path) -> Vec<Problem> {
+    use std::os::unix::fs::PermissionsExt;
+    [
+        ("app.client_secret_file", &raw.app.client_secret_file),
+        ("app.private_key_file", &raw.app.private_key_file),
+        ("database.password_file", &raw.database.password_file),
+    ]
+    .into_iter()
+    .filter_map(|(key, file)| {
+        let file = relative_to(base_dir, file.clone()?);
+        let mode = std::fs::metadata(&file).ok()?.permissions().mode();
+        (mode & 0o004 != 0).then(|| Problem {
+            key: key.into(),
+            message: format!(
+                "{} is readable by every local user (mode {:o}): run chmod 600 on it (or 640 with the mde-sync group), or pass it as a systemd credential",
+                file.display(),
+                mode & 0o777
+            ),
+        })
+    })
+    .collect()
 }
 
 fn read_secret_file(path: &Path) -> Result<SecretString, String> {
@@ -1554,6 +1713,17 @@ pub fn parse_tenants(
             continue;
         }
         let name = t.name.unwrap_or_else(|| id.to_string());
+        if name.chars().any(char::is_control) {
+            problem(
+                problems,
+                &format!("{key}.name"),
+                format!(
+                    "{origin}: the name {:?} contains control characters (a line break, tab or escape code): use plain text",
+                    name
+                ),
+            );
+            continue;
+        }
         let api_url = tenant_api_url(
             t.api_url.as_deref(),
             t.force_api_url.unwrap_or(false),
@@ -1659,6 +1829,7 @@ impl Settings {
     ) -> Settings {
         let base = Url::parse(base_url).expect("simulator base url");
         Settings {
+            warnings: Vec::new(),
             config_path: PathBuf::from("(built in)"),
             database: DatabaseSettings::from_url(database_url),
             app: AppSettings {
@@ -1755,6 +1926,129 @@ enabled = false
             let s = Settings::load(&path, &env(), Needs::ALL).map_err(|e| e.to_string())?;
             assert_eq!(s.sync.page_size, 250);
             assert_eq!(s.log.format, LogFormat::Text);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn hostile_values_are_refused_with_the_reason() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "tenants.toml",
+                "[[tenant]]\nid = \"00000000-0000-4000-a000-000000000001\"\nname = \"Evil\\nmde-sync: ok\"\n",
+            )?;
+            jail.create_file(
+                "config.toml",
+                &format!(
+                    "[app]\nclient_id = \"{CLIENT}\"\nclient_secret = \"x\"\n[sync]\nrequest_timeout = \"0s\"\ncalls_per_minute = 101\ncalls_per_hour = 1501\n[log]\nlevel = \"verbose!!\"\n[database]\nlock_timeout = \"0s\"\n"
+                ),
+            )?;
+            let path = jail.directory().join("config.toml");
+            let err = Settings::load(&path, &env(), Needs::ALL).unwrap_err();
+            let text = err.to_string();
+            for (key, says) in [
+                ("sync.request_timeout", "more than 0s"),
+                ("sync.calls_per_minute", "above the API's limit of 100"),
+                ("sync.calls_per_hour", "above the API's limit of 1500"),
+                ("log.level", "off, error, warn, info, debug, trace"),
+                ("tenant[0].name", "control characters"),
+                ("database.lock_timeout", "out of range"),
+            ] {
+                let p = err.problems.iter().find(|p| p.key == key);
+                assert!(
+                    p.is_some_and(|p| p.message.contains(says)),
+                    "{key} should say {says:?}: {text}"
+                );
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn log_levels_and_directives_are_checked() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "mde_sync=debug,info",
+            "warn,sqlx=error",
+            "off",
+        ] {
+            assert!(check_log_level(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "verbose!!",
+            "",
+            "mde_sync",
+            "info,loud",
+            "=debug",
+            "mde_sync=chatty",
+        ] {
+            assert!(check_log_level(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_loopback_api_may_have_a_higher_call_budget() {
+        Jail::expect_with(|jail| {
+            jail.create_file("tenants.toml", tenants_toml())?;
+            jail.create_file(
+                "config.toml",
+                &format!(
+                    "[app]\nclient_id = \"{CLIENT}\"\nclient_secret = \"x\"\n[cloud]\napi_url = \"http://127.0.0.1:9\"\nlogin_url = \"http://127.0.0.1:9\"\n[sync]\ncalls_per_minute = 100000\n"
+                ),
+            )?;
+            let path = jail.directory().join("config.toml");
+            let s = Settings::load(&path, &env(), Needs::ALL).map_err(|e| e.to_string())?;
+            assert_eq!(s.sync.calls_per_minute, 100_000);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_environment_override_error_names_the_variable() {
+        Jail::expect_with(|jail| {
+            jail.create_file("tenants.toml", tenants_toml())?;
+            jail.create_file(
+                "config.toml",
+                &format!("[app]\nclient_id = \"{CLIENT}\"\nclient_secret = \"x\"\n"),
+            )?;
+            jail.set_env("MDE_SYNC_SYNC__PAGE_SIZE", "lots");
+            let path = jail.directory().join("config.toml");
+            let err = Settings::load(&path, &env(), Needs::ALL).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("fix the environment variable MDE_SYNC_SYNC__PAGE_SIZE"),
+                "{text}"
+            );
+            assert!(!text.contains("fix the value in"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_world_readable_secret_file_is_named_in_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        Jail::expect_with(|jail| {
+            jail.create_file("tenants.toml", tenants_toml())?;
+            jail.create_file("secret.txt", "s3cret")?;
+            jail.create_file(
+                "config.toml",
+                &format!("[app]\nclient_id = \"{CLIENT}\"\nclient_secret_file = \"secret.txt\"\n"),
+            )?;
+            let secret = jail.directory().join("secret.txt");
+            let path = jail.directory().join("config.toml");
+            std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let s = Settings::load(&path, &env(), Needs::ALL).map_err(|e| e.to_string())?;
+            assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+            assert_eq!(s.warnings[0].key, "app.client_secret_file");
+            assert!(
+                s.warnings[0].message.contains("chmod 600"),
+                "{}",
+                s.warnings[0]
+            );
+            std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let s = Settings::load(&path, &env(), Needs::ALL).map_err(|e| e.to_string())?;
+            assert!(s.warnings.is_empty(), "{:?}", s.warnings);
             Ok(())
         });
     }

@@ -47,18 +47,3 @@ $$;
 -- Which replica ran each run, under which lease epoch.
 ALTER TABLE sync_runs ADD COLUMN replica_id text;
 ALTER TABLE sync_runs ADD COLUMN lease_epoch bigint;
-
--- The per-tenant API call budget, shared by the replicas so that a takeover never bursts
--- through what the previous owner spent: one row per call in the last hour, recorded before the
--- call is sent, and the pending Retry-After of each tenant (which also serialises reservations).
-CREATE TABLE tenant_budget (
-    tenant_id  text        PRIMARY KEY,
-    not_before timestamptz
-);
-
-CREATE TABLE tenant_calls (
-    tenant_id text        NOT NULL,
-    at        timestamptz NOT NULL
-);
-
-CREATE INDEX tenant_calls_by_tenant ON tenant_calls (tenant_id, at);

@@ -19,7 +19,7 @@ use url::Url;
 use super::{AlertSource, Page, WindowQuery};
 use crate::{
     BoxFuture,
-    auth::{AuthError, TokenProvider, without_url},
+    auth::{AuthError, TokenProvider, redirect_target, without_url},
     budget::Budget,
     metrics::Metrics,
     tenant::{Tenant, TenantId},
@@ -66,6 +66,10 @@ pub enum ApiError {
     Network(String),
     #[error("the API sent an unreadable body (HTTP {status}): {detail}")]
     Decode { status: u16, detail: String },
+    #[error(
+        "the API answered HTTP {status} redirecting to {location}; the redirect was not followed and the watermark did not move: check cloud.api_url or the tenant's api_url (and any proxy in between)"
+    )]
+    Redirected { status: u16, location: String },
 }
 
 impl ApiError {
@@ -111,6 +115,7 @@ impl ApiError {
             Self::RateLimited { .. } => "degraded",
             Self::Server { .. } | Self::Network(_) | Self::Decode { .. } => "degraded",
             Self::BadRequest { .. } => "bad-request",
+            Self::Redirected { .. } => "redirected",
         }
     }
 }
@@ -270,7 +275,7 @@ impl MdeClient {
                         // every later call for this tenant waits too, not just this retry
                         Some(ra) => {
                             let ra = ra.min(self.max_retry_after);
-                            self.budget.defer(tenant, ra);
+                            self.budget.defer(tenant, ra).await;
                             ra
                         }
                         None => delay,
@@ -305,6 +310,12 @@ impl MdeClient {
             })?;
         let status = resp.status().as_u16();
         self.metrics.api_request(tenant, Some(status));
+        if resp.status().is_redirection() {
+            return Err(ApiError::Redirected {
+                status,
+                location: redirect_target(resp.headers()),
+            });
+        }
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)

@@ -24,6 +24,7 @@ use std::{
 use tokio::sync::{mpsc, watch};
 
 use crate::{
+    budget::Budget,
     config::ReplicaSettings,
     store::{
         StoreError,
@@ -56,6 +57,9 @@ pub struct Replica {
     ticks: AtomicU64,
     /// A tenant being shed: no new run starts; released once its run in progress ended.
     draining: Mutex<Option<TenantId>>,
+    /// The call budget, told to load a tenant's saved budget again whenever the tenant changes
+    /// hands.
+    budget: std::sync::OnceLock<Arc<Budget>>,
 }
 
 /// The host name, without a C call: `/proc`, then `$HOSTNAME`.
@@ -102,12 +106,30 @@ impl Replica {
             registered: Mutex::new(Vec::new()),
             ticks: AtomicU64::new(0),
             draining: Mutex::new(None),
+            budget: std::sync::OnceLock::new(),
         }))
     }
 
     /// Whether this replica holds `tenant`'s lease and renewed recently enough to trust it: a
     /// process that was frozen past its lease starts no run and no page when it wakes, even
     /// before its next round notices.
+    /// Makes the tenants this replica claims or loses reload their saved call budget, so a new
+    /// owner continues with what the previous one left (see [`Budget::reload`]).
+    pub fn use_budget(&self, budget: Arc<Budget>) {
+        let _ = self.budget.set(budget);
+    }
+
+    /// The tenant changed hands: its next call loads the saved budget.
+    fn reload_budget<'a>(&self, tenants: impl IntoIterator<Item = &'a str>) {
+        if let Some(b) = self.budget.get() {
+            for t in tenants {
+                if let Ok(id) = TenantId::parse(t) {
+                    b.reload(&id);
+                }
+            }
+        }
+    }
+
     pub fn holds(&self, tenant: &TenantId) -> bool {
         self.trusted() && self.leases.book().epoch(tenant.as_str()).is_some()
     }
@@ -186,6 +208,7 @@ impl Replica {
         {
             Ok(lost) => {
                 *self.renewed.lock().expect("renewed") = Some(sent);
+                self.reload_budget(lost.iter().map(String::as_str));
                 for t in &lost {
                     self.losses.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(tenant = %t, replica = %self.id, "lease lost: another replica may own the tenant now");
@@ -195,6 +218,8 @@ impl Replica {
         }
         let trusted = self.trusted();
         if !trusted {
+            let held = self.leases.book().held();
+            self.reload_budget(held.keys().map(String::as_str));
             let n = self.leases.book().forget_all();
             if n > 0 {
                 self.losses.fetch_add(n as u64, Ordering::Relaxed);
@@ -207,6 +232,7 @@ impl Replica {
                 Ok(c) => claimed = c,
                 Err(e) => tracing::warn!(error = %e, replica = %self.id, "lease claim failed"),
             }
+            self.reload_budget(claimed.iter().map(|c| c.tenant.as_str()));
             for c in &claimed {
                 self.claims.fetch_add(1, Ordering::Relaxed);
                 if c.previous_owner.is_some() {
@@ -279,6 +305,7 @@ impl Replica {
         match self.bounded(self.leases.release(Some(&one))).await {
             Ok(r) => {
                 *self.draining.lock().expect("draining") = None;
+                self.reload_budget(r.iter().map(String::as_str));
                 if !r.is_empty() {
                     tracing::info!(tenant = %t, replica = %self.id, held = held.len(), fair_share = fair, live_replicas = live, "lease released to even out the load");
                 }

@@ -38,6 +38,9 @@ pub enum StoreError {
         "write refused: this replica no longer holds the lease on tenant {tenant} (epoch {epoch}); the replica that holds it now syncs the tenant"
     )]
     LeaseLost { tenant: String, epoch: i64 },
+    /// The database cannot be reached; says where and why.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// How one sync run ended, for `sync_runs` and `sync_state`.
@@ -147,6 +150,38 @@ pub trait Store: Send + Sync {
     fn leases(&self) -> Option<lease::Leases> {
         None
     }
+    /// The tenant's saved call budget for `api`: when its calls since `since` were sent, and the
+    /// pending Retry-After, if any.
+    fn load_budget<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        api: &'a str,
+        since: Timestamp,
+    ) -> BoxFuture<'a, Result<SavedBudget, StoreError>>;
+
+    /// Saves one call sent at `at`, and forgets the tenant's calls before `forget_before`.
+    fn record_call<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        api: &'a str,
+        at: Timestamp,
+        forget_before: Timestamp,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Saves a Retry-After: no call before `until` (an earlier hold never replaces a later one).
+    fn record_hold<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        api: &'a str,
+        until: Timestamp,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// A tenant's call budget as saved: the times of its recent calls, and its Retry-After.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SavedBudget {
+    pub calls: Vec<Timestamp>,
+    pub not_before: Option<Timestamp>,
 }
 
 pub type SharedStore = Arc<dyn Store>;

@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/postgres/0001_initial.sql"),
     ),
     (
+        3,
+        "call budget",
+        include_str!("../../migrations/postgres/0003_call_budget.sql"),
+    ),
+    (
         5,
         "replicas",
         include_str!("../../migrations/postgres/0005_replicas.sql"),
@@ -78,12 +83,15 @@ static UPSERT_FROM_STAGE: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// One value in COPY's text format: `\N` for NULL, backslash, tab and line breaks escaped.
+/// Postgres text cannot hold the NUL character: it is stored as the six characters `\u0000`
+/// (see [`json_without_nul`] for JSON).
 pub fn copy_field(out: &mut String, v: Option<&str>) {
     match v {
         None => out.push_str("\\N"),
         Some(s) => {
             for ch in s.chars() {
                 match ch {
+                    '\0' => out.push_str("\\\\u0000"),
                     '\\' => out.push_str("\\\\"),
                     '\t' => out.push_str("\\t"),
                     '\n' => out.push_str("\\n"),
@@ -95,10 +103,43 @@ pub fn copy_field(out: &mut String, v: Option<&str>) {
     }
 }
 
+/// Text without the NUL character Postgres cannot store (an API's error message may carry one).
+fn without_nul(s: &str) -> String {
+    s.replace('\0', "\\u0000")
+}
+
+/// JSON text that `jsonb` accepts: jsonb cannot hold the NUL character, so each `\u0000`
+/// escape becomes `\\u0000` — in the stored value, the six characters `\u0000` where the API
+/// sent a NUL. Every other escape is kept as it is. Borrowed when there is nothing to change.
+pub fn json_without_nul(json: &str) -> std::borrow::Cow<'_, str> {
+    if !json.contains("\\u0000") {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    let mut rest = json;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let esc = &rest[i..];
+        if let Some(after) = esc.strip_prefix("\\u0000") {
+            out.push_str("\\\\u0000");
+            rest = after;
+        } else {
+            // a two-character escape (`\\`, `\"`, `\n`, `\uXXXX`'s first two): copied whole, so
+            // an escaped backslash is never mistaken for the start of an escape
+            let len = esc[1..].chars().next().map_or(1, |c| 1 + c.len_utf8());
+            out.push_str(&esc[..len]);
+            rest = &esc[len..];
+        }
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
 /// A column value in COPY's text format; times floored to Postgres' microseconds.
 fn copy_val(out: &mut String, v: &Val) {
     match v {
-        Val::Text(t) | Val::Json(t) => copy_field(out, t.as_deref()),
+        Val::Text(t) => copy_field(out, t.as_deref()),
+        Val::Json(t) => copy_field(out, t.as_deref().map(json_without_nul).as_deref()),
         Val::Int(i) => copy_field(out, i.map(|i| i.to_string()).as_deref()),
         Val::Time(t) => copy_field(out, t.map(|t| t.floor_micros().to_db()).as_deref()),
     }
@@ -126,6 +167,24 @@ pub struct PostgresStore {
     pool: PgPool,
     /// The leases this process holds when it runs as a replica; every write is fenced with it.
     book: std::sync::Arc<Book>,
+    /// For finding out why no connection could be had (see [`PostgresStore::explained`]).
+    opts: PgConnectOptions,
+    connect_timeout: std::time::Duration,
+}
+
+/// `host:port` (or the socket) the options point at, for errors.
+fn server_of(opts: &PgConnectOptions) -> String {
+    match opts.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => format!("{}:{}", opts.get_host(), opts.get_port()),
+    }
+}
+
+/// An error that says why the server could not be used and what to do, for errors that do not.
+fn unavailable(server: &str, cause: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!(
+        "cannot connect to Postgres at {server}: {cause}; check that the server is running and reachable (database.url)"
+    ))
 }
 
 impl PostgresStore {
@@ -143,20 +202,74 @@ impl PostgresStore {
         if let Some(cert) = &db.ssl_root_cert {
             opts = opts.ssl_root_cert(cert);
         }
+        // No write may wait without limit behind another session's lock, and no statement
+        // may hang a run (and, later, a tenant's lease) forever.
+        let opts = opts.options([
+            (
+                "lock_timeout",
+                db.lock_timeout.as_millis().max(1).to_string(),
+            ),
+            (
+                "statement_timeout",
+                db.statement_timeout.as_millis().max(1).to_string(),
+            ),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(db.max_connections.max(1))
             .acquire_timeout(db.connect_timeout)
             .test_before_acquire(true)
-            .connect_with(opts)
-            .await?;
+            .connect_with(opts.clone())
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Io(io) => unavailable(&server_of(&opts), &io),
+                sqlx::Error::PoolTimedOut => unavailable(
+                    &server_of(&opts),
+                    &"no answer within database.connect_timeout",
+                ),
+                e => StoreError::Database(e),
+            })?;
         Ok(Self {
             pool,
+            opts,
+            connect_timeout: db.connect_timeout,
             book: Default::default(),
         })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Runs `work`; if it failed only because the pool found no connection in time (sqlx says
+    /// just "pool timed out"), one direct connection attempt finds the cause (connection
+    /// refused, authentication, DNS) and the error names it with the server's address.
+    async fn explained<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match work.await {
+            Err(StoreError::Database(sqlx::Error::PoolTimedOut)) => {
+                use sqlx::ConnectOptions;
+                let server = server_of(&self.opts);
+                Err(
+                    match tokio::time::timeout(self.connect_timeout, self.opts.connect()).await {
+                        Err(_) => {
+                            unavailable(&server, &"no answer within database.connect_timeout")
+                        }
+                        Ok(Err(sqlx::Error::Io(e))) => unavailable(&server, &e),
+                        Ok(Err(e)) => unavailable(&server, &e),
+                        Ok(Ok(conn)) => {
+                            let _ = sqlx::Connection::close(conn).await;
+                            unavailable(
+                                &server,
+                                &"every pooled connection stayed busy for database.connect_timeout",
+                            )
+                        }
+                    },
+                )
+            }
+            other => other,
+        }
     }
 }
 
@@ -170,7 +283,7 @@ impl Store for PostgresStore {
     }
 
     fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
+        Box::pin(self.explained(async move {
             super::migrator(MIGRATIONS).run(&self.pool).await?;
             // Only runs of replicas that are gone: another live replica's runs are its own.
             // A run under a lease ended, at the latest, when that lease expired.
@@ -184,7 +297,7 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await?;
             Ok(())
-        })
+        }))
     }
 
     fn prepare_tenant<'a>(
@@ -192,7 +305,7 @@ impl Store for PostgresStore {
         tenant: &'a Tenant,
         now: Timestamp,
     ) -> BoxFuture<'a, Result<Option<Timestamp>, StoreError>> {
-        Box::pin(async move {
+        Box::pin(self.explained(async move {
             let micros: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO sync_state (tenant_id, tenant_name, updated_at) VALUES ($1, $2, $3::timestamptz) \
                  ON CONFLICT (tenant_id) DO UPDATE SET tenant_name = excluded.tenant_name \
@@ -204,7 +317,7 @@ impl Store for PostgresStore {
             .fetch_one(&self.pool)
             .await?;
             Ok(micros.map(Timestamp::from_micros))
-        })
+        }))
     }
 
     fn start_run<'a>(
@@ -212,7 +325,7 @@ impl Store for PostgresStore {
         tenant: &'a TenantId,
         now: Timestamp,
     ) -> BoxFuture<'a, Result<i64, StoreError>> {
-        Box::pin(async move {
+        Box::pin(self.explained(async move {
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO sync_runs (tenant_id, started_at, watermark_before, replica_id, lease_epoch) \
                  SELECT $1, $2::timestamptz, (SELECT watermark FROM sync_state WHERE tenant_id = $1), $3, $4 RETURNING id",
@@ -229,7 +342,7 @@ impl Store for PostgresStore {
                 .execute(&self.pool)
                 .await?;
             Ok(id)
-        })
+        }))
     }
 
     fn commit<'a>(
@@ -257,7 +370,7 @@ impl Store for PostgresStore {
                 copy_val(&mut stage, v);
             }
             stage.push('\t');
-            copy_field(&mut stage, Some(&a.raw));
+            copy_field(&mut stage, Some(&json_without_nul(&a.raw)));
             stage.push('\t');
             copy_field(
                 &mut stage,
@@ -280,7 +393,7 @@ impl Store for PostgresStore {
                     copy_val(&mut rows, v);
                 }
                 rows.push('\t');
-                copy_field(&mut rows, Some(&e.raw));
+                copy_field(&mut rows, Some(&json_without_nul(&e.raw)));
                 rows.push('\n');
             }
             evidence.push((a.id.clone(), rows));
@@ -342,14 +455,14 @@ impl Store for PostgresStore {
             tx.commit().await?;
             Ok::<u64, StoreError>(written)
         });
-        Box::pin(async move {
+        Box::pin(self.explained(async move {
             task.await
                 .map_err(|e| StoreError::Config(format!("the database task failed: {e}")))?
-        })
+        }))
     }
 
     fn finish_run<'a>(&'a self, r: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+        Box::pin(self.explained(async move {
             let mut tx = self.pool.begin().await?;
             let at = r.finished_at.to_db();
             // FENCE (several replicas): a replica that lost the lease records only its own run,
@@ -382,7 +495,7 @@ impl Store for PostgresStore {
             .bind(r.alerts_rejected as i64)
             .bind(r.pages as i64)
             .bind(r.watermark_after.map(|w| w.floor_micros().to_db()))
-            .bind(&r.error)
+            .bind(r.error.as_deref().map(without_nul))
             .bind(r.run_id)
             .execute(&mut *tx)
             .await?;
@@ -401,7 +514,7 @@ impl Store for PostgresStore {
                      consecutive_failures = consecutive_failures + 1, updated_at = $3::timestamptz WHERE tenant_id = $4",
                 )
                 .bind(&r.health)
-                .bind(&r.error)
+                .bind(r.error.as_deref().map(without_nul))
                 .bind(&at)
                 .bind(r.tenant.as_str())
                 .execute(&mut *tx)
@@ -409,11 +522,11 @@ impl Store for PostgresStore {
             }
             tx.commit().await?;
             Ok(())
-        })
+        }))
     }
 
     fn stop_run<'a>(&'a self, r: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+        Box::pin(self.explained(async move {
             sqlx::query(
                 "UPDATE sync_runs SET finished_at = COALESCE(finished_at, $1::timestamptz), outcome = 'stopped', alerts_received = $2, \
                  alerts_written = $3, alerts_rejected = $4, pages = $5, watermark_after = $6::timestamptz WHERE id = $7",
@@ -428,18 +541,18 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await?;
             Ok(())
-        })
+        }))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
+        Box::pin(self.explained(async move {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
             Ok(())
-        })
+        }))
     }
 
     fn status(&self) -> BoxFuture<'_, Result<Vec<TenantStatus>, StoreError>> {
-        Box::pin(async move {
+        Box::pin(self.explained(async move {
             let sql = format!(
                 "SELECT s.tenant_id, s.tenant_name, s.health, (EXTRACT(EPOCH FROM s.watermark) * 1000000)::int8 AS watermark, \
                         {} AS last_success_at, s.last_error, {} AS last_error_at, s.consecutive_failures::int8 AS consecutive_failures, \
@@ -468,7 +581,7 @@ impl Store for PostgresStore {
                     })
                 })
                 .collect()
-        })
+        }))
     }
 
     fn alert_raws<'a>(
@@ -528,5 +641,102 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await?)
         })
+    }
+
+    fn load_budget<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        api: &'a str,
+        since: Timestamp,
+    ) -> BoxFuture<'a, Result<super::SavedBudget, StoreError>> {
+        Box::pin(self.explained(async move {
+            let calls: Vec<i64> = sqlx::query_scalar(
+                "SELECT (EXTRACT(EPOCH FROM sent_at) * 1000000)::int8 FROM api_calls \
+                 WHERE tenant_id = $1 AND api = $2 AND sent_at >= $3::timestamptz ORDER BY sent_at",
+            )
+            .bind(tenant.as_str())
+            .bind(api)
+            .bind(since.to_db())
+            .fetch_all(&self.pool)
+            .await?;
+            let hold: Option<i64> = sqlx::query_scalar(
+                "SELECT (EXTRACT(EPOCH FROM not_before) * 1000000)::int8 FROM api_holds WHERE tenant_id = $1 AND api = $2",
+            )
+            .bind(tenant.as_str())
+            .bind(api)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(super::SavedBudget {
+                calls: calls.into_iter().map(Timestamp::from_micros).collect(),
+                not_before: hold.map(Timestamp::from_micros),
+            })
+        }))
+    }
+
+    fn record_call<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        api: &'a str,
+        at: Timestamp,
+        forget_before: Timestamp,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.explained(async move {
+            sqlx::query(
+                "WITH gone AS (DELETE FROM api_calls WHERE tenant_id = $1 AND api = $2 AND sent_at < $4::timestamptz) \
+                 INSERT INTO api_calls (tenant_id, api, sent_at) VALUES ($1, $2, $3::timestamptz)",
+            )
+            .bind(tenant.as_str())
+            .bind(api)
+            .bind(at.to_db())
+            .bind(forget_before.to_db())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }))
+    }
+
+    fn record_hold<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        api: &'a str,
+        until: Timestamp,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.explained(async move {
+            sqlx::query(
+                "INSERT INTO api_holds (tenant_id, api, not_before) VALUES ($1, $2, $3::timestamptz) \
+                 ON CONFLICT (tenant_id, api) DO UPDATE SET not_before = GREATEST(api_holds.not_before, excluded.not_before)",
+            )
+            .bind(tenant.as_str())
+            .bind(api)
+            .bind(until.to_db())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_escapes_become_text_and_other_escapes_stay() {
+        assert_eq!(json_without_nul(r#"{"a":"x"}"#), r#"{"a":"x"}"#);
+        assert_eq!(
+            json_without_nul(r#"{"a":"x\u0000y"}"#),
+            r#"{"a":"x\\u0000y"}"#
+        );
+        // an escaped backslash followed by the text u0000 is not a NUL
+        assert_eq!(
+            json_without_nul(r#"{"a":"\\u0000","b":"\n\u00e9\u0000"}"#),
+            r#"{"a":"\\u0000","b":"\n\u00e9\\u0000"}"#
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&json_without_nul(r#"["x\u0000y"]"#)).unwrap();
+        assert_eq!(v[0], "x\\u0000y");
+        let mut out = String::new();
+        copy_field(&mut out, Some("a\0b\\"));
+        assert_eq!(out, r"a\\u0000b\\");
     }
 }

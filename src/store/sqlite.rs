@@ -28,6 +28,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0001_initial.sql"),
     ),
     (
+        3,
+        "call budget",
+        include_str!("../../migrations/sqlite/0003_call_budget.sql"),
+    ),
+    (
         5,
         "replicas",
         include_str!("../../migrations/sqlite/0005_replicas.sql"),
@@ -127,6 +132,32 @@ fn bind_val<'q>(
     }
 }
 
+/// Creates the database file readable by its owner only (0600), whatever the umask: it holds
+/// every customer's alerts. SQLite gives the `-wal` and `-shm` files it creates beside it the
+/// same mode. An existing file is left as it is.
+fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.to_string_lossy();
+    // in-memory databases are named `:memory:` or `file:sqlx-in-memory-N`
+    if name.is_empty() || name.starts_with(':') || name.starts_with("file:") || path.exists() {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        // created meanwhile by another process: SQLite opens it as it is
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Config(format!(
+            "cannot create the database file {}: {e}; check that its directory exists and the mde-sync user may write there",
+            path.display()
+        ))),
+    }
+}
+
 pub struct SqliteStore {
     pool: SqlitePool,
 }
@@ -139,8 +170,21 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
+        create_private(opts.get_filename())?;
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
+            // A transaction whose COMMIT or ROLLBACK failed (a full disk: SQLite may already
+            // have rolled it back itself, so sqlx's ROLLBACK fails too) leaves the connection
+            // believing it is still inside one, and every later `begin` on it fails. Such a
+            // connection is closed instead of going back to the pool; the ping first runs the
+            // rollback sqlx queued when the transaction was dropped.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Connection;
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(opts)
             .await?;
         Ok(Self { pool })
@@ -461,6 +505,84 @@ impl Store for SqliteStore {
             )
             .fetch_all(&self.pool)
             .await?)
+        })
+    }
+
+    fn load_budget<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        api: &'a str,
+        since: Timestamp,
+    ) -> BoxFuture<'a, Result<super::SavedBudget, StoreError>> {
+        Box::pin(async move {
+            let calls: Vec<String> = sqlx::query_scalar(
+                "SELECT sent_at FROM api_calls WHERE tenant_id = ? AND api = ? AND sent_at >= ? ORDER BY sent_at",
+            )
+            .bind(tenant.as_str())
+            .bind(api)
+            .bind(since.to_db())
+            .fetch_all(&self.pool)
+            .await?;
+            let hold: Option<String> = sqlx::query_scalar(
+                "SELECT not_before FROM api_holds WHERE tenant_id = ? AND api = ?",
+            )
+            .bind(tenant.as_str())
+            .bind(api)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(super::SavedBudget {
+                calls: calls
+                    .iter()
+                    .filter_map(|t| Timestamp::parse(t).ok())
+                    .collect(),
+                not_before: hold.and_then(|t| Timestamp::parse(&t).ok()),
+            })
+        })
+    }
+
+    fn record_call<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        api: &'a str,
+        at: Timestamp,
+        forget_before: Timestamp,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::query("DELETE FROM api_calls WHERE tenant_id = ? AND api = ? AND sent_at < ?")
+                .bind(tenant.as_str())
+                .bind(api)
+                .bind(forget_before.to_db())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO api_calls (tenant_id, api, sent_at) VALUES (?, ?, ?)")
+                .bind(tenant.as_str())
+                .bind(api)
+                .bind(at.to_db())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn record_hold<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        api: &'a str,
+        until: Timestamp,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO api_holds (tenant_id, api, not_before) VALUES (?, ?, ?) \
+                 ON CONFLICT (tenant_id, api) DO UPDATE SET not_before = MAX(not_before, excluded.not_before)",
+            )
+            .bind(tenant.as_str())
+            .bind(api)
+            .bind(until.to_db())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
         })
     }
 }

@@ -44,7 +44,9 @@
 //!    below). If the check fails the instant is paged again from the start, a few times at most,
 //!    and otherwise the run fails without moving `W`.
 //! 5. Following a `@odata.nextLink`, if the API ever sends one, is treated as paging the same
-//!    window.
+//!    window. The window counts as complete only when a page comes without a link; a link seen
+//!    twice, or `sync.max_pages_per_run` reached, ends the run with the alerts read stored and
+//!    `W` not moved past the window (so the argument below is untouched).
 //!
 //! # Why no alert is lost
 //! Take any alert `x` and its current version `v` with `lastUpdateTime t`. We show that `x` is
@@ -145,6 +147,10 @@ pub enum SyncError {
     },
     #[error("the run was stopped at a page boundary (shutdown, or the tenant was removed)")]
     Stopped,
+    #[error(
+        "the API's @odata.nextLink {why} after {pages} pages of one window: the links were not followed further, the alerts read are stored and the watermark did not move; will retry next run (if it persists, report it to Microsoft with the correlation ids in the log)"
+    )]
+    NextLinkLoop { why: &'static str, pages: u64 },
 }
 
 /// What a failed run says about the tenant, for scheduling its next attempt.
@@ -180,7 +186,7 @@ impl SyncError {
             Self::Api(e) => e.label(),
             Self::Store(StoreError::LeaseLost { .. }) => "lease-lost",
             Self::Store(_) => "database-error",
-            Self::UnstableInstant { .. } => "degraded",
+            Self::UnstableInstant { .. } | Self::NextLinkLoop { .. } => "degraded",
             Self::Stopped => "stopped",
         }
     }
@@ -234,6 +240,9 @@ pub struct Syncer {
     active_changed: watch::Sender<u64>,
     /// Asked before every run and page as well (several replicas: is the lease still trusted?).
     gate: Mutex<Option<Gate>>,
+    /// Run outcomes the store refused to record (a full disk, the database away), with whether
+    /// the run was stopped; recorded before the tenant's next run.
+    unrecorded: Mutex<HashMap<TenantId, (RunReport, bool)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -268,6 +277,7 @@ impl Syncer {
             active: Mutex::new(None),
             active_changed: watch::Sender::new(0),
             gate: Mutex::new(None),
+            unrecorded: Mutex::new(HashMap::new()),
             metrics: Arc::default(),
         }
     }
@@ -508,6 +518,7 @@ impl Syncer {
             tenant: tenant.id.clone(),
         };
 
+        self.record_unrecorded(&tenant.id).await;
         let mut c = Counters::default();
         let (before, run_id, result) = match self.begin(tenant).await {
             Ok((before, run_id)) => {
@@ -555,13 +566,12 @@ impl Syncer {
                 watermark_after: c.watermark,
                 error: outcome.error.clone(),
             };
-            let recorded = if stopped {
-                self.store.stop_run(&report).await
-            } else {
-                self.store.finish_run(&report).await
-            };
-            if let Err(e) = recorded {
-                tracing::error!(error = %e, "cannot record the run's outcome");
+            if let Err(e) = self.record(&report, stopped).await {
+                tracing::error!(error = %e, "cannot record the run's outcome, will retry before the next run");
+                self.unrecorded
+                    .lock()
+                    .expect("unrecorded runs")
+                    .insert(tenant.id.clone(), (report, stopped));
             }
         }
         match &outcome.error {
@@ -599,6 +609,40 @@ impl Syncer {
             ),
         }
         outcome
+    }
+
+    async fn record(&self, report: &RunReport, stopped: bool) -> Result<(), StoreError> {
+        if stopped {
+            self.store.stop_run(report).await
+        } else {
+            self.store.finish_run(report).await
+        }
+    }
+
+    /// Records the outcome of the tenant's last run if the store refused it then.
+    async fn record_unrecorded(&self, tenant: &TenantId) {
+        let pending = self
+            .unrecorded
+            .lock()
+            .expect("unrecorded runs")
+            .remove(tenant);
+        if let Some((report, stopped)) = pending {
+            match self.record(&report, stopped).await {
+                Ok(()) => {
+                    tracing::info!(
+                        run_id = report.run_id,
+                        "recorded the outcome of an earlier run"
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "still cannot record the outcome of an earlier run");
+                    self.unrecorded
+                        .lock()
+                        .expect("unrecorded runs")
+                        .insert(tenant.clone(), (report, stopped));
+                }
+            }
+        }
     }
 
     async fn begin(&self, tenant: &Tenant) -> Result<(Option<Timestamp>, i64), StoreError> {
@@ -742,6 +786,12 @@ impl Syncer {
         let mut rows = Vec::with_capacity(alerts.len());
         for raw in alerts {
             match parse_alert(raw) {
+                Ok(row) if row.last_update.is_none() => {
+                    // Without it no version can be ordered against another, and no window or
+                    // watermark covers the alert.
+                    c.rejected += 1;
+                    tracing::warn!(alert_id = %row.id, reason = "no lastUpdateTime", "malformed alert skipped");
+                }
                 Ok(row) => {
                     if let Some(aad) = &row.aad_tenant_id
                         && !aad.eq_ignore_ascii_case(tenant.id.as_str())
@@ -797,22 +847,48 @@ impl Syncer {
         Ok(())
     }
 
-    /// A window that returned a `@odata.nextLink`: the source pages for us.
+    /// A window that returned a `@odata.nextLink`: the source pages for us. A link seen twice in
+    /// one window is a loop, and links count against `sync.max_pages_per_run` like any call, so
+    /// a server that keeps sending links can neither hold the run forever nor spend the
+    /// tenant's call budget; the window then stays incomplete and the watermark where it was.
     async fn follow_links(
         &self,
         tenant: &Tenant,
         mut page: Page,
         c: &mut Counters,
     ) -> Result<(), SyncError> {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut followed = 0u64;
         loop {
             self.write(tenant, &page.alerts, None, Timestamp::MIN_TICK, c)
                 .await?;
             let Some(link) = page.next_link.take() else {
                 return Ok(());
             };
+            let why = if !seen.insert(link.clone()) {
+                Some("repeated a link already followed")
+            } else if c.pages >= self.settings.max_pages_per_run {
+                Some("reached sync.max_pages_per_run")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                tracing::warn!(
+                    pages = c.pages,
+                    links_followed = followed,
+                    alerts = c.received,
+                    reason = why,
+                    "nextlink paging cut short"
+                );
+                return Err(SyncError::NextLinkLoop {
+                    why,
+                    pages: followed + 1,
+                });
+            }
             page = self
                 .fetch_unless_stopped(&tenant.id, self.source.fetch_link(&tenant.id, &link))
                 .await?;
+            followed += 1;
             c.pages += 1;
             c.received += page.alerts.len() as u64;
         }

@@ -2,6 +2,8 @@
 //! [`App`] wired to both — the real application against a real database and a fake HTTP peer.
 #![allow(dead_code)]
 
+pub mod hostile;
+
 use std::{
     path::PathBuf,
     sync::{
