@@ -236,6 +236,30 @@ impl PostgresStore {
         })
     }
 
+    /// A run whose replica lost the tenant's lease: only its own `sync_runs` row is written, as
+    /// `fenced`; its end stays where a claimer put it (the lease's expiry), if one did.
+    async fn record_fenced(
+        &self,
+        r: &RunReport,
+        at: &str,
+        e: &StoreError,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sync_runs SET finished_at = COALESCE(finished_at, $1::timestamptz), outcome = 'fenced', \
+             alerts_received = $2, alerts_written = $3, pages = $4, error = $5 WHERE id = $6",
+        )
+        .bind(at)
+        .bind(r.alerts_received as i64)
+        .bind(r.alerts_written as i64)
+        .bind(r.pages as i64)
+        .bind(r.error.clone().unwrap_or_else(|| e.to_string()))
+        .bind(r.run_id)
+        .execute(&self.pool)
+        .await?;
+        tracing::warn!(tenant = %r.tenant, run_id = r.run_id, error = %e, "run recorded as fenced");
+        Ok(())
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -467,22 +491,13 @@ impl Store for PostgresStore {
             let at = r.finished_at.to_db();
             // FENCE (several replicas): a replica that lost the lease records only its own run,
             // never the tenant's state, which belongs to the new owner.
-            if let Err(e) = lease::fence(&mut tx, &self.book, r.tenant.as_str()).await {
-                drop(tx);
-                sqlx::query(
-                    "UPDATE sync_runs SET finished_at = COALESCE(finished_at, $1::timestamptz), outcome = 'fenced', \
-                     alerts_received = $2, alerts_written = $3, pages = $4, error = $5 WHERE id = $6",
-                )
-                .bind(&at)
-                .bind(r.alerts_received as i64)
-                .bind(r.alerts_written as i64)
-                .bind(r.pages as i64)
-                .bind(r.error.clone().unwrap_or_else(|| e.to_string()))
-                .bind(r.run_id)
-                .execute(&self.pool)
-                .await?;
-                tracing::warn!(tenant = %r.tenant, run_id = r.run_id, error = %e, "run recorded as fenced");
-                return Ok(());
+            match lease::fence(&mut tx, &self.book, r.tenant.as_str()).await {
+                Ok(()) => {}
+                Err(e @ StoreError::LeaseLost { .. }) => {
+                    drop(tx);
+                    return self.record_fenced(r, &at, &e).await;
+                }
+                Err(e) => return Err(e),
             }
             sqlx::query(
                 "UPDATE sync_runs SET finished_at = $1::timestamptz, outcome = $2, alerts_received = $3, alerts_written = $4, \
