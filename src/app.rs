@@ -15,7 +15,7 @@ use crate::{
     config::{Environment, Needs, Settings},
     mde::MdeClient,
     metrics::Metrics,
-    service::{self, Heartbeat, Integration, Notifier, http::AdminState, notify},
+    service::{self, Heartbeat, Integration, Notifier, http::AdminState, notify, replica::Replica},
     store::{self, SharedStore, TenantStatus},
     sync::{RunOutcome, Syncer},
     telemetry::LogHandle,
@@ -83,6 +83,11 @@ pub struct App {
     pub clock: SharedClock,
     /// What `/metrics` shows; shared by the client, the token provider and the syncer.
     pub metrics: Arc<Metrics>,
+    /// Set by `run` on Postgres: this process is one replica among any number.
+    pub replica: std::sync::OnceLock<Arc<Replica>>,
+    /// The per-tenant call budget the client spends; shared with the other replicas under `run`
+    /// on Postgres.
+    pub budget: Arc<Budget>,
 }
 
 impl App {
@@ -110,7 +115,7 @@ impl App {
         );
         let client = Arc::new(
             mde_client(http, &settings, tokens.clone(), settings.sync.max_attempts)
-                .with_budget(budget, settings.sync.max_retry_after)
+                .with_budget(budget.clone(), settings.sync.max_retry_after)
                 .with_metrics(metrics.clone()),
         );
         let syncer = Arc::new(
@@ -130,6 +135,8 @@ impl App {
             syncer,
             clock,
             metrics,
+            replica: std::sync::OnceLock::new(),
+            budget,
         }
     }
 
@@ -171,6 +178,21 @@ impl App {
             log,
         } = service;
         let tenants = watch::Sender::new(Arc::new(self.settings.tenants.clone()));
+        // Several replicas (Postgres): claim a share of the tenants before the first pass.
+        let (claimed_tx, mut claimed_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Tenant>>();
+        let replica_loop = match self.store.leases() {
+            Some(leases) => {
+                let replica = Replica::new(leases, &self.settings.service.replica)
+                    .context("while joining as a replica")?;
+                // a tenant taken over keeps the calls and Retry-After its previous owner spent
+                replica.use_budget(self.budget.clone());
+                let _ = self.replica.set(replica.clone());
+                self.syncer.set_gate(replica.gate());
+                replica.start(&self.settings.tenants, &self.syncer).await;
+                Some(replica.spawn(self.syncer.clone(), tenants.subscribe(), claimed_tx))
+            }
+            None => None,
+        };
         self.apply_tenants(&self.settings.tenants);
         match self.store.status().await {
             Ok(rows) => self.metrics.seed(&rows),
@@ -189,11 +211,12 @@ impl App {
             .await
             .context("while starting the scheduler")?;
 
-        let (syncer, metrics, current, n) = (
+        let (syncer, metrics, current, n, replica) = (
             self.syncer.clone(),
             self.metrics.clone(),
             tenants.subscribe(),
             notifier.clone(),
+            self.replica.get().cloned(),
         );
         sched
             .add(
@@ -201,7 +224,7 @@ impl App {
                     // The tenants file as of this tick: a reload takes effect at the next one.
                     let run = pass(
                         syncer.clone(),
-                        current.borrow().clone(),
+                        mine(replica.as_deref(), current.borrow().clone()),
                         metrics.clone(),
                         n.clone(),
                     );
@@ -263,13 +286,14 @@ impl App {
                     heartbeat: heartbeat.clone(),
                     store: self.store.clone(),
                     syncer: self.syncer.clone(),
+                    replica: self.replica.get().cloned(),
                 },
             )
         });
 
         tokio::spawn(pass(
             self.syncer.clone(),
-            tenants.borrow().clone(),
+            mine(self.replica.get().map(|r| &**r), tenants.borrow().clone()),
             self.metrics.clone(),
             notifier.clone(),
         ));
@@ -293,6 +317,15 @@ impl App {
                     self.reload(&tenants, log.as_ref(), &mut log_level, &notifier);
                     notifier.ready(&self.metrics.summary());
                 }
+                Some(claimed) = claimed_rx.recv() => {
+                    // Tenants this replica just claimed start now rather than at the next tick.
+                    tokio::spawn(pass(
+                        self.syncer.clone(),
+                        Arc::new(claimed),
+                        self.metrics.clone(),
+                        notifier.clone(),
+                    ));
+                }
             }
         }
 
@@ -306,6 +339,10 @@ impl App {
             "stopping: {running} run(s) finishing their current page"
         ));
         self.syncer.stop();
+        if let Some(r) = self.replica.get() {
+            // held leases stay renewed while runs finish; nothing new is claimed
+            r.begin_stop();
+        }
         let mut sched = sched;
         let _ = sched.shutdown().await;
         let deadline = tokio::time::Instant::now() + grace;
@@ -321,8 +358,12 @@ impl App {
                 "runs still in progress abandoned; they resume from their watermark"
             );
         }
-        for task in admin.into_iter().chain(watchdog) {
+        for task in admin.into_iter().chain(watchdog).chain(replica_loop) {
             task.abort();
+        }
+        if let Some(r) = self.replica.get() {
+            // Other replicas take this one's tenants over at their next round, not after a ttl.
+            r.release_all().await;
         }
         tracing::info!("stopped");
         Ok(())
@@ -331,13 +372,15 @@ impl App {
     /// Points the syncer and the metrics at `tenants`: tenants not listed (or disabled) stop
     /// at their next page boundary and lose their gauges; their data stays.
     fn apply_tenants(&self, tenants: &[Tenant]) {
-        self.syncer.set_active_tenants(Some(
-            tenants
-                .iter()
-                .filter(|t| t.enabled)
-                .map(|t| t.id.clone())
-                .collect(),
-        ));
+        self.syncer
+            .set_active_tenants(Some(match self.replica.get() {
+                Some(r) => r.active(tenants),
+                None => tenants
+                    .iter()
+                    .filter(|t| t.enabled)
+                    .map(|t| t.id.clone())
+                    .collect(),
+            }));
         self.metrics.set_tenants(tenants);
     }
 
@@ -412,11 +455,19 @@ impl App {
                 .collect();
             tokio::spawn(pass(
                 self.syncer.clone(),
-                Arc::new(first),
+                mine(self.replica.get().map(|r| &**r), Arc::new(first)),
                 self.metrics.clone(),
                 notifier.clone(),
             ));
         }
+    }
+}
+
+/// The tenants this process syncs: all of them, or, as a replica, those it holds a lease on.
+fn mine(replica: Option<&Replica>, tenants: Arc<Vec<Tenant>>) -> Arc<Vec<Tenant>> {
+    match replica {
+        Some(r) => Arc::new(r.mine(&tenants)),
+        None => tenants,
     }
 }
 

@@ -224,6 +224,15 @@ impl Budget {
         }
     }
 
+    /// Forgets what this process knows of `tenant`'s budget, so that its next call loads the
+    /// saved budget again: for a tenant another replica may have spent meanwhile (one taken over,
+    /// or got back). Without a journal it keeps everything, since nothing could be loaded.
+    pub fn reload(&self, tenant: &TenantId) {
+        if self.journal.is_some() {
+            self.tenants.lock().expect("budget lock").remove(tenant);
+        }
+    }
+
     /// Saves the call just made, without waiting for the journal.
     fn save_call(&self, tenant: &TenantId) {
         let Some(journal) = self.journal.clone() else {

@@ -29,7 +29,7 @@ use crate::{
 token per tenant, polls each tenant's Defender for Endpoint alerts API incrementally, and keeps one current \
 row per alert in SQLite or Postgres. Start with `mde-sync demo` to see it work against a built-in simulator, \
 then `mde-sync validate` and `mde-sync check` with your own config.",
-    after_help = "Exit status: 0 success; 1 a tenant or command failed; 78 configuration error.\n\
+    after_help = "Exit status: 0 success; 1 a tenant or command failed; 75 `run` on a SQLite database another `run` uses; 78 configuration error.\n\
 Configuration: TOML file plus MDE_SYNC_<SECTION>__<KEY> environment overrides; see config/mde-sync.example.toml."
 )]
 pub struct Cli {
@@ -260,6 +260,17 @@ pub async fn execute(cli: Cli) -> i32 {
                     return fail(anyhow::Error::new(e).context("while installing signal handlers"));
                 }
             };
+            // SQLite stays single-replica: held until the process exits.
+            let _sqlite_lock = match service::replica::lock_sqlite(
+                secrecy::ExposeSecret::expose_secret(&s.database.url),
+            ) {
+                Ok(lock) => lock,
+                Err(e) => {
+                    tracing::error!(error = %e, "refusing to start");
+                    eprintln!("mde-sync: {e}");
+                    return service::replica::EX_SQLITE_IN_USE;
+                }
+            };
             let notifier = Notifier::from_env();
             let app = match App::build(s, clock::system()).await {
                 Ok(a) => a,
@@ -378,13 +389,20 @@ pub async fn execute(cli: Cli) -> i32 {
                             Timestamp::from_datetime(time::OffsetDateTime::now_utc())
                         )
                     );
-                    0
                 }
-                Err(e) => fail(anyhow::Error::new(e).context(format!(
+                Err(e) => return fail(anyhow::Error::new(e).context(format!(
                     "while reading the status from {}: if it has no mde-sync tables, start the service or run `mde-sync migrate` first",
                     s.database.display_url()
                 ))),
             }
+            // Several replicas (Postgres): who holds each tenant, and who is alive.
+            if let Some(leases) = store.leases() {
+                match leases.status().await {
+                    Ok((l, r)) => print!("\n{}", service::replica::render_status(&l, &r)),
+                    Err(e) => return fail(e.into()),
+                }
+            }
+            0
         }
         Command::Migrate => {
             let s = match load(&cli.config, Needs::DATABASE_ONLY) {

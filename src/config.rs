@@ -177,6 +177,9 @@ struct RawLog {
 #[serde(deny_unknown_fields)]
 struct RawService {
     shutdown_timeout: Option<String>,
+    replica_id: Option<String>,
+    lease_ttl: Option<String>,
+    claim_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -508,12 +511,38 @@ pub struct ServiceSettings {
     /// How long SIGTERM/SIGINT waits for runs in progress to reach a page boundary before the
     /// rest is abandoned. Keep it below systemd's `TimeoutStopSec=`.
     pub shutdown_timeout: std::time::Duration,
+    /// Several replicas on one Postgres (`service.replica_id`, `lease_ttl`, `claim_interval`).
+    pub replica: ReplicaSettings,
 }
 
 impl Default for ServiceSettings {
     fn default() -> Self {
         Self {
             shutdown_timeout: std::time::Duration::from_secs(30),
+            replica: ReplicaSettings::default(),
+        }
+    }
+}
+
+/// How a `run` on Postgres shares the tenants with other replicas. A dead replica's tenants are
+/// taken over within about `lease_ttl + claim_interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSettings {
+    /// `None`: the host name and the process id.
+    pub id: Option<String>,
+    /// How long a lease lasts without renewal; renewals run every `claim_interval` (at most a
+    /// third of the ttl).
+    pub lease_ttl: std::time::Duration,
+    /// How often free or expired leases are claimed and held ones renewed.
+    pub claim_interval: std::time::Duration,
+}
+
+impl Default for ReplicaSettings {
+    fn default() -> Self {
+        Self {
+            id: None,
+            lease_ttl: std::time::Duration::from_secs(30),
+            claim_interval: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -1246,6 +1275,44 @@ fn validate(
         );
     }
 
+    let replica_id = raw.service.replica_id.map(|s| s.trim().to_owned());
+    if replica_id
+        .as_deref()
+        .is_some_and(|id| id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_control()))
+    {
+        problem(
+            problems,
+            "service.replica_id",
+            "must be 1 to 200 printable characters: use a name unique to this process, or leave it out for host name and pid",
+        );
+    }
+    let lease_ttl = duration_key(
+        problems,
+        "service.lease_ttl",
+        raw.service.lease_ttl,
+        time::Duration::seconds(30),
+    );
+    let claim_interval = duration_key(
+        problems,
+        "service.claim_interval",
+        raw.service.claim_interval,
+        time::Duration::seconds(5),
+    );
+    if lease_ttl < time::Duration::seconds(1) || lease_ttl > time::Duration::hours(1) {
+        problem(
+            problems,
+            "service.lease_ttl",
+            "out of range: use \"1s\" to \"1h\" (30s is a good start)",
+        );
+    }
+    if claim_interval < time::Duration::milliseconds(100) || claim_interval * 3 > lease_ttl {
+        problem(
+            problems,
+            "service.claim_interval",
+            "out of range: use at least \"100ms\" and at most a third of service.lease_ttl, so a lease is renewed at least twice before it expires",
+        );
+    }
+
     // metrics
     let listen_text = raw.metrics.listen.map(|l| match l {
         RawListen::Port(n) => n.to_string(),
@@ -1327,6 +1394,15 @@ fn validate(
             shutdown_timeout: std::time::Duration::from_millis(
                 shutdown_timeout.whole_milliseconds().max(0) as u64,
             ),
+            replica: ReplicaSettings {
+                id: replica_id,
+                lease_ttl: std::time::Duration::from_millis(
+                    lease_ttl.whole_milliseconds().max(0) as u64
+                ),
+                claim_interval: std::time::Duration::from_millis(
+                    claim_interval.whole_milliseconds().max(0) as u64,
+                ),
+            },
         },
         metrics: MetricsSettings {
             listen: metrics_listen,

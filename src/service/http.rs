@@ -32,6 +32,8 @@ pub struct AdminState {
     pub heartbeat: Arc<Heartbeat>,
     pub store: SharedStore,
     pub syncer: Arc<Syncer>,
+    /// Set when this process is one of several replicas on Postgres.
+    pub replica: Option<Arc<super::replica::Replica>>,
 }
 
 /// Binds `addr`. Fails at start-up (not later) when the address is taken.
@@ -96,10 +98,14 @@ async fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Full<Bytes>>
                 heartbeat_age: state.heartbeat.age(),
             };
             let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+            let mut body = state.metrics.render(now, live);
+            if let Some(r) = &state.replica {
+                body.push_str(&r.render_metrics());
+            }
             answer(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                state.metrics.render(now, live),
+                body,
             )
         }
         _ => answer(
@@ -135,7 +141,7 @@ async fn health(state: &AdminState) -> (bool, String) {
     };
     let (ok, failing) = state.metrics.tenant_counts();
     let healthy = scheduler == "ok" && database == "ok";
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": if healthy { "ok" } else { "unhealthy" },
         "scheduler": scheduler,
         "heartbeat_age_seconds": state.heartbeat.age().map(|a| a.as_secs_f64()),
@@ -143,6 +149,9 @@ async fn health(state: &AdminState) -> (bool, String) {
         "tenants_ok": ok,
         "tenants_failing": failing,
     });
+    if let Some(r) = &state.replica {
+        body["replica"] = r.health();
+    }
     (healthy, format!("{body}\n"))
 }
 
@@ -206,6 +215,7 @@ mod tests {
             heartbeat: Arc::default(),
             store,
             syncer,
+            replica: None,
         };
         (state, dir)
     }

@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod notify;
+pub mod replica;
 
 use std::{
     future::Future,

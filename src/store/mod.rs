@@ -9,6 +9,7 @@
 //!   and the watermark only moves forward;
 //! - the store never talks HTTP and never sees a secret.
 
+pub mod lease;
 pub mod postgres;
 pub mod sqlite;
 
@@ -32,6 +33,11 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Config(String),
+    /// The fence refused a write: another replica holds the tenant's lease now (see [`lease`]).
+    #[error(
+        "write refused: this replica no longer holds the lease on tenant {tenant} (epoch {epoch}); the replica that holds it now syncs the tenant"
+    )]
+    LeaseLost { tenant: String, epoch: i64 },
     /// The database cannot be reached; says where and why.
     #[error("{0}")]
     Unavailable(String),
@@ -140,6 +146,10 @@ pub trait Store: Send + Sync {
     /// `(tenant_id, severity, count)` over all alerts, for summaries.
     fn severity_counts(&self) -> BoxFuture<'_, Result<Vec<SeverityCount>, StoreError>>;
 
+    /// The tenant leases several replicas share, on a backend that has them (Postgres).
+    fn leases(&self) -> Option<lease::Leases> {
+        None
+    }
     /// The tenant's saved call budget for `api`: when its calls since `since` were sent, and the
     /// pending Retry-After, if any.
     fn load_budget<'a>(

@@ -15,7 +15,10 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions, PgSslMode},
 };
 
-use super::{EvidenceRaw, RunReport, SeverityCount, Store, StoreError, TenantStatus};
+use super::{
+    EvidenceRaw, RunReport, SeverityCount, Store, StoreError, TenantStatus,
+    lease::{self, Book, Leases},
+};
 use crate::{
     BoxFuture,
     config::DatabaseSettings,
@@ -34,6 +37,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "call budget",
         include_str!("../../migrations/postgres/0003_call_budget.sql"),
+    ),
+    (
+        5,
+        "replicas",
+        include_str!("../../migrations/postgres/0005_replicas.sql"),
     ),
 ];
 
@@ -157,6 +165,8 @@ fn ts_sql(col: &str) -> String {
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// The leases this process holds when it runs as a replica; every write is fenced with it.
+    book: std::sync::Arc<Book>,
     /// For finding out why no connection could be had (see [`PostgresStore::explained`]).
     opts: PgConnectOptions,
     connect_timeout: std::time::Duration,
@@ -222,7 +232,32 @@ impl PostgresStore {
             pool,
             opts,
             connect_timeout: db.connect_timeout,
+            book: Default::default(),
         })
+    }
+
+    /// A run whose replica lost the tenant's lease: only its own `sync_runs` row is written, as
+    /// `fenced`; its end stays where a claimer put it (the lease's expiry), if one did.
+    async fn record_fenced(
+        &self,
+        r: &RunReport,
+        at: &str,
+        e: &StoreError,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sync_runs SET finished_at = COALESCE(finished_at, $1::timestamptz), outcome = 'fenced', \
+             alerts_received = $2, alerts_written = $3, pages = $4, error = $5 WHERE id = $6",
+        )
+        .bind(at)
+        .bind(r.alerts_received as i64)
+        .bind(r.alerts_written as i64)
+        .bind(r.pages as i64)
+        .bind(r.error.clone().unwrap_or_else(|| e.to_string()))
+        .bind(r.run_id)
+        .execute(&self.pool)
+        .await?;
+        tracing::warn!(tenant = %r.tenant, run_id = r.run_id, error = %e, "run recorded as fenced");
+        Ok(())
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -274,9 +309,17 @@ impl Store for PostgresStore {
     fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.explained(async move {
             super::migrator(MIGRATIONS).run(&self.pool).await?;
-            sqlx::query("UPDATE sync_runs SET outcome = 'abandoned' WHERE outcome = 'running'")
-                .execute(&self.pool)
-                .await?;
+            // Only runs of replicas that are gone: another live replica's runs are its own.
+            // A run under a lease ended, at the latest, when that lease expired.
+            sqlx::query(
+                "UPDATE sync_runs r SET outcome = 'abandoned', finished_at = COALESCE(r.finished_at, \
+                    (SELECT LEAST(l.lease_until, now()) FROM tenant_leases l \
+                      WHERE l.tenant_id = r.tenant_id AND l.epoch = r.lease_epoch AND l.lease_until > '-infinity')) \
+                 WHERE r.outcome = 'running' AND (r.replica_id IS NULL \
+                 OR r.replica_id NOT IN (SELECT replica_id FROM sync_replicas WHERE expires_at > now()))",
+            )
+            .execute(&self.pool)
+            .await?;
             Ok(())
         }))
     }
@@ -308,11 +351,13 @@ impl Store for PostgresStore {
     ) -> BoxFuture<'a, Result<i64, StoreError>> {
         Box::pin(self.explained(async move {
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO sync_runs (tenant_id, started_at, watermark_before) \
-                 SELECT $1, $2::timestamptz, (SELECT watermark FROM sync_state WHERE tenant_id = $1) RETURNING id",
+                "INSERT INTO sync_runs (tenant_id, started_at, watermark_before, replica_id, lease_epoch) \
+                 SELECT $1, $2::timestamptz, (SELECT watermark FROM sync_state WHERE tenant_id = $1), $3, $4 RETURNING id",
             )
             .bind(tenant.as_str())
             .bind(now.to_db())
+            .bind(self.book.owner())
+            .bind(self.book.epoch(tenant.as_str()))
             .fetch_one(&self.pool)
             .await?;
             sqlx::query("UPDATE sync_state SET last_attempt_at = $2::timestamptz, updated_at = $2::timestamptz WHERE tenant_id = $1")
@@ -378,9 +423,12 @@ impl Store for PostgresStore {
             evidence.push((a.id.clone(), rows));
         }
         let pool = self.pool.clone();
+        let book = self.book.clone();
         let tenant = tenant.as_str().to_owned();
         let task = tokio::spawn(async move {
             let mut tx = pool.begin().await?;
+            // FENCE (several replicas): first in the transaction, holds the lease row to COMMIT.
+            lease::fence(&mut tx, &book, &tenant).await?;
             let mut written = 0u64;
             if !evidence.is_empty() {
                 // COPY the batch into a staging table, then upsert from it in one statement:
@@ -441,6 +489,16 @@ impl Store for PostgresStore {
         Box::pin(self.explained(async move {
             let mut tx = self.pool.begin().await?;
             let at = r.finished_at.to_db();
+            // FENCE (several replicas): a replica that lost the lease records only its own run,
+            // never the tenant's state, which belongs to the new owner.
+            match lease::fence(&mut tx, &self.book, r.tenant.as_str()).await {
+                Ok(()) => {}
+                Err(e @ StoreError::LeaseLost { .. }) => {
+                    drop(tx);
+                    return self.record_fenced(r, &at, &e).await;
+                }
+                Err(e) => return Err(e),
+            }
             sqlx::query(
                 "UPDATE sync_runs SET finished_at = $1::timestamptz, outcome = $2, alerts_received = $3, alerts_written = $4, \
                  alerts_rejected = $5, pages = $6, watermark_after = $7::timestamptz, error = $8 WHERE id = $9",
@@ -485,7 +543,7 @@ impl Store for PostgresStore {
     fn stop_run<'a>(&'a self, r: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(self.explained(async move {
             sqlx::query(
-                "UPDATE sync_runs SET finished_at = $1::timestamptz, outcome = 'stopped', alerts_received = $2, \
+                "UPDATE sync_runs SET finished_at = COALESCE(finished_at, $1::timestamptz), outcome = 'stopped', alerts_received = $2, \
                  alerts_written = $3, alerts_rejected = $4, pages = $5, watermark_after = $6::timestamptz WHERE id = $7",
             )
             .bind(r.finished_at.to_db())
@@ -584,6 +642,10 @@ impl Store for PostgresStore {
             }
             Ok(out)
         })
+    }
+
+    fn leases(&self) -> Option<Leases> {
+        Some(Leases::new(self.pool.clone(), self.book.clone()))
     }
 
     fn severity_counts(&self) -> BoxFuture<'_, Result<Vec<SeverityCount>, StoreError>> {

@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "call budget",
         include_str!("../../migrations/sqlite/0003_call_budget.sql"),
     ),
+    (
+        5,
+        "replicas",
+        include_str!("../../migrations/sqlite/0005_replicas.sql"),
+    ),
 ];
 
 /// The alert upsert. A row is replaced only by a version that is newer, or equally new with

@@ -81,6 +81,21 @@
 //! Rows are keyed by `(tenant_id, id)`, and the store writes a version only if its
 //! `lastUpdateTime` is not older than the stored one. Re-reading the overlap `[C, q0]` every run is
 //! therefore harmless, and the runs of one tenant never overlap (see [`Syncer::sync_all`]).
+//!
+//! # Several replicas (Postgres)
+//! Replicas share the tenants through leases ([`crate::store::lease`]): a tenant's lease row
+//! names one owner and an epoch that grows with every claim. Every transaction that writes a
+//! tenant's alerts, watermark or state begins with the fence, which commits only if the writer
+//! still holds the lease at its epoch and then keeps the lease row locked until COMMIT; a claimer
+//! skips locked rows and only claims expired ones, which the fence refuses. So the commits of
+//! different epochs never interleave: each commit is admitted under exactly one epoch, and a
+//! replica that was frozen or cut off past its lease has every late write refused (it aborts;
+//! nothing of it is stored). A new owner reads `W` after its claim committed, so it sees every
+//! commit of the previous owner, and the argument above applies to the sequence of admitted
+//! commits exactly as to one process's: `W` only ever covers committed alerts, and a run that
+//! ends without committing (killed, fenced) loses at most its uncommitted transaction. Even
+//! without the fence nothing would regress (versions are written newer-wins, `W` moves with
+//! `GREATEST`), so the fence is what keeps one writer per tenant, not what keeps the data right.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -108,6 +123,9 @@ use crate::{
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
 };
+
+/// See [`Syncer::set_gate`].
+pub type Gate = Arc<dyn Fn(&TenantId) -> bool + Send + Sync>;
 
 /// Alerts parsed and written per transaction.
 const WRITE_BATCH: usize = 1_000;
@@ -168,6 +186,7 @@ impl SyncError {
     pub fn label(&self) -> &'static str {
         match self {
             Self::Api(e) => e.label(),
+            Self::Store(StoreError::LeaseLost { .. }) => "lease-lost",
             Self::Store(_) => "database-error",
             Self::UnstableInstant { .. } | Self::NextLinkLoop { .. } => "degraded",
             Self::Stopped => "stopped",
@@ -219,6 +238,10 @@ pub struct Syncer {
     stop: watch::Sender<bool>,
     /// When set, only these tenants may run; the others stop at their next page boundary.
     active: Mutex<Option<HashSet<TenantId>>>,
+    /// Bumped whenever `active` changes, so calls in flight of a tenant that left it are dropped.
+    active_changed: watch::Sender<u64>,
+    /// Asked before every run and page as well (several replicas: is the lease still trusted?).
+    gate: Mutex<Option<Gate>>,
     /// Run outcomes the store refused to record (a full disk, the database away), with whether
     /// the run was stopped; recorded before the tenant's next run.
     unrecorded: Mutex<HashMap<TenantId, (RunReport, bool)>>,
@@ -254,6 +277,8 @@ impl Syncer {
             credential_fault: Mutex::new(None),
             stop: watch::Sender::new(false),
             active: Mutex::new(None),
+            active_changed: watch::Sender::new(0),
+            gate: Mutex::new(None),
             unrecorded: Mutex::new(HashMap::new()),
             metrics: Arc::default(),
         }
@@ -279,7 +304,17 @@ impl Syncer {
     /// a tenant outside the set does not start, and one in progress stops at its next page
     /// boundary.
     pub fn set_active_tenants(&self, tenants: Option<HashSet<TenantId>>) {
-        *self.active.lock().expect("active set") = tenants;
+        let mut active = self.active.lock().expect("active set");
+        if *active != tenants {
+            *active = tenants;
+            self.active_changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// A second condition for runs and pages besides the active set, asked at the moment: a
+    /// replica's "I still hold this tenant's lease, and renewed it recently enough to trust it".
+    pub fn set_gate(&self, gate: Gate) {
+        *self.gate.lock().expect("gate") = Some(gate);
     }
 
     /// Whether `tenant` may go on with its next page.
@@ -289,7 +324,13 @@ impl Syncer {
             .lock()
             .expect("active set")
             .as_ref()
-            .is_none_or(|set| set.contains(tenant));
+            .is_none_or(|set| set.contains(tenant))
+            && self
+                .gate
+                .lock()
+                .expect("gate")
+                .as_ref()
+                .is_none_or(|g| g(tenant));
         if self.is_stopping() || !active {
             Err(SyncError::Stopped)
         } else {
@@ -306,15 +347,29 @@ impl Syncer {
     ) -> Result<T, SyncError> {
         self.may_continue(tenant)?;
         let mut stop = self.stop.subscribe();
-        tokio::select! {
-            biased;
-            Ok(_) = stop.wait_for(|s| *s) => Err(SyncError::Stopped),
-            r = call => Ok(r?),
+        // A tenant removed from the active set (its lease lost, or removed on reload) drops its
+        // call in flight too: waiting on the call budget or a retry, it would otherwise still
+        // spend a call another replica may now be spending.
+        let mut active = self.active_changed.subscribe();
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                biased;
+                Ok(_) = stop.wait_for(|s| *s) => return Err(SyncError::Stopped),
+                // an answer already here is used: its commit is fenced anyway
+                r = &mut call => return Ok(r?),
+                Ok(()) = active.changed() => self.may_continue(tenant)?,
+            }
         }
     }
 
     fn now(&self) -> Timestamp {
         Timestamp::from_datetime(self.clock.now())
+    }
+
+    /// Whether `tenant` has a run in progress.
+    pub fn is_running(&self, tenant: &TenantId) -> bool {
+        self.running.lock().expect("running set").contains(tenant)
     }
 
     /// How many tenants have a run in progress.
