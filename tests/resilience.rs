@@ -57,6 +57,7 @@ async fn every_fault_is_ridden_out_within_the_call_budget_and_retry_after() {
         rate_token_failure: 0.6,
         // the API's own limit, scaled down so the test does not take minutes
         limit: Some((LIMIT, WINDOW)),
+        rate_short_page: 0.0,
     };
     let db = TestDb::new(Backend::Sqlite, "faults").await;
     let sim = Simulator::new(cfg.clone());
@@ -359,8 +360,12 @@ async fn status_names_each_fault_state_in_plain_words() {
     ));
     syncer.sync_all(&tenants).await;
     let rows = app.store.status().await.unwrap();
+    // tenant 0 is read from Graph in this listing: status shows each tenant's source
+    let mut listed = tenants.clone();
+    listed[0].source = mde_sync::source::SourceKind::Graph;
     let text = app::render_status(
         &rows,
+        &listed,
         Timestamp::from_datetime(time::OffsetDateTime::now_utc()),
     );
     let line = |n: usize| {
@@ -385,6 +390,8 @@ async fn status_names_each_fault_state_in_plain_words() {
         );
     }
     assert!(line(0).contains(" 30 "), "alert count shown: {}", line(0));
+    assert!(line(0).contains(" graph "), "source shown: {}", line(0));
+    assert!(line(1).contains(" mde "), "source shown: {}", line(1));
     assert!(
         line(5).contains(" 1 "),
         "consecutive failures shown: {}",

@@ -24,11 +24,18 @@ use crate::{
     timestamp::Timestamp,
 };
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/postgres/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "graph source",
+        include_str!("../../migrations/postgres/0002_graph_source.sql"),
+    ),
+];
 
 /// The staging table's COPY, in the column order of `alerts`.
 static COPY_STAGE: LazyLock<String> = LazyLock::new(|| {

@@ -21,11 +21,18 @@ use crate::{
     timestamp::Timestamp,
 };
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/sqlite/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "graph source",
+        include_str!("../../migrations/sqlite/0002_graph_source.sql"),
+    ),
+];
 
 /// The alert upsert. A row is replaced only by a version that is newer, or equally new with
 /// different content (re-reading the overlap window then costs no writes).
@@ -58,9 +65,9 @@ static INSERT_EVIDENCE: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Rows per multi-row statement: SQLite allows 32,766 parameters per statement; an alert row has
-/// 32 and an evidence row 29.
+/// 46 and an evidence row 62.
 const ALERTS_PER_STATEMENT: usize = 500;
-const EVIDENCE_PER_STATEMENT: usize = 1_000;
+const EVIDENCE_PER_STATEMENT: usize = 500;
 
 /// The alert upsert for `n` rows, with `RETURNING id`. Built once per row count.
 fn upsert_alerts(n: usize) -> &'static str {
