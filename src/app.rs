@@ -195,12 +195,14 @@ impl App {
             .await?;
 
         let tokens = self.tokens.clone();
+        let graph_tokens = self.graph_tokens.clone();
         sched
             .add(
                 Job::new_async("*/30 * * * * *", move |_, _| {
                     let tokens = tokens.clone();
+                    let graph_tokens = graph_tokens.clone();
                     Box::pin(async move {
-                        let n = tokens.renew_expiring().await;
+                        let n = tokens.renew_expiring().await + graph_tokens.renew_expiring().await;
                         if n > 0 {
                             tracing::info!(renewed = n, "tokens renewed ahead of expiry");
                         }

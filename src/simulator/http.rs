@@ -918,7 +918,10 @@ impl Simulator {
             );
         }
         let q = match parse_graph_query(query) {
-            Ok(q) => q,
+            Ok(mut q) => {
+                q.top = q.top.min(self.cfg.graph_max_top.max(1));
+                q
+            }
             Err(msg) => {
                 return graph_error(
                     StatusCode::BAD_REQUEST,

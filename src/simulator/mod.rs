@@ -150,6 +150,8 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Added before answering each `/api/alerts` call (a far-away API).
     pub latency: std::time::Duration,
+    /// Graph's `$top` clamp: a larger `$top` is served as this many (with a nextLink).
+    pub graph_max_top: usize,
 }
 
 impl SimConfig {
@@ -183,6 +185,7 @@ impl SimConfig {
             clock: Arc::new(SystemClock),
             faults: Faults::default(),
             latency: std::time::Duration::ZERO,
+            graph_max_top: graph::GRAPH_MAX_TOP,
         }
     }
 }
