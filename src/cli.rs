@@ -160,7 +160,7 @@ pub struct DemoArgs {
     /// SQLite file to create (replaced if it exists).
     #[arg(long, default_value = "mde-sync-demo.db")]
     pub database: PathBuf,
-    /// Simulated tenants.
+    /// Simulated tenants read from the MDE API (one more is read from Microsoft Graph).
     #[arg(long, default_value_t = 3)]
     pub tenants: usize,
     /// Alerts per tenant (tenant n gets n times this many).
@@ -599,7 +599,7 @@ pub fn write_sim_config(
         "# points mde-sync at the simulator; not for production\n\
          [database]\nurl = \"sqlite://{db}\"\n\n\
          [app]\nclient_id = \"{client}\"\n{credential}\n\
-         [cloud]\nname = \"{cloud}\"\nlogin_url = \"{base}\"\napi_url = \"{base}\"\n\n\
+         [cloud]\nname = \"{cloud}\"\nlogin_url = \"{base}\"\napi_url = \"{base}\"\ngraph_url = \"{base}\"\n\n\
          [tenants]\nfile = \"tenants.toml\"\n\n\
          [sync]\nschedule = \"*/10 * * * * *\"\nlag_allowance = \"{lag}s\"\n",
         db = dir.join("mde-sync.db").display(),
