@@ -49,8 +49,11 @@ const ALERT_PROPERTIES: &[(&str, &str)] = &[
     ("custom_details", "customDetails"),
 ];
 
+/// Maps one Graph enum member to the MDE value (`None`: NULL).
+type Vocabulary = fn(&str) -> Option<String>;
+
 /// `(column, property, vocabulary)` for the typed enum columns, mapped to MDE's values.
-const ALERT_ENUMS: &[(&str, &str, fn(&str) -> Option<String>)] = &[
+const ALERT_ENUMS: &[(&str, &str, Vocabulary)] = &[
     ("severity", "severity", severity),
     ("status", "status", pascal_some),
     ("classification", "classification", classification),

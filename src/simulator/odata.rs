@@ -126,13 +126,16 @@ fn parse_filter(text: &str) -> Result<Vec<(Op, Timestamp)>, String> {
     parse_filter_on(text, "lastUpdateTime", false).map(|(f, _)| f)
 }
 
+/// Time comparisons and the `serviceSource` a filter names.
+pub(crate) type Filter = (Vec<(Op, Timestamp)>, Option<String>);
+
 /// A conjunction of `<time_field> <op> <DateTimeOffset>` terms and, when `service` is allowed
 /// (Graph), one `serviceSource eq '<value>'` term.
 pub(crate) fn parse_filter_on(
     text: &str,
     time_field: &str,
     service: bool,
-) -> Result<(Vec<(Op, Timestamp)>, Option<String>), String> {
+) -> Result<Filter, String> {
     let tokens: Vec<&str> = text.split_whitespace().collect();
     if tokens.is_empty() {
         return Err("The $filter expression is empty.".to_owned());
