@@ -59,10 +59,17 @@ async fn versions_from_either_source_compare_as_instants_whatever_their_digits(b
     // .13 (two digits) is earlier than .2000000 (seven), though it sorts later as text
     let older = graph_alert("a1", "2024-04-01T10:00:00.13Z", "new");
     assert_eq!(s.commit(&t.id, &[older], None, now).await.unwrap(), 0);
-    assert!(same_raw(backend, &s.alert_raws(&t.id).await.unwrap()["a1"], &mde.raw));
+    assert!(same_raw(
+        backend,
+        &s.alert_raws(&t.id).await.unwrap()["a1"],
+        &mde.raw
+    ));
     // one microsecond later, written with three digits fewer than it could have
     let newer = graph_alert("a1", "2024-04-01T10:00:00.200001Z", "resolved");
-    assert_eq!(s.commit(&t.id, &[newer.clone()], None, now).await.unwrap(), 1);
+    assert_eq!(
+        s.commit(&t.id, &[newer.clone()], None, now).await.unwrap(),
+        1
+    );
     let (rows, evidence) = s.dump(&t.id).await.unwrap();
     let col = |name: &str| {
         let i = 1 + mde_sync::mde::model::column_index(mde_sync::mde::model::ALERT_COLUMNS, name);
@@ -70,10 +77,17 @@ async fn versions_from_either_source_compare_as_instants_whatever_their_digits(b
     };
     assert_eq!(col("source").as_deref(), Some("graph"));
     assert_eq!(col("status").as_deref(), Some("Resolved"));
-    assert!(evidence.is_empty(), "the MDE version's evidence went with it");
+    assert!(
+        evidence.is_empty(),
+        "the MDE version's evidence went with it"
+    );
     // the older MDE version read again does not win back
     assert_eq!(s.commit(&t.id, &[mde], None, now).await.unwrap(), 0);
-    assert!(same_raw(backend, &s.alert_raws(&t.id).await.unwrap()["a1"], &newer.raw));
+    assert!(same_raw(
+        backend,
+        &s.alert_raws(&t.id).await.unwrap()["a1"],
+        &newer.raw
+    ));
 }
 
 /// A fresh, migrated store of `backend`, and the database that holds it.
