@@ -55,7 +55,12 @@ async fn versions_from_either_source_compare_as_instants_whatever_their_digits(b
     let now = ts("2024-05-01T00:00:00Z");
     s.prepare_tenant(&t, now).await.unwrap();
     let mde = alert("a1", "2024-04-01T10:00:00.2000000Z", "InProgress", 1);
-    assert_eq!(s.commit(&t.id, &[mde.clone()], None, now).await.unwrap(), 1);
+    assert_eq!(
+        s.commit(&t.id, std::slice::from_ref(&mde), None, now)
+            .await
+            .unwrap(),
+        1
+    );
     // .13 (two digits) is earlier than .2000000 (seven), though it sorts later as text
     let older = graph_alert("a1", "2024-04-01T10:00:00.13Z", "new");
     assert_eq!(s.commit(&t.id, &[older], None, now).await.unwrap(), 0);
@@ -67,7 +72,9 @@ async fn versions_from_either_source_compare_as_instants_whatever_their_digits(b
     // one microsecond later, written with three digits fewer than it could have
     let newer = graph_alert("a1", "2024-04-01T10:00:00.200001Z", "resolved");
     assert_eq!(
-        s.commit(&t.id, &[newer.clone()], None, now).await.unwrap(),
+        s.commit(&t.id, std::slice::from_ref(&newer), None, now)
+            .await
+            .unwrap(),
         1
     );
     let (rows, evidence) = s.dump(&t.id).await.unwrap();
