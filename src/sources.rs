@@ -74,3 +74,53 @@ impl AlertSource for Sources {
         self.pick(tenant).fetch_link(tenant, link)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{auth::TokenProvider, source::ServiceSources};
+
+    #[test]
+    fn each_tenant_is_routed_to_its_source_and_a_reload_reroutes_it() {
+        let http = crate::auth::http_client(std::time::Duration::from_secs(1));
+        let url = url::Url::parse("http://127.0.0.1:9").unwrap();
+        let tokens = |scope: &str| {
+            Arc::new(TokenProvider::new(
+                http.clone(),
+                url.clone(),
+                "client".into(),
+                None,
+                scope.into(),
+                crate::clock::system(),
+            ))
+        };
+        let mde = Arc::new(MdeClient::new(
+            http.clone(),
+            url.clone(),
+            tokens("https://api.securitycenter.microsoft.com/.default"),
+            1,
+        ));
+        let graph = Arc::new(GraphClient::new(
+            http.clone(),
+            url.clone(),
+            tokens("https://graph.microsoft.com/.default"),
+            ServiceSources::Endpoint,
+            1,
+        ));
+        let id =
+            |n: u8| TenantId::parse(&format!("00000000-0000-4000-a000-00000000000{n}")).unwrap();
+        let a = Tenant::new(id(1), "a");
+        let b = Tenant::new(id(2), "b").with_source(SourceKind::Graph);
+        let s = Sources::new(mde, graph, &[a.clone(), b]);
+        assert_eq!(s.kind(&id(1)), SourceKind::Mde);
+        assert_eq!(s.kind(&id(2)), SourceKind::Graph);
+        // the tenants file reloaded: a moved to Graph, b removed
+        s.set_tenants(&[a.with_source(SourceKind::Graph)]);
+        assert_eq!(s.kind(&id(1)), SourceKind::Graph);
+        assert_eq!(
+            s.kind(&id(2)),
+            SourceKind::Mde,
+            "an unlisted tenant falls back to MDE"
+        );
+    }
+}
