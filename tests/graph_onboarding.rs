@@ -139,3 +139,75 @@ async fn consent_urls_for_graph_ask_for_the_graph_scope() {
         Some("https://api.securitycenter.microsoft.com/.default")
     );
 }
+
+/// By default a Graph tenant is read for Defender for Endpoint alerts only (the same alerts the MDE
+/// API serves); `sync.graph_service_sources = "all"` takes every Defender XDR product.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_reads_defender_for_endpoint_alerts_only_unless_every_service_source_is_asked_for() {
+    use mde_sync::{source::ServiceSources, timestamp::Timestamp};
+    for services in [ServiceSources::Endpoint, ServiceSources::All] {
+        let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 40)]);
+        cfg.max_lag = Duration::ZERO;
+        let mut sync = sync_settings(1_000, Duration::minutes(10));
+        sync.graph_service_sources = services;
+        let env = start_with(
+            Backend::Sqlite,
+            SourceKind::Graph,
+            "graph-services",
+            cfg,
+            mde_sync::clock::system(),
+            sync,
+        )
+        .await;
+        let tenant = env.tenants[0].id.as_str().to_owned();
+        let t =
+            Timestamp::from_datetime(time::OffsetDateTime::now_utc()).minus(Duration::minutes(30));
+        let office = "fa0000000000000000001_office";
+        env.sim.insert_raw(
+            &tenant,
+            serde_json::json!({"id": office, "lastUpdateTime": t.format_digits(7),
+                "aadTenantId": tenant, "serviceSource": "microsoftDefenderForOffice365",
+                "detectionSource": "microsoftDefenderForOffice365", "title": "Phishing mail delivered"}),
+            t,
+        );
+        let o = env.app.sync_once().await.remove(0);
+        assert_eq!(o.ok, Some(true), "{:?}", o.error);
+        let stored = env.store().alert_raws(&env.tenants[0].id).await.unwrap();
+        let mut want = env.truth(&tenant);
+        let requests: Vec<String> = env
+            .sim
+            .requests()
+            .into_iter()
+            .filter(|r| r.path_and_query.starts_with("/v1.0/security/alerts_v2"))
+            .map(|r| r.path_and_query)
+            .collect();
+        match services {
+            ServiceSources::Endpoint => {
+                want.remove(office);
+                assert!(
+                    !stored.contains_key(office),
+                    "an Office 365 alert was stored"
+                );
+                assert!(
+                    requests
+                        .iter()
+                        .all(|p| p.contains("microsoftDefenderForEndpoint"))
+                );
+            }
+            ServiceSources::All => {
+                assert!(requests.iter().all(|p| !p.contains("serviceSource")));
+                let (rows, _) = env.store().dump(&env.tenants[0].id).await.unwrap();
+                let i = 1 + mde_sync::mde::model::column_index(
+                    mde_sync::mde::model::ALERT_COLUMNS,
+                    "service_source",
+                );
+                let row = rows
+                    .iter()
+                    .find(|r| r[0].as_deref() == Some(office))
+                    .unwrap();
+                assert_eq!(row[i].as_deref(), Some("microsoftDefenderForOffice365"));
+            }
+        }
+        assert_eq!(stored, want, "{services:?}");
+    }
+}

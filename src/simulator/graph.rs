@@ -157,10 +157,9 @@ pub(crate) fn to_graph(mde_text: &str) -> Option<String> {
         "investigationState".into(),
         enum_value(take("investigationState").as_ref(), camel, None),
     );
-    g.insert(
-        "serviceSource".into(),
-        "microsoftDefenderForEndpoint".into(),
-    );
+    // generated alerts are Defender for Endpoint alerts; a raw insert may name another product
+    let service = take("serviceSource").unwrap_or_else(|| "microsoftDefenderForEndpoint".into());
+    g.insert("serviceSource".into(), service);
     g.insert(
         "detectionSource".into(),
         enum_value(take("detectionSource").as_ref(), detection_source, None),
@@ -258,6 +257,18 @@ pub(crate) fn to_graph(mde_text: &str) -> Option<String> {
         g.entry(k).or_insert(v);
     }
     Some(Value::Object(g).to_string())
+}
+
+/// The `serviceSource` property of an alert's text.
+pub(crate) fn service_source(graph_text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Only {
+        #[serde(rename = "serviceSource")]
+        service_source: Option<String>,
+    }
+    serde_json::from_str::<Only>(graph_text)
+        .ok()?
+        .service_source
 }
 
 fn evidence_to_graph(e: Value, device: &Value) -> Value {

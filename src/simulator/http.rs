@@ -945,20 +945,27 @@ impl Simulator {
             .tenants
             .get_mut(&key(&info.tenant))
             .expect("tokens are only issued for simulated tenants");
-        // every generated alert is a Defender for Endpoint alert
-        let service_ok = q
-            .service_source
-            .as_deref()
-            .is_none_or(|s| s == "microsoftDefenderForEndpoint");
         let mut items: Vec<String> = Vec::new();
         let mut matched = 0usize;
         let mut more = false;
         for rec in ts.alerts.values_mut() {
-            if !service_ok {
-                break;
-            }
             let Some(v) = rec.shown(now) else { continue };
             if !q.matches(v.last_update) {
+                continue;
+            }
+            let mut text = String::new();
+            v.write(true, &mut text);
+            // generated alerts are Defender for Endpoint alerts; only a raw insert names another
+            // product, so only those are parsed before they are counted
+            let service = if text.contains("\"serviceSource\"") {
+                super::graph::service_source(&text)
+            } else {
+                Some("microsoftDefenderForEndpoint".to_owned())
+            };
+            if q.service_source
+                .as_deref()
+                .is_some_and(|wanted| service.as_deref() != Some(wanted))
+            {
                 continue;
             }
             matched += 1;
@@ -969,8 +976,6 @@ impl Simulator {
                 more = true;
                 break;
             }
-            let mut text = String::new();
-            v.write(true, &mut text);
             items.push(to_graph(&text).unwrap_or(text));
         }
         if short && short_len < items.len() {
