@@ -1,8 +1,10 @@
 //! mde-sync: Microsoft Defender for Endpoint alerts from many customer tenants, synced without
 //! loss into SQLite or Postgres.
 //!
-//! Layout: [`config`] builds typed settings; [`auth`] gets tokens; [`mde`] talks to the alerts API;
-//! [`sync`] is the incremental algorithm (start there); [`store`] is the only place SQL lives;
+//! Layout: [`config`] builds typed settings; [`auth`] gets tokens; [`mde`] talks to the MDE alerts
+//! API and [`graph`] to Microsoft Graph security `alerts_v2`, each tenant reading from the one its
+//! [`source::SourceKind`] names (routed by [`sources`]); [`sync`] is the incremental algorithm
+//! (start there); [`store`] is the only place SQL lives;
 //! [`simulator`] is a hostile stand-in for Entra ID and the API; [`app`] wires them together for
 //! the CLI; [`service`] and [`metrics`] are what `run` adds as a long-running service.
 #![forbid(unsafe_code)]
