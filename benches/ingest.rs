@@ -418,6 +418,7 @@ async fn steady_state(dir: &Path, tenants: usize) -> (f64, f64) {
             name: format!("tenant-{n}"),
             enabled: true,
             api_url: None,
+            source: Default::default(),
         })
         .collect();
     let settings = Settings::for_endpoints(

@@ -13,9 +13,12 @@ use crate::{
     budget::Budget,
     clock::SharedClock,
     config::{Environment, Needs, Settings},
+    graph::GraphClient,
     mde::MdeClient,
     metrics::Metrics,
     service::{self, Heartbeat, Integration, Notifier, http::AdminState, notify, replica::Replica},
+    source::SourceKind,
+    sources::Sources,
     store::{self, SharedStore, TenantStatus},
     sync::{RunOutcome, Syncer},
     telemetry::LogHandle,
@@ -79,6 +82,11 @@ pub struct App {
     pub store: SharedStore,
     pub tokens: Arc<TokenProvider>,
     pub client: Arc<MdeClient>,
+    /// Graph tokens, cached apart from the MDE ones (one token per tenant and resource).
+    pub graph_tokens: Arc<TokenProvider>,
+    pub graph: Arc<GraphClient>,
+    /// Both clients, each tenant routed to its own source: what the syncer reads from.
+    pub sources: Arc<Sources>,
     pub syncer: Arc<Syncer>,
     pub clock: SharedClock,
     /// What `/metrics` shows; shared by the client, the token provider and the syncer.
@@ -88,6 +96,8 @@ pub struct App {
     /// The per-tenant call budget the client spends; shared with the other replicas under `run`
     /// on Postgres.
     pub budget: Arc<Budget>,
+    /// The same for the Graph source, whose throttling budget is its own.
+    pub graph_budget: Arc<Budget>,
 }
 
 impl App {
@@ -113,15 +123,51 @@ impl App {
                 api: "mde",
             })),
         );
+        // Graph's throttling budget is its own (150 calls a minute per tenant), saved under
+        // its own name so a restart or a takeover honours it as it does the MDE API's.
+        let graph_budget = Arc::new(
+            Budget::per_minute_and_hour(
+                crate::graph::client::CALLS_PER_MINUTE,
+                crate::graph::client::CALLS_PER_MINUTE * 60,
+            )
+            .with_journal(Arc::new(StoreBudgetJournal {
+                store: store.clone(),
+                api: "graph",
+            })),
+        );
         let client = Arc::new(
-            mde_client(http, &settings, tokens.clone(), settings.sync.max_attempts)
-                .with_budget(budget.clone(), settings.sync.max_retry_after)
+            mde_client(
+                http.clone(),
+                &settings,
+                tokens.clone(),
+                settings.sync.max_attempts,
+            )
+            .with_budget(budget.clone(), settings.sync.max_retry_after)
+            .with_metrics(metrics.clone()),
+        );
+        let graph_tokens = Arc::new(
+            graph_token_provider(http.clone(), &settings, clock.clone())
                 .with_metrics(metrics.clone()),
         );
+        let graph = Arc::new(
+            graph_client(
+                http,
+                &settings,
+                graph_tokens.clone(),
+                settings.sync.max_attempts,
+            )
+            .with_budget(graph_budget.clone(), settings.sync.max_retry_after)
+            .with_metrics(metrics.clone()),
+        );
+        let sources = Arc::new(Sources::new(
+            client.clone(),
+            graph.clone(),
+            &settings.tenants,
+        ));
         let syncer = Arc::new(
             Syncer::new(
                 store.clone(),
-                client.clone(),
+                sources.clone(),
                 clock.clone(),
                 settings.sync.clone(),
             )
@@ -132,11 +178,15 @@ impl App {
             store,
             tokens,
             client,
+            graph_tokens,
+            graph,
+            sources,
             syncer,
             clock,
             metrics,
             replica: std::sync::OnceLock::new(),
             budget,
+            graph_budget,
         }
     }
 
@@ -185,7 +235,7 @@ impl App {
                 let replica = Replica::new(leases, &self.settings.service.replica)
                     .context("while joining as a replica")?;
                 // a tenant taken over keeps the calls and Retry-After its previous owner spent
-                replica.use_budget(self.budget.clone());
+                replica.use_budget(vec![self.budget.clone(), self.graph_budget.clone()]);
                 let _ = self.replica.set(replica.clone());
                 self.syncer.set_gate(replica.gate());
                 replica.start(&self.settings.tenants, &self.syncer).await;
@@ -239,12 +289,14 @@ impl App {
             .await?;
 
         let tokens = self.tokens.clone();
+        let graph_tokens = self.graph_tokens.clone();
         sched
             .add(
                 Job::new_async("*/30 * * * * *", move |_, _| {
                     let tokens = tokens.clone();
+                    let graph_tokens = graph_tokens.clone();
                     Box::pin(async move {
-                        let n = tokens.renew_expiring().await;
+                        let n = tokens.renew_expiring().await + graph_tokens.renew_expiring().await;
                         if n > 0 {
                             tracing::info!(renewed = n, "tokens renewed ahead of expiry");
                         }
@@ -372,6 +424,7 @@ impl App {
     /// Points the syncer and the metrics at `tenants`: tenants not listed (or disabled) stop
     /// at their next page boundary and lose their gauges; their data stays.
     fn apply_tenants(&self, tenants: &[Tenant]) {
+        self.sources.set_tenants(tenants);
         self.syncer
             .set_active_tenants(Some(match self.replica.get() {
                 Some(r) => r.active(tenants),
@@ -547,6 +600,39 @@ pub fn token_provider(
     .with_credential(settings.app.credential())
 }
 
+/// The token provider for Microsoft Graph: the same app and credential, `cloud.graph_scope`.
+pub fn graph_token_provider(
+    http: reqwest::Client,
+    settings: &Settings,
+    clock: SharedClock,
+) -> TokenProvider {
+    TokenProvider::new(
+        http,
+        settings.cloud.login_url.clone(),
+        settings.app.client_id.clone(),
+        None,
+        settings.cloud.graph_scope.clone(),
+        clock,
+    )
+    .with_credential(settings.app.credential())
+}
+
+/// The Graph client: `cloud.graph_url`, `sync.graph_service_sources`.
+pub fn graph_client(
+    http: reqwest::Client,
+    settings: &Settings,
+    tokens: Arc<TokenProvider>,
+    max_attempts: usize,
+) -> GraphClient {
+    GraphClient::new(
+        http,
+        settings.cloud.graph_url.clone(),
+        tokens,
+        settings.sync.graph_service_sources,
+        max_attempts,
+    )
+}
+
 /// The API client: `cloud.api_url`, and each tenant's own `api_url` for that tenant only.
 pub fn mde_client(
     http: reqwest::Client,
@@ -615,10 +701,12 @@ pub fn render_outcomes(outcomes: &[RunOutcome]) -> String {
 }
 
 /// The table `status` prints.
-pub fn render_status(rows: &[TenantStatus], now: Timestamp) -> String {
+/// `tenants` (the tenants file) gives each tenant's source; a tenant no longer listed shows `-`.
+pub fn render_status(rows: &[TenantStatus], tenants: &[Tenant], now: Timestamp) -> String {
     let mut out = vec![vec![
         "TENANT".to_string(),
         "NAME".into(),
+        "SOURCE".into(),
         "HEALTH".into(),
         "LAST SUCCESS".into(),
         "LAG".into(),
@@ -634,9 +722,14 @@ pub fn render_status(rows: &[TenantStatus], now: Timestamp) -> String {
             .and_then(|w| Timestamp::parse(w).ok())
             .map(|w| human_duration(now.ticks().saturating_sub(w.ticks()) / 10_000_000))
             .unwrap_or_else(|| "-".into());
+        let source = tenants
+            .iter()
+            .find(|t| t.id.as_str() == r.tenant_id)
+            .map_or("-", |t| t.source.as_str());
         out.push(vec![
             r.tenant_id.clone(),
             r.tenant_name.clone(),
+            source.to_owned(),
             r.health.clone(),
             r.last_success_at.clone().unwrap_or_else(|| "never".into()),
             lag,
@@ -706,17 +799,100 @@ pub struct CheckLine {
     pub detail: String,
 }
 
-/// `check`: token, claims, and one API call per tenant. Writes nothing.
+/// `check`: token, claims, and one API call per tenant, against the tenant's own source. Writes
+/// nothing.
 pub async fn check(
     app_tokens: &TokenProvider,
     client: &MdeClient,
+    graph_tokens: &TokenProvider,
+    graph: &GraphClient,
     tenants: &[Tenant],
 ) -> Vec<CheckLine> {
     let mut out = Vec::new();
     for t in tenants {
-        out.push(check_one(app_tokens, client, t).await);
+        out.push(match t.source {
+            SourceKind::Mde => check_one(app_tokens, client, t).await,
+            SourceKind::Graph => check_one_graph(graph_tokens, graph, t).await,
+        });
     }
     out
+}
+
+/// A Graph tenant's check. It tells apart: no consent (no token), consent without
+/// `SecurityAlert.Read.All` (a token without the role), a tenant without Defender XDR (a token
+/// with the role, and the API answers 403), and success.
+async fn check_one_graph(tokens: &TokenProvider, client: &GraphClient, t: &Tenant) -> CheckLine {
+    let line = |ok: bool, problem: &str, detail: String| CheckLine {
+        tenant: t.clone(),
+        ok,
+        problem: problem.into(),
+        detail,
+    };
+    let token = match tokens.fetch(&t.id).await {
+        Ok(tok) => tok,
+        Err(e) => {
+            let hint = match e.fault() {
+                auth::TokenFault::NotConsented => {
+                    "; for the Graph source send `mde-sync consent-url --source graph` to a Privileged Role Administrator or Global Administrator of the tenant"
+                }
+                _ => "",
+            };
+            return line(false, e.fault().label(), format!("{e}{hint}"));
+        }
+    };
+    let claims = match auth::decode_claims(token.expose_secret()) {
+        Ok(c) => c,
+        Err(e) => {
+            return line(
+                false,
+                "token-error",
+                format!("{e}: the token endpoint returned an unexpected token"),
+            );
+        }
+    };
+    if !claims
+        .tid
+        .as_deref()
+        .is_some_and(|tid| tid.eq_ignore_ascii_case(t.id.as_str()))
+    {
+        return line(
+            false,
+            "wrong-tenant",
+            format!(
+                "the token is for tenant {:?}, not {}: check the tenant id in the tenants file",
+                claims.tid, t.id
+            ),
+        );
+    }
+    let has_role = claims.roles.as_ref().is_some_and(|r| {
+        r.iter()
+            .any(|r| crate::graph::ALERT_ROLES.contains(&r.as_str()))
+    });
+    if !has_role {
+        return line(
+            false,
+            "missing-role",
+            "the Graph token carries no SecurityAlert.Read.All role: add the application permission Microsoft Graph > SecurityAlert.Read.All to the app registration, then have a Privileged Role Administrator or Global Administrator of the tenant consent again (mde-sync consent-url --source graph)".into(),
+        );
+    }
+    match client.probe(&t.id).await {
+        Ok(n) => line(
+            true,
+            "ok",
+            format!(
+                "graph token ok, role SecurityAlert.Read.All, Graph {} answered ({n} alert on a $top=1 probe)",
+                client.base_url().host_str().unwrap_or("?")
+            ),
+        ),
+        Err(crate::mde::ApiError::GraphForbidden { code, target, .. }) => line(
+            false,
+            "no-defender",
+            format!(
+                "the token carries SecurityAlert.Read.All but Graph answered 403 {code} (request-id {target:?}): Microsoft Defender XDR is not available or not licensed in this tenant; ask the customer to check their Defender licence, or keep this tenant on source = \"mde\""
+            ),
+        ),
+        Err(e) => line(false, e.label(), e.to_string()),
+    }
 }
 
 async fn check_one(tokens: &TokenProvider, client: &MdeClient, t: &Tenant) -> CheckLine {
@@ -806,11 +982,19 @@ pub fn render_check(lines: &[CheckLine]) -> String {
 /// The admin-consent links for the app: the partner documentation's form and the v2
 /// `adminconsent` form, on the cloud's login host. `tenant` narrows the v2 link to one customer;
 /// `redirect_uri` defaults to the cloud's Azure portal, which the partner guide registers.
+///
+/// For `SourceKind::Graph` the v2 link asks for the Microsoft Graph `.default` scope (the app's
+/// `SecurityAlert.Read.All` permission); the v1 link covers every permission the app registers.
 pub fn consent_urls(
     settings: &Settings,
     tenant: Option<&str>,
     redirect_uri: Option<&str>,
+    source: SourceKind,
 ) -> Vec<(String, String)> {
+    let scope = match source {
+        SourceKind::Mde => &settings.cloud.scope,
+        SourceKind::Graph => &settings.cloud.graph_scope,
+    };
     let redirect_uri = redirect_uri.unwrap_or(settings.cloud.name.portal_url());
     let login = settings.cloud.login_url.as_str().trim_end_matches('/');
     let client = &settings.app.client_id;
@@ -827,7 +1011,7 @@ pub fn consent_urls(
     .expect("login url");
     v2.query_pairs_mut()
         .append_pair("client_id", client)
-        .append_pair("scope", &settings.cloud.scope)
+        .append_pair("scope", scope)
         .append_pair("redirect_uri", redirect_uri)
         .append_pair("state", &format!("mde-sync-{:016x}", fastrand::u64(..)));
     vec![

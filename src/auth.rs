@@ -550,6 +550,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_mde_api_accepts_alert_read_all_and_alert_readwrite_all_but_not_a_graph_role() {
+        let with = |roles: &[&str]| Claims {
+            roles: Some(roles.iter().map(|r| r.to_string()).collect()),
+            ..Claims::default()
+        };
+        assert!(has_alert_role(&with(&["Alert.Read.All"])));
+        // the newest MDE permission tables list only Alert.ReadWrite.All
+        assert!(has_alert_role(&with(&[
+            "Machine.Read.All",
+            "Alert.ReadWrite.All"
+        ])));
+        assert!(!has_alert_role(&with(&["SecurityAlert.Read.All"])));
+        assert!(!has_alert_role(&Claims::default()));
+    }
+
+    #[test]
     fn codes_map_to_faults() {
         assert_eq!(
             TokenFault::from_codes("unauthorized_client", &[700016], 400),

@@ -85,6 +85,11 @@ pub struct ConsentArgs {
     /// guide registers (https://portal.azure.com; https://portal.azure.us for gcc-high and dod).
     #[arg(long)]
     pub redirect_uri: Option<String>,
+    /// The source to consent for: mde (WindowsDefenderATP Alert.Read.All) or graph (Microsoft
+    /// Graph SecurityAlert.Read.All, which only a Privileged Role Administrator or Global
+    /// Administrator can grant).
+    #[arg(long, default_value = "mde", value_parser = ["mde", "graph"])]
+    pub source: String,
 }
 
 #[derive(Debug, Args)]
@@ -165,7 +170,7 @@ pub struct DemoArgs {
     /// SQLite file to create (replaced if it exists).
     #[arg(long, default_value = "mde-sync-demo.db")]
     pub database: PathBuf,
-    /// Simulated tenants.
+    /// Simulated tenants read from the MDE API (one more is read from Microsoft Graph).
     #[arg(long, default_value_t = 3)]
     pub tenants: usize,
     /// Alerts per tenant (tenant n gets n times this many).
@@ -318,9 +323,12 @@ pub async fn execute(cli: Cli) -> i32 {
             telemetry::init(s.log.format, "warn", Target::Stderr);
             let http = crate::auth::http_client(s.sync.request_timeout);
             let tokens = Arc::new(app::token_provider(http.clone(), &s, clock::system()));
-            let client = app::mde_client(http, &s, tokens.clone(), 2);
+            let client = app::mde_client(http.clone(), &s, tokens.clone(), 2);
+            let graph_tokens =
+                Arc::new(app::graph_token_provider(http.clone(), &s, clock::system()));
+            let graph = app::graph_client(http, &s, graph_tokens.clone(), 2);
             let tenants: Vec<_> = s.tenants.iter().filter(|t| t.enabled).cloned().collect();
-            let lines = app::check(&tokens, &client, &tenants).await;
+            let lines = app::check(&tokens, &client, &graph_tokens, &graph, &tenants).await;
             print!("{}", app::render_check(&lines));
             let bad = lines.iter().filter(|l| !l.ok).count();
             if bad > 0 {
@@ -344,11 +352,17 @@ pub async fn execute(cli: Cli) -> i32 {
                 eprintln!("mde-sync: --tenant {t:?} is not a tenant GUID");
                 return EX_CONFIG;
             }
+            let source = crate::source::SourceKind::parse(&args.source).unwrap_or_default();
             println!(
                 "Cloud {} (login host {}). Send one of these links to the customer's Global Administrator (or Privileged Role Administrator).",
                 s.cloud.name,
                 s.cloud.login_url.host_str().unwrap_or("?")
             );
+            if source == crate::source::SourceKind::Graph {
+                println!(
+                    "Source graph: the app needs the Microsoft Graph application permission SecurityAlert.Read.All. Only a Privileged Role Administrator or a Global Administrator can grant Microsoft Graph application permissions; a Cloud Application Administrator or Application Administrator cannot. Consent given before SecurityAlert.Read.All was added to the app does not include it: the customer must consent again."
+                );
+            }
             if matches!(
                 s.cloud.name,
                 config::CloudName::GccHigh | config::CloudName::Dod
@@ -361,9 +375,12 @@ pub async fn execute(cli: Cli) -> i32 {
                 "After consent, add the customer's tenant id to {} and run `mde-sync check`.\n",
                 s.tenants_file.display()
             );
-            for (label, url) in
-                app::consent_urls(&s, args.tenant.as_deref(), args.redirect_uri.as_deref())
-            {
+            for (label, url) in app::consent_urls(
+                &s,
+                args.tenant.as_deref(),
+                args.redirect_uri.as_deref(),
+                source,
+            ) {
                 println!("{label}:\n  {url}\n");
             }
             0
@@ -386,6 +403,7 @@ pub async fn execute(cli: Cli) -> i32 {
                         "{}",
                         app::render_status(
                             &rows,
+                            &s.tenants,
                             Timestamp::from_datetime(time::OffsetDateTime::now_utc())
                         )
                     );
@@ -583,6 +601,7 @@ async fn simulate(args: SimulateArgs) -> i32 {
         limit: args
             .enforce_limit
             .then_some((100, time::Duration::minutes(1))),
+        rate_short_page: 0.0,
     };
     cfg.latency = Duration::from_millis(args.latency_ms);
     let sim = Simulator::new(cfg.clone());
@@ -678,7 +697,7 @@ pub fn write_sim_config(
         "# points mde-sync at the simulator; not for production\n\
          [database]\nurl = \"sqlite://{db}\"\n\n\
          [app]\nclient_id = \"{client}\"\n{credential}\n\
-         [cloud]\nname = \"{cloud}\"\nlogin_url = \"{base}\"\napi_url = \"{base}\"\n\n\
+         [cloud]\nname = \"{cloud}\"\nlogin_url = \"{base}\"\napi_url = \"{base}\"\ngraph_url = \"{base}\"\n\n\
          [tenants]\nfile = \"tenants.toml\"\n\n\
          [sync]\nschedule = \"*/10 * * * * *\"\nlag_allowance = \"{lag}s\"\n",
         db = dir.join("mde-sync.db").display(),

@@ -23,6 +23,7 @@ use url::Url;
 
 use crate::{
     auth::{AssertionAlgorithm, ClientCertificate, Credential},
+    source::{ServiceSources, SourceKind},
     tenant::{Tenant, TenantId},
 };
 
@@ -139,6 +140,8 @@ struct RawCloud {
     login_url: Option<String>,
     api_url: Option<String>,
     scope: Option<String>,
+    graph_url: Option<String>,
+    graph_scope: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -164,6 +167,8 @@ struct RawSync {
     max_pages_per_run: Option<i64>,
     onboarding_retry: Option<String>,
     credential_retry: Option<String>,
+    source: Option<String>,
+    graph_service_sources: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -211,6 +216,7 @@ struct RawTenant {
     enabled: Option<bool>,
     api_url: Option<String>,
     force_api_url: Option<bool>,
+    source: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -399,6 +405,24 @@ impl CloudName {
         }
     }
 
+    /// The Microsoft Graph root (graph-alerts-v2.md §2): GCC uses the worldwide endpoint.
+    pub fn graph_url(self) -> &'static str {
+        match self {
+            Self::Commercial | Self::Gcc => "https://graph.microsoft.com",
+            Self::GccHigh => "https://graph.microsoft.us",
+            Self::Dod => "https://dod-graph.microsoft.us",
+        }
+    }
+
+    /// The Graph token scope: the Graph root's `.default`.
+    pub fn graph_scope(self) -> &'static str {
+        match self {
+            Self::Commercial | Self::Gcc => "https://graph.microsoft.com/.default",
+            Self::GccHigh => "https://graph.microsoft.us/.default",
+            Self::Dod => "https://dod-graph.microsoft.us/.default",
+        }
+    }
+
     /// The Azure portal of the cloud: the redirect URI the partner guide registers.
     pub fn portal_url(self) -> &'static str {
         match self {
@@ -420,6 +444,8 @@ impl CloudName {
                 "uk.api.security.microsoft.com",
                 "au.api.security.microsoft.com",
                 "swa.api.security.microsoft.com",
+                "ina.api.security.microsoft.com",
+                "aea.api.security.microsoft.com",
                 "api-us.securitycenter.microsoft.com",
                 "api-eu.securitycenter.microsoft.com",
                 "api-uk.securitycenter.microsoft.com",
@@ -444,6 +470,10 @@ pub struct CloudSettings {
     pub api_url: Url,
     /// The `.default` scope requested for MDE tokens.
     pub scope: String,
+    /// The Microsoft Graph root for tenants read from Graph.
+    pub graph_url: Url,
+    /// The `.default` scope requested for Graph tokens.
+    pub graph_scope: String,
 }
 
 #[derive(Debug, Clone)]
@@ -470,6 +500,10 @@ pub struct SyncSettings {
     /// How long polling pauses after the app's own credential was refused before one tenant
     /// probes it again.
     pub credential_retry: time::Duration,
+    /// The source of tenants whose entry names none.
+    pub source: SourceKind,
+    /// Which Defender XDR service sources Graph tenants are read for.
+    pub graph_service_sources: ServiceSources,
 }
 
 impl Default for SyncSettings {
@@ -489,6 +523,8 @@ impl Default for SyncSettings {
             max_pages_per_run: 200,
             onboarding_retry: time::Duration::hours(1),
             credential_retry: time::Duration::minutes(10),
+            source: SourceKind::Mde,
+            graph_service_sources: ServiceSources::Endpoint,
         }
     }
 }
@@ -709,7 +745,10 @@ fn extract_raw(path: &Path, problems: &mut Vec<Problem>) -> Option<RawConfig> {
                     };
                     (key_path, message)
                 }
-                kind => (e.path.clone(), format!("{kind}: {}", fix_hint(path, &e.path))),
+                kind => (
+                    e.path.clone(),
+                    format!("{kind}: {}", fix_hint(path, &e.path)),
+                ),
             };
             problem(problems, &key_of(&key_path), message);
             removed |= remove_key(&mut value, &key_path);
@@ -1017,6 +1056,16 @@ fn validate(
     // cloud
     let cloud_name = match raw.cloud.name.as_deref() {
         None => Some(CloudName::Commercial),
+        Some(text) if text.to_ascii_lowercase().starts_with("china") || text == "21vianet" => {
+            problem(
+                problems,
+                "cloud.name",
+                format!(
+                    "{text:?}: the China cloud (21Vianet) is not supported: Microsoft Graph there has no security alerts_v2 and mde-sync has no Defender for Endpoint API preset for it; sync China tenants with another tool (mde-sync knows \"commercial\", \"gcc\", \"gcc-high\" and \"dod\")"
+                ),
+            );
+            None
+        }
         Some(text) => {
             let name = CloudName::parse(text);
             if name.is_none() {
@@ -1053,6 +1102,50 @@ fn validate(
         );
     }
 
+    let graph_url = parse_endpoint(
+        problems,
+        "cloud.graph_url",
+        raw.cloud.graph_url.as_deref().unwrap_or(preset.graph_url()),
+    );
+    let graph_scope = raw
+        .cloud
+        .graph_scope
+        .unwrap_or_else(|| preset.graph_scope().into());
+    if !graph_scope.ends_with("/.default") {
+        problem(
+            problems,
+            "cloud.graph_scope",
+            format!(
+                "{graph_scope:?} must end in /.default (client credentials use the resource's .default scope), e.g. \"{}\"",
+                preset.graph_scope()
+            ),
+        );
+    }
+    let source = match raw.sync.source.as_deref() {
+        None => SourceKind::Mde,
+        Some(text) => SourceKind::parse(text).unwrap_or_else(|| {
+            problem(
+                problems,
+                "sync.source",
+                format!("{text:?} is not a source: use \"mde\" or \"graph\""),
+            );
+            SourceKind::Mde
+        }),
+    };
+    let graph_service_sources = match raw.sync.graph_service_sources.as_deref() {
+        None => ServiceSources::Endpoint,
+        Some(text) => ServiceSources::parse(text).unwrap_or_else(|| {
+            problem(
+                problems,
+                "sync.graph_service_sources",
+                format!(
+                    "{text:?} is not a choice: use \"endpoint\" (Defender for Endpoint alerts only) or \"all\" (every Defender XDR service source)"
+                ),
+            );
+            ServiceSources::Endpoint
+        }),
+    };
+
     // tenants
     let tenants_file = match raw.tenants.file {
         Some(p) if p.is_relative() => base_dir.join(p),
@@ -1065,6 +1158,7 @@ fn validate(
             .as_ref()
             .and_then(|u| u.host_str())
             .map(str::to_owned),
+        default_source: source,
     };
     let tenants = if needs.tenants {
         load_tenants(&tenants_file, &hosts, problems)
@@ -1366,6 +1460,8 @@ fn validate(
             login_url: login_url?,
             api_url: api_url?,
             scope,
+            graph_url: graph_url?,
+            graph_scope,
         },
         tenants_file,
         tenants,
@@ -1388,6 +1484,8 @@ fn validate(
             max_pages_per_run,
             onboarding_retry,
             credential_retry,
+            source,
+            graph_service_sources,
         },
         log: LogSettings { format, level },
         service: ServiceSettings {
@@ -1720,6 +1818,8 @@ pub struct ApiHosts {
     pub cloud: CloudName,
     /// The host of `cloud.api_url` as configured (a loopback simulator, a proxy).
     pub configured: Option<String>,
+    /// The source of entries that name none (`sync.source`).
+    pub default_source: SourceKind,
 }
 
 impl ApiHosts {
@@ -1727,6 +1827,7 @@ impl ApiHosts {
         Self {
             cloud: CloudName::Commercial,
             configured: None,
+            default_source: SourceKind::Mde,
         }
     }
 
@@ -1834,11 +1935,26 @@ pub fn parse_tenants(
             hosts,
             problems,
         );
+        let source = match t.source.as_deref() {
+            None => hosts.default_source,
+            Some(text) => match SourceKind::parse(text) {
+                Some(s) => s,
+                None => {
+                    problem(
+                        problems,
+                        &format!("{key}.source"),
+                        format!("{origin}: {text:?} is not a source: use \"mde\" or \"graph\""),
+                    );
+                    continue;
+                }
+            },
+        };
         tenants.push(Tenant {
             id,
             name,
             enabled: t.enabled.unwrap_or(true),
             api_url,
+            source,
         });
     }
     if tenants.is_empty() && problems.is_empty() {
@@ -1945,8 +2061,10 @@ impl Settings {
             cloud: CloudSettings {
                 name: CloudName::Commercial,
                 login_url: base.clone(),
-                api_url: base,
+                api_url: base.clone(),
                 scope: "https://api.securitycenter.microsoft.com/.default".into(),
+                graph_url: base,
+                graph_scope: "https://graph.microsoft.com/.default".into(),
             },
             tenants_file: PathBuf::from("(built in)"),
             tenants,
@@ -2608,6 +2726,114 @@ format = "xml"
             .unwrap_err();
             assert!(keys(&err).contains(&"cloud.name"), "{err}");
             assert!(err.to_string().contains("\"gcc-high\""), "{err}");
+            assert!(
+                err.to_string().contains("21Vianet") && err.to_string().contains("alerts_v2"),
+                "china is refused with its reason: {err}"
+            );
+            // Graph roots and scopes per cloud (graph-alerts-v2.md §2), and their overrides
+            for (name, graph, scope) in [
+                (
+                    "commercial",
+                    "https://graph.microsoft.com/",
+                    "https://graph.microsoft.com/.default",
+                ),
+                (
+                    "gcc",
+                    "https://graph.microsoft.com/",
+                    "https://graph.microsoft.com/.default",
+                ),
+                (
+                    "gcc-high",
+                    "https://graph.microsoft.us/",
+                    "https://graph.microsoft.us/.default",
+                ),
+                (
+                    "dod",
+                    "https://dod-graph.microsoft.us/",
+                    "https://dod-graph.microsoft.us/.default",
+                ),
+            ] {
+                let s = load_app(
+                    jail,
+                    &format!("client_secret = \"x\"\n[cloud]\nname = \"{name}\"\n"),
+                    &env(),
+                )
+                .map_err(|e| e.to_string())?;
+                assert_eq!(s.cloud.graph_url.as_str(), graph, "{name}");
+                assert_eq!(s.cloud.graph_scope, scope, "{name}");
+            }
+            let s = load_app(
+                jail,
+                "client_secret = \"x\"\n[cloud]\ngraph_url = \"http://127.0.0.1:9\"\ngraph_scope = \"https://graph.example/.default\"\n",
+                &env(),
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(s.cloud.graph_url.as_str(), "http://127.0.0.1:9/");
+            assert_eq!(s.cloud.graph_scope, "https://graph.example/.default");
+            let err = load_app(
+                jail,
+                "client_secret = \"x\"\n[cloud]\ngraph_url = \"http://graph.example\"\ngraph_scope = \"https://graph.example\"\n",
+                &env(),
+            )
+            .unwrap_err();
+            assert!(keys(&err).contains(&"cloud.graph_url"), "{err}");
+            assert!(keys(&err).contains(&"cloud.graph_scope"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn each_tenant_takes_its_source_or_sync_source_and_unknown_sources_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "tenants.toml",
+                "[[tenant]]\nid = \"00000000-0000-4000-a000-000000000001\"\n\n[[tenant]]\nid = \"00000000-0000-4000-a000-000000000002\"\nsource = \"mde\"\n\n[[tenant]]\nid = \"00000000-0000-4000-a000-000000000003\"\nsource = \"graph\"\n",
+            )?;
+            let load = |jail: &mut Jail, sync: &str| {
+                jail.create_file(
+                    "config.toml",
+                    &format!(
+                        "[app]\nclient_id = \"{CLIENT}\"\nclient_secret = \"x\"\n[sync]\n{sync}"
+                    ),
+                )
+                .unwrap();
+                Settings::load(&jail.directory().join("config.toml"), &env(), Needs::ALL)
+            };
+            let s = load(jail, "").map_err(|e| e.to_string())?;
+            let sources: Vec<SourceKind> = s.tenants.iter().map(|t| t.source).collect();
+            assert_eq!(
+                sources,
+                [SourceKind::Mde, SourceKind::Mde, SourceKind::Graph]
+            );
+            assert_eq!(s.sync.graph_service_sources, ServiceSources::Endpoint);
+            let s = load(
+                jail,
+                "source = \"graph\"\ngraph_service_sources = \"all\"\n",
+            )
+            .map_err(|e| e.to_string())?;
+            let sources: Vec<SourceKind> = s.tenants.iter().map(|t| t.source).collect();
+            assert_eq!(
+                sources,
+                [SourceKind::Graph, SourceKind::Mde, SourceKind::Graph],
+                "an entry's own source wins over sync.source"
+            );
+            assert_eq!(s.sync.graph_service_sources, ServiceSources::All);
+            let err = load(
+                jail,
+                "source = \"defender\"\ngraph_service_sources = \"office\"\n",
+            )
+            .unwrap_err();
+            assert!(keys(&err).contains(&"sync.source"), "{err}");
+            assert!(keys(&err).contains(&"sync.graph_service_sources"), "{err}");
+            let mut problems = Vec::new();
+            parse_tenants(
+                "[[tenant]]\nid = \"00000000-0000-4000-a000-000000000001\"\nsource = \"Graph\"\n",
+                "tenants.toml",
+                &ApiHosts::commercial(),
+                &mut problems,
+            );
+            assert_eq!(problems[0].key, "tenant[0].source", "{problems:?}");
+            assert!(problems[0].message.contains("\"graph\""), "{problems:?}");
             Ok(())
         });
     }
@@ -2631,6 +2857,8 @@ format = "xml"
             "uk.api.security.microsoft.com",
             "au.api.security.microsoft.com",
             "swa.api.security.microsoft.com",
+            "ina.api.security.microsoft.com",
+            "aea.api.security.microsoft.com",
             "api-eu.securitycenter.microsoft.com",
             "api.securitycenter.microsoft.com",
         ] {
@@ -2674,6 +2902,7 @@ format = "xml"
         let gov = ApiHosts {
             cloud: CloudName::GccHigh,
             configured: None,
+            default_source: SourceKind::Mde,
         };
         let (_, p) = parse(&entry("https://eu.api.security.microsoft.com", ""), &gov);
         assert!(p[0].message.contains("gcc-high"), "{p:?}");

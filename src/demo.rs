@@ -1,5 +1,6 @@
 //! `mde-sync demo`: the simulator and a sync in one process, so a new user sees the whole path —
-//! tokens, paging, upserts, evidence rows — work on their machine in seconds, with no tenant.
+//! tokens, paging, upserts, evidence rows — work on their machine in seconds, with no tenant. One
+//! more tenant beside the MDE ones is read from the simulated Microsoft Graph `alerts_v2`.
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -10,6 +11,7 @@ use crate::{
     clock,
     config::{LogFormat, Settings},
     simulator::{SimConfig, SimTenant, Simulator, TenantKind},
+    source::SourceKind,
     telemetry::{self, Target},
     tenant::{Tenant, TenantId},
 };
@@ -31,9 +33,12 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
         p.push(suffix);
         let _ = std::fs::remove_file(PathBuf::from(p));
     }
-    let sim_tenants: Vec<SimTenant> = (1..=tenants.max(1))
+    let mde_tenants = tenants.max(1);
+    // the MDE tenants, then one tenant read from Graph
+    let sim_tenants: Vec<SimTenant> = (1..=mde_tenants + 1)
         .map(|n| {
-            let mut t = SimTenant::numbered(n, TenantKind::Good, alerts * n);
+            let size = if n > mde_tenants { alerts } else { alerts * n };
+            let mut t = SimTenant::numbered(n, TenantKind::Good, size);
             t.name = NAMES.get(n - 1).map(|s| s.to_string()).unwrap_or(t.name);
             t
         })
@@ -50,11 +55,17 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
     };
     let tenants: Vec<Tenant> = sim_tenants
         .iter()
-        .map(|t| {
+        .enumerate()
+        .map(|(i, t)| {
             Tenant::new(
                 TenantId::parse(&t.id).expect("simulator tenant ids are GUIDs"),
                 t.name.clone(),
             )
+            .with_source(if i < mde_tenants {
+                SourceKind::Mde
+            } else {
+                SourceKind::Graph
+            })
         })
         .collect();
     let settings = Settings::for_endpoints(
@@ -65,7 +76,7 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
         SecretString::from(cfg.client_secret.clone()),
     );
     println!(
-        "mde-sync demo: simulator on {} with {} tenant(s); syncing into {}\n",
+        "mde-sync demo: simulator on {} with {} tenant(s), the last one read from Microsoft Graph alerts_v2; syncing into {}\n",
         server.base_url(),
         tenants.len(),
         database.display()
@@ -84,6 +95,7 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
     let mut rows = vec![vec![
         "TENANT".to_string(),
         "NAME".into(),
+        "SOURCE".into(),
         "SERVED".into(),
         "STORED".into(),
         "EVIDENCE".into(),
@@ -93,7 +105,7 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
     ]];
     let mut all_good = true;
     for (t, o) in tenants.iter().zip(&outcomes) {
-        let served = sim.truth(t.id.as_str());
+        let served = sim.truth_as(t.id.as_str(), t.source);
         let stored = app.store.alert_raws(&t.id).await.unwrap_or_default();
         let evidence = app
             .store
@@ -106,6 +118,7 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
         rows.push(vec![
             t.id.to_string(),
             t.name.clone(),
+            t.source.to_string(),
             served.len().to_string(),
             stored.len().to_string(),
             evidence.to_string(),

@@ -1,8 +1,10 @@
 //! mde-sync: Microsoft Defender for Endpoint alerts from many customer tenants, synced without
 //! loss into SQLite or Postgres.
 //!
-//! Layout: [`config`] builds typed settings; [`auth`] gets tokens; [`mde`] talks to the alerts API;
-//! [`sync`] is the incremental algorithm (start there); [`store`] is the only place SQL lives;
+//! Layout: [`config`] builds typed settings; [`auth`] gets tokens; [`mde`] talks to the MDE alerts
+//! API and [`graph`] to Microsoft Graph security `alerts_v2`, each tenant reading from the one its
+//! [`source::SourceKind`] names (routed by [`sources`]); [`sync`] is the incremental algorithm
+//! (start there); [`store`] is the only place SQL lives;
 //! [`simulator`] is a hostile stand-in for Entra ID and the API; [`app`] wires them together for
 //! the CLI; [`service`] and [`metrics`] are what `run` adds as a long-running service.
 #![forbid(unsafe_code)]
@@ -14,10 +16,13 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod graph;
 pub mod mde;
 pub mod metrics;
 pub mod service;
 pub mod simulator;
+pub mod source;
+pub mod sources;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

@@ -578,12 +578,14 @@ mod tests {
                 name: "tenant \"1\"".into(),
                 enabled: true,
                 api_url: None,
+                source: Default::default(),
             },
             Tenant {
                 id: tenant(2),
                 name: "two".into(),
                 enabled: true,
                 api_url: None,
+                source: Default::default(),
             },
         ]);
         m.api_request(&tenant(1), Some(200));
@@ -652,6 +654,7 @@ mod tests {
             name: format!("t{n}"),
             enabled: true,
             api_url: None,
+            source: Default::default(),
         };
         m.set_tenants(&[t(1), t(2)]);
         m.run_finished(&outcome(1, Some(true), 1), Timestamp::from_ticks(0));

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::source::SourceKind;
+
 /// An Entra tenant id: a GUID, stored lowercase so comparisons and keys are exact.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(String);
@@ -51,6 +53,8 @@ pub struct Tenant {
     pub enabled: bool,
     /// The tenant's own API base (a geo host), when it is not `cloud.api_url`.
     pub api_url: Option<url::Url>,
+    /// The alerts API this tenant is read from.
+    pub source: SourceKind,
 }
 
 impl Tenant {
@@ -61,7 +65,14 @@ impl Tenant {
             name: name.into(),
             enabled: true,
             api_url: None,
+            source: SourceKind::Mde,
         }
+    }
+
+    /// The same tenant, read from `source`.
+    pub fn with_source(mut self, source: SourceKind) -> Self {
+        self.source = source;
+        self
     }
 }
 

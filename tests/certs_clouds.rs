@@ -15,6 +15,7 @@ use mde_sync::{
     simulator::{
         SimCertificate, SimConfig, SimServer, SimTenant, Simulator, TenantKind, tenant_id,
     },
+    source::SourceKind,
     tenant::TenantId,
 };
 
@@ -126,7 +127,14 @@ async fn a_certificate_gets_tokens_checks_and_syncs_with_ps256_and_with_rs256() 
         assert!(settings.app.client_secret.is_none());
         let app = App::build(settings, clock::system()).await.unwrap();
 
-        let lines = app::check(&app.tokens, &app.client, &app.settings.tenants).await;
+        let lines = app::check(
+            &app.tokens,
+            &app.client,
+            &app.graph_tokens,
+            &app.graph,
+            &app.settings.tenants,
+        )
+        .await;
         for l in &lines {
             assert!(l.ok, "{alg}: {l:?}");
             assert!(
@@ -295,7 +303,7 @@ async fn each_cloud_preset_consents_checks_and_syncs_against_the_simulator() {
         );
         assert_eq!(settings.cloud.scope, cloud.scope());
 
-        let urls = app::consent_urls(&settings, Some(&tenant_id(1)), None);
+        let urls = app::consent_urls(&settings, Some(&tenant_id(1)), None, SourceKind::Mde);
         for (_, url) in &urls {
             assert!(url.starts_with(&base), "{cloud}: {url}");
             let portal = url::form_urlencoded::byte_serialize(cloud.portal_url().as_bytes())
@@ -306,7 +314,14 @@ async fn each_cloud_preset_consents_checks_and_syncs_against_the_simulator() {
         }
 
         let app = App::build(settings, clock::system()).await.unwrap();
-        let lines = app::check(&app.tokens, &app.client, &app.settings.tenants).await;
+        let lines = app::check(
+            &app.tokens,
+            &app.client,
+            &app.graph_tokens,
+            &app.graph,
+            &app.settings.tenants,
+        )
+        .await;
         assert!(lines.iter().all(|l| l.ok), "{cloud}: {lines:?}");
         let outcomes = app.sync_once().await;
         assert!(
@@ -331,7 +346,14 @@ async fn each_cloud_preset_consents_checks_and_syncs_against_the_simulator() {
         &tenants_toml(1),
     );
     let app = App::build(settings, clock::system()).await.unwrap();
-    let lines = app::check(&app.tokens, &app.client, &app.settings.tenants).await;
+    let lines = app::check(
+        &app.tokens,
+        &app.client,
+        &app.graph_tokens,
+        &app.graph,
+        &app.settings.tenants,
+    )
+    .await;
     assert_eq!(lines[0].problem, "not-provisioned", "{:?}", lines[0]);
     assert!(lines[0].detail.contains("500011"), "{:?}", lines[0]);
 }
@@ -367,7 +389,7 @@ fn consent_urls_use_each_clouds_own_login_host_and_portal() {
             &format!("name = \"{cloud}\"\n"),
             &tenants_toml(1),
         );
-        let urls = app::consent_urls(&settings, None, None);
+        let urls = app::consent_urls(&settings, None, None, SourceKind::Mde);
         assert_eq!(urls.len(), 2);
         for (_, url) in &urls {
             assert!(url.starts_with(login), "{cloud}: {url}");
@@ -412,7 +434,14 @@ async fn a_tenants_geo_api_url_is_used_for_that_tenant_only() {
             sim.truth(&tenant_id(n))
         );
     }
-    let lines = app::check(&app.tokens, &app.client, &app.settings.tenants).await;
+    let lines = app::check(
+        &app.tokens,
+        &app.client,
+        &app.graph_tokens,
+        &app.graph,
+        &app.settings.tenants,
+    )
+    .await;
     assert!(lines[1].detail.contains(&geo_host), "{:?}", lines[1]);
 
     let api_hosts = |n: usize| -> Vec<String> {

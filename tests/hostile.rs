@@ -641,6 +641,7 @@ async fn a_full_disk_is_recovered_from_in_the_same_process() {
         app,
         db: TestDb::new(Backend::Sqlite, "full-disk-unused").await,
         tenants,
+        source: mde_sync::source::SourceKind::Mde,
     };
     assert_converged(&env, &[]).await;
     // no run is left `running`: the failed one's outcome was recorded once space was back

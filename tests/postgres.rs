@@ -269,6 +269,7 @@ async fn a_postgres_outage_mid_run_fails_the_run_cleanly_and_the_next_run_recove
         app,
         db,
         tenants,
+        source: mde_sync::source::SourceKind::Mde,
     };
     assert_converged(&env, &[]).await;
 }

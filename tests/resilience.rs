@@ -13,8 +13,10 @@ use mde_sync::{
     auth::{TokenProvider, http_client},
     budget::Budget,
     config::Settings,
+    graph::GraphClient,
     mde::{AlertSource, ApiError, MdeClient, Page, WindowQuery},
     simulator::{Faults, RequestRecord, SimConfig, SimTenant, Simulator, TenantKind},
+    source::{ServiceSources, SourceKind},
     sync::Syncer,
     tenant::TenantId,
     timestamp::Timestamp,
@@ -25,11 +27,16 @@ use time::Duration;
 const WINDOW: Duration = Duration::seconds(5);
 const LIMIT: usize = 15;
 
+/// A request for alerts, to the MDE API or to Graph.
+fn is_alerts_call(r: &RequestRecord) -> bool {
+    r.path_and_query.starts_with("/api/") || r.path_and_query.starts_with("/v1.0/security/")
+}
+
 /// Requests for each tenant's alerts, in arrival order.
 fn api_calls(sim: &Simulator) -> HashMap<String, Vec<RequestRecord>> {
     let mut by: HashMap<String, Vec<RequestRecord>> = HashMap::new();
     for r in sim.requests() {
-        if r.path_and_query.starts_with("/api/")
+        if is_alerts_call(&r)
             && let Some(t) = &r.tenant
         {
             by.entry(t.clone()).or_default().push(r);
@@ -40,6 +47,16 @@ fn api_calls(sim: &Simulator) -> HashMap<String, Vec<RequestRecord>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_is_ridden_out_within_the_call_budget_and_retry_after() {
+    faults_are_ridden_out(SourceKind::Mde).await
+}
+
+/// The same faults on Graph, plus pages cut short (even empty) that still carry a nextLink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_is_ridden_out_within_the_call_budget_and_retry_after_on_graph() {
+    faults_are_ridden_out(SourceKind::Graph).await
+}
+
+async fn faults_are_ridden_out(source: SourceKind) {
     let mut cfg = SimConfig::new(
         (1..=5)
             .map(|n| SimTenant::numbered(n, TenantKind::Good, 1_000))
@@ -57,11 +74,15 @@ async fn every_fault_is_ridden_out_within_the_call_budget_and_retry_after() {
         rate_token_failure: 0.6,
         // the API's own limit, scaled down so the test does not take minutes
         limit: Some((LIMIT, WINDOW)),
+        rate_short_page: 0.1,
     };
     let db = TestDb::new(Backend::Sqlite, "faults").await;
     let sim = Simulator::new(cfg.clone());
     let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let tenants = tenants_of(&cfg.tenants);
+    let tenants: Vec<_> = tenants_of(&cfg.tenants)
+        .into_iter()
+        .map(|t| t.with_source(source))
+        .collect();
     let mut settings = Settings::for_endpoints(
         &server.base_url(),
         tenants.clone(),
@@ -76,19 +97,35 @@ async fn every_fault_is_ridden_out_within_the_call_budget_and_retry_after() {
     let app = App::with_store(settings.clone(), mde_sync::clock::system(), store);
     // the same budget logic as production, with the scaled window plus its margin
     let http = http_client(StdDuration::from_secs(10));
+    let scope = match source {
+        SourceKind::Mde => settings.cloud.scope.clone(),
+        SourceKind::Graph => settings.cloud.graph_scope.clone(),
+    };
     let tokens = Arc::new(TokenProvider::new(
         http.clone(),
         settings.cloud.login_url.clone(),
         settings.app.client_id.clone(),
         settings.app.client_secret.clone(),
-        settings.cloud.scope.clone(),
+        scope,
         mde_sync::clock::system(),
     ));
     let budget = Arc::new(Budget::new(vec![(LIMIT, StdDuration::from_millis(5_500))]));
-    let client = Arc::new(
-        MdeClient::new(http, settings.cloud.api_url.clone(), tokens, 6)
+    let client: Arc<dyn AlertSource> = match source {
+        SourceKind::Mde => Arc::new(
+            MdeClient::new(http, settings.cloud.api_url.clone(), tokens, 6)
+                .with_budget(budget, StdDuration::from_secs(30)),
+        ),
+        SourceKind::Graph => Arc::new(
+            GraphClient::new(
+                http,
+                settings.cloud.graph_url.clone(),
+                tokens,
+                ServiceSources::Endpoint,
+                6,
+            )
             .with_budget(budget, StdDuration::from_secs(30)),
-    );
+        ),
+    };
     let syncer = Arc::new(Syncer::new(
         app.store.clone(),
         client,
@@ -114,6 +151,7 @@ async fn every_fault_is_ridden_out_within_the_call_budget_and_retry_after() {
         app,
         db,
         tenants: tenants.clone(),
+        source,
     };
     assert_converged(&env, &[]).await;
 
@@ -164,7 +202,7 @@ async fn every_fault_is_ridden_out_within_the_call_budget_and_retry_after() {
     let server_errors = sim
         .requests()
         .iter()
-        .filter(|r| r.status >= 500 && r.path_and_query.starts_with("/api/"))
+        .filter(|r| r.status >= 500 && is_alerts_call(r))
         .count();
     let token_failures = sim
         .requests()
@@ -175,6 +213,17 @@ async fn every_fault_is_ridden_out_within_the_call_budget_and_retry_after() {
         throttled > 0 && resets > 0 && server_errors > 0 && token_failures > 0 && injected > 10,
         "faults were injected: 429 {throttled}, resets {resets}, 5xx {server_errors}, token {token_failures}"
     );
+    if source == SourceKind::Graph {
+        // every Graph request asked for Defender for Endpoint alerts only
+        let graph_calls: Vec<RequestRecord> = calls.values().flatten().cloned().collect();
+        assert!(!graph_calls.is_empty());
+        assert!(
+            graph_calls
+                .iter()
+                .all(|r| r.path_and_query.starts_with("/v1.0/security/alerts_v2")
+                    && r.path_and_query.contains("microsoftDefenderForEndpoint"))
+        );
+    }
 }
 
 fn sim_env_settings(server_url: &str, cfg: &SimConfig, db_url: &str) -> Settings {
@@ -359,8 +408,12 @@ async fn status_names_each_fault_state_in_plain_words() {
     ));
     syncer.sync_all(&tenants).await;
     let rows = app.store.status().await.unwrap();
+    // tenant 0 is read from Graph in this listing: status shows each tenant's source
+    let mut listed = tenants.clone();
+    listed[0].source = mde_sync::source::SourceKind::Graph;
     let text = app::render_status(
         &rows,
+        &listed,
         Timestamp::from_datetime(time::OffsetDateTime::now_utc()),
     );
     let line = |n: usize| {
@@ -385,6 +438,8 @@ async fn status_names_each_fault_state_in_plain_words() {
         );
     }
     assert!(line(0).contains(" 30 "), "alert count shown: {}", line(0));
+    assert!(line(0).contains(" graph "), "source shown: {}", line(0));
+    assert!(line(1).contains(" mde "), "source shown: {}", line(1));
     assert!(
         line(5).contains(" 1 "),
         "consecutive failures shown: {}",

@@ -38,6 +38,65 @@ fn alert(id: &str, last_update: &str, status: &str, evidence: usize) -> AlertRow
     parse_alert(&RawValue::from_string(raw).unwrap()).unwrap()
 }
 
+/// A Graph version of the same alert (`lastUpdateDateTime`, camelCase enums).
+fn graph_alert(id: &str, last_update: &str, status: &str) -> AlertRow {
+    let raw = format!(
+        r##"{{"@odata.type":"#microsoft.graph.security.alert","id":"{id}","status":"{status}","severity":"high","lastUpdateDateTime":"{last_update}","tenantId":"{TENANT}","evidence":[]}}"##
+    );
+    mde_sync::graph::model::parse_alert(&RawValue::from_string(raw).unwrap()).unwrap()
+}
+
+/// Newer-wins across sources compares instants, whatever the number of digits each source wrote:
+/// a Graph version with fewer digits that is older does not replace an MDE row, and a later one
+/// does, taking the row's `source` with it; an MDE version cannot then bring the older text back.
+async fn versions_from_either_source_compare_as_instants_whatever_their_digits(backend: Backend) {
+    let (s, _db) = fresh(backend, "cross-source").await;
+    let t = tenant();
+    let now = ts("2024-05-01T00:00:00Z");
+    s.prepare_tenant(&t, now).await.unwrap();
+    let mde = alert("a1", "2024-04-01T10:00:00.2000000Z", "InProgress", 1);
+    assert_eq!(
+        s.commit(&t.id, std::slice::from_ref(&mde), None, now)
+            .await
+            .unwrap(),
+        1
+    );
+    // .13 (two digits) is earlier than .2000000 (seven), though it sorts later as text
+    let older = graph_alert("a1", "2024-04-01T10:00:00.13Z", "new");
+    assert_eq!(s.commit(&t.id, &[older], None, now).await.unwrap(), 0);
+    assert!(same_raw(
+        backend,
+        &s.alert_raws(&t.id).await.unwrap()["a1"],
+        &mde.raw
+    ));
+    // one microsecond later, written with three digits fewer than it could have
+    let newer = graph_alert("a1", "2024-04-01T10:00:00.200001Z", "resolved");
+    assert_eq!(
+        s.commit(&t.id, std::slice::from_ref(&newer), None, now)
+            .await
+            .unwrap(),
+        1
+    );
+    let (rows, evidence) = s.dump(&t.id).await.unwrap();
+    let col = |name: &str| {
+        let i = 1 + mde_sync::mde::model::column_index(mde_sync::mde::model::ALERT_COLUMNS, name);
+        rows[0][i].clone()
+    };
+    assert_eq!(col("source").as_deref(), Some("graph"));
+    assert_eq!(col("status").as_deref(), Some("Resolved"));
+    assert!(
+        evidence.is_empty(),
+        "the MDE version's evidence went with it"
+    );
+    // the older MDE version read again does not win back
+    assert_eq!(s.commit(&t.id, &[mde], None, now).await.unwrap(), 0);
+    assert!(same_raw(
+        backend,
+        &s.alert_raws(&t.id).await.unwrap()["a1"],
+        &newer.raw
+    ));
+}
+
 /// A fresh, migrated store of `backend`, and the database that holds it.
 async fn fresh(backend: Backend, label: &str) -> (SharedStore, TestDb) {
     let db = TestDb::new(backend, label).await;
@@ -232,6 +291,7 @@ async fn a_stopped_run_leaves_the_tenants_health_and_failure_count_alone(backend
 
 on_both_backends!(
     an_older_version_never_overwrites_a_newer_one_and_evidence_follows_its_alert,
+    versions_from_either_source_compare_as_instants_whatever_their_digits,
     the_watermark_moves_only_forward_and_with_its_alerts,
     runs_are_recorded_and_health_follows_the_last_outcome,
     a_stopped_run_leaves_the_tenants_health_and_failure_count_alone,

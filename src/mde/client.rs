@@ -41,6 +41,14 @@ pub enum ApiError {
         message: String,
         target: Option<String>,
     },
+    #[error(
+        "the Graph API answered 403 {code} (request-id {target:?}): either the app lacks the SecurityAlert.Read.All application permission in this tenant (add it under API permissions > Microsoft Graph, then have a Privileged Role Administrator or Global Administrator consent again: mde-sync consent-url --source graph), or the tenant has no Microsoft Defender XDR licence (mde-sync check tells the two apart)"
+    )]
+    GraphForbidden {
+        code: String,
+        message: String,
+        target: Option<String>,
+    },
     #[error("the API is throttling (HTTP 429, retry after {retry_after:?}, target {target:?})")]
     RateLimited {
         retry_after: Option<Duration>,
@@ -90,6 +98,7 @@ impl ApiError {
         match self {
             Self::Unauthorized { target }
             | Self::Forbidden { target, .. }
+            | Self::GraphForbidden { target, .. }
             | Self::RateLimited { target, .. }
             | Self::Server { target, .. }
             | Self::BadRequest { target, .. } => target.as_deref(),
@@ -97,7 +106,7 @@ impl ApiError {
         }
     }
 
-    fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::RateLimited { retry_after, .. } | Self::Server { retry_after, .. } => {
                 *retry_after
@@ -110,7 +119,7 @@ impl ApiError {
     pub fn label(&self) -> &'static str {
         match self {
             Self::Token(e) => e.fault().label(),
-            Self::Forbidden { .. } => "missing-role",
+            Self::Forbidden { .. } | Self::GraphForbidden { .. } => "missing-role",
             Self::Unauthorized { .. } => "unauthorized",
             Self::RateLimited { .. } => "degraded",
             Self::Server { .. } | Self::Network(_) | Self::Decode { .. } => "degraded",

@@ -62,6 +62,22 @@ pub const ALERT_COLUMNS: &[(&str, &str, Kind)] = &[
     ("mitre_techniques", "mitreTechniques", Kind::Json),
     ("related_user", "relatedUser", Kind::Json),
     ("comments", "comments", Kind::Json),
+    // Added by migration 0002. An empty JSON property means the MDE API has no such property:
+    // the column is filled by the Graph mapping (`graph::model`) or, for `source`, by the parser.
+    ("source", "", Kind::Text),
+    ("service_source", "", Kind::Text),
+    ("graph_detection_source", "", Kind::Text),
+    ("provider_alert_id", "", Kind::Text),
+    ("alert_web_url", "", Kind::Text),
+    ("incident_web_url", "", Kind::Text),
+    ("actor_display_name", "", Kind::Text),
+    ("recommended_actions", "", Kind::Text),
+    ("product_name", "", Kind::Text),
+    ("alert_policy_id", "", Kind::Text),
+    ("categories", "", Kind::Json),
+    ("system_tags", "", Kind::Json),
+    ("additional_data", "", Kind::Json),
+    ("custom_details", "", Kind::Json),
 ];
 
 /// `(column, JSON property, kind)` for every documented evidence property.
@@ -103,6 +119,40 @@ pub const EVIDENCE_COLUMNS: &[(&str, &str, Kind)] = &[
     ("aad_user_id", "aadUserId", Kind::Text),
     ("user_principal_name", "userPrincipalName", Kind::Text),
     ("detection_status", "detectionStatus", Kind::Text),
+    // Added by migration 0002, filled from Graph evidence only (see `graph::model`).
+    ("odata_type", "", Kind::Text),
+    ("verdict", "", Kind::Text),
+    ("remediation_status", "", Kind::Text),
+    ("remediation_status_details", "", Kind::Text),
+    ("roles", "", Kind::Json),
+    ("detailed_roles", "", Kind::Json),
+    ("tags", "", Kind::Json),
+    ("mde_device_id", "", Kind::Text),
+    ("azure_ad_device_id", "", Kind::Text),
+    ("device_dns_name", "", Kind::Text),
+    ("os_platform", "", Kind::Text),
+    ("os_build", "", Kind::Int),
+    ("device_version", "", Kind::Text),
+    ("health_status", "", Kind::Text),
+    ("risk_score", "", Kind::Text),
+    ("onboarding_status", "", Kind::Text),
+    ("defender_av_status", "", Kind::Text),
+    ("rbac_group_id", "", Kind::Int),
+    ("rbac_group_name", "", Kind::Text),
+    ("first_seen_time", "", Kind::Time),
+    ("ip_interfaces", "", Kind::Json),
+    ("logged_on_users", "", Kind::Json),
+    ("vm_metadata", "", Kind::Json),
+    ("md5", "", Kind::Text),
+    ("file_size", "", Kind::Int),
+    ("file_publisher", "", Kind::Text),
+    ("signer", "", Kind::Text),
+    ("issuer", "", Kind::Text),
+    ("parent_process_sha1", "", Kind::Text),
+    ("parent_process_sha256", "", Kind::Text),
+    ("user_display_name", "", Kind::Text),
+    ("registry_value_name", "", Kind::Text),
+    ("country_letter_code", "", Kind::Text),
 ];
 
 /// One alert, parsed.
@@ -133,7 +183,7 @@ pub struct Malformed {
     pub reason: String,
 }
 
-/// Parses one alert from its exact JSON text.
+/// Parses one MDE alert from its exact JSON text.
 pub fn parse_alert(raw: &RawValue) -> Result<AlertRow, Malformed> {
     let text = raw.get();
     let value: Value = serde_json::from_str(text).map_err(|e| Malformed {
@@ -159,7 +209,8 @@ pub fn parse_alert(raw: &RawValue) -> Result<AlertRow, Malformed> {
         id: Some(id.clone()),
         reason,
     };
-    let values = columns(&obj, ALERT_COLUMNS).map_err(bad)?;
+    let mut values = columns(&obj, ALERT_COLUMNS).map_err(bad)?;
+    values[column_index(ALERT_COLUMNS, "source")] = Val::Text(Some("mde".into()));
     let last_update = match &values[column_index(ALERT_COLUMNS, "last_update_time")] {
         Val::Time(t) => *t,
         _ => None,
@@ -203,13 +254,19 @@ pub fn column_index(cols: &[(&str, &str, Kind)], name: &str) -> usize {
         .expect("known column")
 }
 
-fn columns(obj: &Map<String, Value>, spec: &[(&str, &str, Kind)]) -> Result<Vec<Val>, String> {
+pub(crate) fn columns(
+    obj: &Map<String, Value>,
+    spec: &[(&str, &str, Kind)],
+) -> Result<Vec<Val>, String> {
     spec.iter()
-        .map(|(_, prop, kind)| convert(obj.get(*prop), *kind).map_err(|e| format!("{prop}: {e}")))
+        .map(|(_, prop, kind)| {
+            convert(obj.get(*prop).filter(|_| !prop.is_empty()), *kind)
+                .map_err(|e| format!("{prop}: {e}"))
+        })
         .collect()
 }
 
-fn convert(v: Option<&Value>, kind: Kind) -> Result<Val, String> {
+pub(crate) fn convert(v: Option<&Value>, kind: Kind) -> Result<Val, String> {
     let v = match v {
         None | Some(Value::Null) => {
             return Ok(match kind {

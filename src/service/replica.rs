@@ -59,7 +59,7 @@ pub struct Replica {
     draining: Mutex<Option<TenantId>>,
     /// The call budget, told to load a tenant's saved budget again whenever the tenant changes
     /// hands.
-    budget: std::sync::OnceLock<Arc<Budget>>,
+    budget: std::sync::OnceLock<Vec<Arc<Budget>>>,
 }
 
 /// The host name, without a C call: `/proc`, then `$HOSTNAME`.
@@ -115,16 +115,18 @@ impl Replica {
     /// before its next round notices.
     /// Makes the tenants this replica claims or loses reload their saved call budget, so a new
     /// owner continues with what the previous one left (see [`Budget::reload`]).
-    pub fn use_budget(&self, budget: Arc<Budget>) {
-        let _ = self.budget.set(budget);
+    pub fn use_budget(&self, budgets: Vec<Arc<Budget>>) {
+        let _ = self.budget.set(budgets);
     }
 
     /// The tenant changed hands: its next call loads the saved budget.
     fn reload_budget<'a>(&self, tenants: impl IntoIterator<Item = &'a str>) {
-        if let Some(b) = self.budget.get() {
+        if let Some(budgets) = self.budget.get() {
             for t in tenants {
                 if let Ok(id) = TenantId::parse(t) {
-                    b.reload(&id);
+                    for b in budgets {
+                        b.reload(&id);
+                    }
                 }
             }
         }

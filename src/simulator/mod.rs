@@ -16,6 +16,7 @@
 //! ([`Simulator::truth`]) so tests can compare a synced store against it.
 
 mod generate;
+mod graph;
 mod http;
 mod odata;
 #[cfg(test)]
@@ -45,7 +46,9 @@ pub enum TenantKind {
     /// Consented, but the `Alert.Read.All` role was not granted: tokens carry no `roles` claim and
     /// the API answers 403.
     NoRole,
-    /// MDE is not provisioned in the tenant (AADSTS500011).
+    /// MDE is not provisioned in the tenant (AADSTS500011). Microsoft Graph is always present, so
+    /// a Graph token is issued (with its role), and Graph `alerts_v2` answers 403: a tenant
+    /// without a Defender licence.
     NotProvisioned,
     /// The tenant does not exist (AADSTS90002).
     NotFound,
@@ -71,6 +74,9 @@ pub struct Faults {
     pub rate_token_failure: f64,
     /// Enforce the API's limit: more than this many calls by one tenant within `window` get 429.
     pub limit: Option<(usize, time::Duration)>,
+    /// Graph only: a page cut short (to a random length, possibly empty) that still carries
+    /// `@odata.nextLink`, as Graph may serve.
+    pub rate_short_page: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -144,12 +150,17 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Added before answering each `/api/alerts` call (a far-away API).
     pub latency: std::time::Duration,
+    /// Graph's `$top` clamp: a larger `$top` is served as this many (with a nextLink).
+    pub graph_max_top: usize,
 }
 
 impl SimConfig {
     /// Serves the resource of `cloud`'s preset scope only (the simulator's hosts stay loopback).
     pub fn set_cloud(&mut self, cloud: CloudName) {
-        self.resources = vec![cloud.scope().trim_end_matches("/.default").to_owned()];
+        self.resources = vec![
+            cloud.scope().trim_end_matches("/.default").to_owned(),
+            cloud.graph_scope().trim_end_matches("/.default").to_owned(),
+        ];
     }
 
     pub fn new(tenants: Vec<SimTenant>) -> Self {
@@ -162,6 +173,7 @@ impl SimConfig {
             resources: vec![
                 "https://api.securitycenter.microsoft.com".to_owned(),
                 "https://securitycenter.onmicrosoft.com/windowsatpservice".to_owned(),
+                "https://graph.microsoft.com".to_owned(),
             ],
             seed: 1,
             // minutes of lag is what pollers without a safety margin trip over (wazuh#24323)
@@ -173,6 +185,7 @@ impl SimConfig {
             clock: Arc::new(SystemClock),
             faults: Faults::default(),
             latency: std::time::Duration::ZERO,
+            graph_max_top: graph::GRAPH_MAX_TOP,
         }
     }
 }
@@ -283,6 +296,10 @@ struct TokenInfo {
     tenant: String,
     exp: Timestamp,
     has_role: bool,
+    /// Issued for Microsoft Graph (any other audience is the MDE API).
+    graph: bool,
+    /// Defender is provisioned and licensed in the tenant.
+    licensed: bool,
 }
 
 struct State {
@@ -441,6 +458,26 @@ impl Simulator {
             .iter()
             .filter_map(|((_, id), rec)| Some((id.clone(), rec.versions.last()?.full.clone())))
             .collect()
+    }
+
+    /// Alert id -> the JSON text of its newest version as `source` renders it: `/api/alerts` with
+    /// `$expand=evidence` for MDE, `alerts_v2` for Graph.
+    pub fn truth_as(
+        &self,
+        tenant: &str,
+        source: crate::source::SourceKind,
+    ) -> BTreeMap<String, String> {
+        let t = self.truth(tenant);
+        match source {
+            crate::source::SourceKind::Mde => t,
+            crate::source::SourceKind::Graph => t
+                .into_iter()
+                .map(|(id, raw)| {
+                    let g = graph::to_graph(&raw).unwrap_or(raw);
+                    (id, g)
+                })
+                .collect(),
+        }
     }
 
     /// Invalidates every token issued so far.

@@ -31,7 +31,7 @@ impl Op {
         })
     }
 
-    fn holds(self, left: Timestamp, right: Timestamp) -> bool {
+    pub(crate) fn holds(self, left: Timestamp, right: Timestamp) -> bool {
         match self {
             Op::Eq => left == right,
             Op::Ne => left != right,
@@ -110,7 +110,7 @@ pub(crate) fn parse_query(raw: Option<&str>) -> Result<Query, String> {
     Ok(q)
 }
 
-fn parse_count(name: &str, value: &str) -> Result<usize, String> {
+pub(crate) fn parse_count(name: &str, value: &str) -> Result<usize, String> {
     let value = value.trim();
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(
@@ -123,11 +123,25 @@ fn parse_count(name: &str, value: &str) -> Result<usize, String> {
 }
 
 fn parse_filter(text: &str) -> Result<Vec<(Op, Timestamp)>, String> {
+    parse_filter_on(text, "lastUpdateTime", false).map(|(f, _)| f)
+}
+
+/// Time comparisons and the `serviceSource` a filter names.
+pub(crate) type Filter = (Vec<(Op, Timestamp)>, Option<String>);
+
+/// A conjunction of `<time_field> <op> <DateTimeOffset>` terms and, when `service` is allowed
+/// (Graph), one `serviceSource eq '<value>'` term.
+pub(crate) fn parse_filter_on(
+    text: &str,
+    time_field: &str,
+    service: bool,
+) -> Result<Filter, String> {
     let tokens: Vec<&str> = text.split_whitespace().collect();
     if tokens.is_empty() {
         return Err("The $filter expression is empty.".to_owned());
     }
     let mut out = Vec::new();
+    let mut service_source = None;
     let mut i = 0;
     loop {
         let Some(&field) = tokens.get(i) else {
@@ -140,9 +154,29 @@ fn parse_filter(text: &str) -> Result<Vec<(Op, Timestamp)>, String> {
                 "Unsupported expression '{field}' in $filter: the simulator accepts only 'lastUpdateTime <op> <DateTimeOffset>' joined by 'and'."
             ));
         }
-        if field != "lastUpdateTime" {
+        if service && field == "serviceSource" {
+            let (Some(&"eq"), Some(lit)) = (tokens.get(i + 1), tokens.get(i + 2)) else {
+                return Err(format!(
+                    "Syntax error in '{text}': expected serviceSource eq '<value>'."
+                ));
+            };
+            service_source = Some(lit.trim_matches('\'').to_owned());
+            match tokens.get(i + 3) {
+                None => return Ok((out, service_source)),
+                Some(&"and") => {
+                    i += 4;
+                    continue;
+                }
+                Some(other) => {
+                    return Err(format!(
+                        "Syntax error: unexpected '{other}' after '{lit}' in '{text}'."
+                    ));
+                }
+            }
+        }
+        if field != time_field {
             return Err(format!(
-                "Unsupported property '{field}' in $filter: the simulator filters only on 'lastUpdateTime'."
+                "Unsupported property '{field}' in $filter: the simulator filters only on '{time_field}'."
             ));
         }
         let Some(op_text) = tokens.get(i + 1) else {
@@ -163,7 +197,7 @@ fn parse_filter(text: &str) -> Result<Vec<(Op, Timestamp)>, String> {
         };
         out.push((op, parse_literal(lit, op_text)?));
         match tokens.get(i + 3) {
-            None => return Ok(out),
+            None => return Ok((out, service_source)),
             Some(&"and") => i += 4,
             Some(&"or") => {
                 return Err(

@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/postgres/0001_initial.sql"),
     ),
     (
+        2,
+        "graph source",
+        include_str!("../../migrations/postgres/0002_graph_source.sql"),
+    ),
+    (
         3,
         "call budget",
         include_str!("../../migrations/postgres/0003_call_budget.sql"),

@@ -28,6 +28,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0001_initial.sql"),
     ),
     (
+        2,
+        "graph source",
+        include_str!("../../migrations/sqlite/0002_graph_source.sql"),
+    ),
+    (
         3,
         "call budget",
         include_str!("../../migrations/sqlite/0003_call_budget.sql"),
@@ -70,9 +75,9 @@ static INSERT_EVIDENCE: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Rows per multi-row statement: SQLite allows 32,766 parameters per statement; an alert row has
-/// 32 and an evidence row 29.
+/// 46 and an evidence row 62.
 const ALERTS_PER_STATEMENT: usize = 500;
-const EVIDENCE_PER_STATEMENT: usize = 1_000;
+const EVIDENCE_PER_STATEMENT: usize = 500;
 
 /// The alert upsert for `n` rows, with `RETURNING id`. Built once per row count.
 fn upsert_alerts(n: usize) -> &'static str {

@@ -2,17 +2,27 @@
 //! without duplicates and without an older version ever replacing a newer one.
 //!
 //! # What the API gives us, and what it does not
-//! `GET /api/alerts` filters on `lastUpdateTime`, takes `$top` (at most 10,000) and `$skip`, and
-//! promises no order and no `@odata.nextLink`. Changes become visible some time after their
-//! `lastUpdateTime` (indexing lag), alerts change while we page, and a bulk action can give more
-//! alerts one identical `lastUpdateTime` than fit in a page. Timestamps carry 0 to 7 fractional
-//! digits; we compare them as instants ([`Timestamp`]), never as text. An alert without a
-//! `lastUpdateTime` lies in no window and has no version order, so it is refused (counted as
+//! Two sources, one algorithm; each tenant is read from one of them ([`Tenant::source`]).
+//! - **MDE** `GET /api/alerts` filters on `lastUpdateTime`, takes `$top` (at most 10,000) and
+//!   `$skip`, and promises no order and no `@odata.nextLink`.
+//! - **Graph** `GET /v1.0/security/alerts_v2` filters on `lastUpdateDateTime`, takes `$top`
+//!   (clamped at 1,000, so we never ask for more) and `$skip`, and pages with `@odata.nextLink`:
+//!   a page may be shorter than asked, even empty, and still carry a nextLink. So on Graph a
+//!   short page proves nothing while a nextLink is present. Whether a nextLink chain is a snapshot
+//!   is not documented, so the algorithm never relies on one (step 5).
+//!
+//! On both, changes become visible some time after their last-update time (indexing lag), alerts
+//! change while we page, and a bulk action can give more alerts one identical last-update time
+//! than fit in a page. Timestamps carry 0 to 7 fractional digits (Graph's too); we compare them as
+//! instants ([`Timestamp`]), never as text. Below, `lastUpdateTime` means the source's property.
+//! An alert without one lies in no window and has no version order, so it is refused (counted as
 //! rejected), never stored.
 //!
 //! # Assumptions (A1–A3)
 //! - **A1** A response is a snapshot: every alert matching the filter at that moment whose rank
-//!   lies in `[skip, skip + top)` is in it.
+//!   lies in `[skip, skip + top)` is in it. On Graph this holds only for a response *without*
+//!   `@odata.nextLink`; a response with one holds some contiguous ranks from `skip` on (maybe
+//!   none), and we assume nothing about where its nextLink would continue.
 //! - **A2** Every alert version has a `lastUpdateTime` no later than the moment it becomes visible,
 //!   and becomes visible at most `L = sync.lag_allowance` after it (L also absorbs clock skew).
 //!   A change made at time `c` therefore carries a `lastUpdateTime` of about `c`, which is later
@@ -30,25 +40,31 @@
 //! 1. Note the run's start `q0` (now) and the run's ceiling `C = q0 − L`. Read the window
 //!    `[W − 0, q0]` (`[now − initial_lookback, q0]` for a new tenant) as the half-open
 //!    `[W, q0 + 1 tick)`.
-//! 2. Fetch a window `[a, b)` with `$top = P`. If fewer than `P` alerts come back, the response is
-//!    the whole window (A1): upsert them and set `W = min(b, C)` in the same transaction.
-//! 3. If the page is full, the window holds at least `P` alerts and we cannot know which are
-//!    missing. Nothing from it is trusted for the watermark. A few one-alert probes (`$top=1` at
+//! 2. Fetch a window `[a, b)` with `$top = P` (`sync.page_size`, at most the source's maximum).
+//!    If fewer than `P` alerts come back **and there is no nextLink**, the response is the whole
+//!    window (A1): upsert them and set `W = min(b, C)` in the same transaction.
+//! 3. If the page is full, or carries a nextLink, the window may hold alerts we did not get, and
+//!    we cannot know which. The alerts received are upserted (harmless: newer wins), but nothing
+//!    from it is trusted for the watermark. A few one-alert probes (`$top=1` at
 //!    `$skip` = 2P−1, 4P−1, …) bound how many alerts the window holds; the window is then cut at
 //!    quantiles of the page's `lastUpdateTime`s into parts expected to hold ¾ of a page each, and
 //!    the parts are processed depth first, earliest first — so windows complete in time order
 //!    and `W` can advance after each. (The page is a sample of the window when the order is
 //!    arbitrary; if it is not, a part that is still full is simply split again.)
 //! 4. A full window that is a single 100 ns instant (a bulk update of more than `P` alerts) cannot
-//!    be split: it is paged with `$skip` in steps of `P − K`, so consecutive pages overlap by `K`
-//!    alerts. Each new page must contain one of the previous page's last `K` ids; that proves no
+//!    be split: it is paged with `$skip` in steps of `n − K` (`n` the alerts the page held, `P`
+//!    unless Graph shortened it), so consecutive pages overlap by `K` alerts. The instant ends
+//!    only at a page shorter than asked without a nextLink; a page of fewer than two alerts with a
+//!    nextLink cannot overlap, so its offset is asked again, a bounded number of times. Each new page must contain one of the previous page's last `K` ids; that proves no
 //!    alert slid past the page boundary (under A3 the set can only shrink while we page, see
 //!    below). If the check fails the instant is paged again from the start, a few times at most,
 //!    and otherwise the run fails without moving `W`.
-//! 5. Following a `@odata.nextLink`, if the API ever sends one, is treated as paging the same
-//!    window. The window counts as complete only when a page comes without a link; a link seen
-//!    twice, or `sync.max_pages_per_run` reached, ends the run with the alerts read stored and
-//!    `W` not moved past the window (so the argument below is untouched).
+//! 5. A `@odata.nextLink` is never followed: it only says the window holds more than this
+//!    response, i.e. the window is treated as full (step 3, or step 4 for an instant). Every
+//!    window that moves `W` was therefore answered by one nextLink-free response (or, for an
+//!    instant, by overlap-checked `$skip` pages), which A1 covers on both sources; a nextLink
+//!    chain over a set that changes while it is followed could skip alerts, and nothing in the
+//!    Graph documentation says it cannot.
 //!
 //! # Why no alert is lost
 //! Take any alert `x` and its current version `v` with `lastUpdateTime t`. We show that `x` is
@@ -96,6 +112,16 @@
 //! ends without committing (killed, fenced) loses at most its uncommitted transaction. Even
 //! without the fence nothing would regress (versions are written newer-wins, `W` moves with
 //! `GREATEST`), so the fence is what keeps one writer per tenant, not what keeps the data right.
+//!
+//! # Switching a tenant between sources
+//! For Defender for Endpoint alerts Graph's `id` is the MDE id, so a tenant switched from `mde`
+//! to `graph` keeps its rows and its watermark: `W` is an instant, and both sources filter on the
+//! same instants. Versions are compared as instants (100 ns ticks) whatever the number of digits
+//! either source wrote, so a version is replaced only by one whose time is not earlier; if the
+//! two services' clocks for one alert differed, the watermark argument above still holds for the
+//! source being read (each of its versions is stored at its own time or newer), and an MDE row
+//! whose time is later than the Graph version's keeps its content until Graph reports a later
+//! change.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -114,11 +140,10 @@ use tracing::Instrument;
 use crate::{
     clock::SharedClock,
     config::SyncSettings,
-    mde::{
-        AlertSource, ApiError, Page, WindowQuery,
-        model::{AlertRow, parse_alert},
-    },
+    graph,
+    mde::{self, AlertSource, ApiError, Page, WindowQuery, model::AlertRow},
     metrics::Metrics,
+    source::SourceKind,
     store::{RunReport, SharedStore, StoreError},
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
@@ -178,7 +203,9 @@ impl SyncError {
                 }
                 _ => FaultScope::Transient,
             },
-            Self::Api(ApiError::Forbidden { .. }) => FaultScope::Onboarding,
+            Self::Api(ApiError::Forbidden { .. } | ApiError::GraphForbidden { .. }) => {
+                FaultScope::Onboarding
+            }
             _ => FaultScope::Transient,
         }
     }
@@ -666,7 +693,7 @@ impl Syncer {
         let ceiling = q0.minus(self.settings.lag_allowance);
         let from = watermark.unwrap_or_else(|| q0.minus(self.settings.initial_lookback));
         let to = q0.plus_ticks(1);
-        let page_size = self.settings.page_size;
+        let page_size = self.page_size(tenant);
         let mut progress = Progress::new(from, to);
 
         // Windows still to read, the earliest on top.
@@ -692,10 +719,7 @@ impl Syncer {
             c.pages += 1;
             c.received += page.alerts.len() as u64;
 
-            if page.next_link.is_some() {
-                self.follow_links(tenant, page, c).await?;
-                self.write(tenant, &[], Some(b), ceiling, c).await?;
-            } else if page.alerts.len() < page_size {
+            if page.next_link.is_none() && page.alerts.len() < page_size {
                 // Writing this window and fetching the next are independent (each response is
                 // its own snapshot), so they overlap: the API and the database work at once.
                 let next = stack
@@ -727,11 +751,17 @@ impl Syncer {
                 // Estimate how many alerts the window holds, then cut it at the page's quantiles
                 // into parts expected to fit three quarters of a page each: one full page and a
                 // few one-alert probes instead of a cascade of halvings.
+                // A page with a nextLink holds part of the window, and what it holds is written
+                // now (an upsert never loses a newer version); only the watermark waits.
+                if page.next_link.is_some() {
+                    self.write(tenant, &page.alerts, None, Timestamp::MIN_TICK, c)
+                        .await?;
+                }
                 let count = self.estimate_count(tenant, a, b, page_size, c).await?;
                 let parts = (count as f64 / (0.75 * page_size as f64))
                     .ceil()
                     .clamp(2.0, 4096.0) as usize;
-                let cuts = split_points(&page, a, b, parts);
+                let cuts = split_points(&page, a, b, parts, tenant.source);
                 tracing::debug!(from = %a, to = %b, count, parts = cuts.len() + 1, "window full, splitting");
                 let mut bounds = vec![a];
                 bounds.extend(cuts);
@@ -762,7 +792,13 @@ impl Syncer {
         c: &mut Counters,
     ) -> Result<usize, SyncError> {
         let mut known = page_size;
-        while known < 64 * page_size.max(1_000) {
+        // Graph documents no $skip beyond 500 (graph-alerts-v2.md §4.4): no probe is sent that
+        // would only come back 400.
+        let max_skip = match tenant.source {
+            SourceKind::Mde => usize::MAX,
+            SourceKind::Graph => 500,
+        };
+        while known < 64 * page_size.max(1_000) && known * 2 - 1 <= max_skip {
             let q = WindowQuery {
                 from: a,
                 to: b,
@@ -784,11 +820,24 @@ impl Syncer {
         Ok(known * 2)
     }
 
-    /// Parses alerts, refusing malformed alerts and alerts of another tenant one by one.
+    /// `$top` for a tenant: `sync.page_size`, within what its source serves.
+    fn page_size(&self, tenant: &Tenant) -> usize {
+        self.settings
+            .page_size
+            .min(tenant.source.max_page_size())
+            .max(1)
+    }
+
+    /// Parses alerts with the tenant's source's mapping, refusing malformed alerts and alerts of
+    /// another tenant one by one.
     fn accept(&self, tenant: &Tenant, alerts: &[Box<RawValue>], c: &mut Counters) -> Vec<AlertRow> {
+        let parse = match tenant.source {
+            SourceKind::Mde => mde::model::parse_alert,
+            SourceKind::Graph => graph::model::parse_alert,
+        };
         let mut rows = Vec::with_capacity(alerts.len());
         for raw in alerts {
-            match parse_alert(raw) {
+            match parse(raw) {
                 Ok(row) if row.last_update.is_none() => {
                     // Without it no version can be ordered against another, and no window or
                     // watermark covers the alert.
@@ -850,53 +899,6 @@ impl Syncer {
         Ok(())
     }
 
-    /// A window that returned a `@odata.nextLink`: the source pages for us. A link seen twice in
-    /// one window is a loop, and links count against `sync.max_pages_per_run` like any call, so
-    /// a server that keeps sending links can neither hold the run forever nor spend the
-    /// tenant's call budget; the window then stays incomplete and the watermark where it was.
-    async fn follow_links(
-        &self,
-        tenant: &Tenant,
-        mut page: Page,
-        c: &mut Counters,
-    ) -> Result<(), SyncError> {
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut followed = 0u64;
-        loop {
-            self.write(tenant, &page.alerts, None, Timestamp::MIN_TICK, c)
-                .await?;
-            let Some(link) = page.next_link.take() else {
-                return Ok(());
-            };
-            let why = if !seen.insert(link.clone()) {
-                Some("repeated a link already followed")
-            } else if c.pages >= self.settings.max_pages_per_run {
-                Some("reached sync.max_pages_per_run")
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                tracing::warn!(
-                    pages = c.pages,
-                    links_followed = followed,
-                    alerts = c.received,
-                    reason = why,
-                    "nextlink paging cut short"
-                );
-                return Err(SyncError::NextLinkLoop {
-                    why,
-                    pages: followed + 1,
-                });
-            }
-            page = self
-                .fetch_unless_stopped(&tenant.id, self.source.fetch_link(&tenant.id, &link))
-                .await?;
-            followed += 1;
-            c.pages += 1;
-            c.received += page.alerts.len() as u64;
-        }
-    }
-
     /// Step 4: pages a single instant holding more alerts than a page, with overlapping `$skip`
     /// pages whose overlap proves continuity. Writes what it reads; the caller moves the
     /// watermark once this returns.
@@ -907,14 +909,11 @@ impl Syncer {
         first: Page,
         c: &mut Counters,
     ) -> Result<(), SyncError> {
-        let page_size = self.settings.page_size;
-        let overlap = (page_size / 10)
-            .clamp(1, 500)
-            .min(page_size.saturating_sub(1))
-            .max(1);
-        let step = page_size.saturating_sub(overlap).max(1);
+        let page_size = self.page_size(tenant);
+        let overlap_for = |len: usize| (page_size / 10).clamp(1, 500).min(len.saturating_sub(1));
         let mut first = Some(first);
         let mut seen = 0usize;
+        let mut empty_pages = 0usize;
         for attempt in 0..=INSTANT_RESTARTS {
             let mut skip = 0usize;
             let mut tail: Vec<String> = Vec::new();
@@ -939,6 +938,17 @@ impl Syncer {
                         p
                     }
                 };
+                // Graph may answer short, even empty, and still say there is more. A page of
+                // fewer than two alerts cannot overlap the next one, so the same offset is asked
+                // again (a bounded number of times).
+                if page.alerts.len() < 2 && page.next_link.is_some() {
+                    empty_pages += 1;
+                    if empty_pages > 4 * INSTANT_RESTARTS {
+                        continuous = false;
+                        break;
+                    }
+                    continue;
+                }
                 let ids: Vec<String> = page
                     .alerts
                     .iter()
@@ -952,11 +962,14 @@ impl Syncer {
                 self.write(tenant, &page.alerts, None, Timestamp::MIN_TICK, c)
                     .await?;
                 seen = skip + page.alerts.len();
-                if page.alerts.len() < page_size {
+                // Only a page without a nextLink that is shorter than asked ends the instant; a
+                // page the server shortened (Graph clamps $top) moves on by what it held.
+                if page.next_link.is_none() && page.alerts.len() < page_size {
                     break;
                 }
+                let overlap = overlap_for(ids.len()).max(1);
                 tail = ids[ids.len().saturating_sub(overlap)..].to_vec();
-                skip += step;
+                skip += ids.len().saturating_sub(overlap).max(1);
             }
             if continuous {
                 tracing::info!(instant = %t, alerts = seen, "read an instant shared by more alerts than a page");
@@ -1002,19 +1015,29 @@ fn alert_id(raw: &str) -> Option<String> {
 /// than the window. With an arbitrary server order the page is a sample of the window, so the
 /// parts hold about equal shares of it; with any other order a part that is still full is simply
 /// split again.
-fn split_points(page: &Page, a: Timestamp, b: Timestamp, parts: usize) -> Vec<Timestamp> {
+fn split_points(
+    page: &Page,
+    a: Timestamp,
+    b: Timestamp,
+    parts: usize,
+    source: SourceKind,
+) -> Vec<Timestamp> {
     #[derive(serde::Deserialize)]
     struct TimeOnly {
         #[serde(rename = "lastUpdateTime")]
-        last_update_time: Option<String>,
+        mde: Option<String>,
+        #[serde(rename = "lastUpdateDateTime")]
+        graph: Option<String>,
     }
     let mut times: Vec<Timestamp> = page
         .alerts
         .iter()
         .filter_map(|r| {
-            serde_json::from_str::<TimeOnly>(r.get())
-                .ok()?
-                .last_update_time
+            let t = serde_json::from_str::<TimeOnly>(r.get()).ok()?;
+            match source {
+                SourceKind::Mde => t.mde,
+                SourceKind::Graph => t.graph,
+            }
         })
         .filter_map(|s| Timestamp::parse(&s).ok())
         .filter(|t| *t >= a && *t < b)
@@ -1122,7 +1145,7 @@ mod tests {
             "2024-01-01T02:00:00Z",
         ]);
         assert_eq!(
-            split_points(&p, a, b, 4),
+            split_points(&p, a, b, 4, SourceKind::Mde),
             vec![
                 Timestamp::parse("2024-01-01T02:00:00Z").unwrap(),
                 Timestamp::parse("2024-01-01T03:00:00Z").unwrap(),
@@ -1131,17 +1154,20 @@ mod tests {
         );
         // many alerts on the window's first instant: that instant becomes a part of its own
         let p = page(&["2024-01-01T00:00:00Z"; 6]);
-        assert_eq!(split_points(&p, a, b, 3), vec![a.plus_ticks(1)]);
+        assert_eq!(
+            split_points(&p, a, b, 3, SourceKind::Mde),
+            vec![a.plus_ticks(1)]
+        );
         // a two-tick window splits into its two instants
         assert_eq!(
-            split_points(&p, a, a.plus_ticks(2), 5),
+            split_points(&p, a, a.plus_ticks(2), 5, SourceKind::Mde),
             vec![a.plus_ticks(1)]
         );
     }
 
     #[test]
     fn split_point_is_the_median_and_stays_inside_the_window() {
-        let split_point = |p: &Page, a, b| split_points(p, a, b, 2)[0];
+        let split_point = |p: &Page, a, b| split_points(p, a, b, 2, SourceKind::Mde)[0];
         let a = Timestamp::parse("2024-01-01T00:00:00Z").unwrap();
         let b = Timestamp::parse("2024-01-02T00:00:00Z").unwrap();
         let p = page(&[

@@ -17,6 +17,7 @@ use mde_sync::{
     clock::{ManualClock, SharedClock},
     config::{Settings, SyncSettings},
     simulator::{SimConfig, SimServer, SimTenant, Simulator},
+    source::SourceKind,
     store::SharedStore,
     tenant::{Tenant, TenantId},
 };
@@ -154,11 +155,18 @@ pub struct TestEnv {
     pub app: App,
     pub db: TestDb,
     pub tenants: Vec<Tenant>,
+    /// The API every tenant of this environment is read from.
+    pub source: SourceKind,
 }
 
 impl TestEnv {
     pub fn store(&self) -> &SharedStore {
         &self.app.store
+    }
+
+    /// The simulator's truth for `tenant` as this environment's source renders it.
+    pub fn truth(&self, tenant: &str) -> std::collections::BTreeMap<String, String> {
+        self.sim.truth_as(tenant, self.source)
     }
 }
 
@@ -182,10 +190,25 @@ pub async fn start_on(
     clock: SharedClock,
     sync: SyncSettings,
 ) -> TestEnv {
+    start_with(backend, SourceKind::Mde, label, cfg, clock, sync).await
+}
+
+/// Like [`start_on`], with every tenant read from `source`.
+pub async fn start_with(
+    backend: Backend,
+    source: SourceKind,
+    label: &str,
+    cfg: SimConfig,
+    clock: SharedClock,
+    sync: SyncSettings,
+) -> TestEnv {
     let db = TestDb::new(backend, label).await;
     let sim = Simulator::new(cfg.clone());
     let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let tenants = tenants_of(&cfg.tenants);
+    let tenants: Vec<Tenant> = tenants_of(&cfg.tenants)
+        .into_iter()
+        .map(|t| t.with_source(source))
+        .collect();
     let mut settings = Settings::for_endpoints(
         &server.base_url(),
         tenants.clone(),
@@ -201,6 +224,7 @@ pub async fn start_on(
         app,
         db,
         tenants,
+        source,
     }
 }
 
@@ -208,14 +232,15 @@ pub fn manual_clock() -> ManualClock {
     ManualClock::new(time::OffsetDateTime::now_utc())
 }
 
-/// The simulator's truth for a tenant, without the alerts it was told to serve malformed or
-/// foreign (which mde-sync must refuse).
+/// The simulator's truth for a tenant, as `source` renders it, without the alerts it was told to
+/// serve malformed or foreign (which mde-sync must refuse).
 pub fn truth_without(
     sim: &Simulator,
+    source: SourceKind,
     tenant: &str,
     refused: &[&str],
 ) -> std::collections::BTreeMap<String, String> {
-    let mut t = sim.truth(tenant);
+    let mut t = sim.truth_as(tenant, source);
     for id in refused {
         t.remove(*id);
     }
@@ -225,7 +250,7 @@ pub fn truth_without(
 /// Asserts the store holds exactly the simulator's current alerts, byte for byte.
 pub async fn assert_converged(env: &TestEnv, refused: &[&str]) {
     for t in &env.tenants {
-        let want = truth_without(&env.sim, t.id.as_str(), refused);
+        let want = truth_without(&env.sim, env.source, t.id.as_str(), refused);
         let got = env.store().alert_raws(&t.id).await.unwrap();
         let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).collect();
         let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
@@ -291,9 +316,9 @@ pub async fn assert_watermark_invariant(env: &TestEnv) -> usize {
             continue;
         };
         let stored = env.store().alert_raws(&t.id).await.unwrap();
-        for (id, raw) in env.sim.truth(t.id.as_str()) {
+        for (id, raw) in env.truth(t.id.as_str()) {
             let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
-            let Some(lut) = v["lastUpdateTime"].as_str() else {
+            let Some(lut) = v[env.source.time_property()].as_str() else {
                 continue;
             };
             if mde_sync::timestamp::Timestamp::parse(lut).unwrap() < wm {
@@ -321,6 +346,37 @@ pub fn same_raw(backend: Backend, stored: &str, served: &str) -> bool {
                 == serde_json::from_str::<serde_json::Value>(served).ok()
         }
     }
+}
+
+/// Declares, for each named `async fn(Backend, SourceKind)`, a module with four tests: the MDE and
+/// the Graph source, each on SQLite and on Postgres (ignored, with the reason shown, unless
+/// `MDE_SYNC_TEST_POSTGRES_URL` was set when the tests were built).
+#[macro_export]
+macro_rules! on_both_backends_and_sources {
+    ($($name:ident),* $(,)?) => { $(
+        mod $name {
+            use mde_sync::source::SourceKind;
+            use $crate::common::Backend;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mde_sqlite() {
+                super::$name(Backend::Sqlite, SourceKind::Mde).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn graph_sqlite() {
+                super::$name(Backend::Sqlite, SourceKind::Graph).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(not(mde_pg_tests), ignore = "set MDE_SYNC_TEST_POSTGRES_URL to run the Postgres tests")]
+            async fn mde_postgres() {
+                super::$name(Backend::Postgres, SourceKind::Mde).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(not(mde_pg_tests), ignore = "set MDE_SYNC_TEST_POSTGRES_URL to run the Postgres tests")]
+            async fn graph_postgres() {
+                super::$name(Backend::Postgres, SourceKind::Graph).await
+            }
+        }
+    )* };
 }
 
 /// Declares, for each named `async fn(Backend)`, a module with a `sqlite` test and a `postgres`
