@@ -16,6 +16,7 @@ use crate::{
     config::{self, EX_CONFIG, Environment, Needs, Settings},
     service::{self, Integration, Notifier},
     simulator::{SimCertificate, SimConfig, SimTenant, Simulator, TenantKind},
+    store,
     telemetry::{self, Target},
     timestamp::Timestamp,
 };
@@ -417,6 +418,15 @@ pub async fn execute(cli: Cli) -> i32 {
             if let Some(leases) = store.leases() {
                 match leases.status().await {
                     Ok((l, r)) => print!("\n{}", service::replica::render_status(&l, &r)),
+                    // The README's analyst role may read only the alert and sync tables: the
+                    // tenants' lines above are what it asked for.
+                    Err(store::StoreError::Database(sqlx::Error::Database(d)))
+                        if d.code().as_deref() == Some("42501") =>
+                    {
+                        println!(
+                            "\n(replica leases not shown: this role may not read tenant_leases and sync_replicas; GRANT SELECT ON tenant_leases, sync_replicas to show them)"
+                        );
+                    }
                     Err(e) => return fail(e.into()),
                 }
             }
