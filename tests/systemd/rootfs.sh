@@ -4,7 +4,9 @@
 
 ROOTFS_PACKAGES="systemd,systemd-sysv,dbus,sudo,curl,jq,procps,ca-certificates"
 CACHE_DIR="${MDE_SYNC_CI_CACHE:-/var/cache/mde-sync-ci}"
-ROOTFS="$CACHE_DIR/bookworm-minbase-$(printf '%s' "$ROOTFS_PACKAGES" | sha256sum | cut -c1-12)"
+# Bump when ensure_rootfs changes what it puts into the root file system: a new cache is built.
+ROOTFS_RECIPE=2
+ROOTFS="$CACHE_DIR/bookworm-minbase-$(printf '%s;recipe=%s' "$ROOTFS_PACKAGES" "$ROOTFS_RECIPE" | sha256sum | cut -c1-12)"
 
 # The first Debian archive URI for bookworm in the apt sources (one-line or deb822 format).
 debian_mirror() {

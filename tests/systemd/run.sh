@@ -145,7 +145,8 @@ show() { ct systemctl show -p "$1" --value mde-sync; }
 
 # --- README: Install -----------------------------------------------------------------------------
 echo "== README: install the package"
-if sh_ct "sudo apt install -y ./$DEB_NAME" >"$RUN/apt.log" 2>&1; then
+# exactly as README shows it: no -y (nothing else needs installing, so apt does not ask)
+if sh_ct "sudo apt install ./$DEB_NAME </dev/null" >"$RUN/apt.log" 2>&1; then
     pass "sudo apt install ./$DEB_NAME"
 else
     cat "$RUN/apt.log"
