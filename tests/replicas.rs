@@ -1076,3 +1076,98 @@ fn with_the_default_settings_a_dead_replicas_tenants_move_within_a_minute() {
     let bound = d.lease_ttl + d.claim_interval.mul_f64(1.1);
     assert!(bound <= Duration::from_secs(60), "{bound:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mde_pg_tests),
+    ignore = "set MDE_SYNC_TEST_POSTGRES_URL to run the Postgres tests"
+)]
+async fn a_tenant_added_to_every_replicas_file_and_reloaded_is_synced_by_exactly_one() {
+    let dir = TempDir::new("replicas-reload");
+    let db = TestDb::new(Backend::Postgres, "replicas_reload").await;
+    let mut cfg = SimConfig::new(
+        (1..=3)
+            .map(|n| SimTenant::numbered(n, TenantKind::Good, 30))
+            .collect(),
+    );
+    cfg.history_days = 2;
+    cfg.max_lag = time::Duration::seconds(1);
+    let sim = Simulator::new(cfg.clone());
+    let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    write_sim_config(
+        &dir.0,
+        &server.base_url(),
+        &cfg,
+        &SimCredentialFiles {
+            cloud: CloudName::Commercial,
+            certificate: None,
+            private_key: None,
+        },
+    )
+    .unwrap();
+    let tenants_file = |n: usize| {
+        let mut text = String::new();
+        for i in 1..=n {
+            text.push_str(&format!(
+                "[[tenant]]\nid = \"{}\"\nname = \"tenant-{i}\"\n\n",
+                mde_sync::simulator::tenant_id(i)
+            ));
+        }
+        std::fs::write(dir.0.join("tenants.toml"), text).unwrap();
+    };
+    tenants_file(2);
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.0.join("config.toml"))
+        .arg("migrate")
+        .env("MDE_SYNC_DATABASE__URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    let a = spawn(&dir.0, &db.url, "replica-a", 1);
+    let b = spawn(&dir.0, &db.url, "replica-b", 1);
+    wait_for(Duration::from_secs(20), "two tenants, one each", || async {
+        let o = owners(&pool).await;
+        let mut v: Vec<&String> = o.values().collect();
+        v.sort();
+        (v == ["replica-a", "replica-b"]).then_some(())
+    })
+    .await;
+
+    // the fleet's file gains tenant 3 (one file here: the same on every host), then every
+    // replica reloads
+    tenants_file(3);
+    a.signal("HUP");
+    b.signal("HUP");
+    let third = mde_sync::simulator::tenant_id(3);
+    let owner = wait_for(Duration::from_secs(20), "tenant 3 leased", || async {
+        owners(&pool).await.get(&third).cloned()
+    })
+    .await;
+    wait_for(Duration::from_secs(20), "tenant 3 synced", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts WHERE tenant_id = $1")
+            .bind(&third)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (n as usize == sim.truth(&third).len()).then_some(())
+    })
+    .await;
+    let replicas: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT replica_id FROM sync_runs WHERE tenant_id = $1")
+            .bind(&third)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(replicas, vec![owner], "only its holder ran tenant 3");
+    for r in [&a, &b] {
+        assert!(
+            r.log_lines()
+                .iter()
+                .any(|l| l["message"] == "configuration reloaded"),
+            "{} reloaded",
+            r.name
+        );
+    }
+}
