@@ -16,6 +16,7 @@ pub mod config;
 pub mod demo;
 pub mod mde;
 pub mod metrics;
+pub mod odata;
 pub mod service;
 pub mod simulator;
 pub mod store;
