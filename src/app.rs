@@ -55,6 +55,10 @@ impl App {
         let client = Arc::new(
             mde_client(http, &settings, tokens.clone(), settings.sync.max_attempts)
                 .with_budget(budget, settings.sync.max_retry_after)
+                .with_limits(crate::odata::Limits {
+                    max_body: settings.sync.max_response_bytes,
+                    max_item: settings.sync.max_alert_bytes,
+                })
                 .with_metrics(metrics.clone()),
         );
         let syncer = Arc::new(

@@ -162,6 +162,8 @@ struct RawSync {
     max_pages_per_run: Option<i64>,
     onboarding_retry: Option<String>,
     credential_retry: Option<String>,
+    max_response_mib: Option<i64>,
+    max_alert_mib: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -454,6 +456,10 @@ pub struct SyncSettings {
     /// How long polling pauses after the app's own credential was refused before one tenant
     /// probes it again.
     pub credential_retry: time::Duration,
+    /// The largest response body (after decompression) and the largest single alert the API may
+    /// send; past either the tenant's run fails, having held no more than the limit.
+    pub max_response_bytes: usize,
+    pub max_alert_bytes: usize,
 }
 
 impl Default for SyncSettings {
@@ -473,6 +479,8 @@ impl Default for SyncSettings {
             max_pages_per_run: 200,
             onboarding_retry: time::Duration::hours(1),
             credential_retry: time::Duration::minutes(10),
+            max_response_bytes: 256 << 20,
+            max_alert_bytes: 4 << 20,
         }
     }
 }
@@ -991,6 +999,18 @@ fn validate(
         d.max_pages_per_run as usize,
         1_000_000,
     ) as u64;
+    let max_response_bytes = count(
+        "sync.max_response_mib",
+        raw.sync.max_response_mib,
+        d.max_response_bytes >> 20,
+        4_096,
+    ) << 20;
+    let max_alert_bytes = count(
+        "sync.max_alert_mib",
+        raw.sync.max_alert_mib,
+        d.max_alert_bytes >> 20,
+        1_024,
+    ) << 20;
     let max_retry_after = duration_key(
         problems,
         "sync.max_retry_after",
@@ -1126,6 +1146,8 @@ fn validate(
             max_pages_per_run,
             onboarding_retry,
             credential_retry,
+            max_response_bytes,
+            max_alert_bytes,
         },
         log: LogSettings { format, level },
         service: ServiceSettings {

@@ -13,7 +13,7 @@ use mde_sync::{
     auth::{TokenProvider, http_client},
     budget::Budget,
     config::Settings,
-    mde::{AlertSource, ApiError, MdeClient, Page, WindowQuery},
+    mde::{AlertSink, AlertSource, ApiError, MdeClient, PageSummary, WindowQuery},
     simulator::{Faults, RequestRecord, SimConfig, SimTenant, Simulator, TenantKind},
     sync::Syncer,
     tenant::TenantId,
@@ -306,7 +306,8 @@ impl AlertSource for AlwaysFailing {
         &'a self,
         tenant: &'a TenantId,
         q: &'a WindowQuery,
-    ) -> BoxFuture<'a, Result<Page, ApiError>> {
+        sink: &'a mut dyn AlertSink,
+    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
         Box::pin(async move {
             if *tenant == self.failing {
                 return Err(ApiError::Server {
@@ -315,15 +316,16 @@ impl AlertSource for AlwaysFailing {
                     target: Some("00000000-0000-4000-b000-000000000503".into()),
                 });
             }
-            self.inner.fetch(tenant, q).await
+            self.inner.fetch(tenant, q, sink).await
         })
     }
     fn fetch_link<'a>(
         &'a self,
         tenant: &'a TenantId,
         link: &'a str,
-    ) -> BoxFuture<'a, Result<Page, ApiError>> {
-        self.inner.fetch_link(tenant, link)
+        sink: &'a mut dyn AlertSink,
+    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
+        self.inner.fetch_link(tenant, link, sink)
     }
 }
 

@@ -13,15 +13,15 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use url::Url;
 
-use super::{AlertSource, Page, WindowQuery};
+use super::{AlertSink, AlertSource, Collect, PageSummary, WindowQuery};
 use crate::{
     BoxFuture,
     auth::{AuthError, TokenProvider, without_url},
     budget::Budget,
     metrics::Metrics,
+    odata::{CollectionReader, Limits, ReadError},
     tenant::{Tenant, TenantId},
 };
 
@@ -66,6 +66,17 @@ pub enum ApiError {
     Network(String),
     #[error("the API sent an unreadable body (HTTP {status}): {detail}")]
     Decode { status: u16, detail: String },
+    #[error(
+        "the API sent {what} larger than {setting} ({limit_mib} MiB): nothing of it was trusted; raise {setting} if such responses are expected, or lower sync.page_size"
+    )]
+    TooLarge {
+        what: &'static str,
+        setting: &'static str,
+        limit_mib: usize,
+    },
+    /// The caller's sink ended the read; the caller knows why.
+    #[error("the read was ended by its caller")]
+    Aborted,
 }
 
 impl ApiError {
@@ -111,15 +122,9 @@ impl ApiError {
             Self::RateLimited { .. } => "degraded",
             Self::Server { .. } | Self::Network(_) | Self::Decode { .. } => "degraded",
             Self::BadRequest { .. } => "bad-request",
+            Self::TooLarge { .. } | Self::Aborted => "degraded",
         }
     }
-}
-
-#[derive(Deserialize)]
-struct Envelope {
-    value: Vec<Box<RawValue>>,
-    #[serde(rename = "@odata.nextLink")]
-    next_link: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -148,8 +153,12 @@ pub struct MdeClient {
     budget: Arc<Budget>,
     max_attempts: usize,
     max_retry_after: Duration,
+    limits: Limits,
     metrics: Arc<Metrics>,
 }
+
+/// How much of an error response's body is read: enough for the API's error object.
+const MAX_ERROR_BODY: usize = 64 << 10;
 
 impl MdeClient {
     pub fn new(
@@ -166,6 +175,7 @@ impl MdeClient {
             budget: Arc::new(Budget::per_minute_and_hour(100, 1_500)),
             max_attempts: max_attempts.max(1),
             max_retry_after: Duration::from_secs(120),
+            limits: Limits::default(),
             metrics: Arc::default(),
         }
     }
@@ -184,6 +194,12 @@ impl MdeClient {
             .iter()
             .filter_map(|t| Some((t.id.clone(), t.api_url.clone()?)))
             .collect();
+        self
+    }
+
+    /// Refuses response bodies and single alerts larger than `limits` (see [`crate::odata`]).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -237,12 +253,20 @@ impl MdeClient {
     pub async fn probe(&self, tenant: &TenantId) -> Result<usize, ApiError> {
         let mut url = self.alerts_url(tenant);
         url.query_pairs_mut().append_pair("$top", "1");
-        self.get_page(tenant, &url).await.map(|p| p.alerts.len())
+        let mut sink = Collect::default();
+        self.get_page(tenant, &url, &mut sink)
+            .await
+            .map(|p| p.count)
     }
 
     /// GET with retries: transient faults back off (honouring Retry-After), a 401 renews the
     /// token once, everything else returns at once.
-    async fn get_page(&self, tenant: &TenantId, url: &Url) -> Result<Page, ApiError> {
+    async fn get_page(
+        &self,
+        tenant: &TenantId,
+        url: &Url,
+        sink: &mut dyn AlertSink,
+    ) -> Result<PageSummary, ApiError> {
         let mut backoff = ExponentialBuilder::default()
             .with_jitter()
             .with_min_delay(Duration::from_millis(200))
@@ -251,7 +275,8 @@ impl MdeClient {
             .build();
         let mut renewed = false;
         loop {
-            match self.get_once(tenant, url).await {
+            sink.begin();
+            match self.get_once(tenant, url, sink).await {
                 Ok(p) => return Ok(p),
                 Err(ApiError::Unauthorized { target }) => {
                     if renewed {
@@ -261,6 +286,7 @@ impl MdeClient {
                     self.tokens.invalidate(tenant);
                     renewed = true;
                 }
+                Err(ApiError::Aborted) => return Err(ApiError::Aborted),
                 Err(e) if e.is_transient() => {
                     let Some(delay) = backoff.next() else {
                         tracing::warn!(tenant = %tenant, error = %e, correlation_id = e.target().unwrap_or(""), "api call failed, giving up");
@@ -287,13 +313,18 @@ impl MdeClient {
         }
     }
 
-    async fn get_once(&self, tenant: &TenantId, url: &Url) -> Result<Page, ApiError> {
+    async fn get_once(
+        &self,
+        tenant: &TenantId,
+        url: &Url,
+        sink: &mut dyn AlertSink,
+    ) -> Result<PageSummary, ApiError> {
         let token = self.tokens.token(tenant).await?;
         let waited = self.budget.acquire(tenant).await;
         if waited >= Duration::from_secs(1) {
             tracing::debug!(tenant = %tenant, waited_ms = waited.as_millis() as u64, "waited for the tenant's call budget");
         }
-        let resp = self
+        let mut resp = self
             .http
             .get(url.clone())
             .bearer_auth(token.expose_secret())
@@ -310,20 +341,33 @@ impl MdeClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| ApiError::Network(without_url(&e)))?;
         if status == 200 {
-            let env: Envelope = serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
-                status,
-                detail: e.to_string(),
-            })?;
-            return Ok(Page {
-                alerts: env.value,
-                next_link: env.next_link,
-            });
+            // Streamed: each alert goes to the sink as soon as its last byte has arrived.
+            let mut reader = CollectionReader::new(self.limits);
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| ApiError::Network(without_url(&e)))?
+            {
+                reader
+                    .feed(&chunk, sink)
+                    .await
+                    .map_err(|e| self.read_error(status, e))?;
+            }
+            return reader
+                .finish()
+                .map(PageSummary::from)
+                .map_err(|e| self.read_error(status, e));
         }
+        // An error body is read only as far as its error object can reasonably go.
+        let mut body = Vec::new();
+        while body.len() < MAX_ERROR_BODY {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        body.truncate(MAX_ERROR_BODY);
         let err: ErrorEnvelope = serde_json::from_slice(&body).unwrap_or_default();
         let code = match err.error.code {
             serde_json::Value::String(s) => s,
@@ -358,6 +402,29 @@ impl MdeClient {
     }
 }
 
+impl MdeClient {
+    fn read_error(&self, status: u16, e: ReadError) -> ApiError {
+        let mib = |b: usize| b >> 20;
+        match e {
+            ReadError::BodyTooLarge { limit } => ApiError::TooLarge {
+                what: "a response",
+                setting: "sync.max_response_mib",
+                limit_mib: mib(limit),
+            },
+            ReadError::ItemTooLarge { limit, .. } => ApiError::TooLarge {
+                what: "one alert",
+                setting: "sync.max_alert_mib",
+                limit_mib: mib(limit),
+            },
+            ReadError::Aborted => ApiError::Aborted,
+            e @ (ReadError::Malformed(_) | ReadError::Truncated) => ApiError::Decode {
+                status,
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
 /// `Retry-After` as delta-seconds or an HTTP date.
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
@@ -377,10 +444,11 @@ impl AlertSource for MdeClient {
         &'a self,
         tenant: &'a TenantId,
         q: &'a WindowQuery,
-    ) -> BoxFuture<'a, Result<Page, ApiError>> {
+        sink: &'a mut dyn AlertSink,
+    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
         Box::pin(async move {
             let url = self.window_url(tenant, q);
-            self.get_page(tenant, &url).await
+            self.get_page(tenant, &url, sink).await
         })
     }
 
@@ -388,7 +456,8 @@ impl AlertSource for MdeClient {
         &'a self,
         tenant: &'a TenantId,
         link: &'a str,
-    ) -> BoxFuture<'a, Result<Page, ApiError>> {
+        sink: &'a mut dyn AlertSink,
+    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
         Box::pin(async move {
             let url = Url::parse(link).map_err(|e| ApiError::Decode {
                 status: 200,
@@ -407,7 +476,7 @@ impl AlertSource for MdeClient {
                     ),
                 });
             }
-            self.get_page(tenant, &url).await
+            self.get_page(tenant, &url, sink).await
         })
     }
 }
