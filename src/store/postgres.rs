@@ -119,10 +119,9 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     pub async fn open(db: &DatabaseSettings) -> Result<Self, StoreError> {
-        let mut opts =
-            PgConnectOptions::from_str(db.url.expose_secret())?
-                .application_name("mde-sync")
-                .options([("client_min_messages", "warning")]);
+        let mut opts = PgConnectOptions::from_str(db.url.expose_secret())?
+            .application_name("mde-sync")
+            .options([("client_min_messages", "warning")]);
         if let Some(pw) = &db.password {
             opts = opts.password(pw.expose_secret());
         }
