@@ -25,8 +25,8 @@
 //! transaction as the alerts that justify it, and it only moves forward.
 //!
 //! # Reading a response
-//! A response is never held whole. Its alerts go into the store in batches of [`WRITE_BATCH`] as
-//! the body arrives (see [`crate::odata`]); what the algorithm needs to know about the page — how
+//! A response is never held whole. Its alerts go into the store in batches (at most
+//! [`WRITE_BATCH`] alerts and about [`WRITE_BATCH_BYTES`] of alert text) as the body arrives (see [`crate::odata`]); what the algorithm needs to know about the page — how
 //! many alerts, their `lastUpdateTime`s, its last ids — is noted on the way. Writing the alerts
 //! of a page that later turns out to be full, cut off or refused is harmless: each is a real
 //! version, and the store keeps the newer of two (see the last section). Only the watermark waits
@@ -148,8 +148,12 @@ use crate::{
     timestamp::Timestamp,
 };
 
-/// Alerts parsed and written per transaction.
+/// At most this many alerts are parsed and written per transaction...
 const WRITE_BATCH: usize = 1_000;
+
+/// ...and at most about this much alert text: a batch is held while it is parsed, while it
+/// waits for the writer and while it is written, so its size is what a tenant's memory is made of.
+const WRITE_BATCH_BYTES: usize = 256 << 10;
 
 /// How many times an instant is paged again after its overlap check failed.
 const INSTANT_RESTARTS: usize = 5;
@@ -1023,6 +1027,7 @@ struct PageSink {
     write: bool,
     tx: Option<mpsc::Sender<Batch>>,
     batch: Vec<AlertRow>,
+    batch_bytes: usize,
     /// Alerts in the current attempt.
     count: usize,
     times: Vec<Timestamp>,
@@ -1047,6 +1052,7 @@ impl PageSink {
             write: true,
             tx: None,
             batch: Vec::new(),
+            batch_bytes: 0,
             count: 0,
             times: Vec::new(),
             keep_times,
@@ -1066,6 +1072,7 @@ impl PageSink {
             return Ok(());
         }
         let rows = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
         match &self.tx {
             Some(tx) => tx.send((rows, watermark)).await.map_err(|_| {
                 SyncError::Store(StoreError::Config("the database writer stopped".into()))
@@ -1130,6 +1137,7 @@ impl AlertSink for PageSink {
                         tracing::error!(alert_id = %row.id, aad_tenant_id = %aad, "alert belongs to another tenant, refused");
                         return Ok(());
                     }
+                    self.batch_bytes += raw.get().len();
                     self.batch.push(row);
                 }
                 Err(e) => {
@@ -1140,7 +1148,7 @@ impl AlertSink for PageSink {
                     tracing::warn!(alert_id = %e.id.as_deref().unwrap_or(""), reason = %e.reason, "malformed alert skipped");
                 }
             }
-            if self.batch.len() >= WRITE_BATCH {
+            if self.batch.len() >= WRITE_BATCH || self.batch_bytes >= WRITE_BATCH_BYTES {
                 if let Err(e) = self.flush(None).await {
                     self.error = Some(e);
                     return Err(Abort);
