@@ -1,7 +1,8 @@
 //! mde-sync: Microsoft Defender for Endpoint alerts from many customer tenants, synced without
 //! loss into SQLite or Postgres.
 //!
-//! Layout: [`config`] builds typed settings; [`auth`] gets tokens; [`mde`] talks to the alerts API;
+//! Layout: [`config`] builds typed settings; [`auth`] gets tokens; [`mde`] talks to the alerts API
+//! (reading responses as they stream with [`odata`]);
 //! [`sync`] is the incremental algorithm (start there); [`store`] is the only place SQL lives;
 //! [`simulator`] is a hostile stand-in for Entra ID and the API; [`app`] wires them together for
 //! the CLI; [`service`] and [`metrics`] are what `run` adds as a long-running service.
