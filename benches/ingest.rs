@@ -1,13 +1,22 @@
 //! The ingest benchmark: `cargo bench --bench ingest` (see the README's "Performance" section).
 //!
-//! 1. backfill: one tenant with `MDE_SYNC_BENCH_ALERTS` (200,000) alerts with evidence, synced by
+//! 1. backfill: one tenant with `MDE_SYNC_BENCH_ALERTS` (100,000) alerts with evidence, synced by
 //!    the real `mde-sync sync` from a separate `mde-sync simulate` process: alerts per second end to
 //!    end, and the sync process's peak RSS;
-//! 2. the same rows loaded by the database's own bulk path (SQLite: one transaction of prepared
-//!    inserts; Postgres: `COPY`), and the ratio of 1 to 2;
-//! 3. steady state: `MDE_SYNC_BENCH_TENANTS` (1,000) tenants with a few changes each and 50 ms of
+//! 2. the same rows loaded by the database's own bulk path — pre-parsed rows, prepared single-row
+//!    INSERTs of alerts and their evidence, 1,000 alerts per transaction, the project's own
+//!    migrations (so the same indexes) — and the ratio of 1 to 2;
+//! 3. fleet: 8 tenants of `MDE_SYNC_BENCH_FLEET_ALERTS` (25,000) alerts backfilled at once by one
+//!    `mde-sync sync`: its peak RSS;
+//! 4. churn: one tenant changing for 10 simulated minutes (default schedule and lag allowance, up to
+//!    60 s of indexing lag), synced every simulated minute until everything is stored: alerts
+//!    received per alert version changed (the re-read factor);
+//! 5. steady state: `MDE_SYNC_BENCH_TENANTS` (1,000) tenants with a few changes each and 50 ms of
 //!    API latency per call: the time and CPU of one full cycle;
-//! 4. idle: the CPU `mde-sync run` uses over `MDE_SYNC_BENCH_IDLE_SECS` (60) between cycles.
+//! 6. idle: the CPU `mde-sync run` uses over `MDE_SYNC_BENCH_IDLE_SECS` (60) between cycles.
+//!
+//! Peak RSS is the kernel's high-water mark of the sync process (`VmHWM`, what
+//! `/usr/bin/time -f %M` reports), sampled until it exits.
 //!
 //! Postgres is measured when `MDE_SYNC_TEST_POSTGRES_URL` is set.
 
@@ -23,7 +32,6 @@ use mde_sync::{
     clock,
     config::{DatabaseSettings, Settings},
     mde::model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Kind, Val, parse_alert},
-    store::postgres::copy_field,
     tenant::{Tenant, TenantId},
 };
 use secrecy::SecretString;
@@ -175,11 +183,11 @@ fn tenant(n: usize) -> TenantId {
 }
 
 /// Reads back what the sync stored, as rows ready for a bulk load.
-async fn stored_rows(url: &str) -> Vec<AlertRow> {
+async fn stored_rows(url: &str, n: usize) -> Vec<AlertRow> {
     let store = mde_sync::store::open(&DatabaseSettings::from_url(url))
         .await
         .unwrap();
-    let raws = store.alert_raws(&tenant(1)).await.unwrap();
+    let raws = store.alert_raws(&tenant(n)).await.unwrap();
     raws.into_values()
         .map(|r| parse_alert(&RawValue::from_string(r).unwrap()).unwrap())
         .collect()
@@ -193,7 +201,7 @@ fn sqlite_text(v: &Val) -> Option<String> {
     }
 }
 
-/// SQLite's own bulk path: one transaction of prepared, plain inserts.
+/// SQLite's own bulk path: prepared, plain inserts, 1,000 alerts per transaction.
 async fn sqlite_bulk(dir: &Path, rows: &[AlertRow]) -> Duration {
     let path = dir.join("bulk.db");
     let url = format!("sqlite://{}", path.display());
@@ -226,32 +234,13 @@ async fn sqlite_bulk(dir: &Path, rows: &[AlertRow]) -> Duration {
     let now = "2026-01-01T00:00:00.0000000Z";
     let t = tenant(1);
     let started = Instant::now();
-    let mut tx = conn.begin().await.unwrap();
-    for a in rows {
-        let mut q = sqlx::query(AssertSqlSafe(asql.as_str()))
-            .bind(t.as_str())
-            .bind(&a.id);
-        for (v, c) in a.values.iter().zip(ALERT_COLUMNS) {
-            q = match c.2 {
-                Kind::Int => q.bind(match v {
-                    Val::Int(i) => *i,
-                    _ => None,
-                }),
-                _ => q.bind(sqlite_text(v)),
-            };
-        }
-        q.bind(&a.raw)
-            .bind(now)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        for (pos, e) in a.evidence.iter().enumerate() {
-            let mut q = sqlx::query(AssertSqlSafe(esql.as_str()))
+    for chunk in rows.chunks(BULK_TX) {
+        let mut tx = conn.begin().await.unwrap();
+        for a in chunk {
+            let mut q = sqlx::query(AssertSqlSafe(asql.as_str()))
                 .bind(t.as_str())
-                .bind(&a.id)
-                .bind(pos as i64);
-            for (v, c) in e.values.iter().zip(EVIDENCE_COLUMNS) {
+                .bind(&a.id);
+            for (v, c) in a.values.iter().zip(ALERT_COLUMNS) {
                 q = match c.2 {
                     Kind::Int => q.bind(match v {
                         Val::Int(i) => *i,
@@ -260,12 +249,36 @@ async fn sqlite_bulk(dir: &Path, rows: &[AlertRow]) -> Duration {
                     _ => q.bind(sqlite_text(v)),
                 };
             }
-            q.bind(&e.raw).execute(&mut *tx).await.unwrap();
+            q.bind(&a.raw)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            for (pos, e) in a.evidence.iter().enumerate() {
+                let mut q = sqlx::query(AssertSqlSafe(esql.as_str()))
+                    .bind(t.as_str())
+                    .bind(&a.id)
+                    .bind(pos as i64);
+                for (v, c) in e.values.iter().zip(EVIDENCE_COLUMNS) {
+                    q = match c.2 {
+                        Kind::Int => q.bind(match v {
+                            Val::Int(i) => *i,
+                            _ => None,
+                        }),
+                        _ => q.bind(sqlite_text(v)),
+                    };
+                }
+                q.bind(&e.raw).execute(&mut *tx).await.unwrap();
+            }
         }
+        tx.commit().await.unwrap();
     }
-    tx.commit().await.unwrap();
     started.elapsed()
 }
+
+/// Alerts per transaction in the bulk loads, as the sync writes them.
+const BULK_TX: usize = 1_000;
 
 fn pg_text(v: &Val) -> Option<String> {
     match v {
@@ -274,7 +287,8 @@ fn pg_text(v: &Val) -> Option<String> {
     }
 }
 
-/// Postgres' own bulk path: `COPY … FROM STDIN`.
+/// Postgres' own bulk path for the same shape of work: prepared, plain inserts (text cast to
+/// each column's type), 1,000 alerts per transaction.
 async fn postgres_bulk(admin: &str, rows: &[AlertRow]) -> Duration {
     let db = PgDb::create(admin, "mde_sync_bench_bulk").await;
     let store = mde_sync::store::open(&DatabaseSettings::from_url(db.url.clone()))
@@ -284,70 +298,87 @@ async fn postgres_bulk(admin: &str, rows: &[AlertRow]) -> Duration {
     drop(store);
     let t = tenant(1);
     let now = "2026-01-01T00:00:00.0000000Z";
-    let mut alerts = String::new();
-    let mut evidence = String::new();
-    let started = Instant::now();
-    for a in rows {
-        copy_field(&mut alerts, Some(t.as_str()));
-        alerts.push('\t');
-        copy_field(&mut alerts, Some(&a.id));
-        for v in &a.values {
-            alerts.push('\t');
-            copy_field(&mut alerts, pg_text(v).as_deref());
-        }
-        for v in [
-            Some(a.raw.clone()),
-            a.last_update.map(|t| t.ticks().to_string()),
-            Some(now.into()),
-            Some(now.into()),
-        ] {
-            alerts.push('\t');
-            copy_field(&mut alerts, v.as_deref());
-        }
-        alerts.push('\n');
-        for (pos, e) in a.evidence.iter().enumerate() {
-            copy_field(&mut evidence, Some(t.as_str()));
-            evidence.push('\t');
-            copy_field(&mut evidence, Some(&a.id));
-            evidence.push('\t');
-            evidence.push_str(&pos.to_string());
-            for v in &e.values {
-                evidence.push('\t');
-                copy_field(&mut evidence, pg_text(v).as_deref());
-            }
-            evidence.push('\t');
-            copy_field(&mut evidence, Some(&e.raw));
-            evidence.push('\n');
+    let cast = |k: Kind, n: usize| match k {
+        Kind::Time => format!("${n}::timestamptz"),
+        Kind::Json => format!("${n}::jsonb"),
+        Kind::Int | Kind::Text => format!("${n}"),
+    };
+    let acols: Vec<&str> = ALERT_COLUMNS.iter().map(|c| c.0).collect();
+    let mut avals: Vec<String> = vec!["$1".into(), "$2".into()];
+    avals.extend(
+        ALERT_COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| cast(c.2, i + 3)),
+    );
+    let n = avals.len();
+    avals.extend([
+        format!("${}::jsonb", n + 1),
+        format!("${}", n + 2),
+        format!("${}::timestamptz", n + 3),
+        format!("${}::timestamptz", n + 4),
+    ]);
+    let asql = format!(
+        "INSERT INTO alerts (tenant_id, id, {}, raw, last_update_ticks, first_seen_at, synced_at) VALUES ({})",
+        acols.join(", "),
+        avals.join(", ")
+    );
+    let ecols: Vec<&str> = EVIDENCE_COLUMNS.iter().map(|c| c.0).collect();
+    let mut evals: Vec<String> = vec!["$1".into(), "$2".into(), "$3".into()];
+    evals.extend(
+        EVIDENCE_COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| cast(c.2, i + 4)),
+    );
+    evals.push(format!("${}::jsonb", evals.len() + 1));
+    let esql = format!(
+        "INSERT INTO alert_evidence (tenant_id, alert_id, position, {}, raw) VALUES ({})",
+        ecols.join(", "),
+        evals.join(", ")
+    );
+    fn bind<'q>(
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        v: &Val,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        match v {
+            Val::Int(i) => q.bind(*i),
+            other => q.bind(pg_text(other)),
         }
     }
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let acols: Vec<&str> = ALERT_COLUMNS.iter().map(|c| c.0).collect();
-    let ecols: Vec<&str> = EVIDENCE_COLUMNS.iter().map(|c| c.0).collect();
-    let mut tx = conn.begin().await.unwrap();
-    for (sql, data) in [
-        (
-            format!(
-                "COPY alerts (tenant_id, id, {}, raw, last_update_ticks, first_seen_at, synced_at) FROM STDIN",
-                acols.join(", ")
-            ),
-            alerts,
-        ),
-        (
-            format!(
-                "COPY alert_evidence (tenant_id, alert_id, position, {}, raw) FROM STDIN",
-                ecols.join(", ")
-            ),
-            evidence,
-        ),
-    ] {
-        let mut copy = tx.copy_in_raw(&sql).await.unwrap();
-        for chunk in data.as_bytes().chunks(1 << 20) {
-            copy.send(chunk).await.unwrap();
+    let started = Instant::now();
+    for chunk in rows.chunks(BULK_TX) {
+        let mut tx = conn.begin().await.unwrap();
+        for a in chunk {
+            let mut q = sqlx::query(AssertSqlSafe(asql.as_str()))
+                .bind(t.as_str())
+                .bind(&a.id);
+            for v in &a.values {
+                q = bind(q, v);
+            }
+            q.bind(&a.raw)
+                .bind(a.last_update.map(|t| t.ticks()))
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            for (pos, e) in a.evidence.iter().enumerate() {
+                let mut q = sqlx::query(AssertSqlSafe(esql.as_str()))
+                    .bind(t.as_str())
+                    .bind(&a.id)
+                    .bind(pos as i32);
+                for v in &e.values {
+                    q = bind(q, v);
+                }
+                q.bind(&e.raw).execute(&mut *tx).await.unwrap();
+            }
         }
-        copy.finish().await.unwrap();
+        tx.commit().await.unwrap();
     }
-    tx.commit().await.unwrap();
     let took = started.elapsed();
+    drop(conn);
     db.drop_db().await;
     took
 }
@@ -382,11 +413,21 @@ async fn backfill(
     );
     assert!(ok, "the backfill sync failed");
     let _ = sim;
-    let rows = stored_rows(url).await;
+    let rows = stored_rows(url, 1).await;
     assert_eq!(rows.len() as u64, alerts, "every alert stored");
+    // the bulk rate may be taken on the first MDE_SYNC_BENCH_BULK_ALERTS rows (a rate per alert)
+    let bulk_rows = &rows[..rows
+        .len()
+        .min(env_num("MDE_SYNC_BENCH_BULK_ALERTS", alerts) as usize)];
     let bulk = match backend {
-        "sqlite" => sqlite_bulk(dir, &rows).await,
-        _ => postgres_bulk(&std::env::var("MDE_SYNC_TEST_POSTGRES_URL").unwrap(), &rows).await,
+        "sqlite" => sqlite_bulk(dir, bulk_rows).await,
+        _ => {
+            postgres_bulk(
+                &std::env::var("MDE_SYNC_TEST_POSTGRES_URL").unwrap(),
+                bulk_rows,
+            )
+            .await
+        }
     };
     Backfill {
         backend,
@@ -394,7 +435,7 @@ async fn backfill(
         rate: alerts as f64 / took.as_secs_f64(),
         peak_mib: peak_kib as f64 / 1024.0,
         cpu,
-        bulk_rate: alerts as f64 / bulk.as_secs_f64(),
+        bulk_rate: bulk_rows.len() as f64 / bulk.as_secs_f64(),
     }
 }
 
@@ -443,6 +484,105 @@ async fn steady_state(dir: &Path, tenants: usize) -> (f64, f64) {
     (took, cpu)
 }
 
+/// 8 tenants backfilling at once in one `mde-sync sync`: `(seconds, peak RSS in KiB)`.
+fn fleet(dir: &Path, sim: &Sim, url: &str, env: &[(&str, &str)]) -> (f64, u64) {
+    let (took, peak_kib, _, ok) = run_measured(
+        Command::new(BIN)
+            .envs(env.iter().copied())
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .arg("sync")
+            .env("MDE_SYNC_DATABASE__URL", url)
+            .env("MDE_SYNC_SYNC__PAGE_SIZE", "10000")
+            .env("MDE_SYNC_SYNC__MAX_CONCURRENT_TENANTS", "8")
+            .env("MDE_SYNC_SYNC__MAX_PAGES_PER_RUN", "100000")
+            .env("MDE_SYNC_SYNC__CALLS_PER_MINUTE", "100000")
+            .env("MDE_SYNC_SYNC__CALLS_PER_HOUR", "1000000")
+            .env("MDE_SYNC_LOG__LEVEL", "warn"),
+    );
+    assert!(ok, "the fleet sync failed");
+    let _ = sim;
+    (took.as_secs_f64(), peak_kib)
+}
+
+/// The steady state's re-read factor: one tenant of 5,000 alerts, 50 alert changes every 10
+/// simulated seconds for 10 minutes, up to 60 s of indexing lag, the default schedule (a run a
+/// minute) and lag allowance; runs go on after the churn until every version is stored. Returns
+/// `(alerts received, alert versions changed, runs)`.
+async fn churn(dir: &Path) -> (u64, u64, usize) {
+    use mde_sync::simulator::{SimConfig, SimTenant, Simulator, TenantKind};
+    std::fs::create_dir_all(dir).unwrap();
+    let clock = clock::ManualClock::new(time::OffsetDateTime::now_utc());
+    let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 5_000)]);
+    cfg.max_lag = time::Duration::seconds(60);
+    cfg.changes_per_request = 0;
+    cfg.clock = std::sync::Arc::new(clock.clone());
+    let sim = Simulator::new(cfg.clone());
+    let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let id = tenant(1);
+    let settings = Settings::for_endpoints(
+        &server.base_url(),
+        vec![Tenant {
+            id: id.clone(),
+            name: "tenant-1".into(),
+            enabled: true,
+            api_url: None,
+            source: Default::default(),
+        }],
+        format!("sqlite://{}", dir.join("churn.db").display()),
+        cfg.client_id.clone(),
+        SecretString::from(cfg.client_secret.clone()),
+    );
+    assert_eq!(settings.sync.lag_allowance, time::Duration::minutes(10));
+    let app = App::build(settings, std::sync::Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    // the backfill is not part of the steady state
+    assert!(app.sync_once().await.iter().all(|o| o.ok == Some(true)));
+    let (mut received, mut versions, mut runs) = (0u64, 0u64, 0usize);
+    let mut truth = sim.truth(id.as_str());
+    async fn tick(app: &App, received: &mut u64, runs: &mut usize) {
+        let o = app.sync_once().await.remove(0);
+        assert_eq!(o.ok, Some(true), "{:?}", o.error);
+        *received += o.alerts_received;
+        *runs += 1;
+    }
+    for _minute in 0..10 {
+        for _ in 0..6 {
+            sim.change_random(id.as_str(), 50);
+            let now = sim.truth(id.as_str());
+            versions += now
+                .iter()
+                .filter(|(k, v)| truth.get(*k) != Some(*v))
+                .count() as u64;
+            truth = now;
+            clock.advance(time::Duration::seconds(10));
+        }
+        tick(&app, &mut received, &mut runs).await;
+    }
+    // quiet minutes until the store holds every version and the watermark has passed the churn,
+    // so every read the design makes of these versions (cursor and sweep) is counted
+    let churn_end = mde_sync::timestamp::Timestamp::from_datetime(clock::Clock::now(&clock));
+    for _ in 0..40 {
+        clock.advance(time::Duration::seconds(60));
+        tick(&app, &mut received, &mut runs).await;
+        let wm = app.store.status().await.unwrap()[0]
+            .watermark
+            .as_deref()
+            .map(|w| mde_sync::timestamp::Timestamp::parse(w).unwrap());
+        if app.store.alert_raws(&id).await.unwrap() == truth && wm >= Some(churn_end) {
+            break;
+        }
+    }
+    assert_eq!(
+        app.store.alert_raws(&id).await.unwrap(),
+        truth,
+        "the churn converged"
+    );
+    server.shutdown();
+    (received, versions, runs)
+}
+
 fn idle(dir: &Path, secs: u64) -> f64 {
     let _sim = simulate(dir, &["--tenants", "10", "--alerts", "50"]);
     let mut child = Command::new(BIN)
@@ -479,7 +619,29 @@ fn machine() -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    format!("{cores} cores, {cpu}")
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!("{cores} cores, {cpu}, {mem_gib:.0} GiB")
+}
+
+fn print_backfill(r: &Backfill) {
+    println!(
+        "  {:<8} backfill {:>7.1} s  {:>8.0} alerts/s  peak RSS {:>6.1} MiB  CPU {:>6.1} s | bulk load {:>8.0} alerts/s | ratio {:.2}",
+        r.backend,
+        r.secs,
+        r.rate,
+        r.peak_mib,
+        r.cpu,
+        r.bulk_rate,
+        r.rate / r.bulk_rate
+    );
 }
 
 fn main() {
@@ -489,11 +651,13 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let alerts = env_num("MDE_SYNC_BENCH_ALERTS", 200_000);
+        let alerts = env_num("MDE_SYNC_BENCH_ALERTS", 100_000);
+        let fleet_alerts = env_num("MDE_SYNC_BENCH_FLEET_ALERTS", 25_000);
         let tenants = env_num("MDE_SYNC_BENCH_TENANTS", 1_000) as usize;
         let idle_secs = env_num("MDE_SYNC_BENCH_IDLE_SECS", 60);
-        // MDE_SYNC_BENCH_PARTS=backfill,steady,idle picks parts (default: all)
-        let parts = std::env::var("MDE_SYNC_BENCH_PARTS").unwrap_or_else(|_| "backfill,steady,idle".into());
+        // MDE_SYNC_BENCH_PARTS=backfill,fleet,churn,steady,idle picks parts (default: all)
+        let parts = std::env::var("MDE_SYNC_BENCH_PARTS")
+            .unwrap_or_else(|_| "backfill,fleet,churn,steady,idle".into());
         let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
         let root: PathBuf = std::env::temp_dir().join(format!("mde-sync-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -503,29 +667,72 @@ fn main() {
         println!("backfill: generating {alerts} alerts in the simulator…");
         let dir = root.join("backfill");
         let sim = simulate(&dir, &["--tenants", "1", "--alerts", &alerts.to_string()]);
-        let mut results = vec![backfill(&dir, &sim, alerts, "sqlite", &format!("sqlite://{}", dir.join("sync.db").display())).await];
+        let first = backfill(&dir, &sim, alerts, "sqlite", &format!("sqlite://{}", dir.join("sync.db").display())).await;
+        print_backfill(&first);
+        let mut results = vec![first];
         match std::env::var("MDE_SYNC_TEST_POSTGRES_URL") {
             Ok(admin) if !admin.is_empty() => {
                 let db = PgDb::create(&admin, "mde_sync_bench_sync").await;
-                results.push(backfill(&dir, &sim, alerts, "postgres", &db.url).await);
+                let r = backfill(&dir, &sim, alerts, "postgres", &db.url).await;
+                print_backfill(&r);
+                results.push(r);
                 db.drop_db().await;
             }
             _ => println!("  postgres: skipped (set MDE_SYNC_TEST_POSTGRES_URL)"),
         }
         drop(sim);
-        for r in &results {
-            println!(
-                "  {:<8} backfill {:>7.1} s  {:>8.0} alerts/s  peak RSS {:>6.1} MiB  CPU {:>6.1} s | bulk load {:>8.0} alerts/s | ratio {:.2}",
-                r.backend,
-                r.secs,
-                r.rate,
-                r.peak_mib,
-                r.cpu,
-                r.bulk_rate,
-                r.rate / r.bulk_rate
-            );
-        }
 
+        }
+        if part("fleet") {
+            println!("fleet: 8 tenants of {fleet_alerts} alerts backfilling at once…");
+            let dir = root.join("fleet");
+            let sim = simulate(&dir, &["--tenants", "8", "--alerts", &fleet_alerts.to_string()]);
+            let mut urls = vec![("sqlite", format!("sqlite://{}", dir.join("fleet.db").display()), None)];
+            if let Ok(admin) = std::env::var("MDE_SYNC_TEST_POSTGRES_URL")
+                && !admin.is_empty()
+            {
+                let db = PgDb::create(&admin, "mde_sync_bench_fleet").await;
+                urls.push(("postgres", db.url.clone(), Some(db)));
+            }
+            // the binary as it ships, then (SQLite) with glibc's malloc limited to two arenas
+            let arenas: &[(&str, &str)] = &[("MALLOC_ARENA_MAX", "2")];
+            let sqlite_again = (urls[0].0, urls[0].1.clone(), None);
+            urls.push(sqlite_again);
+            for (i, (backend, url, db)) in urls.into_iter().enumerate() {
+                let env = if i == 0 || db.is_some() { &[][..] } else { arenas };
+                if !env.is_empty() {
+                    let _ = std::fs::remove_file(dir.join("fleet.db"));
+                    let _ = std::fs::remove_file(dir.join("fleet.db-wal"));
+                    let _ = std::fs::remove_file(dir.join("fleet.db-shm"));
+                }
+                let (secs, peak_kib) = fleet(&dir, &sim, &url, env);
+                let store = mde_sync::store::open(&DatabaseSettings::from_url(url.clone()))
+                    .await
+                    .unwrap();
+                let mut stored = 0;
+                for t in 1..=8 {
+                    stored += store.alert_raws(&tenant(t)).await.unwrap().len();
+                }
+                drop(store);
+                assert_eq!(stored as u64, 8 * fleet_alerts, "every alert stored");
+                println!(
+                    "  {backend:<8} 8 x {fleet_alerts} alerts {secs:>7.1} s  {:>8.0} alerts/s  peak RSS {:>6.1} MiB{}",
+                    stored as f64 / secs,
+                    peak_kib as f64 / 1024.0,
+                    if env.is_empty() { "" } else { "  (MALLOC_ARENA_MAX=2)" }
+                );
+                if let Some(db) = db {
+                    db.drop_db().await;
+                }
+            }
+        }
+        if part("churn") {
+            println!("churn: 10 simulated minutes of changes, default schedule and lag allowance…");
+            let (received, versions, runs) = churn(&root.join("churn")).await;
+            println!(
+                "  {received} alerts received for {versions} alert versions changed over {runs} runs: re-read factor {:.2}",
+                received as f64 / versions.max(1) as f64
+            );
         }
         if part("steady") {
             println!("steady state: {tenants} tenants, 50 ms per API call…");

@@ -135,6 +135,10 @@ impl App {
                 api: "graph",
             })),
         );
+        let limits = crate::odata::Limits {
+            max_body: settings.sync.max_response_bytes,
+            max_item: settings.sync.max_alert_bytes,
+        };
         let client = Arc::new(
             mde_client(
                 http.clone(),
@@ -143,6 +147,7 @@ impl App {
                 settings.sync.max_attempts,
             )
             .with_budget(budget.clone(), settings.sync.max_retry_after)
+            .with_limits(limits)
             .with_metrics(metrics.clone()),
         );
         let graph_tokens = Arc::new(
@@ -157,6 +162,7 @@ impl App {
                 settings.sync.max_attempts,
             )
             .with_budget(graph_budget.clone(), settings.sync.max_retry_after)
+            .with_limits(limits)
             .with_metrics(metrics.clone()),
         );
         let sources = Arc::new(Sources::new(

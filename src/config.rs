@@ -169,6 +169,8 @@ struct RawSync {
     credential_retry: Option<String>,
     source: Option<String>,
     graph_service_sources: Option<String>,
+    max_response_mib: Option<i64>,
+    max_alert_mib: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -504,6 +506,10 @@ pub struct SyncSettings {
     pub source: SourceKind,
     /// Which Defender XDR service sources Graph tenants are read for.
     pub graph_service_sources: ServiceSources,
+    /// The largest response body (after decompression) and the largest single alert the API may
+    /// send; past either the tenant's run fails, having held no more than the limit.
+    pub max_response_bytes: usize,
+    pub max_alert_bytes: usize,
 }
 
 impl Default for SyncSettings {
@@ -525,6 +531,8 @@ impl Default for SyncSettings {
             credential_retry: time::Duration::minutes(10),
             source: SourceKind::Mde,
             graph_service_sources: ServiceSources::Endpoint,
+            max_response_bytes: 256 << 20,
+            max_alert_bytes: 4 << 20,
         }
     }
 }
@@ -1277,6 +1285,18 @@ fn validate(
         d.max_pages_per_run as usize,
         1_000_000,
     ) as u64;
+    let max_response_bytes = count(
+        "sync.max_response_mib",
+        raw.sync.max_response_mib,
+        d.max_response_bytes >> 20,
+        4_096,
+    ) << 20;
+    let max_alert_bytes = count(
+        "sync.max_alert_mib",
+        raw.sync.max_alert_mib,
+        d.max_alert_bytes >> 20,
+        1_024,
+    ) << 20;
     // The API refuses more than 100 calls a minute and 1,500 an hour per tenant: a higher budget
     // only trades our own pacing for 429s. A loopback API (the simulator, benchmarks) may go
     // faster.
@@ -1486,6 +1506,8 @@ fn validate(
             credential_retry,
             source,
             graph_service_sources,
+            max_response_bytes,
+            max_alert_bytes,
         },
         log: LogSettings { format, level },
         service: ServiceSettings {

@@ -4,7 +4,7 @@
 //! Layout: [`config`] builds typed settings; [`auth`] gets tokens; [`mde`] talks to the MDE alerts
 //! API and [`graph`] to Microsoft Graph security `alerts_v2`, each tenant reading from the one its
 //! [`source::SourceKind`] names (routed by [`sources`]); [`sync`] is the incremental algorithm
-//! (start there); [`store`] is the only place SQL lives;
+//! (start there), reading responses as they stream with [`odata`]; [`store`] is the only place SQL lives;
 //! [`simulator`] is a hostile stand-in for Entra ID and the API; [`app`] wires them together for
 //! the CLI; [`service`] and [`metrics`] are what `run` adds as a long-running service.
 #![forbid(unsafe_code)]
@@ -19,6 +19,7 @@ pub mod demo;
 pub mod graph;
 pub mod mde;
 pub mod metrics;
+pub mod odata;
 pub mod service;
 pub mod simulator;
 pub mod source;

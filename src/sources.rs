@@ -10,7 +10,7 @@ use std::{
 use crate::{
     BoxFuture,
     graph::GraphClient,
-    mde::{AlertSource, ApiError, MdeClient, Page, WindowQuery},
+    mde::{AlertSink, AlertSource, ApiError, MdeClient, PageSummary, WindowQuery},
     source::SourceKind,
     tenant::{Tenant, TenantId},
 };
@@ -62,16 +62,18 @@ impl AlertSource for Sources {
         &'a self,
         tenant: &'a TenantId,
         q: &'a WindowQuery,
-    ) -> BoxFuture<'a, Result<Page, ApiError>> {
-        self.pick(tenant).fetch(tenant, q)
+        sink: &'a mut dyn AlertSink,
+    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
+        self.pick(tenant).fetch(tenant, q, sink)
     }
 
     fn fetch_link<'a>(
         &'a self,
         tenant: &'a TenantId,
         link: &'a str,
-    ) -> BoxFuture<'a, Result<Page, ApiError>> {
-        self.pick(tenant).fetch_link(tenant, link)
+        sink: &'a mut dyn AlertSink,
+    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
+        self.pick(tenant).fetch_link(tenant, link, sink)
     }
 }
 

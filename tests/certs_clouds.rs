@@ -467,12 +467,18 @@ async fn a_tenants_geo_api_url_is_used_for_that_tenant_only() {
     );
 
     // a continuation link is followed only on the tenant's own API host
-    use mde_sync::mde::AlertSource;
+    use mde_sync::mde::{AlertSource, Collect};
     let home_link = format!("{}/api/alerts?$top=1", server.base_url());
-    assert!(app.client.fetch_link(&tid(1), &home_link).await.is_ok());
+    let mut sink = Collect::default();
+    assert!(
+        app.client
+            .fetch_link(&tid(1), &home_link, &mut sink)
+            .await
+            .is_ok()
+    );
     let refused = app
         .client
-        .fetch_link(&tid(2), &home_link)
+        .fetch_link(&tid(2), &home_link, &mut sink)
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("another host"), "{refused}");

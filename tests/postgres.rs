@@ -14,7 +14,7 @@ use mde_sync::{
     app::App,
     config::{DatabaseSettings, Settings},
     mde::{
-        AlertSource, ApiError, Page, WindowQuery,
+        AlertSink, AlertSource, ApiError, PageSummary, WindowQuery,
         model::{ALERT_COLUMNS, EVIDENCE_COLUMNS, Kind},
     },
     simulator::{SimConfig, SimTenant, Simulator, TenantKind},
@@ -131,20 +131,22 @@ impl AlertSource for Interrupt {
         &'a self,
         tenant: &'a TenantId,
         q: &'a WindowQuery,
-    ) -> BoxFuture<'a, Result<Page, ApiError>> {
+        sink: &'a mut dyn AlertSink,
+    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
         Box::pin(async move {
             if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.n {
                 (self.at_fetch)().await;
             }
-            self.inner.fetch(tenant, q).await
+            self.inner.fetch(tenant, q, sink).await
         })
     }
     fn fetch_link<'a>(
         &'a self,
         tenant: &'a TenantId,
         link: &'a str,
-    ) -> BoxFuture<'a, Result<Page, ApiError>> {
-        self.inner.fetch_link(tenant, link)
+        sink: &'a mut dyn AlertSink,
+    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
+        self.inner.fetch_link(tenant, link, sink)
     }
 }
 

@@ -807,7 +807,8 @@ impl mde_sync::mde::AlertSource for Never {
         &'a self,
         _: &'a mde_sync::tenant::TenantId,
         _: &'a mde_sync::mde::WindowQuery,
-    ) -> mde_sync::BoxFuture<'a, Result<mde_sync::mde::Page, mde_sync::mde::ApiError>> {
+        _: &'a mut dyn mde_sync::mde::AlertSink,
+    ) -> mde_sync::BoxFuture<'a, Result<mde_sync::mde::PageSummary, mde_sync::mde::ApiError>> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Box::pin(std::future::pending())
     }
@@ -815,7 +816,8 @@ impl mde_sync::mde::AlertSource for Never {
         &'a self,
         _: &'a mde_sync::tenant::TenantId,
         _: &'a str,
-    ) -> mde_sync::BoxFuture<'a, Result<mde_sync::mde::Page, mde_sync::mde::ApiError>> {
+        _: &'a mut dyn mde_sync::mde::AlertSink,
+    ) -> mde_sync::BoxFuture<'a, Result<mde_sync::mde::PageSummary, mde_sync::mde::ApiError>> {
         Box::pin(std::future::pending())
     }
 }

@@ -14,7 +14,7 @@ use mde_sync::{
     budget::Budget,
     config::Settings,
     graph::GraphClient,
-    mde::{AlertSource, ApiError, MdeClient, Page, WindowQuery},
+    mde::{AlertSink, AlertSource, ApiError, MdeClient, PageSummary, WindowQuery},
     simulator::{Faults, RequestRecord, SimConfig, SimTenant, Simulator, TenantKind},
     source::{ServiceSources, SourceKind},
     sync::Syncer,
@@ -355,7 +355,8 @@ impl AlertSource for AlwaysFailing {
         &'a self,
         tenant: &'a TenantId,
         q: &'a WindowQuery,
-    ) -> BoxFuture<'a, Result<Page, ApiError>> {
+        sink: &'a mut dyn AlertSink,
+    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
         Box::pin(async move {
             if *tenant == self.failing {
                 return Err(ApiError::Server {
@@ -364,15 +365,16 @@ impl AlertSource for AlwaysFailing {
                     target: Some("00000000-0000-4000-b000-000000000503".into()),
                 });
             }
-            self.inner.fetch(tenant, q).await
+            self.inner.fetch(tenant, q, sink).await
         })
     }
     fn fetch_link<'a>(
         &'a self,
         tenant: &'a TenantId,
         link: &'a str,
-    ) -> BoxFuture<'a, Result<Page, ApiError>> {
-        self.inner.fetch_link(tenant, link)
+        sink: &'a mut dyn AlertSink,
+    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
+        self.inner.fetch_link(tenant, link, sink)
     }
 }
 

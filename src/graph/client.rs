@@ -10,12 +10,16 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use url::Url;
 
-use super::{PREFER, parse_page, window_url};
+use super::{PREFER, window_url};
 use crate::{
     BoxFuture,
-    auth::{TokenProvider, without_url},
+    auth::{TokenProvider, redirect_target, without_url},
     budget::Budget,
-    mde::{AlertSource, ApiError, Page, WindowQuery, client::parse_retry_after},
+    mde::{
+        AlertSink, AlertSource, ApiError, Collect, PageSummary, WindowQuery,
+        client::{parse_retry_after, read_error},
+    },
+    odata::{CollectionReader, Limits},
     metrics::Metrics,
     source::ServiceSources,
     tenant::TenantId,
@@ -24,6 +28,9 @@ use crate::{
 /// Graph's documented limit for `/security` alert operations: 150 requests a minute per app per
 /// tenant (graph-alerts-v2.md §5). Spent separately from the MDE API's budget.
 pub const CALLS_PER_MINUTE: usize = 150;
+
+/// How much of an error body is read.
+const MAX_ERROR_BODY: usize = 64 << 10;
 
 #[derive(Deserialize, Default)]
 struct ErrorEnvelope {
@@ -56,6 +63,7 @@ pub struct GraphClient {
     services: ServiceSources,
     max_attempts: usize,
     max_retry_after: Duration,
+    limits: Limits,
     metrics: Arc<Metrics>,
 }
 
@@ -78,6 +86,7 @@ impl GraphClient {
             services,
             max_attempts: max_attempts.max(1),
             max_retry_after: Duration::from_secs(120),
+            limits: Limits::default(),
             metrics: Arc::default(),
         }
     }
@@ -93,6 +102,12 @@ impl GraphClient {
     /// Caps how long a `Retry-After` may make a call wait.
     pub fn with_max_retry_after(mut self, max_retry_after: Duration) -> Self {
         self.max_retry_after = max_retry_after;
+        self
+    }
+
+    /// Refuses response bodies and single alerts larger than `limits` (see [`crate::odata`]).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -118,10 +133,18 @@ impl GraphClient {
     pub async fn probe(&self, tenant: &TenantId) -> Result<usize, ApiError> {
         let mut url = super::alerts_url(&self.graph_url);
         url.query_pairs_mut().append_pair("$top", "1");
-        self.get_page(tenant, &url).await.map(|p| p.alerts.len())
+        let mut sink = Collect::default();
+        self.get_page(tenant, &url, &mut sink)
+            .await
+            .map(|p| p.count)
     }
 
-    async fn get_page(&self, tenant: &TenantId, url: &Url) -> Result<Page, ApiError> {
+    async fn get_page(
+        &self,
+        tenant: &TenantId,
+        url: &Url,
+        sink: &mut dyn AlertSink,
+    ) -> Result<PageSummary, ApiError> {
         let mut backoff = ExponentialBuilder::default()
             .with_jitter()
             .with_min_delay(Duration::from_millis(200))
@@ -130,8 +153,10 @@ impl GraphClient {
             .build();
         let mut renewed = false;
         loop {
-            match self.get_once(tenant, url).await {
+            sink.begin();
+            match self.get_once(tenant, url, sink).await {
                 Ok(p) => return Ok(p),
+                Err(ApiError::Aborted) => return Err(ApiError::Aborted),
                 Err(ApiError::Unauthorized { target }) => {
                     if renewed {
                         return Err(ApiError::Unauthorized { target });
@@ -165,13 +190,18 @@ impl GraphClient {
         }
     }
 
-    async fn get_once(&self, tenant: &TenantId, url: &Url) -> Result<Page, ApiError> {
+    async fn get_once(
+        &self,
+        tenant: &TenantId,
+        url: &Url,
+        sink: &mut dyn AlertSink,
+    ) -> Result<PageSummary, ApiError> {
         let token = self.tokens.token(tenant).await?;
         let waited = self.budget.acquire(tenant).await;
         if waited >= Duration::from_secs(1) {
             tracing::debug!(tenant = %tenant, waited_ms = waited.as_millis() as u64, "waited for the tenant's graph call budget");
         }
-        let resp = self
+        let mut resp = self
             .http
             .get(url.clone())
             .bearer_auth(token.expose_secret())
@@ -184,6 +214,12 @@ impl GraphClient {
             })?;
         let status = resp.status().as_u16();
         self.metrics.api_request(tenant, Some(status));
+        if resp.status().is_redirection() {
+            return Err(ApiError::Redirected {
+                status,
+                location: redirect_target(resp.headers()),
+            });
+        }
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -196,16 +232,33 @@ impl GraphClient {
         {
             tracing::warn!(tenant = %tenant, warning = %w, "graph answered with a provider warning");
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| ApiError::Network(without_url(&e)))?;
         if status == 200 {
-            return parse_page(&body).map_err(|e| ApiError::Decode {
-                status,
-                detail: e.to_string(),
-            });
+            // Streamed: each alert goes to the sink as soon as its last byte has arrived.
+            let mut reader = CollectionReader::new(self.limits);
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| ApiError::Network(without_url(&e)))?
+            {
+                reader
+                    .feed(&chunk, sink)
+                    .await
+                    .map_err(|e| read_error(status, e))?;
+            }
+            return reader
+                .finish()
+                .map(PageSummary::from)
+                .map_err(|e| read_error(status, e));
         }
+        // An error body is read only as far as its error object can reasonably go.
+        let mut body = Vec::new();
+        while body.len() < MAX_ERROR_BODY {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        body.truncate(MAX_ERROR_BODY);
         let err: ErrorEnvelope = serde_json::from_slice(&body).unwrap_or_default();
         let code = match err.error.code {
             serde_json::Value::String(s) => s,
@@ -245,10 +298,11 @@ impl AlertSource for GraphClient {
         &'a self,
         tenant: &'a TenantId,
         q: &'a WindowQuery,
-    ) -> BoxFuture<'a, Result<Page, ApiError>> {
+        sink: &'a mut dyn AlertSink,
+    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
         Box::pin(async move {
             let url = self.window_url(q);
-            self.get_page(tenant, &url).await
+            self.get_page(tenant, &url, sink).await
         })
     }
 
@@ -256,7 +310,8 @@ impl AlertSource for GraphClient {
         &'a self,
         tenant: &'a TenantId,
         link: &'a str,
-    ) -> BoxFuture<'a, Result<Page, ApiError>> {
+        sink: &'a mut dyn AlertSink,
+    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
         Box::pin(async move {
             let url = Url::parse(link).map_err(|e| ApiError::Decode {
                 status: 200,
@@ -274,7 +329,7 @@ impl AlertSource for GraphClient {
                     ),
                 });
             }
-            self.get_page(tenant, &url).await
+            self.get_page(tenant, &url, sink).await
         })
     }
 }

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use url::Url;
 
 use crate::{
-    mde::{Page, WindowQuery},
+    mde::WindowQuery,
     source::ServiceSources,
 };
 
@@ -82,6 +82,14 @@ struct Envelope {
     value: Vec<Box<RawValue>>,
     #[serde(rename = "@odata.nextLink")]
     next_link: Option<String>,
+}
+
+/// A whole Graph page held in memory: what [`parse_page`] gives (tests and tools; the sync
+/// streams responses instead, see [`crate::odata`]).
+#[derive(Debug, Default)]
+pub struct Page {
+    pub alerts: Vec<Box<RawValue>>,
+    pub next_link: Option<String>,
 }
 
 /// A 200 body as a [`Page`]: each alert's exact text and the continuation link, if any. Other

@@ -13,15 +13,15 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use url::Url;
 
-use super::{AlertSource, Page, WindowQuery};
+use super::{AlertSink, AlertSource, Collect, PageSummary, WindowQuery};
 use crate::{
     BoxFuture,
     auth::{AuthError, TokenProvider, redirect_target, without_url},
     budget::Budget,
     metrics::Metrics,
+    odata::{CollectionReader, Limits, ReadError},
     tenant::{Tenant, TenantId},
 };
 
@@ -75,9 +75,20 @@ pub enum ApiError {
     #[error("the API sent an unreadable body (HTTP {status}): {detail}")]
     Decode { status: u16, detail: String },
     #[error(
+        "the API sent {what} larger than {setting} ({limit_mib} MiB): nothing of it was trusted; raise {setting} if such responses are expected, or lower sync.page_size"
+    )]
+    TooLarge {
+        what: &'static str,
+        setting: &'static str,
+        limit_mib: usize,
+    },
+    #[error(
         "the API answered HTTP {status} redirecting to {location}; the redirect was not followed and the watermark did not move: check cloud.api_url or the tenant's api_url (and any proxy in between)"
     )]
     Redirected { status: u16, location: String },
+    /// The caller's sink ended the read; the caller knows why.
+    #[error("the read was ended by its caller")]
+    Aborted,
 }
 
 impl ApiError {
@@ -125,15 +136,9 @@ impl ApiError {
             Self::Server { .. } | Self::Network(_) | Self::Decode { .. } => "degraded",
             Self::BadRequest { .. } => "bad-request",
             Self::Redirected { .. } => "redirected",
+            Self::TooLarge { .. } | Self::Aborted => "degraded",
         }
     }
-}
-
-#[derive(Deserialize)]
-struct Envelope {
-    value: Vec<Box<RawValue>>,
-    #[serde(rename = "@odata.nextLink")]
-    next_link: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -162,8 +167,12 @@ pub struct MdeClient {
     budget: Arc<Budget>,
     max_attempts: usize,
     max_retry_after: Duration,
+    limits: Limits,
     metrics: Arc<Metrics>,
 }
+
+/// How much of an error response's body is read: enough for the API's error object.
+const MAX_ERROR_BODY: usize = 64 << 10;
 
 impl MdeClient {
     pub fn new(
@@ -180,6 +189,7 @@ impl MdeClient {
             budget: Arc::new(Budget::per_minute_and_hour(100, 1_500)),
             max_attempts: max_attempts.max(1),
             max_retry_after: Duration::from_secs(120),
+            limits: Limits::default(),
             metrics: Arc::default(),
         }
     }
@@ -198,6 +208,12 @@ impl MdeClient {
             .iter()
             .filter_map(|t| Some((t.id.clone(), t.api_url.clone()?)))
             .collect();
+        self
+    }
+
+    /// Refuses response bodies and single alerts larger than `limits` (see [`crate::odata`]).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -251,12 +267,20 @@ impl MdeClient {
     pub async fn probe(&self, tenant: &TenantId) -> Result<usize, ApiError> {
         let mut url = self.alerts_url(tenant);
         url.query_pairs_mut().append_pair("$top", "1");
-        self.get_page(tenant, &url).await.map(|p| p.alerts.len())
+        let mut sink = Collect::default();
+        self.get_page(tenant, &url, &mut sink)
+            .await
+            .map(|p| p.count)
     }
 
     /// GET with retries: transient faults back off (honouring Retry-After), a 401 renews the
     /// token once, everything else returns at once.
-    async fn get_page(&self, tenant: &TenantId, url: &Url) -> Result<Page, ApiError> {
+    async fn get_page(
+        &self,
+        tenant: &TenantId,
+        url: &Url,
+        sink: &mut dyn AlertSink,
+    ) -> Result<PageSummary, ApiError> {
         let mut backoff = ExponentialBuilder::default()
             .with_jitter()
             .with_min_delay(Duration::from_millis(200))
@@ -265,7 +289,8 @@ impl MdeClient {
             .build();
         let mut renewed = false;
         loop {
-            match self.get_once(tenant, url).await {
+            sink.begin();
+            match self.get_once(tenant, url, sink).await {
                 Ok(p) => return Ok(p),
                 Err(ApiError::Unauthorized { target }) => {
                     if renewed {
@@ -275,6 +300,7 @@ impl MdeClient {
                     self.tokens.invalidate(tenant);
                     renewed = true;
                 }
+                Err(ApiError::Aborted) => return Err(ApiError::Aborted),
                 Err(e) if e.is_transient() => {
                     let Some(delay) = backoff.next() else {
                         tracing::warn!(tenant = %tenant, error = %e, correlation_id = e.target().unwrap_or(""), "api call failed, giving up");
@@ -301,13 +327,18 @@ impl MdeClient {
         }
     }
 
-    async fn get_once(&self, tenant: &TenantId, url: &Url) -> Result<Page, ApiError> {
+    async fn get_once(
+        &self,
+        tenant: &TenantId,
+        url: &Url,
+        sink: &mut dyn AlertSink,
+    ) -> Result<PageSummary, ApiError> {
         let token = self.tokens.token(tenant).await?;
         let waited = self.budget.acquire(tenant).await;
         if waited >= Duration::from_secs(1) {
             tracing::debug!(tenant = %tenant, waited_ms = waited.as_millis() as u64, "waited for the tenant's call budget");
         }
-        let resp = self
+        let mut resp = self
             .http
             .get(url.clone())
             .bearer_auth(token.expose_secret())
@@ -330,20 +361,33 @@ impl MdeClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| ApiError::Network(without_url(&e)))?;
         if status == 200 {
-            let env: Envelope = serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
-                status,
-                detail: e.to_string(),
-            })?;
-            return Ok(Page {
-                alerts: env.value,
-                next_link: env.next_link,
-            });
+            // Streamed: each alert goes to the sink as soon as its last byte has arrived.
+            let mut reader = CollectionReader::new(self.limits);
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| ApiError::Network(without_url(&e)))?
+            {
+                reader
+                    .feed(&chunk, sink)
+                    .await
+                    .map_err(|e| self.read_error(status, e))?;
+            }
+            return reader
+                .finish()
+                .map(PageSummary::from)
+                .map_err(|e| self.read_error(status, e));
         }
+        // An error body is read only as far as its error object can reasonably go.
+        let mut body = Vec::new();
+        while body.len() < MAX_ERROR_BODY {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        body.truncate(MAX_ERROR_BODY);
         let err: ErrorEnvelope = serde_json::from_slice(&body).unwrap_or_default();
         let code = match err.error.code {
             serde_json::Value::String(s) => s,
@@ -378,6 +422,36 @@ impl MdeClient {
     }
 }
 
+impl MdeClient {
+    fn read_error(&self, status: u16, e: ReadError) -> ApiError {
+        read_error(status, e)
+    }
+}
+
+/// A streamed body's failure as the API error the sync reports (shared by both sources).
+pub(crate) fn read_error(status: u16, e: ReadError) -> ApiError {
+    {
+        let mib = |b: usize| b >> 20;
+        match e {
+            ReadError::BodyTooLarge { limit } => ApiError::TooLarge {
+                what: "a response",
+                setting: "sync.max_response_mib",
+                limit_mib: mib(limit),
+            },
+            ReadError::ItemTooLarge { limit, .. } => ApiError::TooLarge {
+                what: "one alert",
+                setting: "sync.max_alert_mib",
+                limit_mib: mib(limit),
+            },
+            ReadError::Aborted => ApiError::Aborted,
+            e @ (ReadError::Malformed(_) | ReadError::Truncated) => ApiError::Decode {
+                status,
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
 /// `Retry-After` as delta-seconds or an HTTP date.
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
@@ -397,10 +471,11 @@ impl AlertSource for MdeClient {
         &'a self,
         tenant: &'a TenantId,
         q: &'a WindowQuery,
-    ) -> BoxFuture<'a, Result<Page, ApiError>> {
+        sink: &'a mut dyn AlertSink,
+    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
         Box::pin(async move {
             let url = self.window_url(tenant, q);
-            self.get_page(tenant, &url).await
+            self.get_page(tenant, &url, sink).await
         })
     }
 
@@ -408,7 +483,8 @@ impl AlertSource for MdeClient {
         &'a self,
         tenant: &'a TenantId,
         link: &'a str,
-    ) -> BoxFuture<'a, Result<Page, ApiError>> {
+        sink: &'a mut dyn AlertSink,
+    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
         Box::pin(async move {
             let url = Url::parse(link).map_err(|e| ApiError::Decode {
                 status: 200,
@@ -427,7 +503,7 @@ impl AlertSource for MdeClient {
                     ),
                 });
             }
-            self.get_page(tenant, &url).await
+            self.get_page(tenant, &url, sink).await
         })
     }
 }

@@ -8,9 +8,9 @@
 pub mod client;
 pub mod model;
 
-use serde_json::value::RawValue;
+use crate::{BoxFuture, odata::Summary, tenant::TenantId, timestamp::Timestamp};
 
-use crate::{BoxFuture, tenant::TenantId, timestamp::Timestamp};
+pub use crate::odata::{Abort, Collect, ItemSink as AlertSink};
 
 pub use client::{ApiError, MdeClient};
 
@@ -24,26 +24,45 @@ pub struct WindowQuery {
     pub expand_evidence: bool,
 }
 
-/// One page: each alert's exact JSON text, and a continuation link if the source sent one.
-#[derive(Debug, Default)]
-pub struct Page {
-    pub alerts: Vec<Box<RawValue>>,
+/// What a response said besides its alerts, which went to the [`AlertSink`] as they arrived.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageSummary {
+    /// How many alerts the response held.
+    pub count: usize,
+    /// A continuation link, if the source sent one.
     pub next_link: Option<String>,
 }
 
+impl From<Summary> for PageSummary {
+    fn from(s: Summary) -> Self {
+        Self {
+            count: s.items,
+            next_link: s.next_link,
+        }
+    }
+}
+
 /// Where alerts come from.
+///
+/// A source streams: each alert of a response is pushed into the sink as soon as it has arrived
+/// (its exact JSON text), and only a [`PageSummary`] is returned at the end. So a caller holds
+/// what its sink keeps — a batch — never a whole page. If an attempt's body breaks off and the
+/// source retries, it calls [`AlertSink::begin`] again before the next attempt; alerts pushed by
+/// the broken attempt are real alerts, and writing them is harmless (newer wins).
 pub trait AlertSource: Send + Sync {
     /// Alerts of `tenant` whose `lastUpdateTime` lies in `[q.from, q.to)`, in any order.
     fn fetch<'a>(
         &'a self,
         tenant: &'a TenantId,
         q: &'a WindowQuery,
-    ) -> BoxFuture<'a, Result<Page, ApiError>>;
+        sink: &'a mut dyn AlertSink,
+    ) -> BoxFuture<'a, Result<PageSummary, ApiError>>;
 
     /// Follows a continuation link from an earlier page of the same query.
     fn fetch_link<'a>(
         &'a self,
         tenant: &'a TenantId,
         link: &'a str,
-    ) -> BoxFuture<'a, Result<Page, ApiError>>;
+        sink: &'a mut dyn AlertSink,
+    ) -> BoxFuture<'a, Result<PageSummary, ApiError>>;
 }

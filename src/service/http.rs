@@ -169,7 +169,7 @@ mod tests {
     use crate::{
         BoxFuture,
         config::SyncSettings,
-        mde::{AlertSource, ApiError, Page, WindowQuery},
+        mde::{AlertSink, AlertSource, ApiError, PageSummary, WindowQuery},
         tenant::TenantId,
     };
 
@@ -180,15 +180,17 @@ mod tests {
             &'a self,
             _: &'a TenantId,
             _: &'a WindowQuery,
-        ) -> BoxFuture<'a, Result<Page, ApiError>> {
-            Box::pin(async { Ok(Page::default()) })
+            _: &'a mut dyn AlertSink,
+        ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
+            Box::pin(async { Ok(PageSummary::default()) })
         }
         fn fetch_link<'a>(
             &'a self,
             _: &'a TenantId,
             _: &'a str,
-        ) -> BoxFuture<'a, Result<Page, ApiError>> {
-            Box::pin(async { Ok(Page::default()) })
+            _: &'a mut dyn AlertSink,
+        ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
+            Box::pin(async { Ok(PageSummary::default()) })
         }
     }
 

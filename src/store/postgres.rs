@@ -1,5 +1,6 @@
 //! The Postgres backend: the same contract as SQLite, written for Postgres. A batch of alerts is
-//! `COPY`ed into a temporary staging table and moved into `alerts` by one
+//! `COPY`ed into a temporary staging table (one per connection, emptied at each commit) and moved
+//! into `alerts` by one
 //! `INSERT … SELECT … ON CONFLICT … DO UPDATE … WHERE newer RETURNING id`, so a batch costs a
 //! handful of round trips whatever its size; evidence is replaced (by `COPY`) for exactly the
 //! alerts that statement wrote; the watermark follows in the same transaction.
@@ -194,8 +195,9 @@ fn unavailable(server: &str, cause: &dyn std::fmt::Display) -> StoreError {
 
 impl PostgresStore {
     pub async fn open(db: &DatabaseSettings) -> Result<Self, StoreError> {
-        let mut opts =
-            PgConnectOptions::from_str(db.url.expose_secret())?.application_name("mde-sync");
+        let mut opts = PgConnectOptions::from_str(db.url.expose_secret())?
+            .application_name("mde-sync")
+            .options([("client_min_messages", "warning")]);
         if let Some(pw) = &db.password {
             opts = opts.password(pw.expose_secret());
         }
@@ -438,8 +440,11 @@ impl Store for PostgresStore {
             if !evidence.is_empty() {
                 // COPY the batch into a staging table, then upsert from it in one statement:
                 // COPY is Postgres' fastest way in, and the upsert keeps the newer-wins rule.
+                // The staging table lives as long as the connection and empties itself at each
+                // commit: no catalog rows are written and dropped per batch, as `ON COMMIT DROP`
+                // did. (Its "already exists" notice is silenced on our connections.)
                 sqlx::query(
-                    "CREATE TEMP TABLE mde_sync_stage (LIKE alerts INCLUDING DEFAULTS) ON COMMIT DROP",
+                    "CREATE TEMP TABLE IF NOT EXISTS mde_sync_stage (LIKE alerts INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
                 )
                 .execute(&mut *tx)
                 .await?;

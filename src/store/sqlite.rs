@@ -74,18 +74,33 @@ static INSERT_EVIDENCE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Rows per multi-row statement: SQLite allows 32,766 parameters per statement; an alert row has
-/// 46 and an evidence row 62.
-const ALERTS_PER_STATEMENT: usize = 500;
-const EVIDENCE_PER_STATEMENT: usize = 500;
+/// Rows per multi-row statement, largest first. Every statement has one of these few fixed
+/// shapes, built once and prepared once per connection (sqlx's statement cache): a batch of any
+/// size is cut into them (347 rows: three of 100, four of 10, seven of 1). SQLite allows 32,766
+/// parameters per statement; an alert row has 46 and an evidence row 62.
+const SHAPES: [usize; 3] = [100, 10, 1];
 
-/// The alert upsert for `n` rows, with `RETURNING id`. Built once per row count.
-fn upsert_alerts(n: usize) -> &'static str {
-    static CACHE: std::sync::Mutex<Vec<(usize, &'static str)>> = std::sync::Mutex::new(Vec::new());
-    let mut cache = CACHE.lock().expect("sql cache");
-    if let Some((_, sql)) = cache.iter().find(|(k, _)| *k == n) {
-        return sql;
-    }
+/// Cuts `rows` into chunks whose lengths are all in [`SHAPES`].
+fn shaped<T>(mut rows: &[T]) -> impl Iterator<Item = (usize, &[T])> {
+    std::iter::from_fn(move || {
+        let (i, n) = SHAPES
+            .iter()
+            .enumerate()
+            .find(|(_, n)| **n <= rows.len())
+            .map(|(i, n)| (i, *n))?;
+        let (chunk, rest) = rows.split_at(n);
+        rows = rest;
+        Some((i, chunk))
+    })
+}
+
+/// `head VALUES (row), (row), … tail`, for each shape.
+fn multi_row(head: &str, one: &str, tail: &str) -> [String; 3] {
+    SHAPES.map(|n| format!("{head} VALUES {}{tail}", vec![one; n].join(", ")))
+}
+
+/// The alert upsert with `RETURNING id`, one statement per shape.
+static UPSERT_ALERTS: LazyLock<[String; 3]> = LazyLock::new(|| {
     let one = format!("({})", vec!["?"; ALERT_COLUMNS.len() + 5].join(", "));
     let (head, tail) = UPSERT_ALERT
         .split_once(" VALUES ")
@@ -93,27 +108,27 @@ fn upsert_alerts(n: usize) -> &'static str {
     let (_, conflict) = tail
         .split_once(" ON CONFLICT ")
         .expect("upsert has ON CONFLICT");
-    let sql: &'static str = Box::leak(
-        format!(
-            "{head} VALUES {} ON CONFLICT {conflict} RETURNING id",
-            vec![one; n].join(", ")
-        )
-        .into_boxed_str(),
-    );
-    if cache.len() < 64 {
-        cache.push((n, sql));
-    }
-    sql
-}
+    multi_row(head, &one, &format!(" ON CONFLICT {conflict} RETURNING id"))
+});
 
-/// The evidence insert for `n` rows.
-fn insert_evidence(n: usize) -> String {
+/// The evidence insert, one statement per shape.
+static INSERT_EVIDENCES: LazyLock<[String; 3]> = LazyLock::new(|| {
     let one = format!("({})", vec!["?"; EVIDENCE_COLUMNS.len() + 4].join(", "));
     let (head, _) = INSERT_EVIDENCE
         .split_once(" VALUES ")
         .expect("insert has VALUES");
-    format!("{head} VALUES {}", vec![one; n].join(", "))
-}
+    multi_row(head, &one, "")
+});
+
+/// Deletes the evidence of written alerts, one statement per shape.
+static DELETE_EVIDENCES: LazyLock<[String; 3]> = LazyLock::new(|| {
+    SHAPES.map(|n| {
+        format!(
+            "DELETE FROM alert_evidence WHERE tenant_id = ? AND alert_id IN ({})",
+            vec!["?"; n].join(", ")
+        )
+    })
+});
 
 fn bind_scalar<'q>(
     q: sqlx::query::QueryScalar<'q, Sqlite, String, SqliteArguments>,
@@ -315,11 +330,12 @@ impl Store for SqliteStore {
             let now_text = now.to_db();
             let batch = super::newest_per_id(alerts);
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            // Multi-row statements: a page costs a few dozen statements, not several per alert.
+            // Multi-row statements of fixed shapes: a batch costs a few dozen prepared statements,
+            // not several per alert, and no statement is ever built twice.
             let mut written_ids: Vec<&str> = Vec::new();
-            for chunk in batch.chunks(ALERTS_PER_STATEMENT) {
+            for (shape, chunk) in shaped(&batch) {
                 let mut q =
-                    sqlx::query_scalar::<_, String>(AssertSqlSafe(upsert_alerts(chunk.len())));
+                    sqlx::query_scalar::<_, String>(AssertSqlSafe(UPSERT_ALERTS[shape].as_str()));
                 for a in chunk {
                     q = q.bind(tenant.as_str()).bind(&a.id);
                     for v in &a.values {
@@ -339,12 +355,9 @@ impl Store for SqliteStore {
                 );
             }
             let written: std::collections::HashSet<&str> = written_ids.iter().copied().collect();
-            for ids in written_ids.chunks(ALERTS_PER_STATEMENT) {
-                let sql = format!(
-                    "DELETE FROM alert_evidence WHERE tenant_id = ? AND alert_id IN ({})",
-                    vec!["?"; ids.len()].join(", ")
-                );
-                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.as_str());
+            for (shape, ids) in shaped(&written_ids) {
+                let mut q = sqlx::query(AssertSqlSafe(DELETE_EVIDENCES[shape].as_str()))
+                    .bind(tenant.as_str());
                 for id in ids {
                     q = q.bind(*id);
                 }
@@ -360,8 +373,8 @@ impl Store for SqliteStore {
                         .map(move |(i, e)| (a.id.as_str(), i as i64, e))
                 })
                 .collect();
-            for chunk in evidence.chunks(EVIDENCE_PER_STATEMENT) {
-                let mut q = sqlx::query(AssertSqlSafe(insert_evidence(chunk.len())));
+            for (shape, chunk) in shaped(&evidence) {
+                let mut q = sqlx::query(AssertSqlSafe(INSERT_EVIDENCES[shape].as_str()));
                 for (id, pos, e) in chunk {
                     q = q.bind(tenant.as_str()).bind(*id).bind(*pos);
                     for v in &e.values {
@@ -622,5 +635,32 @@ impl Store for SqliteStore {
             .await?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_batch_is_cut_into_the_fixed_shapes_in_order() {
+        for n in [0usize, 1, 9, 10, 11, 99, 100, 347, 1_000, 1_234] {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<(usize, &[usize])> = shaped(&rows).collect();
+            let joined: Vec<usize> = chunks.iter().flat_map(|(_, c)| c.iter().copied()).collect();
+            assert_eq!(joined, rows, "{n}: every row once, in order");
+            assert!(
+                chunks.iter().all(|(i, c)| c.len() == SHAPES[*i]),
+                "{n}: each chunk has its statement's shape"
+            );
+            // greedy: at most 9 statements of each smaller shape
+            assert!(chunks.iter().filter(|(i, _)| *i > 0).count() <= 18, "{n}");
+        }
+        assert_eq!(shaped(&[0u8; 347]).count(), 3 + 4 + 7);
+        // the statements themselves are few and fixed
+        assert_eq!(UPSERT_ALERTS[0].matches("), (").count(), 99);
+        assert_eq!(UPSERT_ALERTS[2].matches("), (").count(), 0);
+        assert!(UPSERT_ALERTS[1].ends_with("RETURNING id"));
+        assert_eq!(DELETE_EVIDENCES[1].matches('?').count(), 11);
     }
 }

@@ -20,9 +20,7 @@
 //!
 //! # Assumptions (A1–A3)
 //! - **A1** A response is a snapshot: every alert matching the filter at that moment whose rank
-//!   lies in `[skip, skip + top)` is in it. On Graph this holds only for a response *without*
-//!   `@odata.nextLink`; a response with one holds some contiguous ranks from `skip` on (maybe
-//!   none), and we assume nothing about where its nextLink would continue.
+//!   lies in `[skip, skip + top)` is in it.
 //! - **A2** Every alert version has a `lastUpdateTime` no later than the moment it becomes visible,
 //!   and becomes visible at most `L = sync.lag_allowance` after it (L also absorbs clock skew).
 //!   A change made at time `c` therefore carries a `lastUpdateTime` of about `c`, which is later
@@ -36,26 +34,33 @@
 //! `lastUpdateTime < W` is stored at that version or a newer one.* It is written in the same
 //! transaction as the alerts that justify it, and it only moves forward.
 //!
-//! # One run
+//! # Reading a response
+//! A response is never held whole. Its alerts go into the store in batches (at most
+//! [`WRITE_BATCH`] alerts and about [`WRITE_BATCH_BYTES`] of alert text) as the body arrives (see [`crate::odata`]); what the algorithm needs to know about the page — how
+//! many alerts, their `lastUpdateTime`s, its last ids — is noted on the way. Writing the alerts
+//! of a page that later turns out to be full, cut off or refused is harmless: each is a real
+//! version, and the store keeps the newer of two (see the last section). Only the watermark waits
+//! until a window is known to be complete, and it is then committed with (or after) the last
+//! batch of that window, never before one of its alerts. A response with more alerts than the
+//! `$top` asked for proves nothing (A1 is broken): the run fails at that alert, and `W` stays.
+//!
+//! # One run (the classic run)
 //! 1. Note the run's start `q0` (now) and the run's ceiling `C = q0 − L`. Read the window
 //!    `[W − 0, q0]` (`[now − initial_lookback, q0]` for a new tenant) as the half-open
 //!    `[W, q0 + 1 tick)`.
-//! 2. Fetch a window `[a, b)` with `$top = P` (`sync.page_size`, at most the source's maximum).
-//!    If fewer than `P` alerts come back **and there is no nextLink**, the response is the whole
-//!    window (A1): upsert them and set `W = min(b, C)` in the same transaction.
-//! 3. If the page is full, or carries a nextLink, the window may hold alerts we did not get, and
-//!    we cannot know which. The alerts received are upserted (harmless: newer wins), but nothing
-//!    from it is trusted for the watermark. A few one-alert probes (`$top=1` at
+//! 2. Fetch a window `[a, b)` with `$top = P`. If fewer than `P` alerts come back, the response is
+//!    the whole window (A1): its alerts are stored, and `W = min(b, C)` is committed with the
+//!    last batch.
+//! 3. If the page is full, the window holds at least `P` alerts and we cannot know which are
+//!    missing. Nothing from it is trusted for the watermark. A few one-alert probes (`$top=1` at
 //!    `$skip` = 2P−1, 4P−1, …) bound how many alerts the window holds; the window is then cut at
 //!    quantiles of the page's `lastUpdateTime`s into parts expected to hold ¾ of a page each, and
 //!    the parts are processed depth first, earliest first — so windows complete in time order
 //!    and `W` can advance after each. (The page is a sample of the window when the order is
 //!    arbitrary; if it is not, a part that is still full is simply split again.)
 //! 4. A full window that is a single 100 ns instant (a bulk update of more than `P` alerts) cannot
-//!    be split: it is paged with `$skip` in steps of `n − K` (`n` the alerts the page held, `P`
-//!    unless Graph shortened it), so consecutive pages overlap by `K` alerts. The instant ends
-//!    only at a page shorter than asked without a nextLink; a page of fewer than two alerts with a
-//!    nextLink cannot overlap, so its offset is asked again, a bounded number of times. Each new page must contain one of the previous page's last `K` ids; that proves no
+//!    be split: it is paged with `$skip` in steps of `P − K`, so consecutive pages overlap by `K`
+//!    alerts. Each new page must contain one of the previous page's last `K` ids; that proves no
 //!    alert slid past the page boundary (under A3 the set can only shrink while we page, see
 //!    below). If the check fails the instant is paged again from the start, a few times at most,
 //!    and otherwise the run fails without moving `W`.
@@ -64,9 +69,36 @@
 //!    window that moves `W` was therefore answered by one nextLink-free response (or, for an
 //!    instant, by overlap-checked `$skip` pages), which A1 covers on both sources; a nextLink
 //!    chain over a set that changes while it is followed could skip alerts, and nothing in the
-//!    Graph documentation says it cannot.
+//!    Graph documentation says it cannot. A server that sends links forever can therefore hold a
+//!    run only until `sync.max_pages_per_run`, and never moves `W`.
+//!
+//! # Steady state: a cursor every run, a sweep once per lag allowance
+//! Re-reading `[W, q0]` every run would download each alert version about `L / tick` times (ten
+//! with the defaults). Instead, once a classic run has completed in this process, a tenant has a
+//! cursor `F` (the end of what the last run read, `q0 + 1 tick`) and the time `S` of its last sweep:
+//! - **cursor** (every run): read `[F, q0 + 1 tick)` with steps 2–5, storing alerts but moving no
+//!   watermark; then `F = q0 + 1 tick` (or the end of the windows completed, if the run stopped
+//!   early). Consecutive cursor windows touch without overlapping.
+//! - **sweep** (when `q0 − S ≥ L`): read `[W, C)` with steps 2–5, moving `W` up to `C` as before;
+//!   then `S = q0`. Consecutive sweep windows touch without overlapping too.
+//! - a run whose cursor has fallen behind the ceiling (`F ≤ C`), or with no cursor (a new
+//!   process, a new tenant), is a classic run, which sets the cursor.
+//!
+//! So each alert version is read about twice — once by the cursor that first sees it and once by
+//! the sweep whose window holds its `lastUpdateTime` (if it is still current then) — plus the
+//! few probes of full windows. Freshness: a version visible in the API at a run's start whose
+//! `lastUpdateTime` is at or after the previous run's start is stored by that run (the cursor
+//! window holds it), which covers every change made between two runs and visible by the second
+//! one; one that becomes visible later than that (indexing lag) is stored by the first sweep whose
+//! ceiling passes it, at most `L` plus one sweep interval (`L`) after its `lastUpdateTime`. The
+//! cursor lives in memory: after a restart the first run is a classic run.
 //!
 //! # Why no alert is lost
+//! Only windows read with a ceiling (classic runs and sweeps) move `W`; the cursor only writes
+//! alerts, and writing never breaks the invariant below (the store keeps the newer version). So
+//! the argument is about those windows, and it is the same for both: each ends at most at
+//! `q0 + 1 tick` and `W` never passes `C = q0 − L` of the run that read it.
+//!
 //! Take any alert `x` and its current version `v` with `lastUpdateTime t`. We show that `x` is
 //! stored at `v` or newer once a run has completed with `W > t`.
 //! - If `t < W` before the run, the invariant already holds for `x` (induction over runs; it holds
@@ -75,28 +107,26 @@
 //! - Otherwise `t` lies in some completed leaf window `[a, b)` with `b ≤ q0 + 1 tick`, and `W` only
 //!   passes `t` if `t < min(b, C) ≤ q0 − L`. So `v` was visible before the run started (A2), and it
 //!   was current when the leaf was read unless `x` changed meanwhile. If it did not change, the
-//!   leaf's response contained it (A1 for plain windows, the overlap check for instants). If it did
-//!   change at time `c ≥ q0`, its new version has `lastUpdateTime ≈ c > C ≥ W`, so a later run reads
-//!   it — and `v` was not the current version after all.
+//!   leaf's response contained it (A1 for plain windows, the overlap check for instants) and it
+//!   was committed no later than `W`. If it did change at time `c ≥ q0`, its new version has
+//!   `lastUpdateTime ≈ c > C ≥ W`, so a later run reads it — and `v` was not the current version
+//!   after all.
 //! - Alerts that move out of a window while we page it (they were updated) can shift `$skip`
 //!   offsets and make later alerts slide into pages already read. Plain windows are read in one
 //!   request, so nothing can slide. Instants are the only place we page with `$skip`, and the
 //!   overlap check catches every slide (a slide of fewer than `K` positions keeps an overlap id on
 //!   the new page; a larger one loses all of them and triggers a re-read). Alerts *entering* an
 //!   instant while we page it are late-visible versions, so `t > q0 − L = C` and `W` stays below them.
-//! - A kill at any moment loses at most the uncommitted transaction; `W` only ever covers committed
-//!   alerts, so the next run re-reads from the last committed `W`.
+//! - A kill at any moment loses at most the uncommitted batches; `W` only ever covers committed
+//!   alerts (it is committed with or after the last batch of its window), so the next run re-reads
+//!   from the last committed `W`. A response cut off mid-body, too large, or holding more than
+//!   `$top` alerts completes no window, so `W` stays; what was written of it is harmless.
 //!
 //! # Stopping
 //! [`Syncer::stop`] (shutdown) and [`Syncer::set_active_tenants`] (a tenant removed on reload)
 //! end runs at the next page boundary: a request in flight is dropped (nothing of it was
 //! committed), a commit in progress always completes. The run is recorded as `stopped`, and the
 //! next run resumes from the last committed `W`, by the argument above.
-//!
-//! # Why nothing goes stale or doubles
-//! Rows are keyed by `(tenant_id, id)`, and the store writes a version only if its
-//! `lastUpdateTime` is not older than the stored one. Re-reading the overlap `[C, q0]` every run is
-//! therefore harmless, and the runs of one tenant never overlap (see [`Syncer::sync_all`]).
 //!
 //! # Several replicas (Postgres)
 //! Replicas share the tenants through leases ([`crate::store::lease`]): a tenant's lease row
@@ -109,9 +139,12 @@
 //! nothing of it is stored). A new owner reads `W` after its claim committed, so it sees every
 //! commit of the previous owner, and the argument above applies to the sequence of admitted
 //! commits exactly as to one process's: `W` only ever covers committed alerts, and a run that
-//! ends without committing (killed, fenced) loses at most its uncommitted transaction. Even
-//! without the fence nothing would regress (versions are written newer-wins, `W` moves with
-//! `GREATEST`), so the fence is what keeps one writer per tenant, not what keeps the data right.
+//! ends without committing (killed, fenced) loses at most its uncommitted transaction. A cursor
+//! (steady state) is per process and only ever writes alerts; the sweep that moves `W` starts
+//! from the `W` in the store, so a tenant that changes hands loses nothing to a stale cursor.
+//! Even without the fence nothing would regress (versions are written newer-wins, `W` moves
+//! with `GREATEST`), so the fence is what keeps one writer per tenant, not what keeps the data
+//! right.
 //!
 //! # Switching a tenant between sources
 //! For Defender for Endpoint alerts Graph's `id` is the MDE id, so a tenant switched from `mde`
@@ -121,10 +154,17 @@
 //! two services' clocks for one alert differed, the watermark argument above still holds for the
 //! source being read (each of its versions is stored at its own time or newer), and an MDE row
 //! whose time is later than the Graph version's keeps its content until Graph reports a later
-//! change.
+//! change. A switch drops the tenant's cursor, so its first run on the new source is a classic run.
+//!
+//! # Why nothing goes stale or doubles
+//! Rows are keyed by `(tenant_id, id)`, and the store writes a version only if its
+//! `lastUpdateTime` is not older than the stored one. Reading a version twice (cursor and sweep),
+//! or writing the alerts of a page that proves nothing, is therefore harmless, and the runs of one
+//! tenant never overlap (see [`Syncer::sync_all`]). At most `sync.max_concurrent_tenants` runs go
+//! at once, over all passes: the limit belongs to the [`Syncer`], not to one pass.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     future::Future,
     sync::{Arc, Mutex},
     time::Instant,
@@ -132,16 +172,17 @@ use std::{
 
 use serde_json::value::RawValue;
 use tokio::{
-    sync::{Semaphore, watch},
+    sync::{Semaphore, mpsc, watch},
     task::JoinSet,
 };
 use tracing::Instrument;
 
 use crate::{
+    BoxFuture,
     clock::SharedClock,
     config::SyncSettings,
     graph,
-    mde::{self, AlertSource, ApiError, Page, WindowQuery, model::AlertRow},
+    mde::{self, Abort, AlertSink, AlertSource, ApiError, PageSummary, WindowQuery, model::AlertRow},
     metrics::Metrics,
     source::SourceKind,
     store::{RunReport, SharedStore, StoreError},
@@ -152,8 +193,12 @@ use crate::{
 /// See [`Syncer::set_gate`].
 pub type Gate = Arc<dyn Fn(&TenantId) -> bool + Send + Sync>;
 
-/// Alerts parsed and written per transaction.
+/// At most this many alerts are parsed and written per transaction...
 const WRITE_BATCH: usize = 1_000;
+
+/// ...and at most about this much alert text: a batch is held while it is parsed, while it
+/// waits for the writer and while it is written, so its size is what a tenant's memory is made of.
+const WRITE_BATCH_BYTES: usize = 256 << 10;
 
 /// How many times an instant is paged again after its overlap check failed.
 const INSTANT_RESTARTS: usize = 5;
@@ -172,12 +217,12 @@ pub enum SyncError {
         count: usize,
         restarts: usize,
     },
+    #[error(
+        "the API sent {count} or more alerts for $top={top}: a server that ignores $top cannot prove a window complete, so the watermark stays; report this to Microsoft with the correlation id"
+    )]
+    OverTop { top: usize, count: usize },
     #[error("the run was stopped at a page boundary (shutdown, or the tenant was removed)")]
     Stopped,
-    #[error(
-        "the API's @odata.nextLink {why} after {pages} pages of one window: the links were not followed further, the alerts read are stored and the watermark did not move; will retry next run (if it persists, report it to Microsoft with the correlation ids in the log)"
-    )]
-    NextLinkLoop { why: &'static str, pages: u64 },
 }
 
 /// What a failed run says about the tenant, for scheduling its next attempt.
@@ -215,7 +260,7 @@ impl SyncError {
             Self::Api(e) => e.label(),
             Self::Store(StoreError::LeaseLost { .. }) => "lease-lost",
             Self::Store(_) => "database-error",
-            Self::UnstableInstant { .. } | Self::NextLinkLoop { .. } => "degraded",
+            Self::UnstableInstant { .. } | Self::OverTop { .. } => "degraded",
             Self::Stopped => "stopped",
         }
     }
@@ -265,6 +310,11 @@ pub struct Syncer {
     stop: watch::Sender<bool>,
     /// When set, only these tenants may run; the others stop at their next page boundary.
     active: Mutex<Option<HashSet<TenantId>>>,
+    /// `sync.max_concurrent_tenants` runs at a time, over every pass: passes that overlap (a
+    /// slow pass still going when the next tick starts one) share it.
+    permits: Arc<Semaphore>,
+    /// Each tenant's cursor, once a classic run has completed in this process.
+    cursors: Mutex<HashMap<TenantId, Cursor>>,
     /// Bumped whenever `active` changes, so calls in flight of a tenant that left it are dropped.
     active_changed: watch::Sender<u64>,
     /// Asked before every run and page as well (several replicas: is the lease still trusted?).
@@ -295,6 +345,7 @@ impl Syncer {
         settings: SyncSettings,
     ) -> Self {
         Self {
+            permits: Arc::new(Semaphore::new(settings.max_concurrent_tenants.max(1))),
             store,
             source,
             clock,
@@ -304,6 +355,7 @@ impl Syncer {
             credential_fault: Mutex::new(None),
             stop: watch::Sender::new(false),
             active: Mutex::new(None),
+            cursors: Mutex::new(HashMap::new()),
             active_changed: watch::Sender::new(0),
             gate: Mutex::new(None),
             unrecorded: Mutex::new(HashMap::new()),
@@ -443,15 +495,10 @@ impl Syncer {
             }
         }
 
-        let permits = Arc::new(Semaphore::new(self.settings.max_concurrent_tenants.max(1)));
         let mut set = JoinSet::new();
         for (i, tenant) in to_run {
             let this = Arc::clone(self);
-            let permits = Arc::clone(&permits);
-            set.spawn(async move {
-                let _permit = permits.acquire_owned().await.expect("semaphore open");
-                (i, this.sync_tenant(&tenant).await)
-            });
+            set.spawn(async move { (i, this.sync_tenant(&tenant).await) });
         }
         let mut out = skipped;
         while let Some(res) = set.join_next().await {
@@ -526,7 +573,6 @@ impl Syncer {
     }
 
     async fn sync_tenant_inner(&self, tenant: &Tenant) -> RunOutcome {
-        let started = Instant::now();
         let mut outcome = skipped_outcome(tenant, "the previous run is still in progress");
         if self.may_continue(&tenant.id).is_err() {
             outcome.health = "stopped".into();
@@ -546,6 +592,20 @@ impl Syncer {
             set: &self.running,
             tenant: tenant.id.clone(),
         };
+        // One of the `max_concurrent_tenants` slots shared by every pass (and every direct call).
+        let _permit = tokio::select! {
+            biased;
+            _ = async {
+                let mut stop = self.stop.subscribe();
+                let _ = stop.wait_for(|s| *s).await;
+            } => {
+                outcome.health = "stopped".into();
+                outcome.error = None;
+                return outcome;
+            }
+            p = self.permits.acquire() => p.expect("semaphore open"),
+        };
+        let started = Instant::now();
 
         self.record_unrecorded(&tenant.id).await;
         let mut c = Counters::default();
@@ -682,7 +742,9 @@ impl Syncer {
         Ok((before, run_id))
     }
 
-    /// Steps 1–5 of the module documentation.
+    /// One run: the classic run of steps 1–5 over `[W, now]` when the tenant has no cursor yet,
+    /// otherwise the cursor over what changed since the last run and, when due, a sweep of
+    /// `[W, now − L)` (see "Steady state" in the module documentation).
     async fn run(
         &self,
         tenant: &Tenant,
@@ -691,83 +753,129 @@ impl Syncer {
     ) -> Result<(), SyncError> {
         let q0 = self.now();
         let ceiling = q0.minus(self.settings.lag_allowance);
-        let from = watermark.unwrap_or_else(|| q0.minus(self.settings.initial_lookback));
         let to = q0.plus_ticks(1);
+        let cursor = self
+            .cursors
+            .lock()
+            .expect("cursors")
+            .get(&tenant.id)
+            .copied()
+            // a tenant switched to another source starts over with a classic run
+            .filter(|k| k.source == tenant.source);
+        match (watermark, cursor) {
+            (Some(w), Some(cur)) if cur.next > ceiling => {
+                // The cursor first: what changed since the last run is stored now.
+                let mut covered = cur.next;
+                let result = self
+                    .read_windows(tenant, cur.next, to, None, c, &mut covered)
+                    .await;
+                self.set_cursor(&tenant.id, |k| k.next = k.next.max(covered));
+                result?;
+                // Then the sweep that moves the watermark, once per sweep interval.
+                let due = cur.last_sweep <= q0.minus(self.sweep_interval());
+                if due && w < ceiling {
+                    let mut swept = w;
+                    self.read_windows(tenant, w, ceiling, Some(ceiling), c, &mut swept)
+                        .await?;
+                    if swept >= ceiling {
+                        self.set_cursor(&tenant.id, |k| k.last_sweep = q0);
+                    }
+                }
+                Ok(())
+            }
+            _ => {
+                let from = watermark.unwrap_or_else(|| q0.minus(self.settings.initial_lookback));
+                let mut covered = from;
+                self.read_windows(tenant, from, to, Some(ceiling), c, &mut covered)
+                    .await?;
+                if covered >= to {
+                    self.cursors.lock().expect("cursors").insert(
+                        tenant.id.clone(),
+                        Cursor {
+                            next: to,
+                            last_sweep: q0,
+                            source: tenant.source,
+                        },
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// How often the sweep runs: once per lag allowance.
+    fn sweep_interval(&self) -> time::Duration {
+        self.settings.lag_allowance
+    }
+
+    fn set_cursor(&self, tenant: &TenantId, f: impl FnOnce(&mut Cursor)) {
+        if let Some(k) = self.cursors.lock().expect("cursors").get_mut(tenant) {
+            f(k);
+        }
+    }
+
+    /// Steps 2–5 over `[from, to)`. With a `ceiling`, each window that completes raises the
+    /// watermark to `min(end, ceiling)`; without one (the cursor) windows only store alerts.
+    /// `covered` follows the end of the windows completed so far, which complete in time order.
+    async fn read_windows(
+        &self,
+        tenant: &Tenant,
+        from: Timestamp,
+        to: Timestamp,
+        ceiling: Option<Timestamp>,
+        c: &mut Counters,
+        covered: &mut Timestamp,
+    ) -> Result<(), SyncError> {
         let page_size = self.page_size(tenant);
         let mut progress = Progress::new(from, to);
 
         // Windows still to read, the earliest on top.
         let mut stack = vec![(from, to)];
-        let query = |a, b| WindowQuery {
-            from: a,
-            to: b,
-            top: page_size,
-            skip: 0,
-            expand_evidence: self.settings.expand_evidence,
-        };
-        // The next window's page, fetched while the current one was being written.
-        let mut prefetched: Option<((Timestamp, Timestamp), Result<Page, SyncError>)> = None;
         while let Some((a, b)) = stack.pop() {
-            let page = match prefetched.take() {
-                Some((w, page)) if w == (a, b) => page?,
-                _ => {
-                    let q = query(a, b);
-                    self.fetch_unless_stopped(&tenant.id, self.source.fetch(&tenant.id, &q))
-                        .await?
-                }
+            let q = WindowQuery {
+                from: a,
+                to: b,
+                top: page_size,
+                skip: 0,
+                expand_evidence: self.settings.expand_evidence,
             };
-            c.pages += 1;
-            c.received += page.alerts.len() as u64;
+            let mut sink = PageSink::new(tenant, Some(page_size), self.overlap(tenant), true);
+            let proves = ceiling.map(|ceiling| b.min(ceiling));
+            let page = self
+                .read_page(tenant, Request::Window(&q), &mut sink, proves, c)
+                .await?;
 
-            if page.next_link.is_none() && page.alerts.len() < page_size {
-                // Writing this window and fetching the next are independent (each response is
-                // its own snapshot), so they overlap: the API and the database work at once.
-                let next = stack
-                    .last()
-                    .copied()
-                    .filter(|_| c.pages < self.settings.max_pages_per_run);
-                match next {
-                    Some((na, nb)) => {
-                        let q = query(na, nb);
-                        let (written, fetched) = tokio::join!(
-                            self.write(tenant, &page.alerts, Some(b), ceiling, c),
-                            self.fetch_unless_stopped(
-                                &tenant.id,
-                                self.source.fetch(&tenant.id, &q)
-                            ),
-                        );
-                        written?;
-                        prefetched = Some(((na, nb), fetched));
-                    }
-                    None => {
-                        self.write(tenant, &page.alerts, Some(b), ceiling, c)
-                            .await?
-                    }
-                }
+            // A nextLink is never followed (step 5): the window holds more than this response.
+            let complete = if page.next_link.is_none() && page.count < page_size {
+                // The response was the whole window (A1): its alerts are stored already.
+                true
             } else if b.ticks() - a.ticks() <= 1 {
-                self.read_instant(tenant, a, page, c).await?;
-                self.write(tenant, &[], Some(b), ceiling, c).await?;
+                self.read_instant(tenant, a, page.count, sink.tail, c)
+                    .await?;
+                true
             } else {
                 // Estimate how many alerts the window holds, then cut it at the page's quantiles
                 // into parts expected to fit three quarters of a page each: one full page and a
                 // few one-alert probes instead of a cascade of halvings.
-                // A page with a nextLink holds part of the window, and what it holds is written
-                // now (an upsert never loses a newer version); only the watermark waits.
-                if page.next_link.is_some() {
-                    self.write(tenant, &page.alerts, None, Timestamp::MIN_TICK, c)
-                        .await?;
-                }
                 let count = self.estimate_count(tenant, a, b, page_size, c).await?;
                 let parts = (count as f64 / (0.75 * page_size as f64))
                     .ceil()
                     .clamp(2.0, 4096.0) as usize;
-                let cuts = split_points(&page, a, b, parts, tenant.source);
+                let cuts = split_points(sink.times, a, b, parts);
                 tracing::debug!(from = %a, to = %b, count, parts = cuts.len() + 1, "window full, splitting");
                 let mut bounds = vec![a];
                 bounds.extend(cuts);
                 bounds.push(b);
                 for w in bounds.windows(2).rev() {
                     stack.push((w[0], w[1]));
+                }
+                false
+            };
+            if complete {
+                // `[a, b)` is complete, and every window before it too.
+                *covered = b;
+                if let Some(ceiling) = ceiling {
+                    self.raise_watermark(tenant, b.min(ceiling), c).await?;
                 }
             }
             progress.tick(c, stack.len(), b);
@@ -779,10 +887,95 @@ impl Syncer {
         Ok(())
     }
 
+    /// How many ids consecutive pages of an instant share.
+    fn overlap(&self, tenant: &Tenant) -> usize {
+        let page_size = self.page_size(tenant);
+        (page_size / 10)
+            .clamp(1, 500)
+            .min(page_size.saturating_sub(1))
+            .max(1)
+    }
+
+    /// Reads one response into `sink`, writing its alerts in batches while the body is still
+    /// arriving: the API and the database work at once, and the tenant holds a batch or two,
+    /// never the page. A stop drops the request, but a commit in progress completes.
+    ///
+    /// `complete_watermark` is the watermark the window proves if this response turns out to
+    /// be all of it (fewer alerts than `$top`, no link): it is then committed with the last batch.
+    async fn read_page(
+        &self,
+        tenant: &Tenant,
+        request: Request<'_>,
+        sink: &mut PageSink,
+        complete_watermark: Option<Timestamp>,
+        c: &mut Counters,
+    ) -> Result<PageSummary, SyncError> {
+        let (tx, mut rx) = mpsc::channel::<Batch>(1);
+        sink.tx = sink.write.then_some(tx);
+        let old_watermark = c.watermark;
+        let fetch = async {
+            let call = match request {
+                Request::Window(q) => self.source.fetch(&tenant.id, q, sink),
+            };
+            let r = self.fetch_unless_stopped(&tenant.id, call).await;
+            let r = match r {
+                Ok(s) => {
+                    let proven = complete_watermark
+                        .filter(|_| sink.top.is_some_and(|top| s.count < top))
+                        .filter(|_| s.next_link.is_none())
+                        .filter(|w| old_watermark.is_none_or(|old| *w > old));
+                    sink.flush(proven).await.map(|()| s)
+                }
+                Err(e) => Err(e),
+            };
+            // closes the channel: the writer ends once it has written what was sent
+            sink.tx = None;
+            r
+        };
+        let write = async {
+            let mut written = 0u64;
+            let mut watermark = None;
+            while let Some((rows, wm)) = rx.recv().await {
+                match self.store.commit(&tenant.id, &rows, wm, self.now()).await {
+                    Ok(n) => {
+                        written += n;
+                        watermark = wm.or(watermark);
+                    }
+                    // dropping the receiver makes the sink end the read
+                    Err(e) => return (written, watermark, Err(e)),
+                }
+            }
+            (written, watermark, Ok(()))
+        };
+        let (fetched, (written, watermark, stored)) = tokio::join!(fetch, write);
+        c.pages += 1;
+        c.written += written;
+        if watermark.is_some() {
+            c.watermark = watermark;
+        }
+        c.received += std::mem::take(&mut sink.received);
+        c.rejected += std::mem::take(&mut sink.rejected);
+        stored?;
+        if let Some(e) = sink.error.take() {
+            return Err(e);
+        }
+        let page = fetched?;
+        if let Some(top) = sink.top
+            && page.count > top
+        {
+            return Err(SyncError::OverTop {
+                top,
+                count: page.count,
+            });
+        }
+        Ok(page)
+    }
+
     /// An upper bound on the alerts in `[a, b)`, known to hold at least `page_size`: probes
     /// `$top=1` at `$skip` = 2, 4, 8… pages until one comes back empty. Only an estimate (the
     /// window may change meanwhile): it sizes the split, correctness never depends on it. A
-    /// server that refuses a large `$skip` ends the probing with what is known.
+    /// server that refuses a large `$skip` ends the probing with what is known. Probes are read
+    /// without evidence, so they are counted, never written.
     async fn estimate_count(
         &self,
         tenant: &Tenant,
@@ -806,18 +999,37 @@ impl Syncer {
                 skip: known * 2 - 1,
                 expand_evidence: false,
             };
+            let mut sink = PageSink::new(tenant, Some(1), 1, false);
             let probe = self
-                .fetch_unless_stopped(&tenant.id, self.source.fetch(&tenant.id, &q))
+                .read_page(tenant, Request::Window(&q), &mut sink, None, c)
                 .await;
-            c.pages += 1;
             match probe {
-                Ok(p) if p.alerts.is_empty() => return Ok(known * 2),
+                Ok(p) if p.count == 0 => return Ok(known * 2),
                 Ok(_) => known *= 2,
                 Err(SyncError::Api(ApiError::BadRequest { .. })) => return Ok(known * 2),
                 Err(e) => return Err(e),
             }
         }
         Ok(known * 2)
+    }
+
+    /// Raises the watermark to `w` (if that is a raise) in a transaction of its own, for windows
+    /// completed by more than one response (links, an instant); their alerts were committed
+    /// before. A window read in one response committed it with its last batch already.
+    async fn raise_watermark(
+        &self,
+        tenant: &Tenant,
+        w: Timestamp,
+        c: &mut Counters,
+    ) -> Result<(), SyncError> {
+        if c.watermark.is_some_and(|old| w <= old) {
+            return Ok(());
+        }
+        self.store
+            .commit(&tenant.id, &[], Some(w), self.now())
+            .await?;
+        c.watermark = Some(w);
+        Ok(())
     }
 
     /// `$top` for a tenant: `sync.page_size`, within what its source serves.
@@ -828,148 +1040,78 @@ impl Syncer {
             .max(1)
     }
 
-    /// Parses alerts with the tenant's source's mapping, refusing malformed alerts and alerts of
-    /// another tenant one by one.
-    fn accept(&self, tenant: &Tenant, alerts: &[Box<RawValue>], c: &mut Counters) -> Vec<AlertRow> {
-        let parse = match tenant.source {
-            SourceKind::Mde => mde::model::parse_alert,
-            SourceKind::Graph => graph::model::parse_alert,
-        };
-        let mut rows = Vec::with_capacity(alerts.len());
-        for raw in alerts {
-            match parse(raw) {
-                Ok(row) if row.last_update.is_none() => {
-                    // Without it no version can be ordered against another, and no window or
-                    // watermark covers the alert.
-                    c.rejected += 1;
-                    tracing::warn!(alert_id = %row.id, reason = "no lastUpdateTime", "malformed alert skipped");
-                }
-                Ok(row) => {
-                    if let Some(aad) = &row.aad_tenant_id
-                        && !aad.eq_ignore_ascii_case(tenant.id.as_str())
-                    {
-                        c.rejected += 1;
-                        tracing::error!(alert_id = %row.id, aad_tenant_id = %aad, "alert belongs to another tenant, refused");
-                        continue;
-                    }
-                    rows.push(row);
-                }
-                Err(e) => {
-                    c.rejected += 1;
-                    tracing::warn!(alert_id = %e.id.as_deref().unwrap_or(""), reason = %e.reason, "malformed alert skipped");
-                }
-            }
-        }
-        rows
-    }
-
-    /// Writes `alerts` in batches of [`WRITE_BATCH`] (so memory holds one page and one parsed
-    /// batch) and, when `window_end` is given — the window up to it is complete, and every earlier
-    /// window too — raises the watermark to `min(window_end, ceiling)` with the last batch. Batches
-    /// before the last carry no watermark, so a crash between them only repeats work.
-    async fn write(
-        &self,
-        tenant: &Tenant,
-        alerts: &[Box<RawValue>],
-        window_end: Option<Timestamp>,
-        ceiling: Timestamp,
-        c: &mut Counters,
-    ) -> Result<(), SyncError> {
-        let batches = alerts.len().div_ceil(WRITE_BATCH).max(1);
-        for i in 0..batches {
-            let batch = &alerts
-                [(i * WRITE_BATCH).min(alerts.len())..((i + 1) * WRITE_BATCH).min(alerts.len())];
-            let rows = self.accept(tenant, batch, c);
-            let last = i + 1 == batches;
-            let new_wm = window_end
-                .filter(|_| last)
-                .map(|b| b.min(ceiling))
-                .filter(|w| c.watermark.is_none_or(|old| *w > old));
-            if rows.is_empty() && new_wm.is_none() {
-                continue;
-            }
-            c.written += self
-                .store
-                .commit(&tenant.id, &rows, new_wm, self.now())
-                .await?;
-            if let Some(w) = new_wm {
-                c.watermark = Some(w);
-            }
-        }
-        Ok(())
-    }
-
     /// Step 4: pages a single instant holding more alerts than a page, with overlapping `$skip`
-    /// pages whose overlap proves continuity. Writes what it reads; the caller moves the
-    /// watermark once this returns.
+    /// pages whose overlap proves continuity. The first page (already read and written) held
+    /// `first_count` alerts and left its last ids in `first_tail`. Writes what it reads; the
+    /// caller moves the watermark once this returns.
     async fn read_instant(
         &self,
         tenant: &Tenant,
         t: Timestamp,
-        first: Page,
+        first_count: usize,
+        first_tail: VecDeque<String>,
         c: &mut Counters,
     ) -> Result<(), SyncError> {
         let page_size = self.page_size(tenant);
-        let overlap_for = |len: usize| (page_size / 10).clamp(1, 500).min(len.saturating_sub(1));
-        let mut first = Some(first);
+        let overlap = self.overlap(tenant);
+        // How far the next page starts: past this page, less the ids both must share. A page of
+        // `n` alerts shares at most `n − 1`, so the offset always moves on.
+        let advance = |count: usize, tail: usize| count.saturating_sub(tail.min(count.saturating_sub(1))).max(1);
+        let mut first = Some((first_count, first_tail));
         let mut seen = 0usize;
-        let mut empty_pages = 0usize;
+        let mut short_pages = 0usize;
         for attempt in 0..=INSTANT_RESTARTS {
             let mut skip = 0usize;
-            let mut tail: Vec<String> = Vec::new();
+            let mut tail: HashSet<String> = HashSet::new();
             let mut continuous = true;
             seen = 0;
             loop {
-                let page = match first.take() {
-                    Some(p) if skip == 0 => p,
-                    _ => {
-                        let q = WindowQuery {
-                            from: t,
-                            to: t.plus_ticks(1),
-                            top: page_size,
-                            skip,
-                            expand_evidence: self.settings.expand_evidence,
-                        };
-                        let p = self
-                            .fetch_unless_stopped(&tenant.id, self.source.fetch(&tenant.id, &q))
-                            .await?;
-                        c.pages += 1;
-                        c.received += p.alerts.len() as u64;
-                        p
-                    }
+                if skip == 0
+                    && let Some((count, ft)) = first.take()
+                    && count >= 2
+                {
+                    seen = count;
+                    skip += advance(count, ft.len());
+                    tail = ft.into_iter().collect();
+                    continue;
+                }
+                let q = WindowQuery {
+                    from: t,
+                    to: t.plus_ticks(1),
+                    top: page_size,
+                    skip,
+                    expand_evidence: self.settings.expand_evidence,
                 };
+                let mut sink = PageSink::new(tenant, Some(page_size), overlap, false);
+                sink.expect = std::mem::take(&mut tail);
+                let page = self
+                    .read_page(tenant, Request::Window(&q), &mut sink, None, c)
+                    .await?;
                 // Graph may answer short, even empty, and still say there is more. A page of
                 // fewer than two alerts cannot overlap the next one, so the same offset is asked
                 // again (a bounded number of times).
-                if page.alerts.len() < 2 && page.next_link.is_some() {
-                    empty_pages += 1;
-                    if empty_pages > 4 * INSTANT_RESTARTS {
+                if page.count < 2 && page.next_link.is_some() {
+                    short_pages += 1;
+                    if short_pages > 4 * INSTANT_RESTARTS {
                         continuous = false;
                         break;
                     }
+                    tail = sink.expect;
                     continue;
                 }
-                let ids: Vec<String> = page
-                    .alerts
-                    .iter()
-                    .filter_map(|r| alert_id(r.get()))
-                    .collect();
-                if skip > 0 && !tail.iter().any(|id| ids.contains(id)) {
+                if skip > 0 && !sink.found {
                     continuous = false;
                     tracing::warn!(instant = %t, skip, attempt, "alerts slid while paging an instant, reading it again");
                     break;
                 }
-                self.write(tenant, &page.alerts, None, Timestamp::MIN_TICK, c)
-                    .await?;
-                seen = skip + page.alerts.len();
+                seen = skip + page.count;
                 // Only a page without a nextLink that is shorter than asked ends the instant; a
                 // page the server shortened (Graph clamps $top) moves on by what it held.
-                if page.next_link.is_none() && page.alerts.len() < page_size {
+                if page.next_link.is_none() && page.count < page_size {
                     break;
                 }
-                let overlap = overlap_for(ids.len()).max(1);
-                tail = ids[ids.len().saturating_sub(overlap)..].to_vec();
-                skip += ids.len().saturating_sub(overlap).max(1);
+                skip += advance(page.count, sink.tail.len());
+                tail = sink.tail.into_iter().collect();
             }
             if continuous {
                 tracing::info!(instant = %t, alerts = seen, "read an instant shared by more alerts than a page");
@@ -980,6 +1122,185 @@ impl Syncer {
             instant: t,
             count: seen,
             restarts: INSTANT_RESTARTS,
+        })
+    }
+}
+
+/// Alerts to commit, and the watermark that may be committed with them.
+type Batch = (Vec<AlertRow>, Option<Timestamp>);
+
+/// What one read asks the source for.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    Window(&'a WindowQuery),
+}
+
+/// Where the cursor of a tenant stands (kept in memory: a process starts with a classic run).
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    /// The cursor's next window starts here; everything visible before the run that set it, at
+    /// or after the previous cursor start, is stored.
+    next: Timestamp,
+    /// When the last sweep (or classic run) completed.
+    last_sweep: Timestamp,
+    /// The source the cursor followed.
+    source: SourceKind,
+}
+
+/// Receives one response's alerts as they arrive: parses and checks each, hands full batches to
+/// the writer, and keeps what the algorithm needs to know about the page — how many alerts, their
+/// `lastUpdateTime`s (to split a full window), its last ids (the overlap check of an instant) —
+/// never the alerts themselves.
+struct PageSink {
+    tenant: TenantId,
+    /// The tenant's source: whose alert model parses what arrives.
+    source: SourceKind,
+    /// The `$top` asked for: a response with more alerts than that is refused.
+    top: Option<usize>,
+    /// Whether alerts are written (a probe only counts).
+    write: bool,
+    tx: Option<mpsc::Sender<Batch>>,
+    batch: Vec<AlertRow>,
+    batch_bytes: usize,
+    /// Alerts in the current attempt.
+    count: usize,
+    times: Vec<Timestamp>,
+    keep_times: bool,
+    /// The last `tail_len` ids.
+    tail: VecDeque<String>,
+    tail_len: usize,
+    /// Ids of which one must appear on this page (the previous page's tail), and whether one did.
+    expect: HashSet<String>,
+    found: bool,
+    received: u64,
+    rejected: u64,
+    /// Why the read was ended, if the sink ended it.
+    error: Option<SyncError>,
+}
+
+impl PageSink {
+    fn new(tenant: &Tenant, top: Option<usize>, tail_len: usize, keep_times: bool) -> Self {
+        Self {
+            tenant: tenant.id.clone(),
+            source: tenant.source,
+            top,
+            write: true,
+            tx: None,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            count: 0,
+            times: Vec::new(),
+            keep_times,
+            tail: VecDeque::new(),
+            tail_len,
+            expect: HashSet::new(),
+            found: false,
+            received: 0,
+            rejected: 0,
+            error: None,
+        }
+    }
+
+    /// Sends the batch being filled to the writer, with the watermark it completes, if any.
+    async fn flush(&mut self, watermark: Option<Timestamp>) -> Result<(), SyncError> {
+        if self.batch.is_empty() && watermark.is_none() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        match &self.tx {
+            Some(tx) => tx.send((rows, watermark)).await.map_err(|_| {
+                SyncError::Store(StoreError::Config("the database writer stopped".into()))
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn note_id(&mut self, id: &str) {
+        if !self.found && self.expect.contains(id) {
+            self.found = true;
+        }
+        if self.tail_len > 0 {
+            if self.tail.len() == self.tail_len {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(id.to_owned());
+        }
+    }
+}
+
+impl AlertSink for PageSink {
+    fn begin(&mut self) {
+        self.count = 0;
+        self.times.clear();
+        self.tail.clear();
+        self.found = false;
+    }
+
+    fn item<'a>(&'a mut self, raw: &'a RawValue) -> BoxFuture<'a, Result<(), Abort>> {
+        Box::pin(async move {
+            self.count += 1;
+            self.received += 1;
+            if let Some(top) = self.top
+                && self.count > top
+            {
+                tracing::warn!(
+                    top,
+                    "the API sent more alerts than $top asked for; the page proves nothing and the run fails"
+                );
+                self.error = Some(SyncError::OverTop {
+                    top,
+                    count: self.count,
+                });
+                return Err(Abort);
+            }
+            if !self.write {
+                return Ok(());
+            }
+            let parsed = match self.source {
+                SourceKind::Mde => mde::model::parse_alert(raw),
+                SourceKind::Graph => graph::model::parse_alert(raw),
+            };
+            match parsed {
+                Ok(row) if row.last_update.is_none() => {
+                    // Without it no version can be ordered against another, and no window or
+                    // watermark covers the alert.
+                    self.note_id(&row.id);
+                    self.rejected += 1;
+                    tracing::warn!(alert_id = %row.id, reason = "no lastUpdateTime", "malformed alert skipped");
+                }
+                Ok(row) => {
+                    self.note_id(&row.id);
+                    if self.keep_times
+                        && let Some(t) = row.last_update
+                    {
+                        self.times.push(t);
+                    }
+                    if let Some(aad) = &row.aad_tenant_id
+                        && !aad.eq_ignore_ascii_case(self.tenant.as_str())
+                    {
+                        self.rejected += 1;
+                        tracing::error!(alert_id = %row.id, aad_tenant_id = %aad, "alert belongs to another tenant, refused");
+                        return Ok(());
+                    }
+                    self.batch_bytes += raw.get().len();
+                    self.batch.push(row);
+                }
+                Err(e) => {
+                    if let Some(id) = &e.id {
+                        self.note_id(id);
+                    }
+                    self.rejected += 1;
+                    tracing::warn!(alert_id = %e.id.as_deref().unwrap_or(""), reason = %e.reason, "malformed alert skipped");
+                }
+            }
+            if (self.batch.len() >= WRITE_BATCH || self.batch_bytes >= WRITE_BATCH_BYTES)
+                && let Err(e) = self.flush(None).await
+            {
+                self.error = Some(e);
+                return Err(Abort);
+            }
+            Ok(())
         })
     }
 }
@@ -1001,47 +1322,18 @@ fn skipped_outcome(t: &Tenant, why: &str) -> RunOutcome {
     }
 }
 
-/// The id of an alert's JSON without a full parse.
-fn alert_id(raw: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct IdOnly {
-        id: Option<String>,
-    }
-    serde_json::from_str::<IdOnly>(raw).ok()?.id
-}
-
 /// Where to cut a full window `[a, b)` into `parts`: at quantiles of the page's `lastUpdateTime`s,
 /// strictly inside the window and strictly increasing, so every part is non-empty and smaller
 /// than the window. With an arbitrary server order the page is a sample of the window, so the
 /// parts hold about equal shares of it; with any other order a part that is still full is simply
 /// split again.
 fn split_points(
-    page: &Page,
+    mut times: Vec<Timestamp>,
     a: Timestamp,
     b: Timestamp,
     parts: usize,
-    source: SourceKind,
 ) -> Vec<Timestamp> {
-    #[derive(serde::Deserialize)]
-    struct TimeOnly {
-        #[serde(rename = "lastUpdateTime")]
-        mde: Option<String>,
-        #[serde(rename = "lastUpdateDateTime")]
-        graph: Option<String>,
-    }
-    let mut times: Vec<Timestamp> = page
-        .alerts
-        .iter()
-        .filter_map(|r| {
-            let t = serde_json::from_str::<TimeOnly>(r.get()).ok()?;
-            match source {
-                SourceKind::Mde => t.mde,
-                SourceKind::Graph => t.graph,
-            }
-        })
-        .filter_map(|s| Timestamp::parse(&s).ok())
-        .filter(|t| *t >= a && *t < b)
-        .collect();
+    times.retain(|t| *t >= a && *t < b);
     times.sort_unstable();
     let inside = |t: Timestamp| t.max(a.plus_ticks(1)).min(b.plus_ticks(-1));
     let mut cuts: Vec<Timestamp> = if times.is_empty() {
@@ -1118,20 +1410,9 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::value::RawValue;
 
-    fn page(times: &[&str]) -> Page {
-        Page {
-            alerts: times
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    RawValue::from_string(format!(r#"{{"id":"a{i}","lastUpdateTime":"{t}"}}"#))
-                        .unwrap()
-                })
-                .collect(),
-            next_link: None,
-        }
+    fn page(times: &[&str]) -> Vec<Timestamp> {
+        times.iter().map(|t| Timestamp::parse(t).unwrap()).collect()
     }
 
     #[test]
@@ -1145,7 +1426,7 @@ mod tests {
             "2024-01-01T02:00:00Z",
         ]);
         assert_eq!(
-            split_points(&p, a, b, 4, SourceKind::Mde),
+            split_points(p.clone(), a, b, 4),
             vec![
                 Timestamp::parse("2024-01-01T02:00:00Z").unwrap(),
                 Timestamp::parse("2024-01-01T03:00:00Z").unwrap(),
@@ -1154,20 +1435,17 @@ mod tests {
         );
         // many alerts on the window's first instant: that instant becomes a part of its own
         let p = page(&["2024-01-01T00:00:00Z"; 6]);
-        assert_eq!(
-            split_points(&p, a, b, 3, SourceKind::Mde),
-            vec![a.plus_ticks(1)]
-        );
+        assert_eq!(split_points(p.clone(), a, b, 3), vec![a.plus_ticks(1)]);
         // a two-tick window splits into its two instants
         assert_eq!(
-            split_points(&p, a, a.plus_ticks(2), 5, SourceKind::Mde),
+            split_points(p.clone(), a, a.plus_ticks(2), 5),
             vec![a.plus_ticks(1)]
         );
     }
 
     #[test]
     fn split_point_is_the_median_and_stays_inside_the_window() {
-        let split_point = |p: &Page, a, b| split_points(p, a, b, 2, SourceKind::Mde)[0];
+        let split_point = |p: &Vec<Timestamp>, a, b| split_points(p.clone(), a, b, 2)[0];
         let a = Timestamp::parse("2024-01-01T00:00:00Z").unwrap();
         let b = Timestamp::parse("2024-01-02T00:00:00Z").unwrap();
         let p = page(&[
