@@ -932,7 +932,9 @@ impl Syncer {
             sink.tx = None;
             r
         };
-        let write = async {
+        // `move`: the receiver ends with the writer, so a sender still waiting for room (the
+        // channel holds one batch) is told at once that nobody will take its batch.
+        let write = async move {
             let mut written = 0u64;
             let mut watermark = None;
             while let Some((rows, wm)) = rx.recv().await {
