@@ -19,8 +19,8 @@ use crate::{
         AlertSink, AlertSource, ApiError, Collect, PageSummary, WindowQuery,
         client::{parse_retry_after, read_error},
     },
-    odata::{CollectionReader, Limits},
     metrics::Metrics,
+    odata::{CollectionReader, Limits},
     source::ServiceSources,
     tenant::TenantId,
 };

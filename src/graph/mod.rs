@@ -17,10 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use url::Url;
 
-use crate::{
-    mde::WindowQuery,
-    source::ServiceSources,
-};
+use crate::{mde::WindowQuery, source::ServiceSources};
 
 pub use client::GraphClient;
 

@@ -182,7 +182,9 @@ use crate::{
     clock::SharedClock,
     config::SyncSettings,
     graph,
-    mde::{self, Abort, AlertSink, AlertSource, ApiError, PageSummary, WindowQuery, model::AlertRow},
+    mde::{
+        self, Abort, AlertSink, AlertSource, ApiError, PageSummary, WindowQuery, model::AlertRow,
+    },
     metrics::Metrics,
     source::SourceKind,
     store::{RunReport, SharedStore, StoreError},
@@ -1058,7 +1060,11 @@ impl Syncer {
         let overlap = self.overlap(tenant);
         // How far the next page starts: past this page, less the ids both must share. A page of
         // `n` alerts shares at most `n − 1`, so the offset always moves on.
-        let advance = |count: usize, tail: usize| count.saturating_sub(tail.min(count.saturating_sub(1))).max(1);
+        let advance = |count: usize, tail: usize| {
+            count
+                .saturating_sub(tail.min(count.saturating_sub(1)))
+                .max(1)
+        };
         let mut first = Some((first_count, first_tail));
         let mut seen = 0usize;
         let mut short_pages = 0usize;
