@@ -824,6 +824,31 @@ pub async fn check(
     out
 }
 
+/// The claims of `t`'s token, or the check's problem and detail when the token cannot be read or
+/// was issued for another tenant (the same for both sources).
+fn tenant_claims(t: &Tenant, token: &str) -> Result<auth::Claims, (&'static str, String)> {
+    let claims = auth::decode_claims(token).map_err(|e| {
+        (
+            "token-error",
+            format!("{e}: the token endpoint returned an unexpected token"),
+        )
+    })?;
+    if !claims
+        .tid
+        .as_deref()
+        .is_some_and(|tid| tid.eq_ignore_ascii_case(t.id.as_str()))
+    {
+        return Err((
+            "wrong-tenant",
+            format!(
+                "the token is for tenant {:?}, not {}: check the tenant id in the tenants file",
+                claims.tid, t.id
+            ),
+        ));
+    }
+    Ok(claims)
+}
+
 /// A Graph tenant's check. It tells apart: no consent (no token), consent without
 /// `SecurityAlert.Read.All` (a token without the role), a tenant without Defender XDR (a token
 /// with the role, and the API answers 403), and success.
@@ -846,30 +871,10 @@ async fn check_one_graph(tokens: &TokenProvider, client: &GraphClient, t: &Tenan
             return line(false, e.fault().label(), format!("{e}{hint}"));
         }
     };
-    let claims = match auth::decode_claims(token.expose_secret()) {
+    let claims = match tenant_claims(t, token.expose_secret()) {
         Ok(c) => c,
-        Err(e) => {
-            return line(
-                false,
-                "token-error",
-                format!("{e}: the token endpoint returned an unexpected token"),
-            );
-        }
+        Err((problem, detail)) => return line(false, problem, detail),
     };
-    if !claims
-        .tid
-        .as_deref()
-        .is_some_and(|tid| tid.eq_ignore_ascii_case(t.id.as_str()))
-    {
-        return line(
-            false,
-            "wrong-tenant",
-            format!(
-                "the token is for tenant {:?}, not {}: check the tenant id in the tenants file",
-                claims.tid, t.id
-            ),
-        );
-    }
     let has_role = claims.roles.as_ref().is_some_and(|r| {
         r.iter()
             .any(|r| crate::graph::ALERT_ROLES.contains(&r.as_str()))
@@ -912,30 +917,10 @@ async fn check_one(tokens: &TokenProvider, client: &MdeClient, t: &Tenant) -> Ch
         Ok(tok) => tok,
         Err(e) => return line(false, e.fault().label(), e.to_string()),
     };
-    let claims = match auth::decode_claims(token.expose_secret()) {
+    let claims = match tenant_claims(t, token.expose_secret()) {
         Ok(c) => c,
-        Err(e) => {
-            return line(
-                false,
-                "token-error",
-                format!("{e}: the token endpoint returned an unexpected token"),
-            );
-        }
+        Err((problem, detail)) => return line(false, problem, detail),
     };
-    if !claims
-        .tid
-        .as_deref()
-        .is_some_and(|tid| tid.eq_ignore_ascii_case(t.id.as_str()))
-    {
-        return line(
-            false,
-            "wrong-tenant",
-            format!(
-                "the token is for tenant {:?}, not {}: check the tenant id in the tenants file",
-                claims.tid, t.id
-            ),
-        );
-    }
     if !auth::has_alert_role(&claims) {
         return line(
             false,
