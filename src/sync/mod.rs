@@ -843,9 +843,7 @@ impl Syncer {
             };
             let mut sink = PageSink::new(tenant, Some(page_size), self.overlap(tenant), true);
             let proves = ceiling.map(|ceiling| b.min(ceiling));
-            let page = self
-                .read_page(tenant, Request::Window(&q), &mut sink, proves, c)
-                .await?;
+            let page = self.read_page(tenant, &q, &mut sink, proves, c).await?;
 
             // A nextLink is never followed (step 5): the window holds more than this response.
             let complete = if page.next_link.is_none() && page.count < page_size {
@@ -907,7 +905,7 @@ impl Syncer {
     async fn read_page(
         &self,
         tenant: &Tenant,
-        request: Request<'_>,
+        q: &WindowQuery,
         sink: &mut PageSink,
         complete_watermark: Option<Timestamp>,
         c: &mut Counters,
@@ -916,9 +914,7 @@ impl Syncer {
         sink.tx = sink.write.then_some(tx);
         let old_watermark = c.watermark;
         let fetch = async {
-            let call = match request {
-                Request::Window(q) => self.source.fetch(&tenant.id, q, sink),
-            };
+            let call = self.source.fetch(&tenant.id, q, sink);
             let r = self.fetch_unless_stopped(&tenant.id, call).await;
             let r = match r {
                 Ok(s) => {
@@ -1004,9 +1000,7 @@ impl Syncer {
                 expand_evidence: false,
             };
             let mut sink = PageSink::new(tenant, Some(1), 1, false);
-            let probe = self
-                .read_page(tenant, Request::Window(&q), &mut sink, None, c)
-                .await;
+            let probe = self.read_page(tenant, &q, &mut sink, None, c).await;
             match probe {
                 Ok(p) if p.count == 0 => return Ok(known * 2),
                 Ok(_) => known *= 2,
@@ -1092,9 +1086,7 @@ impl Syncer {
                 };
                 let mut sink = PageSink::new(tenant, Some(page_size), overlap, false);
                 sink.expect = std::mem::take(&mut tail);
-                let page = self
-                    .read_page(tenant, Request::Window(&q), &mut sink, None, c)
-                    .await?;
+                let page = self.read_page(tenant, &q, &mut sink, None, c).await?;
                 // Graph may answer short, even empty, and still say there is more. A page of
                 // fewer than two alerts cannot overlap the next one, so the same offset is asked
                 // again (a bounded number of times).
@@ -1136,12 +1128,6 @@ impl Syncer {
 
 /// Alerts to commit, and the watermark that may be committed with them.
 type Batch = (Vec<AlertRow>, Option<Timestamp>);
-
-/// What one read asks the source for.
-#[derive(Clone, Copy)]
-enum Request<'a> {
-    Window(&'a WindowQuery),
-}
 
 /// Where the cursor of a tenant stands (kept in memory: a process starts with a classic run).
 #[derive(Debug, Clone, Copy)]
