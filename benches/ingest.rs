@@ -31,7 +31,8 @@ use mde_sync::{
     app::App,
     clock,
     config::{DatabaseSettings, Settings},
-    mde::model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Kind, Val, parse_alert},
+    mde::model::parse_alert,
+    model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Kind, Val},
     tenant::{Tenant, TenantId},
 };
 use secrecy::SecretString;

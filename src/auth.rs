@@ -17,7 +17,7 @@ use serde::Deserialize;
 use time::{Duration, OffsetDateTime};
 use url::Url;
 
-use crate::{clock::SharedClock, metrics::Metrics, tenant::TenantId};
+use crate::{clock::SharedClock, health::Health, metrics::Metrics, tenant::TenantId};
 
 pub use certificate::{AssertionAlgorithm, ClientCertificate};
 
@@ -126,20 +126,20 @@ impl TokenFault {
     }
 
     /// A short, stable name for logs and the database.
-    pub fn label(self) -> &'static str {
+    pub fn label(self) -> Health {
         match self {
-            Self::NotConsented => "needs-consent",
+            Self::NotConsented => Health::NeedsConsent,
             Self::InvalidSecret
             | Self::ExpiredSecret
             | Self::AppDisabled
             | Self::CertificateRejected
-            | Self::InvalidAssertion => "credential-error",
-            Self::AssertionExpired => "clock-skew",
-            Self::NotProvisioned => "not-provisioned",
-            Self::TenantNotFound => "tenant-not-found",
-            Self::ConditionalAccess => "conditional-access",
-            Self::Transient => "degraded",
-            Self::Other => "token-error",
+            | Self::InvalidAssertion => Health::CredentialError,
+            Self::AssertionExpired => Health::ClockSkew,
+            Self::NotProvisioned => Health::NotProvisioned,
+            Self::TenantNotFound => Health::TenantNotFound,
+            Self::ConditionalAccess => Health::ConditionalAccess,
+            Self::Transient => Health::Degraded,
+            Self::Other => Health::TokenError,
         }
     }
 

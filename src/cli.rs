@@ -14,6 +14,7 @@ use crate::{
     app::{self, App},
     clock,
     config::{self, EX_CONFIG, Environment, Needs, Settings},
+    report,
     service::{self, Integration, Notifier},
     simulator::{SimCertificate, SimConfig, SimTenant, Simulator, TenantKind},
     store,
@@ -304,8 +305,8 @@ pub async fn execute(cli: Cli) -> i32 {
                 Err(e) => return fail(e),
             };
             let outcomes = app.sync_once().await;
-            print!("{}", app::render_outcomes(&outcomes));
-            let failed = outcomes.iter().filter(|o| o.ok != Some(true)).count();
+            print!("{}", report::render_outcomes(&outcomes));
+            let failed = outcomes.iter().filter(|o| o.ok() != Some(true)).count();
             if failed > 0 {
                 eprintln!(
                     "mde-sync: {failed} of {} tenant(s) did not sync",
@@ -329,8 +330,8 @@ pub async fn execute(cli: Cli) -> i32 {
                 Arc::new(app::graph_token_provider(http.clone(), &s, clock::system()));
             let graph = app::graph_client(http, &s, graph_tokens.clone(), 2);
             let tenants: Vec<_> = s.tenants.iter().filter(|t| t.enabled).cloned().collect();
-            let lines = app::check(&tokens, &client, &graph_tokens, &graph, &tenants).await;
-            print!("{}", app::render_check(&lines));
+            let lines = report::check(&tokens, &client, &graph_tokens, &graph, &tenants).await;
+            print!("{}", report::render_check(&lines));
             let bad = lines.iter().filter(|l| !l.ok).count();
             if bad > 0 {
                 eprintln!(
@@ -376,7 +377,7 @@ pub async fn execute(cli: Cli) -> i32 {
                 "After consent, add the customer's tenant id to {} and run `mde-sync check`.\n",
                 s.tenants_file.display()
             );
-            for (label, url) in app::consent_urls(
+            for (label, url) in report::consent_urls(
                 &s,
                 args.tenant.as_deref(),
                 args.redirect_uri.as_deref(),
@@ -402,7 +403,7 @@ pub async fn execute(cli: Cli) -> i32 {
                 Ok(rows) => {
                     print!(
                         "{}",
-                        app::render_status(
+                        report::render_status(
                             &rows,
                             &s.tenants,
                             Timestamp::from_datetime(time::OffsetDateTime::now_utc())
@@ -417,7 +418,7 @@ pub async fn execute(cli: Cli) -> i32 {
             // Several replicas (Postgres): who holds each tenant, and who is alive.
             if let Some(leases) = store.leases() {
                 match leases.status().await {
-                    Ok((l, r)) => print!("\n{}", service::replica::render_status(&l, &r)),
+                    Ok((l, r)) => print!("\n{}", report::render_leases(&l, &r)),
                     // The README's analyst role may read only the alert and sync tables: the
                     // tenants' lines above are what it asked for.
                     Err(store::StoreError::Database(sqlx::Error::Database(d)))

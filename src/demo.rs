@@ -7,9 +7,10 @@ use std::{collections::BTreeMap, path::PathBuf};
 use secrecy::SecretString;
 
 use crate::{
-    app::{self, App},
+    app::App,
     clock,
     config::{LogFormat, Settings},
+    report,
     simulator::{SimConfig, SimTenant, Simulator, TenantKind},
     source::SourceKind,
     telemetry::{self, Target},
@@ -114,7 +115,7 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
             .map(|e| e.len())
             .unwrap_or(0);
         let identical = served == stored;
-        all_good &= identical && o.ok == Some(true);
+        all_good &= identical && o.ok() == Some(true);
         rows.push(vec![
             t.id.to_string(),
             t.name.clone(),
@@ -128,7 +129,7 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
         ]);
     }
     println!("Per tenant (served = alerts the simulator holds; stored = rows in `alerts`):");
-    print!("{}", app::table(&rows));
+    print!("{}", report::table(&rows));
 
     let counts = app.store.severity_counts().await.unwrap_or_default();
     let severities = ["High", "Medium", "Low", "Informational", "UnSpecified"];
@@ -154,7 +155,7 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
         rows.push(row);
     }
     println!("\nPer severity:");
-    print!("{}", app::table(&rows));
+    print!("{}", report::table(&rows));
     println!(
         "\nsynced in {:.1}s. Look inside: sqlite3 {} \"SELECT severity, status, COUNT(*) FROM alerts GROUP BY 1, 2\"",
         elapsed.as_secs_f64(),

@@ -9,6 +9,7 @@
 //! the CLI; [`service`] and [`metrics`] are what `run` adds as a long-running service.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod budget;
@@ -17,9 +18,12 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod graph;
+pub mod health;
 pub mod mde;
 pub mod metrics;
+pub mod model;
 pub mod odata;
+pub mod report;
 pub mod service;
 pub mod simulator;
 pub mod source;

@@ -13,11 +13,24 @@
 use std::{collections::BTreeMap, fmt::Write as _, sync::Mutex, time::Duration};
 
 use crate::{
-    store::TenantStatus,
-    sync::RunOutcome,
+    health::{Health, Outcome},
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
 };
+
+/// One tenant run as the metrics see it: who, how it ended, and its counts.
+#[derive(Debug, Clone)]
+pub struct RunSample<'a> {
+    pub tenant: &'a TenantId,
+    pub tenant_name: &'a str,
+    pub outcome: Outcome,
+    pub health: Health,
+    pub alerts_received: u64,
+    pub alerts_written: u64,
+    pub alerts_rejected: u64,
+    pub duration: Duration,
+    pub watermark: Option<Timestamp>,
+}
 
 /// Upper bounds (seconds) of the run duration histogram's buckets.
 const DURATION_BUCKETS: &[f64] = &[
@@ -68,14 +81,35 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
 ];
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct TenantGauges {
     name: String,
-    /// The last run's result: `Some(true)` ok, `Some(false)` failed, `None` not run yet.
-    ok: Option<bool>,
-    health: String,
+    /// The health after the last run that ran to an end ([`Health::New`] before the first).
+    health: Health,
     last_success: Option<Timestamp>,
     watermark: Option<Timestamp>,
+}
+
+impl Default for TenantGauges {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            health: Health::New,
+            last_success: None,
+            watermark: None,
+        }
+    }
+}
+
+impl TenantGauges {
+    /// `Some(true)` ok, `Some(false)` failing, `None` not run to an end yet.
+    fn ok(&self) -> Option<bool> {
+        match self.health {
+            Health::Ok => Some(true),
+            h if h.is_failure() => Some(false),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -186,20 +220,14 @@ impl Metrics {
     }
 
     /// A tenant run ended (or was skipped or stopped) at `at`.
-    pub fn run_finished(&self, o: &RunOutcome, at: Timestamp) {
-        let outcome = match o.ok {
-            Some(true) => "ok",
-            Some(false) => "failed",
-            None if o.health == "stopped" => "stopped",
-            None => "skipped",
-        };
+    pub fn run_finished(&self, o: &RunSample<'_>, at: Timestamp) {
         let mut st = self.lock();
-        let mut labels = tenant_label(&o.tenant);
-        labels.push(("outcome", outcome.to_owned()));
+        let mut labels = tenant_label(o.tenant);
+        labels.push(("outcome", o.outcome.as_str().to_owned()));
         *st.counters
             .entry(("mde_sync_runs_total", labels))
             .or_default() += 1;
-        if o.ok.is_none() {
+        if o.outcome.ok().is_none() {
             return;
         }
         for (name, n) in [
@@ -208,15 +236,14 @@ impl Metrics {
             ("mde_sync_alerts_rejected_total", o.alerts_rejected),
         ] {
             *st.counters
-                .entry((name, tenant_label(&o.tenant)))
+                .entry((name, tenant_label(o.tenant)))
                 .or_default() += n;
         }
-        st.run_duration.observe(o.duration_ms as f64 / 1000.0);
+        st.run_duration.observe(o.duration.as_secs_f64());
         let g = st.tenants.entry(o.tenant.clone()).or_default();
-        g.name.clone_from(&o.tenant_name);
-        g.ok = o.ok;
-        g.health.clone_from(&o.health);
-        if o.ok == Some(true) {
+        o.tenant_name.clone_into(&mut g.name);
+        g.health = o.health;
+        if o.outcome == Outcome::Ok {
             g.last_success = Some(at);
         }
         if o.watermark.is_some() {
@@ -248,41 +275,30 @@ impl Metrics {
         }
     }
 
-    /// Seeds the gauges from the database at start-up, so a restart does not blank them until
-    /// each tenant's first run. Only tenants already passed to [`Metrics::set_tenants`] are kept.
-    pub fn seed(&self, rows: &[TenantStatus]) {
-        let mut st = self.lock();
-        for r in rows {
-            let Ok(id) = TenantId::parse(&r.tenant_id) else {
-                continue;
-            };
-            if let Some(g) = st.tenants.get_mut(&id) {
-                g.watermark = r
-                    .watermark
-                    .as_deref()
-                    .and_then(|w| Timestamp::parse(w).ok());
-                g.last_success = r
-                    .last_success_at
-                    .as_deref()
-                    .and_then(|w| Timestamp::parse(w).ok());
-                g.ok = match r.health.as_str() {
-                    "ok" => Some(true),
-                    "" | "new" => None,
-                    _ => Some(false),
-                };
-                g.health.clone_from(&r.health);
-            }
+    /// Seeds one tenant's gauges from the database at start-up, so a restart does not blank them
+    /// until its first run. Only tenants already passed to [`Metrics::set_tenants`] are kept.
+    pub fn seed(
+        &self,
+        tenant: &TenantId,
+        health: Health,
+        watermark: Option<Timestamp>,
+        last_success: Option<Timestamp>,
+    ) {
+        if let Some(g) = self.lock().tenants.get_mut(tenant) {
+            g.health = health;
+            g.watermark = watermark;
+            g.last_success = last_success;
         }
     }
 
     /// A one-line summary for systemd's `STATUS=`: tenants ok and failing, the last pass.
     pub fn summary(&self) -> String {
         let st = self.lock();
-        let ok = st.tenants.values().filter(|g| g.ok == Some(true)).count();
+        let ok = st.tenants.values().filter(|g| g.ok() == Some(true)).count();
         let failing: Vec<String> = st
             .tenants
             .values()
-            .filter(|g| g.ok == Some(false))
+            .filter(|g| g.ok() == Some(false))
             .map(|g| format!("{} {}", g.name, g.health))
             .collect();
         let pending = st.tenants.len() - ok - failing.len();
@@ -318,8 +334,11 @@ impl Metrics {
     pub fn tenant_counts(&self) -> (usize, usize) {
         let st = self.lock();
         (
-            st.tenants.values().filter(|g| g.ok == Some(true)).count(),
-            st.tenants.values().filter(|g| g.ok == Some(false)).count(),
+            st.tenants.values().filter(|g| g.ok() == Some(true)).count(),
+            st.tenants
+                .values()
+                .filter(|g| g.ok() == Some(false))
+                .count(),
         )
     }
 
@@ -393,7 +412,7 @@ impl Metrics {
             &mut out,
             "mde_sync_tenant_ok",
             "1 if the tenant's last run succeeded, 0 if it failed (absent before its first run).",
-            &|g| g.ok.map(|ok| if ok { 1.0 } else { 0.0 }),
+            &|g| g.ok().map(|ok| if ok { 1.0 } else { 0.0 }),
         );
         header(
             &mut out,
@@ -548,25 +567,34 @@ mod tests {
         TenantId::parse(&format!("00000000-0000-4000-a000-{n:012}")).unwrap()
     }
 
-    fn outcome(n: u32, ok: Option<bool>, ms: u64) -> RunOutcome {
-        RunOutcome {
-            tenant: tenant(n),
-            tenant_name: format!("tenant \"{n}\""),
-            ok,
-            health: match ok {
-                Some(true) => "ok".into(),
-                Some(false) => "needs-consent".into(),
-                None => "skipped".into(),
+    fn outcome(n: u32, ok: Option<bool>, ms: u64) -> (TenantId, String, Option<bool>, u64) {
+        (tenant(n), format!("tenant \"{n}\""), ok, ms)
+    }
+
+    fn finish(
+        m: &Metrics,
+        (t, name, ok, ms): (TenantId, String, Option<bool>, u64),
+        at: Timestamp,
+    ) {
+        let (outcome, health) = match ok {
+            Some(true) => (Outcome::Ok, Health::Ok),
+            Some(false) => (Outcome::Failed, Health::NeedsConsent),
+            None => (Outcome::Skipped, Health::Skipped),
+        };
+        m.run_finished(
+            &RunSample {
+                tenant: &t,
+                tenant_name: &name,
+                outcome,
+                health,
+                alerts_received: 10,
+                alerts_written: 7,
+                alerts_rejected: 1,
+                duration: Duration::from_millis(ms),
+                watermark: Some(Timestamp::parse("2024-01-01T00:00:00Z").unwrap()),
             },
-            error: None,
-            alerts_received: 10,
-            alerts_written: 7,
-            alerts_rejected: 1,
-            pages: 2,
-            duration_ms: ms,
-            watermark: Some(Timestamp::parse("2024-01-01T00:00:00Z").unwrap()),
-            scope: None,
-        }
+            at,
+        );
     }
 
     #[test]
@@ -594,10 +622,10 @@ mod tests {
         m.api_retry(&tenant(1));
         m.token_request(&tenant(1), true);
         m.token_renewed(&tenant(1));
-        m.run_finished(&outcome(1, Some(true), 300), Timestamp::from_ticks(0));
-        m.run_finished(&outcome(1, Some(true), 7_000), Timestamp::from_ticks(0));
-        m.run_finished(&outcome(2, Some(false), 50), Timestamp::from_ticks(0));
-        m.run_finished(&outcome(2, None, 0), Timestamp::from_ticks(0));
+        finish(&m, outcome(1, Some(true), 300), Timestamp::from_ticks(0));
+        finish(&m, outcome(1, Some(true), 7_000), Timestamp::from_ticks(0));
+        finish(&m, outcome(2, Some(false), 50), Timestamp::from_ticks(0));
+        finish(&m, outcome(2, None, 0), Timestamp::from_ticks(0));
         let now = Timestamp::parse("2024-01-01T00:01:40Z").unwrap();
         let text = m.render(
             now,
@@ -657,7 +685,7 @@ mod tests {
             source: Default::default(),
         };
         m.set_tenants(&[t(1), t(2)]);
-        m.run_finished(&outcome(1, Some(true), 1), Timestamp::from_ticks(0));
+        finish(&m, outcome(1, Some(true), 1), Timestamp::from_ticks(0));
         m.set_tenants(&[t(2)]);
         let text = m.render(Timestamp::from_ticks(0), Live::default());
         assert!(!text.contains(&format!("mde_sync_tenant_ok{{tenant=\"{}\"", tenant(1))));

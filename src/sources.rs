@@ -9,8 +9,9 @@ use std::{
 
 use crate::{
     BoxFuture,
+    api::{AlertSink, AlertSource, ApiError, PageSummary, WindowQuery},
     graph::GraphClient,
-    mde::{AlertSink, AlertSource, ApiError, MdeClient, PageSummary, WindowQuery},
+    mde::MdeClient,
     source::SourceKind,
     tenant::{Tenant, TenantId},
 };
@@ -33,8 +34,10 @@ impl Sources {
         s
     }
 
-    /// Takes each tenant's source from `tenants` (on start and on reload).
+    /// Takes each tenant's source, and each MDE tenant's own API host, from `tenants` (on start and
+    /// on reload).
     pub fn set_tenants(&self, tenants: &[Tenant]) {
+        self.mde.set_tenants(tenants);
         *self.kinds.write().expect("source map") =
             tenants.iter().map(|t| (t.id.clone(), t.source)).collect();
     }
@@ -65,15 +68,6 @@ impl AlertSource for Sources {
         sink: &'a mut dyn AlertSink,
     ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
         self.pick(tenant).fetch(tenant, q, sink)
-    }
-
-    fn fetch_link<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        link: &'a str,
-        sink: &'a mut dyn AlertSink,
-    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        self.pick(tenant).fetch_link(tenant, link, sink)
     }
 }
 

@@ -8,10 +8,11 @@ use std::{path::PathBuf, sync::Arc};
 
 use common::TempDir;
 use mde_sync::{
-    app::{self, App},
+    app::App,
     auth::{AssertionAlgorithm, AuthError, ClientCertificate, TokenFault, certificate},
     clock::{self, ManualClock, SharedClock},
     config::{CloudName, Environment, Needs, Settings},
+    report,
     simulator::{
         SimCertificate, SimConfig, SimServer, SimTenant, Simulator, TenantKind, tenant_id,
     },
@@ -127,7 +128,7 @@ async fn a_certificate_gets_tokens_checks_and_syncs_with_ps256_and_with_rs256() 
         assert!(settings.app.client_secret.is_none());
         let app = App::build(settings, clock::system()).await.unwrap();
 
-        let lines = app::check(
+        let lines = report::check(
             &app.tokens,
             &app.client,
             &app.graph_tokens,
@@ -145,7 +146,7 @@ async fn a_certificate_gets_tokens_checks_and_syncs_with_ps256_and_with_rs256() 
         }
         let outcomes = app.sync_once().await;
         assert!(
-            outcomes.iter().all(|o| o.ok == Some(true)),
+            outcomes.iter().all(|o| o.ok() == Some(true)),
             "{alg}: {outcomes:?}"
         );
         for n in 1..=2 {
@@ -303,7 +304,7 @@ async fn each_cloud_preset_consents_checks_and_syncs_against_the_simulator() {
         );
         assert_eq!(settings.cloud.scope, cloud.scope());
 
-        let urls = app::consent_urls(&settings, Some(&tenant_id(1)), None, SourceKind::Mde);
+        let urls = report::consent_urls(&settings, Some(&tenant_id(1)), None, SourceKind::Mde);
         for (_, url) in &urls {
             assert!(url.starts_with(&base), "{cloud}: {url}");
             let portal = url::form_urlencoded::byte_serialize(cloud.portal_url().as_bytes())
@@ -314,7 +315,7 @@ async fn each_cloud_preset_consents_checks_and_syncs_against_the_simulator() {
         }
 
         let app = App::build(settings, clock::system()).await.unwrap();
-        let lines = app::check(
+        let lines = report::check(
             &app.tokens,
             &app.client,
             &app.graph_tokens,
@@ -325,7 +326,7 @@ async fn each_cloud_preset_consents_checks_and_syncs_against_the_simulator() {
         assert!(lines.iter().all(|l| l.ok), "{cloud}: {lines:?}");
         let outcomes = app.sync_once().await;
         assert!(
-            outcomes.iter().all(|o| o.ok == Some(true)),
+            outcomes.iter().all(|o| o.ok() == Some(true)),
             "{cloud}: {outcomes:?}"
         );
         assert_eq!(
@@ -346,7 +347,7 @@ async fn each_cloud_preset_consents_checks_and_syncs_against_the_simulator() {
         &tenants_toml(1),
     );
     let app = App::build(settings, clock::system()).await.unwrap();
-    let lines = app::check(
+    let lines = report::check(
         &app.tokens,
         &app.client,
         &app.graph_tokens,
@@ -389,7 +390,7 @@ fn consent_urls_use_each_clouds_own_login_host_and_portal() {
             &format!("name = \"{cloud}\"\n"),
             &tenants_toml(1),
         );
-        let urls = app::consent_urls(&settings, None, None, SourceKind::Mde);
+        let urls = report::consent_urls(&settings, None, None, SourceKind::Mde);
         assert_eq!(urls.len(), 2);
         for (_, url) in &urls {
             assert!(url.starts_with(login), "{cloud}: {url}");
@@ -427,14 +428,17 @@ async fn a_tenants_geo_api_url_is_used_for_that_tenant_only() {
     );
     let app = App::build(settings, clock::system()).await.unwrap();
     let outcomes = app.sync_once().await;
-    assert!(outcomes.iter().all(|o| o.ok == Some(true)), "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| o.ok() == Some(true)),
+        "{outcomes:?}"
+    );
     for n in 1..=2 {
         assert_eq!(
             app.store.alert_raws(&tid(n)).await.unwrap(),
             sim.truth(&tenant_id(n))
         );
     }
-    let lines = app::check(
+    let lines = report::check(
         &app.tokens,
         &app.client,
         &app.graph_tokens,
@@ -465,21 +469,4 @@ async fn a_tenants_geo_api_url_is_used_for_that_tenant_only() {
             .filter(|r| r.path_and_query.ends_with("/oauth2/v2.0/token"))
             .all(|r| r.host.as_deref() == Some(cloud_host.as_str()))
     );
-
-    // a continuation link is followed only on the tenant's own API host
-    use mde_sync::mde::{AlertSource, Collect};
-    let home_link = format!("{}/api/alerts?$top=1", server.base_url());
-    let mut sink = Collect::default();
-    assert!(
-        app.client
-            .fetch_link(&tid(1), &home_link, &mut sink)
-            .await
-            .is_ok()
-    );
-    let refused = app
-        .client
-        .fetch_link(&tid(2), &home_link, &mut sink)
-        .await
-        .unwrap_err();
-    assert!(refused.to_string().contains("another host"), "{refused}");
 }

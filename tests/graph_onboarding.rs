@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use mde_sync::{
-    app,
+    report,
     simulator::{SimConfig, SimTenant, TenantKind},
     source::SourceKind,
 };
@@ -31,7 +31,7 @@ async fn check_tells_apart_no_consent_no_role_no_licence_and_success_on_graph() 
         sync_settings(1_000, Duration::minutes(10)),
     )
     .await;
-    let lines = app::check(
+    let lines = report::check(
         &env.app.tokens,
         &env.app.client,
         &env.app.graph_tokens,
@@ -89,7 +89,7 @@ async fn check_tells_apart_no_consent_no_role_no_licence_and_success_on_graph() 
 
     // the same tenants synced: the good one exactly, the others named, nothing stored for them
     let outcomes = env.app.sync_once().await;
-    assert_eq!(outcomes[0].ok, Some(true), "{:?}", outcomes[0].error);
+    assert_eq!(outcomes[0].ok(), Some(true), "{:?}", outcomes[0].error);
     assert_eq!(outcomes[1].health, "needs-consent");
     assert_eq!(outcomes[2].health, "missing-role");
     assert_eq!(outcomes[3].health, "missing-role");
@@ -128,12 +128,12 @@ async fn consent_urls_for_graph_ask_for_the_graph_scope() {
             .find(|(k, _)| k == "scope")
             .map(|(_, v)| v.into_owned())
     };
-    let graph = app::consent_urls(&env.app.settings, None, None, SourceKind::Graph);
+    let graph = report::consent_urls(&env.app.settings, None, None, SourceKind::Graph);
     assert_eq!(
         scope_of(&graph).as_deref(),
         Some("https://graph.microsoft.com/.default")
     );
-    let mde = app::consent_urls(&env.app.settings, None, None, SourceKind::Mde);
+    let mde = report::consent_urls(&env.app.settings, None, None, SourceKind::Mde);
     assert_eq!(
         scope_of(&mde).as_deref(),
         Some("https://api.securitycenter.microsoft.com/.default")
@@ -171,7 +171,7 @@ async fn graph_reads_defender_for_endpoint_alerts_only_unless_every_service_sour
             t,
         );
         let o = env.app.sync_once().await.remove(0);
-        assert_eq!(o.ok, Some(true), "{:?}", o.error);
+        assert_eq!(o.ok(), Some(true), "{:?}", o.error);
         let stored = env.store().alert_raws(&env.tenants[0].id).await.unwrap();
         let mut want = env.truth(&tenant);
         let requests: Vec<String> = env
@@ -197,8 +197,8 @@ async fn graph_reads_defender_for_endpoint_alerts_only_unless_every_service_sour
             ServiceSources::All => {
                 assert!(requests.iter().all(|p| !p.contains("serviceSource")));
                 let (rows, _) = env.store().dump(&env.tenants[0].id).await.unwrap();
-                let i = 1 + mde_sync::mde::model::column_index(
-                    mde_sync::mde::model::ALERT_COLUMNS,
+                let i = 1 + mde_sync::model::column_index(
+                    mde_sync::model::ALERT_COLUMNS,
                     "service_source",
                 );
                 let row = rows

@@ -128,7 +128,7 @@ async fn api_redirect_is_not_followed_and_the_watermark_stays(backend: Backend) 
     .await;
     let env = env_for(backend, "redirect-api", &api.base_url(), |_| {}).await;
     let o = env.sync().await;
-    assert_eq!(o.ok, Some(false), "{o:?}");
+    assert_eq!(o.ok(), Some(false), "{o:?}");
     assert_eq!(o.health, "redirected");
     let err = o.error.unwrap();
     assert!(
@@ -163,7 +163,7 @@ async fn token_redirect_does_not_resend_the_secret(backend: Backend) {
     .await;
     let env = env_for(backend, "redirect-token", &api.base_url(), |_| {}).await;
     let o = env.sync().await;
-    assert_eq!(o.ok, Some(false), "{o:?}");
+    assert_eq!(o.ok(), Some(false), "{o:?}");
     let err = o.error.unwrap();
     assert!(
         err.contains("redirect") && err.contains(&format!("127.0.0.1:{}", other.addr.port())),
@@ -289,7 +289,7 @@ async fn nul_in_an_alert_blocks_nothing(backend: Backend) {
     .await;
     let env = env_for(backend, "nul", &api.base_url(), |_| {}).await;
     let o = env.sync().await;
-    assert_eq!(o.ok, Some(true), "{o:?}");
+    assert_eq!(o.ok(), Some(true), "{o:?}");
     assert_eq!(o.alerts_written, 3);
     let stored = env.stored().await;
     assert_eq!(stored.len(), 3, "{stored:?}");
@@ -321,7 +321,7 @@ async fn nul_in_an_alert_blocks_nothing(backend: Backend) {
     assert_eq!(evidence.len(), 1);
     // a second run re-reads the same page and writes nothing new
     let again = env.sync().await;
-    assert_eq!(again.ok, Some(true), "{again:?}");
+    assert_eq!(again.ok(), Some(true), "{again:?}");
     assert_eq!(again.alerts_written, 0);
 }
 
@@ -371,7 +371,7 @@ async fn garbage_alerts_are_refused_one_by_one(backend: Backend) {
     .await;
     let env = env_for(backend, "garbage", &api.base_url(), |_| {}).await;
     let o = env.sync().await;
-    assert_eq!(o.ok, Some(true), "{o:?}");
+    assert_eq!(o.ok(), Some(true), "{o:?}");
     assert_eq!(o.alerts_received, 8);
     assert_eq!(o.alerts_rejected, 5, "{o:?}");
     let stored = env.stored().await;
@@ -398,7 +398,7 @@ async fn unreadable_and_slow_bodies_fail_the_run_and_keep_the_watermark(backend:
     .await;
     let env = env_for(backend, "bad-utf8", &api.base_url(), |_| {}).await;
     let o = env.sync().await;
-    assert_eq!(o.ok, Some(false), "{o:?}");
+    assert_eq!(o.ok(), Some(false), "{o:?}");
     assert!(
         o.error.as_deref().unwrap().contains("unreadable body"),
         "{o:?}"
@@ -426,7 +426,7 @@ async fn unreadable_and_slow_bodies_fail_the_run_and_keep_the_watermark(backend:
         started.elapsed() < StdDuration::from_secs(10),
         "a slow body held the run"
     );
-    assert_eq!(o.ok, Some(false), "{o:?}");
+    assert_eq!(o.ok(), Some(false), "{o:?}");
     assert!(env.stored().await.is_empty());
     assert_eq!(env.watermark().await, None);
 }
@@ -468,7 +468,7 @@ async fn retry_after_survives_a_restart(backend: Backend) {
 
     let second = App::with_store(settings, mde_sync::clock::system(), env.app.store.clone());
     let o = second.sync_once().await.remove(0);
-    assert_eq!(o.ok, Some(true), "{o:?}");
+    assert_eq!(o.ok(), Some(true), "{o:?}");
     let calls: Vec<Seen> = api.seen().into_iter().filter(Seen::is_api).collect();
     assert_eq!(calls.len(), 2);
     let waited = calls[1].at.duration_since(throttled_at);
@@ -556,7 +556,7 @@ fn tables_escape_control_characters_in_names_and_errors() {
             "\u{1b}[2J\u{1b}[31mred\u{7}".to_string(),
         ],
     ];
-    let out = mde_sync::app::table(&rows);
+    let out = mde_sync::report::table(&rows);
     assert_eq!(out.lines().count(), 2, "{out:?}");
     assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
     assert!(out.contains("Evil\\nmde-sync"), "{out:?}");
@@ -633,7 +633,11 @@ async fn a_full_disk_is_recovered_from_in_the_same_process() {
         .unwrap();
 
     let first = app.sync_once().await.remove(0);
-    assert_eq!(first.ok, Some(false), "the disk did not fill up: {first:?}");
+    assert_eq!(
+        first.ok(),
+        Some(false),
+        "the disk did not fill up: {first:?}"
+    );
     assert_eq!(first.health, "database-error", "{first:?}");
     assert!(
         first.error.as_deref().unwrap().contains("full"),
@@ -644,7 +648,7 @@ async fn a_full_disk_is_recovered_from_in_the_same_process() {
     let mut last = None;
     for _ in 0..3 {
         let o = app.sync_once().await.remove(0);
-        if o.ok == Some(true) {
+        if o.ok() == Some(true) {
             last = Some(o);
             break;
         }
@@ -652,7 +656,7 @@ async fn a_full_disk_is_recovered_from_in_the_same_process() {
     }
     let last = last.unwrap();
     assert_eq!(
-        last.ok,
+        last.ok(),
         Some(true),
         "the same process did not recover: {last:?}"
     );
@@ -824,7 +828,7 @@ async fn postgres_lock_waits_are_bounded_and_an_outage_names_its_cause() {
         .await
         .unwrap();
     let sync = || async { app.sync_once().await.remove(0) };
-    assert_eq!(sync().await.ok, Some(true));
+    assert_eq!(sync().await.ok(), Some(true));
 
     // another session holds a lock on alerts
     let mut locker = sqlx::PgConnection::connect(&db.url).await.unwrap();
@@ -840,7 +844,7 @@ async fn postgres_lock_waits_are_bounded_and_an_outage_names_its_cause() {
         "a lock held the write for {:?}",
         started.elapsed()
     );
-    assert_eq!(o.ok, Some(false), "{o:?}");
+    assert_eq!(o.ok(), Some(false), "{o:?}");
     assert_eq!(o.health, "database-error");
     assert!(
         o.error.as_deref().unwrap().contains("lock timeout"),
@@ -848,7 +852,7 @@ async fn postgres_lock_waits_are_bounded_and_an_outage_names_its_cause() {
     );
     sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
     let o = sync().await;
-    assert_eq!(o.ok, Some(true), "{o:?}");
+    assert_eq!(o.ok(), Some(true), "{o:?}");
     // (this server serves a new alert per call: the locked run's one is not served again)
     assert_eq!(app.store.alert_raws(&tenant.id).await.unwrap().len(), 2);
 
@@ -861,7 +865,7 @@ async fn postgres_lock_waits_are_bounded_and_an_outage_names_its_cause() {
         "an outage held the run for {:?}",
         started.elapsed()
     );
-    assert_eq!(o.ok, Some(false), "{o:?}");
+    assert_eq!(o.ok(), Some(false), "{o:?}");
     let err = o.error.clone().unwrap_or_default();
     assert!(
         err.contains(&format!(
@@ -874,6 +878,6 @@ async fn postgres_lock_waits_are_bounded_and_an_outage_names_its_cause() {
     // and comes back on the same address
     let _back = Proxy::start(proxy.port, target).await;
     let o = sync().await;
-    assert_eq!(o.ok, Some(true), "{o:?}");
+    assert_eq!(o.ok(), Some(true), "{o:?}");
     assert_eq!(app.store.alert_raws(&tenant.id).await.unwrap().len(), 3);
 }

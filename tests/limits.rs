@@ -123,7 +123,7 @@ async fn a_300_mb_body_of_blanks_and_a_50_mb_alert_fail_the_run_naming_the_limit
             env.app.settings.sync.clone(),
         );
         let o = syncer.sync_tenant(&env.tenants[0]).await;
-        assert_eq!(o.ok, Some(false));
+        assert_eq!(o.ok(), Some(false));
         let err = o.error.unwrap();
         assert!(err.contains(named), "{err}");
         assert_eq!(o.pages, 1, "refused at once, not retried: {err}");

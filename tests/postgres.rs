@@ -11,12 +11,10 @@ use std::sync::{
 use common::*;
 use mde_sync::{
     BoxFuture,
+    api::{AlertSink, AlertSource, ApiError, PageSummary, WindowQuery},
     app::App,
     config::{DatabaseSettings, Settings},
-    mde::{
-        AlertSink, AlertSource, ApiError, PageSummary, WindowQuery,
-        model::{ALERT_COLUMNS, EVIDENCE_COLUMNS, Kind},
-    },
+    model::{ALERT_COLUMNS, EVIDENCE_COLUMNS, Kind},
     simulator::{SimConfig, SimTenant, Simulator, TenantKind},
     store::{self, Dump},
     sync::Syncer,
@@ -80,7 +78,7 @@ async fn sync_into(backend: Backend, base_url: &str, cfg: &SimConfig) -> (App, T
         .await
         .unwrap();
     for o in app.sync_once().await {
-        assert_eq!(o.ok, Some(true), "{backend:?}: {:?}", o.error);
+        assert_eq!(o.ok(), Some(true), "{backend:?}: {:?}", o.error);
     }
     (app, db)
 }
@@ -139,14 +137,6 @@ impl AlertSource for Interrupt {
             }
             self.inner.fetch(tenant, q, sink).await
         })
-    }
-    fn fetch_link<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        link: &'a str,
-        sink: &'a mut dyn AlertSink,
-    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        self.inner.fetch_link(tenant, link, sink)
     }
 }
 
@@ -255,7 +245,7 @@ async fn a_postgres_outage_mid_run_fails_the_run_cleanly_and_the_next_run_recove
     );
     let failed = syncer.sync_tenant(&tenants[0]).await;
     assert_eq!(
-        failed.ok,
+        failed.ok(),
         Some(false),
         "a run without its database must fail"
     );
@@ -264,7 +254,7 @@ async fn a_postgres_outage_mid_run_fails_the_run_cleanly_and_the_next_run_recove
     // 3. the server is back: the same process syncs again, nothing lost or doubled
     admin(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
     let again = app.sync_once().await.remove(0);
-    assert_eq!(again.ok, Some(true), "{:?}", again.error);
+    assert_eq!(again.ok(), Some(true), "{:?}", again.error);
     let env = TestEnv {
         sim,
         server,

@@ -618,7 +618,7 @@ async fn a_second_run_on_one_sqlite_file_refuses_to_start_with_status_75() {
     let _ = third.wait();
 }
 
-fn alert(id: &str, last_update: &str) -> mde_sync::mde::model::AlertRow {
+fn alert(id: &str, last_update: &str) -> mde_sync::model::AlertRow {
     let raw = serde_json::value::RawValue::from_string(format!(
         r#"{{"id":"{id}","lastUpdateTime":"{last_update}","title":"t"}}"#
     ))
@@ -802,22 +802,14 @@ async fn the_fence_admits_only_the_current_holder_and_a_takeover_bumps_the_epoch
 /// A source whose calls never answer, as a call waiting on the budget or a retry.
 struct Never(std::sync::atomic::AtomicUsize);
 
-impl mde_sync::mde::AlertSource for Never {
+impl mde_sync::api::AlertSource for Never {
     fn fetch<'a>(
         &'a self,
         _: &'a mde_sync::tenant::TenantId,
-        _: &'a mde_sync::mde::WindowQuery,
-        _: &'a mut dyn mde_sync::mde::AlertSink,
-    ) -> mde_sync::BoxFuture<'a, Result<mde_sync::mde::PageSummary, mde_sync::mde::ApiError>> {
+        _: &'a mde_sync::api::WindowQuery,
+        _: &'a mut dyn mde_sync::api::AlertSink,
+    ) -> mde_sync::BoxFuture<'a, Result<mde_sync::api::PageSummary, mde_sync::api::ApiError>> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(std::future::pending())
-    }
-    fn fetch_link<'a>(
-        &'a self,
-        _: &'a mde_sync::tenant::TenantId,
-        _: &'a str,
-        _: &'a mut dyn mde_sync::mde::AlertSink,
-    ) -> mde_sync::BoxFuture<'a, Result<mde_sync::mde::PageSummary, mde_sync::mde::ApiError>> {
         Box::pin(std::future::pending())
     }
 }

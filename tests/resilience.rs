@@ -9,12 +9,14 @@ use std::{collections::HashMap, sync::Arc, time::Duration as StdDuration};
 use common::*;
 use mde_sync::{
     BoxFuture,
-    app::{self, App},
+    api::{AlertSink, AlertSource, ApiError, PageSummary, WindowQuery},
+    app::App,
     auth::{TokenProvider, http_client},
     budget::Budget,
     config::Settings,
     graph::GraphClient,
-    mde::{AlertSink, AlertSource, ApiError, MdeClient, PageSummary, WindowQuery},
+    mde::MdeClient,
+    report,
     simulator::{Faults, RequestRecord, SimConfig, SimTenant, Simulator, TenantKind},
     source::{ServiceSources, SourceKind},
     sync::Syncer,
@@ -137,7 +139,7 @@ async fn faults_are_ridden_out(source: SourceKind) {
     loop {
         passes += 1;
         let outcomes = syncer.sync_all(&tenants).await;
-        if outcomes.iter().all(|o| o.ok == Some(true)) {
+        if outcomes.iter().all(|o| o.ok() == Some(true)) {
             break;
         }
         assert!(
@@ -264,7 +266,7 @@ async fn a_tenant_with_a_refused_secret_and_one_answering_403_do_not_slow_the_ot
     assert_eq!(first[1].health, "credential-error");
     assert_eq!(first[3].health, "missing-role");
     for i in [0, 2, 4] {
-        assert_eq!(first[i].ok, Some(true));
+        assert_eq!(first[i].ok(), Some(true));
         assert!(
             first[i].duration_ms < 2_000,
             "healthy tenant took {} ms",
@@ -285,11 +287,11 @@ async fn a_tenant_with_a_refused_secret_and_one_answering_403_do_not_slow_the_ot
             started.elapsed()
         );
         assert_eq!(
-            (pass[1].ok, pass[3].ok),
+            (pass[1].ok(), pass[3].ok()),
             (None, None),
             "bad tenants are retried slowly, not every tick"
         );
-        assert!([0, 2, 4].iter().all(|i| pass[*i].ok == Some(true)));
+        assert!([0, 2, 4].iter().all(|i| pass[*i].ok() == Some(true)));
     }
     assert_eq!(sim.token_requests(tenants[1].id.as_str()), tok2);
     assert_eq!(sim.api_requests(tenants[3].id.as_str()), api4);
@@ -327,7 +329,7 @@ async fn a_secret_refused_by_every_tenant_pauses_polling_and_one_tenant_probes_i
     assert!(
         second
             .iter()
-            .all(|o| o.ok.is_none() && o.health == "credential-error"),
+            .all(|o| o.ok().is_none() && o.health == "credential-error"),
         "{second:?}"
     );
     assert_eq!(
@@ -368,14 +370,6 @@ impl AlertSource for AlwaysFailing {
             self.inner.fetch(tenant, q, sink).await
         })
     }
-    fn fetch_link<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        link: &'a str,
-        sink: &'a mut dyn AlertSink,
-    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        self.inner.fetch_link(tenant, link, sink)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,7 +407,7 @@ async fn status_names_each_fault_state_in_plain_words() {
     // tenant 0 is read from Graph in this listing: status shows each tenant's source
     let mut listed = tenants.clone();
     listed[0].source = mde_sync::source::SourceKind::Graph;
-    let text = app::render_status(
+    let text = report::render_status(
         &rows,
         &listed,
         Timestamp::from_datetime(time::OffsetDateTime::now_utc()),

@@ -5,7 +5,9 @@ mod common;
 
 use common::{Backend, TestDb, same_raw};
 use mde_sync::{
-    mde::model::{AlertRow, parse_alert},
+    health::Health,
+    mde::model::parse_alert,
+    model::AlertRow,
     store::{self, RunReport, SharedStore},
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
@@ -79,7 +81,7 @@ async fn versions_from_either_source_compare_as_instants_whatever_their_digits(b
     );
     let (rows, evidence) = s.dump(&t.id).await.unwrap();
     let col = |name: &str| {
-        let i = 1 + mde_sync::mde::model::column_index(mde_sync::mde::model::ALERT_COLUMNS, name);
+        let i = 1 + mde_sync::model::column_index(mde_sync::model::ALERT_COLUMNS, name);
         rows[0][i].clone()
     };
     assert_eq!(col("source").as_deref(), Some("graph"));
@@ -220,11 +222,7 @@ async fn runs_are_recorded_and_health_follows_the_last_outcome(backend: Backend)
             tenant: t.id.clone(),
             finished_at: now,
             ok,
-            health: if ok {
-                "ok".into()
-            } else {
-                "needs-consent".into()
-            },
+            health: if ok { Health::Ok } else { Health::NeedsConsent },
             alerts_received: 2,
             alerts_written: 2,
             alerts_rejected: 0,
@@ -261,12 +259,12 @@ async fn a_stopped_run_leaves_the_tenants_health_and_failure_count_alone(backend
         let now = ts("2024-05-01T00:00:00Z");
         s.ping().await.unwrap();
         s.prepare_tenant(&t, now).await.unwrap();
-        let report = |run_id, ok: bool, health: &str| RunReport {
+        let report = |run_id, ok: bool, health: Health| RunReport {
             run_id,
             tenant: t.id.clone(),
             finished_at: now,
             ok,
-            health: health.into(),
+            health,
             alerts_received: 1,
             alerts_written: 1,
             alerts_rejected: 0,
@@ -276,13 +274,15 @@ async fn a_stopped_run_leaves_the_tenants_health_and_failure_count_alone(backend
             error: (!ok).then(|| "transient".into()),
         };
         let run = s.start_run(&t.id, now).await.unwrap();
-        s.finish_run(&report(run, false, "transient"))
+        s.finish_run(&report(run, false, Health::Degraded))
             .await
             .unwrap();
         let run = s.start_run(&t.id, now).await.unwrap();
-        s.stop_run(&report(run, false, "stopped")).await.unwrap();
+        s.stop_run(&report(run, false, Health::Stopped))
+            .await
+            .unwrap();
         let st = s.status().await.unwrap().remove(0);
-        assert_eq!(st.health, "transient", "a stop is not a failure");
+        assert_eq!(st.health, "degraded", "a stop is not a failure");
         assert_eq!(st.consecutive_failures, 1);
         // stop_run never moves the watermark: only commit does
         assert_eq!(st.watermark, None);

@@ -15,7 +15,8 @@ use std::{
 use common::*;
 use mde_sync::{
     BoxFuture,
-    mde::{AlertSink, AlertSource, ApiError, PageSummary, WindowQuery, model::AlertRow},
+    api::{AlertSink, AlertSource, ApiError, PageSummary, WindowQuery},
+    model::AlertRow,
     simulator::{SimConfig, SimTenant, TenantKind},
     store::{
         Dump, EvidenceRaw, RunReport, SeverityCount, SharedStore, Store, StoreError, TenantStatus,
@@ -96,15 +97,6 @@ impl AlertSource for LargeAlerts {
             })
         })
     }
-
-    fn fetch_link<'a>(
-        &'a self,
-        _: &'a TenantId,
-        _: &'a str,
-        _: &'a mut dyn AlertSink,
-    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        Box::pin(async { unreachable!("this source sends no links") })
-    }
 }
 
 /// A store that records, at each commit, how many alerts the sync held.
@@ -165,6 +157,13 @@ impl Store for Recording {
     }
     fn stop_run<'a>(&'a self, report: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {
         self.inner.stop_run(report)
+    }
+    fn prune_runs<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        before: Timestamp,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.inner.prune_runs(tenant, before)
     }
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.inner.ping()
@@ -247,7 +246,7 @@ async fn a_page_of_10000_large_alerts_is_written_while_it_streams_holding_a_batc
         env.app.settings.sync.clone(),
     );
     let o = syncer.sync_tenant(&env.tenants[0]).await;
-    assert_eq!(o.ok, Some(true), "{:?}", o.error);
+    assert_eq!(o.ok(), Some(true), "{:?}", o.error);
 
     // everything arrived...
     let stored = env.store().alert_raws(&env.tenants[0].id).await.unwrap();
@@ -293,14 +292,6 @@ impl AlertSource for IgnoresTop {
             self.inner.fetch(tenant, &doubled, sink).await
         })
     }
-    fn fetch_link<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        link: &'a str,
-        sink: &'a mut dyn AlertSink,
-    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        self.inner.fetch_link(tenant, link, sink)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,7 +315,7 @@ async fn a_server_sending_more_than_top_fails_the_run_loudly_and_the_watermark_s
     );
     for run in 0..2 {
         let o = syncer.sync_tenant(&env.tenants[0]).await;
-        assert_eq!(o.ok, Some(false), "run {run}");
+        assert_eq!(o.ok(), Some(false), "run {run}");
         let err = o.error.unwrap();
         assert!(err.contains("$top=250"), "{err}");
         assert_eq!(o.health, "degraded");
@@ -362,14 +353,6 @@ impl AlertSource for Gauge {
             self.now.fetch_sub(1, Ordering::SeqCst);
             r
         })
-    }
-    fn fetch_link<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        link: &'a str,
-        sink: &'a mut dyn AlertSink,
-    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        self.inner.fetch_link(tenant, link, sink)
     }
 }
 
@@ -416,7 +399,7 @@ async fn overlapping_passes_never_run_more_than_max_concurrent_tenants() {
         let oks = [&a, &b, &c]
             .iter()
             .flat_map(|p| p.iter())
-            .filter(|o| o.tenant == t.id && o.ok == Some(true))
+            .filter(|o| o.tenant == t.id && o.ok() == Some(true))
             .count();
         assert!(oks >= 1, "tenant {} never synced", t.id);
     }

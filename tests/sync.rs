@@ -9,8 +9,8 @@ use std::{sync::Arc, time::Duration as StdDuration};
 use common::*;
 use mde_sync::{
     BoxFuture,
+    api::{AlertSink, AlertSource, ApiError, Collect, PageSummary, WindowQuery},
     clock::SharedClock,
-    mde::{AlertSink, AlertSource, ApiError, Collect, PageSummary, WindowQuery},
     simulator::{SimConfig, SimTenant, TenantKind},
     source::SourceKind,
     sync::Syncer,
@@ -51,7 +51,7 @@ async fn database_equals_simulator_after_lag_continuous_changes_a_10500_bulk_upd
     for cycle in 0..6 {
         let outcomes = env.app.sync_once().await;
         for o in &outcomes {
-            assert_eq!(o.ok, Some(true), "cycle {cycle}: {:?}", o.error);
+            assert_eq!(o.ok(), Some(true), "cycle {cycle}: {:?}", o.error);
         }
         assert!(assert_watermark_invariant(&env).await > 0);
         // the world keeps changing between cycles too
@@ -69,7 +69,7 @@ async fn database_equals_simulator_after_lag_continuous_changes_a_10500_bulk_upd
     env.sim.set_changes_enabled(false);
     for _ in 0..4 {
         for o in env.app.sync_once().await {
-            assert_eq!(o.ok, Some(true), "{:?}", o.error);
+            assert_eq!(o.ok(), Some(true), "{:?}", o.error);
         }
         clock.advance(Duration::seconds(60));
     }
@@ -144,7 +144,7 @@ async fn a_run_killed_at_any_request_loses_nothing_once_the_next_run_completes(
         clock.advance(Duration::seconds(60));
         for _ in 0..2 {
             let o = syncer.sync_tenant(&tenant).await;
-            assert_eq!(o.ok, Some(true), "kill after {kill_after}: {:?}", o.error);
+            assert_eq!(o.ok(), Some(true), "kill after {kill_after}: {:?}", o.error);
             clock.advance(Duration::seconds(60));
         }
         assert_converged(&env, &[]).await;
@@ -169,7 +169,7 @@ async fn small_pages_split_windows_until_each_fits_and_the_watermark_follows(
     )
     .await;
     let o = env.app.sync_once().await.remove(0);
-    assert_eq!(o.ok, Some(true), "{:?}", o.error);
+    assert_eq!(o.ok(), Some(true), "{:?}", o.error);
     assert_converged(&env, &[]).await;
     // more requests than pages strictly needed, but bounded: median splits halve each full window
     assert!(o.pages >= 12, "{} pages", o.pages);
@@ -242,7 +242,7 @@ async fn malformed_and_foreign_alerts_are_refused_alone_and_unknown_fields_survi
 
     let o = env.app.sync_once().await.remove(0);
     assert_eq!(
-        o.ok,
+        o.ok(),
         Some(true),
         "one bad alert must not fail the tenant: {:?}",
         o.error
@@ -313,17 +313,17 @@ async fn unconsented_and_roleless_tenants_fail_with_cause_and_fix_while_the_othe
     for (i, o) in outcomes.iter().enumerate() {
         match i {
             1 => {
-                assert_eq!(o.ok, Some(false));
+                assert_eq!(o.ok(), Some(false));
                 assert_eq!(o.health, "needs-consent");
                 let e = o.error.as_deref().unwrap();
                 assert!(e.contains("700016") && e.contains("consent-url"), "{e}");
             }
             3 => {
-                assert_eq!(o.ok, Some(false));
+                assert_eq!(o.ok(), Some(false));
                 assert_eq!(o.health, "missing-role");
                 assert!(o.error.as_deref().unwrap().contains("Alert.Read.All"));
             }
-            _ => assert_eq!(o.ok, Some(true), "{:?}", o.error),
+            _ => assert_eq!(o.ok(), Some(true), "{:?}", o.error),
         }
     }
     for (i, t) in env.tenants.iter().enumerate() {
@@ -367,14 +367,6 @@ impl AlertSource for StallOne {
             }
             self.inner.fetch(tenant, q, sink).await
         })
-    }
-    fn fetch_link<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        link: &'a str,
-        sink: &'a mut dyn AlertSink,
-    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        self.inner.fetch_link(tenant, link, sink)
     }
 }
 
@@ -423,11 +415,12 @@ async fn a_stalled_tenant_does_not_delay_the_others_and_is_not_started_twice(
     // a second pass now must not start the stalled tenant again
     let second = syncer.sync_all(&env.tenants[..1]).await;
     assert_eq!(
-        second[0].ok, None,
+        second[0].ok(),
+        None,
         "a run still in progress is not started twice"
     );
     let outcomes = first.await.unwrap();
-    assert!(outcomes.iter().all(|o| o.ok == Some(true)));
+    assert!(outcomes.iter().all(|o| o.ok() == Some(true)));
     let fast_max = outcomes[1..].iter().map(|o| o.duration_ms).max().unwrap();
     assert!(fast_max < 1500, "healthy tenants took {fast_max} ms");
     assert!(outcomes[0].duration_ms >= 3000);
@@ -453,10 +446,10 @@ async fn tokens_are_reused_renewed_ahead_of_expiry_and_replaced_after_a_401(
     .await;
     let id = env.tenants[0].id.as_str().to_owned();
 
-    assert_eq!(env.app.sync_once().await[0].ok, Some(true));
+    assert_eq!(env.app.sync_once().await[0].ok(), Some(true));
     assert_eq!(env.sim.token_requests(&id), 1);
     clock.advance(Duration::minutes(2));
-    assert_eq!(env.app.sync_once().await[0].ok, Some(true));
+    assert_eq!(env.app.sync_once().await[0].ok(), Some(true));
     assert_eq!(env.sim.token_requests(&id), 1, "a fresh token is reused");
 
     // the renewal job: nothing to do while the token has more than five minutes left. Graph
@@ -479,7 +472,7 @@ async fn tokens_are_reused_renewed_ahead_of_expiry_and_replaced_after_a_401(
     );
     assert_eq!(env.sim.token_requests(&id), 2);
     clock.advance(Duration::minutes(5)); // past the old token's expiry, the renewed one is good
-    assert_eq!(env.app.sync_once().await[0].ok, Some(true));
+    assert_eq!(env.app.sync_once().await[0].ok(), Some(true));
     assert_eq!(
         env.sim.token_requests(&id),
         2,
@@ -488,13 +481,13 @@ async fn tokens_are_reused_renewed_ahead_of_expiry_and_replaced_after_a_401(
 
     // expiry without the renewal job: the poll fetches a new token itself
     clock.advance(Duration::minutes(11));
-    assert_eq!(env.app.sync_once().await[0].ok, Some(true));
+    assert_eq!(env.app.sync_once().await[0].ok(), Some(true));
     assert_eq!(env.sim.token_requests(&id), 3);
 
     // the API starts refusing the token: one renewal, then success
     env.sim.revoke_tokens();
     let o = env.app.sync_once().await.remove(0);
-    assert_eq!(o.ok, Some(true), "{:?}", o.error);
+    assert_eq!(o.ok(), Some(true), "{:?}", o.error);
     assert_eq!(env.sim.token_requests(&id), 4);
     let unauthorized = env
         .sim
@@ -528,7 +521,7 @@ async fn an_instant_bigger_than_a_page_is_read_whole_while_its_alerts_keep_chang
     .await;
     let id = env.tenants[0].id.as_str().to_owned();
     env.sim.set_changes_enabled(false);
-    assert_eq!(env.app.sync_once().await[0].ok, Some(true));
+    assert_eq!(env.app.sync_once().await[0].ok(), Some(true));
 
     // 2,500 alerts share one instant, which then falls below the next run's ceiling: that run is
     // the one that must read it whole
@@ -537,7 +530,7 @@ async fn an_instant_bigger_than_a_page_is_read_whole_while_its_alerts_keep_chang
     env.sim.set_changes_enabled(true);
     let o = env.app.sync_once().await.remove(0);
     env.sim.set_changes_enabled(false);
-    assert_eq!(o.ok, Some(true), "{:?}", o.error);
+    assert_eq!(o.ok(), Some(true), "{:?}", o.error);
     assert!(
         o.watermark.unwrap() > instant,
         "the run moved the watermark past the instant"
@@ -586,7 +579,7 @@ async fn a_tenant_switched_from_mde_to_graph_keeps_its_rows_and_ends_with_exactl
     .await;
     let id = env.tenants[0].id.as_str().to_owned();
     for _ in 0..3 {
-        assert_eq!(env.app.sync_once().await[0].ok, Some(true));
+        assert_eq!(env.app.sync_once().await[0].ok(), Some(true));
         env.sim.change_random(&id, 30);
         clock.advance(Duration::seconds(60));
     }
@@ -617,7 +610,7 @@ async fn a_tenant_switched_from_mde_to_graph_keeps_its_rows_and_ends_with_exactl
         .count();
     assert_eq!(graph_requests_before, 0);
     let first = app.sync_once().await.remove(0);
-    assert_eq!(first.ok, Some(true), "{:?}", first.error);
+    assert_eq!(first.ok(), Some(true), "{:?}", first.error);
     assert!(
         first.alerts_received < 400,
         "the first Graph run starts at the MDE watermark {mde_watermark}, it does not re-read the tenant: {} alerts",
@@ -626,11 +619,11 @@ async fn a_tenant_switched_from_mde_to_graph_keeps_its_rows_and_ends_with_exactl
     for _ in 0..3 {
         env.sim.change_random(&id, 30);
         clock.advance(Duration::seconds(60));
-        assert_eq!(app.sync_once().await[0].ok, Some(true));
+        assert_eq!(app.sync_once().await[0].ok(), Some(true));
     }
     env.sim.set_changes_enabled(false);
     clock.advance(Duration::seconds(120));
-    assert_eq!(app.sync_once().await[0].ok, Some(true));
+    assert_eq!(app.sync_once().await[0].ok(), Some(true));
     assert!(
         env.sim
             .requests()
@@ -710,18 +703,18 @@ async fn graph_pages_clamped_short_or_empty_with_a_next_link_never_complete_a_wi
     )
     .await;
     let id = env.tenants[0].id.as_str().to_owned();
-    assert_eq!(env.app.sync_once().await[0].ok, Some(true));
+    assert_eq!(env.app.sync_once().await[0].ok(), Some(true));
     let instant = env.sim.bulk_update(&id, 500);
     for _ in 0..3 {
         clock.advance(Duration::seconds(60));
         let o = env.app.sync_once().await.remove(0);
-        assert_eq!(o.ok, Some(true), "{:?}", o.error);
+        assert_eq!(o.ok(), Some(true), "{:?}", o.error);
         env.sim.change_random(&id, 20);
     }
     env.sim.set_changes_enabled(false);
     clock.advance(Duration::seconds(60));
     let o = env.app.sync_once().await.remove(0);
-    assert_eq!(o.ok, Some(true), "{:?}", o.error);
+    assert_eq!(o.ok(), Some(true), "{:?}", o.error);
     assert!(o.watermark.unwrap() > instant);
     assert_converged(&env, &[]).await;
     assert!(assert_watermark_invariant(&env).await > 1_000);
@@ -774,24 +767,6 @@ impl AlertSource for LinkPaging {
             push_all(sink, alerts, next_link).await
         })
     }
-    fn fetch_link<'a>(
-        &'a self,
-        _: &'a TenantId,
-        link: &'a str,
-        sink: &'a mut dyn AlertSink,
-    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        Box::pin(async move {
-            self.links_followed
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let alerts = self
-                .rest
-                .lock()
-                .unwrap()
-                .remove(link)
-                .expect("a link handed out");
-            push_all(sink, alerts, None).await
-        })
-    }
 }
 
 async fn push_all(
@@ -835,7 +810,7 @@ async fn a_next_link_marks_the_window_full_and_it_is_split_until_answered_whole(
         settings,
     );
     let o = syncer.sync_tenant(&env.tenants[0]).await;
-    assert_eq!(o.ok, Some(true), "{:?}", o.error);
+    assert_eq!(o.ok(), Some(true), "{:?}", o.error);
     assert!(
         o.pages > 40,
         "120 alerts answered at most three at a time without a link: {} pages",
@@ -875,14 +850,6 @@ impl AlertSource for HangAfter {
             }
             self.inner.fetch(tenant, q, sink).await
         })
-    }
-    fn fetch_link<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        link: &'a str,
-        sink: &'a mut dyn AlertSink,
-    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        self.inner.fetch_link(tenant, link, sink)
     }
 }
 
@@ -925,7 +892,7 @@ async fn stop_ends_a_run_at_its_page_boundary_without_waiting_for_the_request_in
         .expect("the run stops without waiting for its request")
         .unwrap();
     assert!(asked.elapsed() < StdDuration::from_secs(1));
-    assert_eq!((o.ok, o.health.as_str()), (None, "stopped"));
+    assert_eq!((o.ok(), o.health.as_str()), (None, "stopped"));
     assert!(o.alerts_written > 0, "pages before the stop were committed");
     let outcome: String = sqlx::query_scalar("SELECT outcome FROM sync_runs")
         .fetch_one(&sqlx::SqlitePool::connect(&env.db.url).await.unwrap())
@@ -935,11 +902,11 @@ async fn stop_ends_a_run_at_its_page_boundary_without_waiting_for_the_request_in
     assert!(assert_watermark_invariant(&env).await > 0);
     // once stopped, nothing starts any more
     let again = syncer.sync_all(&env.tenants).await;
-    assert_eq!((again[0].ok, again[0].health.as_str()), (None, "stopped"));
+    assert_eq!((again[0].ok(), again[0].health.as_str()), (None, "stopped"));
 
     // the next run (a new process) resumes from the watermark and converges
     let o = env.app.syncer.sync_tenant(&tenant).await;
-    assert_eq!(o.ok, Some(true), "{:?}", o.error);
+    assert_eq!(o.ok(), Some(true), "{:?}", o.error);
     assert_converged(&env, &[]).await;
 }
 
@@ -979,14 +946,14 @@ async fn a_tenant_made_inactive_stops_at_its_next_page_and_does_not_start_again(
     syncer.set_active_tenants(Some([t2.id.clone()].into()));
     let outcomes = pass.await.unwrap();
     assert_eq!(outcomes[0].health, "stopped", "{:?}", outcomes[0]);
-    assert_eq!(outcomes[1].ok, Some(true));
+    assert_eq!(outcomes[1].ok(), Some(true));
     let kept = env.store().alert_raws(&t1.id).await.unwrap().len();
     assert!(kept > 0, "the removed tenant's data stays");
 
     let requests = env.sim.api_requests(t1.id.as_str());
     let again = syncer.sync_all(&env.tenants).await;
     assert_eq!(again[0].health, "stopped");
-    assert_eq!(again[1].ok, Some(true));
+    assert_eq!(again[1].ok(), Some(true));
     assert_eq!(env.sim.api_requests(t1.id.as_str()), requests);
     assert_eq!(env.store().alert_raws(&t1.id).await.unwrap().len(), kept);
 }

@@ -1,7 +1,7 @@
 //! Microsoft Graph security `alerts_v2` as a second alert source: the request URL for a window
-//! ([`window_url`]), the response body as a [`Page`] ([`parse_page`]), the alert and evidence
-//! mapping onto the common columns ([`model`]), and the HTTP client ([`client::GraphClient`]),
-//! which implements the same [`crate::mde::AlertSource`] the sync algorithm pages through.
+//! ([`window_url`]), the alert and evidence mapping onto the common columns ([`model`]), and the
+//! HTTP client ([`client::GraphClient`]), which implements the same [`crate::api::AlertSource`]
+//! the sync algorithm pages through.
 //!
 //! What differs from the MDE API (graph-alerts-v2.md): the time property is
 //! `lastUpdateDateTime`; `$top` is clamped at 1,000 and a page may be short, or empty, and still
@@ -13,11 +13,9 @@
 pub mod client;
 pub mod model;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use url::Url;
 
-use crate::{mde::WindowQuery, source::ServiceSources};
+use crate::{api::WindowQuery, source::ServiceSources};
 
 pub use client::GraphClient;
 
@@ -74,31 +72,6 @@ pub fn window_url(base: &Url, q: &WindowQuery, services: ServiceSources) -> Url 
     url
 }
 
-#[derive(Deserialize)]
-struct Envelope {
-    value: Vec<Box<RawValue>>,
-    #[serde(rename = "@odata.nextLink")]
-    next_link: Option<String>,
-}
-
-/// A whole Graph page held in memory: what [`parse_page`] gives (tests and tools; the sync
-/// streams responses instead, see [`crate::odata`]).
-#[derive(Debug, Default)]
-pub struct Page {
-    pub alerts: Vec<Box<RawValue>>,
-    pub next_link: Option<String>,
-}
-
-/// A 200 body as a [`Page`]: each alert's exact text and the continuation link, if any. Other
-/// `@odata.*` keys (`context`, `count`) are ignored.
-pub fn parse_page(body: &[u8]) -> Result<Page, serde_json::Error> {
-    let env: Envelope = serde_json::from_slice(body)?;
-    Ok(Page {
-        alerts: env.value,
-        next_link: env.next_link,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,13 +103,5 @@ mod tests {
         );
         let all = window_url(&base, &q, ServiceSources::All);
         assert!(!all.as_str().contains("serviceSource"), "{all}");
-    }
-
-    #[test]
-    fn a_page_keeps_each_alert_text_and_the_next_link() {
-        let p = parse_page(br#"{"@odata.context":"x","@odata.count":3,"value":[{"id":"a", "x":1}],"@odata.nextLink":"https://graph.microsoft.com/v1.0/security/alerts_v2?$skip=1"}"#).unwrap();
-        assert_eq!(p.alerts[0].get(), r#"{"id":"a", "x":1}"#);
-        assert!(p.next_link.unwrap().ends_with("$skip=1"));
-        assert!(parse_page(br#"{"value":[]}"#).unwrap().next_link.is_none());
     }
 }

@@ -1,5 +1,5 @@
 //! The Graph `alerts_v2` alert as stored: the same `alerts` and `alert_evidence` columns as an MDE
-//! alert ([`crate::mde::model`]), filled from Graph's properties, with Graph's enum values mapped
+//! alert ([`crate::model`]), filled from Graph's properties, with Graph's enum values mapped
 //! to the values MDE rows already use, so one query works whatever the source.
 //!
 //! Like the MDE model it is lenient: every property is optional, unknown enum values and unknown
@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, value::RawValue};
 
-use crate::mde::model::{
+use crate::model::{
     ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, EvidenceRow, Kind, Malformed, Val, column_index,
     convert,
 };

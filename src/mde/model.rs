@@ -1,187 +1,16 @@
-//! The MDE alert as stored: the columns of `alerts` and `alert_evidence`, parsed leniently from the
-//! JSON exactly as received.
+//! MDE's alert JSON, parsed leniently into the stored shape ([`crate::model`]), exactly as
+//! received.
 //!
 //! Every property is optional (older payloads lack newer fields), enums are open strings (unknown
 //! values are stored as they come), and unknown properties survive in `raw`. Only an alert we
 //! cannot key or order — no string `id`, or a timestamp or number that does not parse — is
 //! malformed; it is refused alone, never the page it came in.
 
-use serde_json::{Map, Value, value::RawValue};
+use serde_json::{Value, value::RawValue};
 
-use crate::timestamp::Timestamp;
-
-/// How a column's value is typed in the databases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Free text or an open enum.
-    Text,
-    /// A 64-bit integer (ids, process ids).
-    Int,
-    /// An instant, stored in the canonical seven-digit form.
-    Time,
-    /// A JSON array or object, stored as JSON text.
-    Json,
-}
-
-/// One column value, ready to bind.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Val {
-    Text(Option<String>),
-    Int(Option<i64>),
-    Time(Option<Timestamp>),
-    Json(Option<String>),
-}
-
-/// `(column, JSON property, kind)` for every documented alert property except `id` and
-/// `evidence`. The column names are a contract users' queries rely on: never rename one.
-pub const ALERT_COLUMNS: &[(&str, &str, Kind)] = &[
-    ("incident_id", "incidentId", Kind::Int),
-    ("investigation_id", "investigationId", Kind::Int),
-    ("assigned_to", "assignedTo", Kind::Text),
-    ("severity", "severity", Kind::Text),
-    ("status", "status", Kind::Text),
-    ("classification", "classification", Kind::Text),
-    ("determination", "determination", Kind::Text),
-    ("investigation_state", "investigationState", Kind::Text),
-    ("detection_source", "detectionSource", Kind::Text),
-    ("detector_id", "detectorId", Kind::Text),
-    ("category", "category", Kind::Text),
-    ("threat_family_name", "threatFamilyName", Kind::Text),
-    ("threat_name", "threatName", Kind::Text),
-    ("title", "title", Kind::Text),
-    ("description", "description", Kind::Text),
-    ("alert_creation_time", "alertCreationTime", Kind::Time),
-    ("first_event_time", "firstEventTime", Kind::Time),
-    ("last_event_time", "lastEventTime", Kind::Time),
-    ("last_update_time", "lastUpdateTime", Kind::Time),
-    ("resolved_time", "resolvedTime", Kind::Time),
-    ("machine_id", "machineId", Kind::Text),
-    ("computer_dns_name", "computerDnsName", Kind::Text),
-    ("rbac_group_name", "rbacGroupName", Kind::Text),
-    ("aad_tenant_id", "aadTenantId", Kind::Text),
-    ("mitre_techniques", "mitreTechniques", Kind::Json),
-    ("related_user", "relatedUser", Kind::Json),
-    ("comments", "comments", Kind::Json),
-    // Added by migration 0002. An empty JSON property means the MDE API has no such property:
-    // the column is filled by the Graph mapping (`graph::model`) or, for `source`, by the parser.
-    ("source", "", Kind::Text),
-    ("service_source", "", Kind::Text),
-    ("graph_detection_source", "", Kind::Text),
-    ("provider_alert_id", "", Kind::Text),
-    ("alert_web_url", "", Kind::Text),
-    ("incident_web_url", "", Kind::Text),
-    ("actor_display_name", "", Kind::Text),
-    ("recommended_actions", "", Kind::Text),
-    ("product_name", "", Kind::Text),
-    ("alert_policy_id", "", Kind::Text),
-    ("categories", "", Kind::Json),
-    ("system_tags", "", Kind::Json),
-    ("additional_data", "", Kind::Json),
-    ("custom_details", "", Kind::Json),
-];
-
-/// `(column, JSON property, kind)` for every documented evidence property.
-pub const EVIDENCE_COLUMNS: &[(&str, &str, Kind)] = &[
-    ("entity_type", "entityType", Kind::Text),
-    ("evidence_creation_time", "evidenceCreationTime", Kind::Time),
-    ("sha1", "sha1", Kind::Text),
-    ("sha256", "sha256", Kind::Text),
-    ("file_name", "fileName", Kind::Text),
-    ("file_path", "filePath", Kind::Text),
-    ("process_id", "processId", Kind::Int),
-    ("process_command_line", "processCommandLine", Kind::Text),
-    ("process_creation_time", "processCreationTime", Kind::Time),
-    ("parent_process_id", "parentProcessId", Kind::Int),
-    (
-        "parent_process_creation_time",
-        "parentProcessCreationTime",
-        Kind::Time,
-    ),
-    (
-        "parent_process_file_name",
-        "parentProcessFileName",
-        Kind::Text,
-    ),
-    (
-        "parent_process_file_path",
-        "parentProcessFilePath",
-        Kind::Text,
-    ),
-    ("ip_address", "ipAddress", Kind::Text),
-    ("url", "url", Kind::Text),
-    ("registry_key", "registryKey", Kind::Text),
-    ("registry_hive", "registryHive", Kind::Text),
-    ("registry_value_type", "registryValueType", Kind::Text),
-    ("registry_value", "registryValue", Kind::Text),
-    ("account_name", "accountName", Kind::Text),
-    ("domain_name", "domainName", Kind::Text),
-    ("user_sid", "userSid", Kind::Text),
-    ("aad_user_id", "aadUserId", Kind::Text),
-    ("user_principal_name", "userPrincipalName", Kind::Text),
-    ("detection_status", "detectionStatus", Kind::Text),
-    // Added by migration 0002, filled from Graph evidence only (see `graph::model`).
-    ("odata_type", "", Kind::Text),
-    ("verdict", "", Kind::Text),
-    ("remediation_status", "", Kind::Text),
-    ("remediation_status_details", "", Kind::Text),
-    ("roles", "", Kind::Json),
-    ("detailed_roles", "", Kind::Json),
-    ("tags", "", Kind::Json),
-    ("mde_device_id", "", Kind::Text),
-    ("azure_ad_device_id", "", Kind::Text),
-    ("device_dns_name", "", Kind::Text),
-    ("os_platform", "", Kind::Text),
-    ("os_build", "", Kind::Int),
-    ("device_version", "", Kind::Text),
-    ("health_status", "", Kind::Text),
-    ("risk_score", "", Kind::Text),
-    ("onboarding_status", "", Kind::Text),
-    ("defender_av_status", "", Kind::Text),
-    ("rbac_group_id", "", Kind::Int),
-    ("rbac_group_name", "", Kind::Text),
-    ("first_seen_time", "", Kind::Time),
-    ("ip_interfaces", "", Kind::Json),
-    ("logged_on_users", "", Kind::Json),
-    ("vm_metadata", "", Kind::Json),
-    ("md5", "", Kind::Text),
-    ("file_size", "", Kind::Int),
-    ("file_publisher", "", Kind::Text),
-    ("signer", "", Kind::Text),
-    ("issuer", "", Kind::Text),
-    ("parent_process_sha1", "", Kind::Text),
-    ("parent_process_sha256", "", Kind::Text),
-    ("user_display_name", "", Kind::Text),
-    ("registry_value_name", "", Kind::Text),
-    ("country_letter_code", "", Kind::Text),
-];
-
-/// One alert, parsed.
-#[derive(Debug, Clone)]
-pub struct AlertRow {
-    pub id: String,
-    pub last_update: Option<Timestamp>,
-    pub aad_tenant_id: Option<String>,
-    /// Values in [`ALERT_COLUMNS`] order.
-    pub values: Vec<Val>,
-    pub evidence: Vec<EvidenceRow>,
-    /// The alert's JSON exactly as received.
-    pub raw: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct EvidenceRow {
-    /// Values in [`EVIDENCE_COLUMNS`] order.
-    pub values: Vec<Val>,
-    pub raw: String,
-}
-
-/// Why one alert was refused.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("malformed alert {}: {reason}", id.as_deref().unwrap_or("<no id>"))]
-pub struct Malformed {
-    pub id: Option<String>,
-    pub reason: String,
-}
+use crate::model::{
+    ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, EvidenceRow, Malformed, Val, column_index, columns,
+};
 
 /// Parses one MDE alert from its exact JSON text.
 pub fn parse_alert(raw: &RawValue) -> Result<AlertRow, Malformed> {
@@ -248,62 +77,10 @@ pub fn parse_alert(raw: &RawValue) -> Result<AlertRow, Malformed> {
     })
 }
 
-pub fn column_index(cols: &[(&str, &str, Kind)], name: &str) -> usize {
-    cols.iter()
-        .position(|(c, _, _)| *c == name)
-        .expect("known column")
-}
-
-pub(crate) fn columns(
-    obj: &Map<String, Value>,
-    spec: &[(&str, &str, Kind)],
-) -> Result<Vec<Val>, String> {
-    spec.iter()
-        .map(|(_, prop, kind)| {
-            convert(obj.get(*prop).filter(|_| !prop.is_empty()), *kind)
-                .map_err(|e| format!("{prop}: {e}"))
-        })
-        .collect()
-}
-
-pub(crate) fn convert(v: Option<&Value>, kind: Kind) -> Result<Val, String> {
-    let v = match v {
-        None | Some(Value::Null) => {
-            return Ok(match kind {
-                Kind::Text => Val::Text(None),
-                Kind::Int => Val::Int(None),
-                Kind::Time => Val::Time(None),
-                Kind::Json => Val::Json(None),
-            });
-        }
-        Some(v) => v,
-    };
-    Ok(match kind {
-        Kind::Text => Val::Text(Some(match v {
-            Value::String(s) => s.clone(),
-            // An unexpected shape is kept, as JSON text, rather than refusing the alert.
-            other => other.to_string(),
-        })),
-        Kind::Int => Val::Int(Some(match v {
-            Value::Number(n) => n
-                .as_i64()
-                .ok_or_else(|| format!("{n} is not a 64-bit integer"))?,
-            Value::String(s) => s
-                .parse::<i64>()
-                .map_err(|_| format!("{s:?} is not an integer"))?,
-            other => return Err(format!("{other} is not an integer")),
-        })),
-        Kind::Time => Val::Time(Some(match v {
-            Value::String(s) => Timestamp::parse(s).map_err(|e| e.to_string())?,
-            other => return Err(format!("{other} is not a timestamp")),
-        })),
-        Kind::Json => Val::Json(Some(v.to_string())),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timestamp::Timestamp;
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_owned()).unwrap()

@@ -168,8 +168,8 @@ mod tests {
     use super::*;
     use crate::{
         BoxFuture,
+        api::{AlertSink, AlertSource, ApiError, PageSummary, WindowQuery},
         config::SyncSettings,
-        mde::{AlertSink, AlertSource, ApiError, PageSummary, WindowQuery},
         tenant::TenantId,
     };
 
@@ -180,14 +180,6 @@ mod tests {
             &'a self,
             _: &'a TenantId,
             _: &'a WindowQuery,
-            _: &'a mut dyn AlertSink,
-        ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-            Box::pin(async { Ok(PageSummary::default()) })
-        }
-        fn fetch_link<'a>(
-            &'a self,
-            _: &'a TenantId,
-            _: &'a str,
             _: &'a mut dyn AlertSink,
         ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
             Box::pin(async { Ok(PageSummary::default()) })

@@ -3,9 +3,10 @@
 //! watchdog trust, the systemd notification protocol ([`notify`]) and the HTTP listener for
 //! `/healthz` and `/metrics` ([`http`]).
 //!
-//! The daemon loop that uses these lives in [`crate::app::App::run_service`]. Nothing here syncs,
-//! touches SQL directly, or sees a secret.
+//! The daemon loop that uses these is [`daemon`] (`App::run_service`). Nothing here touches SQL
+//! directly or sees a secret.
 
+pub mod daemon;
 pub mod http;
 pub mod notify;
 pub mod replica;

@@ -28,7 +28,7 @@ use crate::{
     config::ReplicaSettings,
     store::{
         StoreError,
-        lease::{Claimed, LeaseStatus, Leases, ReplicaStatus},
+        lease::{Claimed, Leases},
     },
     sync::Syncer,
     tenant::{Tenant, TenantId},
@@ -442,55 +442,6 @@ impl Replica {
         );
         out
     }
-}
-
-/// The lease tables `status` prints below the tenants: who holds each tenant and since when,
-/// then every replica with its last heartbeat.
-pub fn render_status(leases: &[LeaseStatus], replicas: &[ReplicaStatus]) -> String {
-    let mut rows = vec![vec![
-        "TENANT".to_string(),
-        "HELD BY".into(),
-        "EPOCH".into(),
-        "SINCE".into(),
-        "LEASE UNTIL".into(),
-    ]];
-    for l in leases {
-        rows.push(vec![
-            l.tenant_id.clone(),
-            match (&l.owner, l.live) {
-                (Some(o), true) => o.clone(),
-                (Some(o), false) => format!("(expired: {o})"),
-                (None, _) => "(free)".into(),
-            },
-            l.epoch.to_string(),
-            l.acquired_at.clone().unwrap_or_else(|| "-".into()),
-            l.lease_until.clone().unwrap_or_else(|| "-".into()),
-        ]);
-    }
-    let mut out = crate::app::table(&rows);
-    let mut rows = vec![vec![
-        "REPLICA".to_string(),
-        "HOST".into(),
-        "PID".into(),
-        "STATE".into(),
-        "LEASES".into(),
-        "STARTED".into(),
-        "LAST HEARTBEAT".into(),
-    ]];
-    for r in replicas {
-        rows.push(vec![
-            r.replica_id.clone(),
-            r.hostname.clone(),
-            r.pid.to_string(),
-            if r.live { "live" } else { "gone" }.into(),
-            r.leases.to_string(),
-            r.started_at.clone(),
-            r.heartbeat_at.clone(),
-        ]);
-    }
-    out.push('\n');
-    out.push_str(&crate::app::table(&rows));
-    out
 }
 
 /// Where the single-replica lock of a SQLite database lives: beside the file, by its

@@ -20,7 +20,8 @@ use secrecy::ExposeSecret;
 use crate::{
     BoxFuture,
     config::DatabaseSettings,
-    mde::model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Kind},
+    health::Health,
+    model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Kind},
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
 };
@@ -38,6 +39,12 @@ pub enum StoreError {
         "write refused: this replica no longer holds the lease on tenant {tenant} (epoch {epoch}); the replica that holds it now syncs the tenant"
     )]
     LeaseLost { tenant: String, epoch: i64 },
+    /// A stored watermark that is not a timestamp. Reading it as "none" would start a 180-day
+    /// backfill over a tenant that was in sync, so the tenant fails loudly instead.
+    #[error(
+        "tenant {tenant}'s stored watermark {value:?} (sync_state.watermark) is not a timestamp: the tenant is not synced until it is repaired; set it to the last time you trust, as RFC 3339 UTC with seven fractional digits (e.g. 2026-01-31T00:00:00.0000000Z), or to NULL to backfill the tenant again"
+    )]
+    BadWatermark { tenant: String, value: String },
     /// The database cannot be reached; says where and why.
     #[error("{0}")]
     Unavailable(String),
@@ -50,8 +57,8 @@ pub struct RunReport {
     pub tenant: TenantId,
     pub finished_at: Timestamp,
     pub ok: bool,
-    /// `ok`, or the label of the failure (`needs-consent`, `missing-role`, `transient`, …).
-    pub health: String,
+    /// `ok`, or what failed (`needs-consent`, `missing-role`, `degraded`, …).
+    pub health: Health,
     pub alerts_received: u64,
     pub alerts_written: u64,
     pub alerts_rejected: u64,
@@ -121,6 +128,15 @@ pub trait Store: Send + Sync {
     /// `sync_runs.outcome = 'stopped'` with the run's counters. The tenant's health and failure
     /// count stay as they were: nothing failed, and the next run resumes from the watermark.
     fn stop_run<'a>(&'a self, report: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Deletes `tenant`'s finished runs that started before `before` from `sync_runs` (the
+    /// history `sync.run_retention` keeps), using the `(tenant_id, started_at)` index; returns
+    /// how many. Runs still open are kept whatever their age.
+    fn prune_runs<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        before: Timestamp,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
 
     /// The cheapest query that proves the database answers, for `/healthz`.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -23,7 +23,7 @@ use super::{
 use crate::{
     BoxFuture,
     config::DatabaseSettings,
-    mde::model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Val},
+    model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Val},
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
 };
@@ -538,7 +538,7 @@ impl Store for PostgresStore {
                     "UPDATE sync_state SET health = $1, last_error = $2, last_error_at = $3::timestamptz, \
                      consecutive_failures = consecutive_failures + 1, updated_at = $3::timestamptz WHERE tenant_id = $4",
                 )
-                .bind(&r.health)
+                .bind(r.health.as_str())
                 .bind(r.error.as_deref().map(without_nul))
                 .bind(&at)
                 .bind(r.tenant.as_str())
@@ -566,6 +566,23 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await?;
             Ok(())
+        }))
+    }
+
+    fn prune_runs<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        before: Timestamp,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(self.explained(async move {
+            let done = sqlx::query(
+                "DELETE FROM sync_runs WHERE tenant_id = $1 AND started_at < $2::timestamptz AND finished_at IS NOT NULL",
+            )
+            .bind(tenant.as_str())
+            .bind(before.to_db())
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
         }))
     }
 

@@ -16,7 +16,7 @@ use sqlx::{
 use super::{RunReport, Store, StoreError, TenantStatus};
 use crate::{
     BoxFuture,
-    mde::model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Val},
+    model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Val},
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
 };
@@ -283,7 +283,13 @@ impl Store for SqliteStore {
                     .bind(tenant.id.as_str())
                     .fetch_one(&self.pool)
                     .await?;
-            Ok(wm.and_then(|w| Timestamp::parse(&w).ok()))
+            wm.map(|w| {
+                Timestamp::parse(&w).map_err(|_| StoreError::BadWatermark {
+                    tenant: tenant.id.to_string(),
+                    value: w,
+                })
+            })
+            .transpose()
         })
     }
 
@@ -363,7 +369,7 @@ impl Store for SqliteStore {
                 }
                 q.execute(&mut *tx).await?;
             }
-            let evidence: Vec<(&str, i64, &crate::mde::model::EvidenceRow)> = batch
+            let evidence: Vec<(&str, i64, &crate::model::EvidenceRow)> = batch
                 .iter()
                 .filter(|a| written.contains(a.id.as_str()))
                 .flat_map(|a| {
@@ -435,7 +441,7 @@ impl Store for SqliteStore {
                     "UPDATE sync_state SET health = ?, last_error = ?, last_error_at = ?, \
                      consecutive_failures = consecutive_failures + 1, updated_at = ? WHERE tenant_id = ?",
                 )
-                .bind(&r.health)
+                .bind(r.health.as_str())
                 .bind(&r.error)
                 .bind(&at)
                 .bind(&at)
@@ -464,6 +470,23 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
             Ok(())
+        })
+    }
+
+    fn prune_runs<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        before: Timestamp,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "DELETE FROM sync_runs WHERE tenant_id = ? AND started_at < ? AND finished_at IS NOT NULL",
+            )
+            .bind(tenant.as_str())
+            .bind(before.to_db())
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
         })
     }
 

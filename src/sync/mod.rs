@@ -179,13 +179,14 @@ use tracing::Instrument;
 
 use crate::{
     BoxFuture,
+    api::{Abort, AlertSink, AlertSource, ApiError, PageSummary, WindowQuery},
     clock::SharedClock,
     config::SyncSettings,
     graph,
-    mde::{
-        self, Abort, AlertSink, AlertSource, ApiError, PageSummary, WindowQuery, model::AlertRow,
-    },
-    metrics::Metrics,
+    health::{Health, Outcome},
+    mde,
+    metrics::{Metrics, RunSample},
+    model::AlertRow,
     source::SourceKind,
     store::{RunReport, SharedStore, StoreError},
     tenant::{Tenant, TenantId},
@@ -257,13 +258,13 @@ impl SyncError {
         }
     }
 
-    pub fn label(&self) -> &'static str {
+    pub fn label(&self) -> Health {
         match self {
             Self::Api(e) => e.label(),
-            Self::Store(StoreError::LeaseLost { .. }) => "lease-lost",
-            Self::Store(_) => "database-error",
-            Self::UnstableInstant { .. } | Self::OverTop { .. } => "degraded",
-            Self::Stopped => "stopped",
+            Self::Store(StoreError::LeaseLost { .. }) => Health::LeaseLost,
+            Self::Store(_) => Health::DatabaseError,
+            Self::UnstableInstant { .. } | Self::OverTop { .. } => Health::Degraded,
+            Self::Stopped => Health::Stopped,
         }
     }
 }
@@ -273,10 +274,8 @@ impl SyncError {
 pub struct RunOutcome {
     pub tenant: TenantId,
     pub tenant_name: String,
-    /// `None` when the run was skipped because the previous one was still going (`health`
-    /// `skipped`), or stopped before it finished (`health` `stopped`).
-    pub ok: Option<bool>,
-    pub health: String,
+    pub outcome: Outcome,
+    pub health: Health,
     pub error: Option<String>,
     pub alerts_received: u64,
     pub alerts_written: u64,
@@ -295,6 +294,13 @@ struct Counters {
     rejected: u64,
     pages: u64,
     watermark: Option<Timestamp>,
+}
+
+impl RunOutcome {
+    /// `Some(true)` ok, `Some(false)` failed, `None` skipped or stopped.
+    pub fn ok(&self) -> Option<bool> {
+        self.outcome.ok()
+    }
 }
 
 /// Runs the algorithm for any number of tenants against one source and one store.
@@ -492,7 +498,7 @@ impl Syncer {
             };
             for (i, t) in to_run.drain(probe..) {
                 let mut o = skipped_outcome(&t, &why);
-                o.health = "credential-error".into();
+                o.health = Health::CredentialError;
                 skipped.push((i, o));
             }
         }
@@ -511,7 +517,7 @@ impl Syncer {
         }
         // A refused credential is the app's problem only if no tenant accepted it in this pass;
         // if others did, the fault belongs to that tenant (a per-tenant secret mix-up, say).
-        let any_ok = out.iter().any(|(_, o)| o.ok == Some(true));
+        let any_ok = out.iter().any(|(_, o)| o.outcome == Outcome::Ok);
         for (_, o) in &out {
             self.schedule_next(o, any_ok);
         }
@@ -526,7 +532,7 @@ impl Syncer {
             Some(FaultScope::Global) if others_ok => Some(FaultScope::Onboarding),
             s => s,
         };
-        match (o.ok, scope) {
+        match (o.ok(), scope) {
             (Some(true), _) => {
                 self.retry_at.lock().expect("retry map").remove(&o.tenant);
                 if self
@@ -570,14 +576,28 @@ impl Syncer {
         let span =
             tracing::info_span!("tenant_run", tenant = %tenant.id, tenant_name = %tenant.name);
         let outcome = self.sync_tenant_inner(tenant).instrument(span).await;
-        self.metrics.run_finished(&outcome, self.now());
+        self.metrics.run_finished(
+            &RunSample {
+                tenant: &outcome.tenant,
+                tenant_name: &outcome.tenant_name,
+                outcome: outcome.outcome,
+                health: outcome.health,
+                alerts_received: outcome.alerts_received,
+                alerts_written: outcome.alerts_written,
+                alerts_rejected: outcome.alerts_rejected,
+                duration: std::time::Duration::from_millis(outcome.duration_ms),
+                watermark: outcome.watermark,
+            },
+            self.now(),
+        );
         outcome
     }
 
     async fn sync_tenant_inner(&self, tenant: &Tenant) -> RunOutcome {
         let mut outcome = skipped_outcome(tenant, "the previous run is still in progress");
         if self.may_continue(&tenant.id).is_err() {
-            outcome.health = "stopped".into();
+            outcome.outcome = Outcome::Stopped;
+            outcome.health = Health::Stopped;
             outcome.error = None;
             return outcome;
         }
@@ -601,7 +621,8 @@ impl Syncer {
                 let mut stop = self.stop.subscribe();
                 let _ = stop.wait_for(|s| *s).await;
             } => {
-                outcome.health = "stopped".into();
+                outcome.outcome = Outcome::Stopped;
+                outcome.health = Health::Stopped;
                 outcome.error = None;
                 return outcome;
             }
@@ -620,10 +641,14 @@ impl Syncer {
             Err(e) => (None, None, Err(SyncError::Store(e))),
         };
         let stopped = matches!(result, Err(SyncError::Stopped));
-        outcome.ok = if stopped { None } else { Some(result.is_ok()) };
+        outcome.outcome = match &result {
+            _ if stopped => Outcome::Stopped,
+            Ok(()) => Outcome::Ok,
+            Err(_) => Outcome::Failed,
+        };
         outcome.health = match &result {
-            Ok(()) => "ok".into(),
-            Err(e) => e.label().into(),
+            Ok(()) => Health::Ok,
+            Err(e) => e.label(),
         };
         outcome.error = result
             .as_ref()
@@ -648,7 +673,7 @@ impl Syncer {
                 tenant: tenant.id.clone(),
                 finished_at: self.now(),
                 ok: result.is_ok(),
-                health: outcome.health.clone(),
+                health: outcome.health,
                 alerts_received: c.received,
                 alerts_written: c.written,
                 alerts_rejected: c.rejected,
@@ -1303,8 +1328,8 @@ fn skipped_outcome(t: &Tenant, why: &str) -> RunOutcome {
     RunOutcome {
         tenant: t.id.clone(),
         tenant_name: t.name.clone(),
-        ok: None,
-        health: "skipped".into(),
+        outcome: Outcome::Skipped,
+        health: Health::Skipped,
         error: Some(why.to_owned()),
         alerts_received: 0,
         alerts_written: 0,

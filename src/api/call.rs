@@ -1,0 +1,261 @@
+//! One GET against an alerts API, as both sources make it: a bearer token for the tenant (renewed
+//! once if the API refuses it), the tenant's call budget, a timeout (the HTTP client's), the body
+//! streamed into the caller's sink, and retries with capped, jittered exponential backoff (backon)
+//! for transient faults, honouring `Retry-After`. Redirects are never followed: a token is only
+//! ever sent to the URL the caller built.
+//!
+//! Decisions are keyed on the HTTP status, never on `error.code` (a 429 body's code can be the
+//! string "429"). The API's correlation id (`error.target` on MDE, `innerError.request-id` on
+//! Graph) is carried in every error.
+
+use std::{sync::Arc, time::Duration};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use url::Url;
+
+use super::{AlertSink, ApiError, PageSummary, parse_retry_after, read_error};
+use crate::{
+    auth::{TokenProvider, redirect_target, without_url},
+    budget::Budget,
+    metrics::Metrics,
+    odata::{CollectionReader, Limits},
+    source::SourceKind,
+    tenant::TenantId,
+};
+
+/// How much of an error response's body is read: enough for the API's error object.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+#[derive(Deserialize, Default)]
+struct ErrorEnvelope {
+    #[serde(default)]
+    error: ErrorBody,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    code: serde_json::Value,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default, rename = "innerError")]
+    inner: Option<InnerError>,
+}
+
+#[derive(Deserialize, Default)]
+struct InnerError {
+    #[serde(default, rename = "request-id")]
+    request_id: Option<String>,
+}
+
+/// What one source's GETs share: the connection pool, its token provider, its budget and limits.
+pub struct Caller {
+    pub source: SourceKind,
+    pub http: reqwest::Client,
+    pub tokens: Arc<TokenProvider>,
+    pub budget: Arc<Budget>,
+    /// Attempts per call, the first included (at least 1).
+    pub max_attempts: usize,
+    /// The longest a `Retry-After` may make a call (and the tenant's later calls) wait.
+    pub max_retry_after: Duration,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+    /// Extra request headers (Graph's `Prefer`).
+    pub headers: &'static [(&'static str, &'static str)],
+}
+
+impl Caller {
+    pub fn new(
+        source: SourceKind,
+        http: reqwest::Client,
+        tokens: Arc<TokenProvider>,
+        budget: Budget,
+        max_attempts: usize,
+    ) -> Self {
+        Self {
+            source,
+            http,
+            tokens,
+            budget: Arc::new(budget),
+            max_attempts: max_attempts.max(1),
+            max_retry_after: Duration::from_secs(120),
+            limits: Limits::default(),
+            metrics: Arc::default(),
+            headers: &[],
+        }
+    }
+
+    /// GET with retries: transient faults back off (honouring Retry-After), a 401 renews the
+    /// token once, everything else returns at once. Before each attempt the sink hears
+    /// [`AlertSink::begin`], so a body that broke off is started over.
+    pub async fn get(
+        &self,
+        tenant: &TenantId,
+        url: &Url,
+        sink: &mut dyn AlertSink,
+    ) -> Result<PageSummary, ApiError> {
+        let source = self.source.as_str();
+        let mut backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .with_max_times(self.max_attempts - 1)
+            .build();
+        let mut renewed = false;
+        loop {
+            sink.begin();
+            match self.get_once(tenant, url, sink).await {
+                Ok(p) => return Ok(p),
+                Err(ApiError::Unauthorized { target }) => {
+                    if renewed {
+                        return Err(ApiError::Unauthorized { target });
+                    }
+                    tracing::info!(tenant = %tenant, source, "api refused the token, renewing it once");
+                    self.tokens.invalidate(tenant);
+                    renewed = true;
+                }
+                Err(ApiError::Aborted) => return Err(ApiError::Aborted),
+                Err(e) if e.is_transient() => {
+                    let Some(delay) = backoff.next() else {
+                        tracing::warn!(tenant = %tenant, source, error = %e, correlation_id = e.target().unwrap_or(""), "api call failed, giving up");
+                        return Err(e);
+                    };
+                    let delay = match e.retry_after() {
+                        // every later call for this tenant waits too, not just this retry
+                        Some(ra) => {
+                            let ra = ra.min(self.max_retry_after);
+                            self.budget.defer(tenant, ra).await;
+                            ra
+                        }
+                        None => delay,
+                    };
+                    tracing::warn!(tenant = %tenant, source, error = %e, correlation_id = e.target().unwrap_or(""), retry_in_ms = delay.as_millis() as u64, "api call failed, retrying");
+                    self.metrics.api_retry(tenant);
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant, source, error = %e, correlation_id = e.target().unwrap_or(""), "api call failed");
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn get_once(
+        &self,
+        tenant: &TenantId,
+        url: &Url,
+        sink: &mut dyn AlertSink,
+    ) -> Result<PageSummary, ApiError> {
+        let token = self.tokens.token(tenant).await?;
+        let waited = self.budget.acquire(tenant).await;
+        if waited >= Duration::from_secs(1) {
+            tracing::debug!(tenant = %tenant, source = self.source.as_str(), waited_ms = waited.as_millis() as u64, "waited for the tenant's call budget");
+        }
+        let mut req = self
+            .http
+            .get(url.clone())
+            .bearer_auth(token.expose_secret());
+        for (name, value) in self.headers {
+            req = req.header(*name, *value);
+        }
+        let mut resp = req.send().await.map_err(|e| {
+            self.metrics.api_request(tenant, None);
+            ApiError::Network(without_url(&e))
+        })?;
+        let status = resp.status().as_u16();
+        self.metrics.api_request(tenant, Some(status));
+        if resp.status().is_redirection() {
+            return Err(ApiError::Redirected {
+                status,
+                location: redirect_target(resp.headers()),
+            });
+        }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        if let Some(w) = resp
+            .headers()
+            .get(reqwest::header::WARNING)
+            .and_then(|v| v.to_str().ok())
+        {
+            tracing::warn!(tenant = %tenant, source = self.source.as_str(), warning = %w, "the api answered with a provider warning");
+        }
+        if status == 200 {
+            // Streamed: each alert goes to the sink as soon as its last byte has arrived.
+            let mut reader = CollectionReader::new(self.limits);
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| ApiError::Network(without_url(&e)))?
+            {
+                reader
+                    .feed(&chunk, sink)
+                    .await
+                    .map_err(|e| read_error(status, e))?;
+            }
+            return reader
+                .finish()
+                .map(PageSummary::from)
+                .map_err(|e| read_error(status, e));
+        }
+        // An error body is read only as far as its error object can reasonably go.
+        let mut body = Vec::new();
+        while body.len() < MAX_ERROR_BODY {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        body.truncate(MAX_ERROR_BODY);
+        let err: ErrorEnvelope = serde_json::from_slice(&body).unwrap_or_default();
+        let code = match err.error.code {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        let request_id = err.error.inner.and_then(|i| i.request_id);
+        let target = match self.source {
+            SourceKind::Mde => err.error.target.or(request_id),
+            SourceKind::Graph => request_id.or(err.error.target),
+        };
+        let message = err.error.message;
+        Err(match status {
+            401 => ApiError::Unauthorized { target },
+            403 => match self.source {
+                SourceKind::Mde => ApiError::Forbidden {
+                    code,
+                    message,
+                    target,
+                },
+                SourceKind::Graph => ApiError::GraphForbidden {
+                    code,
+                    message,
+                    target,
+                },
+            },
+            429 => ApiError::RateLimited {
+                retry_after,
+                target,
+            },
+            500..=599 => ApiError::Server {
+                status,
+                retry_after,
+                target,
+            },
+            _ => ApiError::BadRequest {
+                status,
+                code,
+                message,
+                target,
+                request: url.to_string(),
+            },
+        })
+    }
+}
