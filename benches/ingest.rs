@@ -473,13 +473,13 @@ async fn steady_state(dir: &Path, tenants: usize) -> (f64, f64) {
     let app = App::build(settings, clock::system()).await.unwrap();
     // the first cycle gets tokens and backfills; the second is the steady state
     let first = app.sync_once().await;
-    assert!(first.iter().all(|o| o.ok == Some(true)));
+    assert!(first.iter().all(|o| o.ok() == Some(true)));
     let cpu0 = cpu_secs(std::process::id()).unwrap();
     let started = Instant::now();
     let second = app.sync_once().await;
     let took = started.elapsed().as_secs_f64();
     let cpu = cpu_secs(std::process::id()).unwrap() - cpu0;
-    assert!(second.iter().all(|o| o.ok == Some(true)));
+    assert!(second.iter().all(|o| o.ok() == Some(true)));
     let written: u64 = second.iter().map(|o| o.alerts_written).sum();
     println!("  steady cycle: {tenants} tenants, {written} changed alerts written");
     (took, cpu)
@@ -539,12 +539,12 @@ async fn churn(dir: &Path) -> (u64, u64, usize) {
         .await
         .unwrap();
     // the backfill is not part of the steady state
-    assert!(app.sync_once().await.iter().all(|o| o.ok == Some(true)));
+    assert!(app.sync_once().await.iter().all(|o| o.ok() == Some(true)));
     let (mut received, mut versions, mut runs) = (0u64, 0u64, 0usize);
     let mut truth = sim.truth(id.as_str());
     async fn tick(app: &App, received: &mut u64, runs: &mut usize) {
         let o = app.sync_once().await.remove(0);
-        assert_eq!(o.ok, Some(true), "{:?}", o.error);
+        assert_eq!(o.ok(), Some(true), "{:?}", o.error);
         *received += o.alerts_received;
         *runs += 1;
     }

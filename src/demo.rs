@@ -27,7 +27,7 @@ const NAMES: &[&str] = &[
     "Proseware",
 ];
 
-pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
+pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> anyhow::Result<()> {
     telemetry::init(LogFormat::Text, "warn", Target::Stderr);
     for suffix in ["", "-wal", "-shm"] {
         let mut p = database.clone().into_os_string();
@@ -47,13 +47,10 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
     let mut cfg = SimConfig::new(sim_tenants.clone());
     cfg.max_lag = time::Duration::ZERO;
     let sim = Simulator::new(cfg.clone());
-    let server = match sim.serve("127.0.0.1:0".parse().expect("addr")).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("mde-sync: cannot start the simulator: {e}");
-            return 1;
-        }
-    };
+    let server = sim
+        .serve("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the simulator: {e}"))?;
     let tenants: Vec<Tenant> = sim_tenants
         .iter()
         .enumerate()
@@ -83,13 +80,7 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
         database.display()
     );
     let started = std::time::Instant::now();
-    let app = match App::build(settings, clock::system()).await {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("mde-sync: {e:#}");
-            return 1;
-        }
-    };
+    let app = App::build(settings, clock::system()).await?;
     let outcomes = app.sync_once().await;
     let elapsed = started.elapsed();
 
@@ -162,10 +153,9 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> i32 {
         database.display()
     );
     server.shutdown();
-    if all_good {
-        0
-    } else {
-        eprintln!("mde-sync: the database does not match what the simulator served");
-        1
-    }
+    anyhow::ensure!(
+        all_good,
+        "the database does not match what the simulator served"
+    );
+    Ok(())
 }

@@ -1,4 +1,10 @@
-//! The command line: `mde-sync [--config PATH] <command>`.
+//! The command line: `mde-sync [--config PATH] <command>`. Every command returns
+//! `Result<(), Failure>`; [`Failure`] says what went wrong once and maps it to the exit status
+//! (`--help` lists them), so no arm carries its own exit code.
+
+mod simulate;
+
+pub use simulate::{SimCredentialFiles, write_sim_config};
 
 use std::{
     net::SocketAddr,
@@ -8,15 +14,16 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
     app::{self, App},
     clock,
     config::{self, EX_CONFIG, Environment, Needs, Settings},
+    health::Outcome,
     report,
     service::{self, Integration, Notifier},
-    simulator::{SimCertificate, SimConfig, SimTenant, Simulator, TenantKind},
     store,
     telemetry::{self, Target},
     timestamp::Timestamp,
@@ -180,6 +187,53 @@ pub struct DemoArgs {
     pub alerts: usize,
 }
 
+/// Why a command did not succeed, and the exit status it maps to (`--help` lists them).
+#[derive(Debug)]
+pub enum Failure {
+    /// The configuration has problems, already reported in full by [`load`]: 78.
+    Config,
+    /// An argument or a file named on the command line is unusable: 78.
+    Usage(String),
+    /// `run` on a SQLite database another `run` holds: 75.
+    InUse(String),
+    /// The command ran, but some tenants failed; the table above says which: 1.
+    Tenants(String),
+    /// Anything else, with its context chain: 1.
+    Error(anyhow::Error),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config | Self::Usage(_) => EX_CONFIG as u8,
+            Self::InUse(_) => service::replica::EX_SQLITE_IN_USE as u8,
+            Self::Tenants(_) | Self::Error(_) => 1,
+        }
+    }
+
+    /// Says what went wrong on stderr (and in the log, where a logger is set up).
+    pub fn report(&self) {
+        match self {
+            Self::Config => {}
+            Self::Usage(m) | Self::Tenants(m) => eprintln!("mde-sync: {m}"),
+            Self::InUse(m) => {
+                tracing::error!(error = %m, "refusing to start");
+                eprintln!("mde-sync: {m}");
+            }
+            Self::Error(e) => {
+                tracing::error!(error = format!("{e:#}"), "command failed");
+                eprintln!("mde-sync: {e:#}");
+            }
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Error(e)
+    }
+}
+
 /// Parses the command line and runs the command on a fresh runtime.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -187,21 +241,27 @@ pub fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let code = rt.block_on(execute(cli));
+    let result = rt.block_on(execute(cli));
     // Whatever is still running was abandoned on purpose (the watermark makes that safe): do
     // not let a task stuck in a blocking call hold the exit up.
     rt.shutdown_timeout(Duration::from_secs(1));
-    ExitCode::from(code as u8)
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            f.report();
+            ExitCode::from(f.exit_code())
+        }
+    }
 }
 
-fn load(path: &Path, needs: Needs) -> Result<Settings, i32> {
+fn load(path: &Path, needs: Needs) -> Result<Settings, Failure> {
     load_for(path, needs, Target::Stderr)
 }
 
 /// Loads the configuration; on problems reports them once, in the configuration's log format
 /// (JSON lines, one per problem, when the logs are JSON: journald then files them at priority
-/// err), on `target`, and returns [`EX_CONFIG`].
-fn load_for(path: &Path, needs: Needs, target: Target) -> Result<Settings, i32> {
+/// err), on `target`, and fails with [`Failure::Config`].
+fn load_for(path: &Path, needs: Needs, target: Target) -> Result<Settings, Failure> {
     let env = Environment::from_process();
     let s = Settings::load(path, &env, needs).map_err(|e| {
         match config::log_format_hint(path, &env) {
@@ -224,7 +284,7 @@ fn load_for(path: &Path, needs: Needs, target: Target) -> Result<Settings, i32> 
             }
             config::LogFormat::Text => eprint!("mde-sync: {e}"),
         }
-        EX_CONFIG
+        Failure::Config
     })?;
     for w in &s.warnings {
         eprintln!("mde-sync: warning: {w}");
@@ -232,96 +292,58 @@ fn load_for(path: &Path, needs: Needs, target: Target) -> Result<Settings, i32> 
     Ok(s)
 }
 
-fn fail(e: anyhow::Error) -> i32 {
-    tracing::error!(error = format!("{e:#}"), "command failed");
-    eprintln!("mde-sync: {e:#}");
-    1
-}
-
-pub async fn execute(cli: Cli) -> i32 {
+pub async fn execute(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Validate => match load(&cli.config, Needs::ALL) {
-            Ok(s) => {
-                println!(
-                    "configuration ok: {} tenant(s) ({} enabled), database {}, cloud {}, credential: {}",
-                    s.tenants.len(),
-                    s.tenants.iter().filter(|t| t.enabled).count(),
-                    s.database.display_url(),
-                    s.cloud.name,
-                    s.app.describe_credential()
-                );
-                0
-            }
-            Err(code) => code,
-        },
+        Command::Validate => {
+            let s = load(&cli.config, Needs::ALL)?;
+            println!(
+                "configuration ok: {} tenant(s) ({} enabled), database {}, cloud {}, credential: {}",
+                s.tenants.len(),
+                s.tenants.iter().filter(|t| t.enabled).count(),
+                s.database.display_url(),
+                s.cloud.name,
+                s.app.describe_credential()
+            );
+            Ok(())
+        }
         Command::Run => {
-            let s = match load_for(&cli.config, Needs::ALL, Target::Stdout) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
+            let s = load_for(&cli.config, Needs::ALL, Target::Stdout)?;
             let log = telemetry::init(s.log.format, &s.log.level, Target::Stdout);
             // Before anything slow: until the handlers exist, SIGHUP would kill the process.
-            let signals = match service::signals() {
-                Ok(s) => s,
-                Err(e) => {
-                    return fail(anyhow::Error::new(e).context("while installing signal handlers"));
-                }
-            };
+            let signals = service::signals().context("while installing signal handlers")?;
             // SQLite stays single-replica: held until the process exits.
-            let _sqlite_lock = match service::replica::lock_sqlite(
-                secrecy::ExposeSecret::expose_secret(&s.database.url),
-            ) {
-                Ok(lock) => lock,
-                Err(e) => {
-                    tracing::error!(error = %e, "refusing to start");
-                    eprintln!("mde-sync: {e}");
-                    return service::replica::EX_SQLITE_IN_USE;
-                }
-            };
+            let _sqlite_lock = service::replica::lock_sqlite(secrecy::ExposeSecret::expose_secret(
+                &s.database.url,
+            ))
+            .map_err(|e| Failure::InUse(e.to_string()))?;
             let notifier = Notifier::from_env();
-            let app = match App::build(s, clock::system()).await {
-                Ok(a) => a,
-                Err(e) => return fail(e),
-            };
+            let app = App::build(s, clock::system()).await?;
             let grace = app.settings.service.shutdown_timeout;
             let integration = Integration {
                 notifier,
                 reloads: Some(signals.reloads),
                 log,
             };
-            match app.run_service(signals.shutdown, grace, integration).await {
-                Ok(()) => 0,
-                Err(e) => fail(e),
-            }
+            app.run_service(signals.shutdown, grace, integration)
+                .await?;
+            Ok(())
         }
         Command::Sync => {
-            let s = match load(&cli.config, Needs::ALL) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
+            let s = load(&cli.config, Needs::ALL)?;
             telemetry::init(s.log.format, &s.log.level, Target::Stderr);
-            let app = match App::build(s, clock::system()).await {
-                Ok(a) => a,
-                Err(e) => return fail(e),
-            };
+            let app = App::build(s, clock::system()).await?;
             let outcomes = app.sync_once().await;
             print!("{}", report::render_outcomes(&outcomes));
-            let failed = outcomes.iter().filter(|o| o.ok() != Some(true)).count();
-            if failed > 0 {
-                eprintln!(
-                    "mde-sync: {failed} of {} tenant(s) did not sync",
+            match outcomes.iter().filter(|o| o.outcome != Outcome::Ok).count() {
+                0 => Ok(()),
+                failed => Err(Failure::Tenants(format!(
+                    "{failed} of {} tenant(s) did not sync",
                     outcomes.len()
-                );
-                1
-            } else {
-                0
+                ))),
             }
         }
         Command::Check => {
-            let s = match load(&cli.config, Needs::ALL) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
+            let s = load(&cli.config, Needs::ALL)?;
             telemetry::init(s.log.format, "warn", Target::Stderr);
             let http = crate::auth::http_client(s.sync.request_timeout);
             let tokens = Arc::new(app::token_provider(http.clone(), &s, clock::system()));
@@ -332,27 +354,22 @@ pub async fn execute(cli: Cli) -> i32 {
             let tenants: Vec<_> = s.tenants.iter().filter(|t| t.enabled).cloned().collect();
             let lines = report::check(&tokens, &client, &graph_tokens, &graph, &tenants).await;
             print!("{}", report::render_check(&lines));
-            let bad = lines.iter().filter(|l| !l.ok).count();
-            if bad > 0 {
-                eprintln!(
-                    "mde-sync: {bad} of {} tenant(s) need attention",
+            match lines.iter().filter(|l| !l.ok).count() {
+                0 => Ok(()),
+                bad => Err(Failure::Tenants(format!(
+                    "{bad} of {} tenant(s) need attention",
                     lines.len()
-                );
-                1
-            } else {
-                0
+                ))),
             }
         }
         Command::ConsentUrl(args) => {
-            let s = match load(&cli.config, Needs::DATABASE_ONLY) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
+            let s = load(&cli.config, Needs::DATABASE_ONLY)?;
             if let Some(t) = &args.tenant
                 && crate::tenant::TenantId::parse(t).is_err()
             {
-                eprintln!("mde-sync: --tenant {t:?} is not a tenant GUID");
-                return EX_CONFIG;
+                return Err(Failure::Usage(format!(
+                    "--tenant {t:?} is not a tenant GUID"
+                )));
             }
             let source = crate::source::SourceKind::parse(&args.source).unwrap_or_default();
             println!(
@@ -385,36 +402,26 @@ pub async fn execute(cli: Cli) -> i32 {
             ) {
                 println!("{label}:\n  {url}\n");
             }
-            0
+            Ok(())
         }
         Command::Status => {
-            let s = match load(&cli.config, Needs::DATABASE_ONLY) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
+            let s = load(&cli.config, Needs::DATABASE_ONLY)?;
             telemetry::init(s.log.format, "warn", Target::Stderr);
             // Read only: no migration, no write, no new database (a running daemon's runs stay
             // `running`, and a read-only role or file is enough).
-            let store = match app::open_store_read_only(&s).await {
-                Ok(st) => st,
-                Err(e) => return fail(e),
-            };
-            match store.status().await {
-                Ok(rows) => {
-                    print!(
-                        "{}",
-                        report::render_status(
-                            &rows,
-                            &s.tenants,
-                            Timestamp::from_datetime(time::OffsetDateTime::now_utc())
-                        )
-                    );
-                }
-                Err(e) => return fail(anyhow::Error::new(e).context(format!(
-                    "while reading the status from {}: if it has no mde-sync tables, start the service or run `mde-sync migrate` first",
-                    s.database.display_url()
-                ))),
-            }
+            let store = app::open_store_read_only(&s).await?;
+            let rows = store.status().await.with_context(|| format!(
+                "while reading the status from {}: if it has no mde-sync tables, start the service or run `mde-sync migrate` first",
+                s.database.display_url()
+            ))?;
+            print!(
+                "{}",
+                report::render_status(
+                    &rows,
+                    &s.tenants,
+                    Timestamp::from_datetime(time::OffsetDateTime::now_utc())
+                )
+            );
             // Several replicas (Postgres): who holds each tenant, and who is alive.
             if let Some(leases) = store.leases() {
                 match leases.status().await {
@@ -428,38 +435,31 @@ pub async fn execute(cli: Cli) -> i32 {
                             "\n(replica leases not shown: this role may not read tenant_leases and sync_replicas; GRANT SELECT ON tenant_leases, sync_replicas to show them)"
                         );
                     }
-                    Err(e) => return fail(e.into()),
+                    Err(e) => return Err(anyhow::Error::new(e).into()),
                 }
             }
-            0
+            Ok(())
         }
         Command::Migrate => {
-            let s = match load(&cli.config, Needs::DATABASE_ONLY) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
+            let s = load(&cli.config, Needs::DATABASE_ONLY)?;
             telemetry::init(s.log.format, &s.log.level, Target::Stderr);
-            match app::open_store(&s).await {
-                Ok(_) => {
-                    println!("database {} is up to date", s.database.display_url());
-                    0
-                }
-                Err(e) => fail(e),
-            }
+            app::open_store(&s).await?;
+            println!("database {} is up to date", s.database.display_url());
+            Ok(())
         }
         Command::CertThumbprint(args) => cert_thumbprint(&cli.config, args),
-        Command::Simulate(args) => simulate(args).await,
-        Command::Demo(args) => crate::demo::run(args.database, args.tenants, args.alerts).await,
-        Command::PackageAssets(args) => match package_assets(&args.dir) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!(
-                    "mde-sync: cannot write the package assets into {}: {e}",
+        Command::Simulate(args) => simulate::simulate(args).await,
+        Command::Demo(args) => {
+            Ok(crate::demo::run(args.database, args.tenants, args.alerts).await?)
+        }
+        Command::PackageAssets(args) => package_assets(&args.dir)
+            .with_context(|| {
+                format!(
+                    "cannot write the package assets into {}",
                     args.dir.display()
-                );
-                1
-            }
-        },
+                )
+            })
+            .map_err(Failure::from),
     }
 }
 
@@ -487,36 +487,26 @@ pub fn package_assets(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn cert_thumbprint(config_path: &Path, args: CertThumbprintArgs) -> i32 {
+fn cert_thumbprint(config_path: &Path, args: CertThumbprintArgs) -> Result<(), Failure> {
     let path = match args.certificate {
         Some(p) => p,
         None => {
-            let s = match load(config_path, Needs::DATABASE_ONLY) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
+            let s = load(config_path, Needs::DATABASE_ONLY)?;
             match s.app.certificate_file {
                 Some(p) => p,
                 None => {
-                    eprintln!(
-                        "mde-sync: app.certificate_file is not set in {}: set it, or pass --certificate FILE",
+                    return Err(Failure::Usage(format!(
+                        "app.certificate_file is not set in {}: set it, or pass --certificate FILE",
                         config_path.display()
-                    );
-                    return EX_CONFIG;
+                    )));
                 }
             }
         }
     };
-    let info = match std::fs::read(&path)
+    let info = std::fs::read(&path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))
         .and_then(|pem| crate::auth::certificate::CertificateInfo::from_pem(&pem))
-    {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("mde-sync: {}: {e}", path.display());
-            return EX_CONFIG;
-        }
-    };
+        .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
     let t = info.thumbprints();
     let date = |d: Option<time::OffsetDateTime>| {
         d.and_then(|d| {
@@ -545,195 +535,5 @@ fn cert_thumbprint(config_path: &Path, args: CertThumbprintArgs) -> i32 {
         date(info.not_before),
         date(info.not_after)
     );
-    0
-}
-
-async fn simulate(args: SimulateArgs) -> i32 {
-    telemetry::init(config::LogFormat::Text, "info", Target::Stderr);
-    if !args.listen.ip().is_loopback() {
-        eprintln!(
-            "mde-sync: --listen {} is not a loopback address: the simulator only serves loopback",
-            args.listen
-        );
-        return EX_CONFIG;
-    }
-    let mut tenants = Vec::new();
-    let mut n = 0;
-    for (count, kind) in [
-        (args.tenants, TenantKind::Good),
-        (args.not_consented, TenantKind::NotConsented),
-        (args.no_role, TenantKind::NoRole),
-        (args.bad_secret, TenantKind::BadSecret),
-    ] {
-        for _ in 0..count {
-            n += 1;
-            tenants.push(SimTenant::numbered(
-                n,
-                kind,
-                if kind == TenantKind::Good {
-                    args.alerts
-                } else {
-                    0
-                },
-            ));
-        }
-    }
-    let Some(cloud) = config::CloudName::parse(&args.cloud) else {
-        eprintln!(
-            "mde-sync: --cloud {:?} is not a cloud: use commercial, gcc, gcc-high or dod",
-            args.cloud
-        );
-        return EX_CONFIG;
-    };
-    let mut cfg = SimConfig::new(tenants.clone());
-    cfg.set_cloud(cloud);
-    if let Some(path) = &args.certificate {
-        match std::fs::read(path)
-            .map_err(|e| e.to_string())
-            .and_then(|pem| SimCertificate::from_pem(&pem))
-        {
-            Ok(c) => cfg.certificate = Some(c),
-            Err(e) => {
-                eprintln!("mde-sync: --certificate {}: {e}", path.display());
-                return EX_CONFIG;
-            }
-        }
-    }
-    cfg.seed = args.seed;
-    cfg.max_lag = time::Duration::seconds(args.lag_secs);
-    cfg.changes_per_request = args.changes_per_request;
-    cfg.faults = crate::simulator::Faults {
-        rate_429: args.rate_429,
-        retry_after_secs: 2,
-        rate_5xx: args.rate_5xx,
-        rate_reset: args.rate_reset,
-        rate_truncated: args.rate_truncated,
-        rate_token_failure: args.rate_token_failure,
-        limit: args
-            .enforce_limit
-            .then_some((100, time::Duration::minutes(1))),
-        rate_short_page: 0.0,
-    };
-    cfg.latency = Duration::from_millis(args.latency_ms);
-    let sim = Simulator::new(cfg.clone());
-    let server = match sim.serve(args.listen).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("mde-sync: cannot listen on {}: {e}", args.listen);
-            return 1;
-        }
-    };
-    let base = server.base_url();
-    if let Some(dir) = &args.write_config
-        && let Err(e) = write_sim_config(
-            dir,
-            &base,
-            &cfg,
-            &SimCredentialFiles {
-                cloud,
-                certificate: args.certificate.as_deref(),
-                private_key: args.private_key.as_deref(),
-            },
-        )
-    {
-        eprintln!(
-            "mde-sync: cannot write the config into {}: {e}",
-            dir.display()
-        );
-        return 1;
-    }
-    println!("simulator listening on {base}");
-    for t in &tenants {
-        println!(
-            "  tenant {} {:<10} {:?}, {} alerts",
-            t.id, t.name, t.kind, t.alerts
-        );
-    }
-    println!(
-        "client_id = {:?}, client_secret = {:?} (simulator only)",
-        cfg.client_id, cfg.client_secret
-    );
-    if let Some(c) = &cfg.certificate {
-        println!(
-            "certificate registered: SHA-1 thumbprint {}",
-            c.info().thumbprints().sha1_hex
-        );
-    }
-    println!(
-        "cloud {cloud}: tokens only for {}",
-        cfg.resources.join(", ")
-    );
-    shutdown_signal().await;
-    server.shutdown();
-    0
-}
-
-/// What `simulate --write-config` puts in the config besides the simulator's address.
-#[derive(Debug, Clone, Copy)]
-pub struct SimCredentialFiles<'a> {
-    pub cloud: config::CloudName,
-    /// With `private_key`, written as app.certificate_file (instead of the client secret).
-    pub certificate: Option<&'a Path>,
-    pub private_key: Option<&'a Path>,
-}
-
-/// A config and tenants file pointing at a running simulator.
-pub fn write_sim_config(
-    dir: &Path,
-    base_url: &str,
-    cfg: &SimConfig,
-    files: &SimCredentialFiles<'_>,
-) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let mut tenants = String::from("# tenants of the mde-sync simulator\n");
-    for t in &cfg.tenants {
-        tenants.push_str(&format!(
-            "\n[[tenant]]\nid = \"{}\"\nname = \"{}\"\n",
-            t.id, t.name
-        ));
-    }
-    std::fs::write(dir.join("tenants.toml"), tenants)?;
-    let credential = match (files.certificate, files.private_key) {
-        (Some(cert), Some(key)) => {
-            let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-            format!(
-                "certificate_file = {:?}\nprivate_key_file = {:?}\n",
-                abs(cert).display().to_string(),
-                abs(key).display().to_string()
-            )
-        }
-        _ => format!("client_secret = \"{}\"\n", cfg.client_secret),
-    };
-    let config = format!(
-        "# points mde-sync at the simulator; not for production\n\
-         [database]\nurl = \"sqlite://{db}\"\n\n\
-         [app]\nclient_id = \"{client}\"\n{credential}\n\
-         [cloud]\nname = \"{cloud}\"\nlogin_url = \"{base}\"\napi_url = \"{base}\"\ngraph_url = \"{base}\"\n\n\
-         [tenants]\nfile = \"tenants.toml\"\n\n\
-         [sync]\nschedule = \"*/10 * * * * *\"\nlag_allowance = \"{lag}s\"\n",
-        db = dir.join("mde-sync.db").display(),
-        client = cfg.client_id,
-        cloud = files.cloud,
-        base = base_url,
-        lag = cfg.max_lag.whole_seconds().max(1),
-    );
-    std::fs::write(dir.join("config.toml"), config)
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    Ok(())
 }

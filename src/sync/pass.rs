@@ -1,0 +1,322 @@
+//! Passes: which tenants run now (the active set, the slow retries of onboarding faults, one
+//! probe while the app's credential is refused), one tenant's run with its bookkeeping in
+//! `sync_runs`/`sync_state` and the metrics, and what its outcome means for its next attempt.
+
+use super::*;
+
+impl Syncer {
+    /// One run for every enabled tenant, at most `sync.max_concurrent_tenants` at a time. A tenant
+    /// whose previous run is still going is skipped, never started twice; one tenant's failure or
+    /// slowness does not hold up the others beyond the concurrency limit.
+    pub async fn sync_all(self: &Arc<Self>, tenants: &[Tenant]) -> Vec<RunOutcome> {
+        let now = tokio::time::Instant::now();
+        let enabled: Vec<Tenant> = tenants.iter().filter(|t| t.enabled).cloned().collect();
+        let mut skipped: Vec<(usize, RunOutcome)> = Vec::new();
+        let mut to_run: Vec<(usize, Tenant)> = Vec::new();
+        {
+            let retry_at = self.retry_at.lock().expect("retry map");
+            for (i, t) in enabled.into_iter().enumerate() {
+                match retry_at.get(&t.id) {
+                    Some(at) if *at > now => skipped.push((
+                        i,
+                        skipped_outcome(&t, "waiting to retry an onboarding fault"),
+                    )),
+                    _ => to_run.push((i, t)),
+                }
+            }
+        }
+        // While the app's credential is refused, only one tenant probes it now and then.
+        let fault = self
+            .credential_fault
+            .lock()
+            .expect("credential fault")
+            .clone();
+        if let Some((why, probe_at)) = fault {
+            let probe = if now >= probe_at && !to_run.is_empty() {
+                1
+            } else {
+                0
+            };
+            for (i, t) in to_run.drain(probe..) {
+                let mut o = skipped_outcome(&t, &why);
+                o.health = Health::CredentialError;
+                skipped.push((i, o));
+            }
+        }
+
+        let mut set = JoinSet::new();
+        for (i, tenant) in to_run {
+            let this = Arc::clone(self);
+            set.spawn(async move { (i, this.sync_tenant(&tenant).await) });
+        }
+        let mut out = skipped;
+        while let Some(res) = set.join_next().await {
+            match res {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::error!(error = %e, "tenant task panicked"),
+            }
+        }
+        // A refused credential is the app's problem only if no tenant accepted it in this pass;
+        // if others did, the fault belongs to that tenant (a per-tenant secret mix-up, say).
+        let any_ok = out.iter().any(|(_, o)| o.outcome == Outcome::Ok);
+        for (_, o) in &out {
+            self.schedule_next(o, any_ok);
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Updates the slow-retry and credential-fault state after a run.
+    fn schedule_next(&self, o: &RunOutcome, others_ok: bool) {
+        let now = tokio::time::Instant::now();
+        let scope = match o.scope {
+            Some(FaultScope::Global) if others_ok => Some(FaultScope::Onboarding),
+            s => s,
+        };
+        match (o.ok(), scope) {
+            (Some(true), _) => {
+                self.retry_at.lock().expect("retry map").remove(&o.tenant);
+                if self
+                    .credential_fault
+                    .lock()
+                    .expect("credential fault")
+                    .take()
+                    .is_some()
+                {
+                    tracing::info!(tenant = %o.tenant, "the app's credential works again, polling all tenants");
+                }
+            }
+            (Some(false), Some(FaultScope::Global)) => {
+                let why = o.error.clone().unwrap_or_default();
+                let retry = std::time::Duration::from_secs(
+                    self.settings.credential_retry.whole_seconds().max(1) as u64,
+                );
+                let mut fault = self.credential_fault.lock().expect("credential fault");
+                if fault.is_none() {
+                    // said once, loudly, not once per tenant per tick
+                    tracing::error!(error = %why, retry_in_s = retry.as_secs(), "the app's credential is refused: polling of all tenants is paused until it works");
+                }
+                *fault = Some((why, now + retry));
+            }
+            (Some(false), Some(FaultScope::Onboarding)) => {
+                let retry = std::time::Duration::from_secs(
+                    self.settings.onboarding_retry.whole_seconds().max(1) as u64,
+                );
+                self.retry_at
+                    .lock()
+                    .expect("retry map")
+                    .insert(o.tenant.clone(), now + retry);
+                tracing::warn!(tenant = %o.tenant, tenant_name = %o.tenant_name, health = %o.health, retry_in_s = retry.as_secs(), "tenant needs its admin; retrying slowly");
+            }
+            _ => {}
+        }
+    }
+
+    /// One run for one tenant, recorded in `sync_runs` and `sync_state`.
+    pub async fn sync_tenant(&self, tenant: &Tenant) -> RunOutcome {
+        let span =
+            tracing::info_span!("tenant_run", tenant = %tenant.id, tenant_name = %tenant.name);
+        let outcome = self.sync_tenant_inner(tenant).instrument(span).await;
+        self.metrics.run_finished(
+            &RunSample {
+                tenant: &outcome.tenant,
+                tenant_name: &outcome.tenant_name,
+                outcome: outcome.outcome,
+                health: outcome.health,
+                alerts_received: outcome.alerts_received,
+                alerts_written: outcome.alerts_written,
+                alerts_rejected: outcome.alerts_rejected,
+                duration: std::time::Duration::from_millis(outcome.duration_ms),
+                watermark: outcome.watermark,
+            },
+            self.now(),
+        );
+        outcome
+    }
+
+    async fn sync_tenant_inner(&self, tenant: &Tenant) -> RunOutcome {
+        let mut outcome = skipped_outcome(tenant, "the previous run is still in progress");
+        if self.may_continue(&tenant.id).is_err() {
+            outcome.outcome = Outcome::Stopped;
+            outcome.health = Health::Stopped;
+            outcome.error = None;
+            return outcome;
+        }
+        if !self
+            .running
+            .lock()
+            .expect("running set")
+            .insert(tenant.id.clone())
+        {
+            tracing::warn!("previous run still in progress, skipping this one");
+            return outcome;
+        }
+        let _guard = RunningGuard {
+            set: &self.running,
+            tenant: tenant.id.clone(),
+        };
+        // One of the `max_concurrent_tenants` slots shared by every pass (and every direct call).
+        let _permit = tokio::select! {
+            biased;
+            _ = async {
+                let mut stop = self.stop.subscribe();
+                let _ = stop.wait_for(|s| *s).await;
+            } => {
+                outcome.outcome = Outcome::Stopped;
+                outcome.health = Health::Stopped;
+                outcome.error = None;
+                return outcome;
+            }
+            p = self.permits.acquire() => p.expect("semaphore open"),
+        };
+        let started = Instant::now();
+
+        self.record_unrecorded(&tenant.id).await;
+        let mut c = Counters::default();
+        let (before, run_id, result) = match self.begin(tenant).await {
+            Ok((before, run_id)) => {
+                c.watermark = before;
+                let result = self.run(tenant, before, &mut c).await;
+                (before, Some(run_id), result)
+            }
+            Err(e) => (None, None, Err(SyncError::Store(e))),
+        };
+        let stopped = matches!(result, Err(SyncError::Stopped));
+        outcome.outcome = match &result {
+            _ if stopped => Outcome::Stopped,
+            Ok(()) => Outcome::Ok,
+            Err(_) => Outcome::Failed,
+        };
+        outcome.health = match &result {
+            Ok(()) => Health::Ok,
+            Err(e) => e.label(),
+        };
+        outcome.error = result
+            .as_ref()
+            .err()
+            .filter(|_| !stopped)
+            .map(|e| e.to_string());
+        outcome.scope = result
+            .as_ref()
+            .err()
+            .filter(|_| !stopped)
+            .map(SyncError::scope);
+        outcome.alerts_received = c.received;
+        outcome.alerts_written = c.written;
+        outcome.alerts_rejected = c.rejected;
+        outcome.pages = c.pages;
+        outcome.watermark = c.watermark;
+        outcome.duration_ms = started.elapsed().as_millis() as u64;
+
+        if let Some(run_id) = run_id {
+            let report = RunReport {
+                run_id,
+                tenant: tenant.id.clone(),
+                finished_at: self.now(),
+                ok: result.is_ok(),
+                health: outcome.health,
+                alerts_received: c.received,
+                alerts_written: c.written,
+                alerts_rejected: c.rejected,
+                pages: c.pages,
+                watermark_before: before,
+                watermark_after: c.watermark,
+                error: outcome.error.clone(),
+            };
+            if let Err(e) = self.record(&report, stopped).await {
+                // kept, and recorded before the tenant's next run
+                tracing::error!(error = %e, "cannot record the run's outcome");
+                self.unrecorded
+                    .lock()
+                    .expect("unrecorded runs")
+                    .insert(tenant.id.clone(), (report, stopped));
+            }
+        }
+        match &outcome.error {
+            None if stopped => tracing::info!(
+                tenant = %tenant.id,
+                tenant_name = %tenant.name,
+                alerts = c.received,
+                written = c.written,
+                pages = c.pages,
+                duration_ms = outcome.duration_ms,
+                watermark = %c.watermark.map(|w| w.to_db()).unwrap_or_default(),
+                "tenant run stopped at a page boundary"
+            ),
+            None => tracing::info!(
+                tenant = %tenant.id,
+                tenant_name = %tenant.name,
+                alerts = c.received,
+                written = c.written,
+                rejected = c.rejected,
+                pages = c.pages,
+                duration_ms = outcome.duration_ms,
+                watermark = %c.watermark.map(|w| w.to_db()).unwrap_or_default(),
+                "tenant synced"
+            ),
+            Some(e) => tracing::error!(
+                tenant = %tenant.id,
+                tenant_name = %tenant.name,
+                health = %outcome.health,
+                error = %e,
+                alerts = c.received,
+                written = c.written,
+                pages = c.pages,
+                duration_ms = outcome.duration_ms,
+                "tenant sync failed"
+            ),
+        }
+        outcome
+    }
+
+    async fn record(&self, report: &RunReport, stopped: bool) -> Result<(), StoreError> {
+        if stopped {
+            self.store.stop_run(report).await
+        } else {
+            self.store.finish_run(report).await
+        }
+    }
+
+    /// Records the outcome of the tenant's last run if the store refused it then.
+    async fn record_unrecorded(&self, tenant: &TenantId) {
+        let pending = self
+            .unrecorded
+            .lock()
+            .expect("unrecorded runs")
+            .remove(tenant);
+        if let Some((report, stopped)) = pending {
+            match self.record(&report, stopped).await {
+                Ok(()) => {
+                    tracing::info!(
+                        run_id = report.run_id,
+                        "recorded the outcome of an earlier run"
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "still cannot record the outcome of an earlier run");
+                    self.unrecorded
+                        .lock()
+                        .expect("unrecorded runs")
+                        .insert(tenant.clone(), (report, stopped));
+                }
+            }
+        }
+    }
+}
+
+fn skipped_outcome(t: &Tenant, why: &str) -> RunOutcome {
+    RunOutcome {
+        tenant: t.id.clone(),
+        tenant_name: t.name.clone(),
+        outcome: Outcome::Skipped,
+        health: Health::Skipped,
+        error: Some(why.to_owned()),
+        alerts_received: 0,
+        alerts_written: 0,
+        alerts_rejected: 0,
+        pages: 0,
+        duration_ms: 0,
+        watermark: None,
+        scope: None,
+    }
+}
