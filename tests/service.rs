@@ -514,6 +514,37 @@ async fn healthz_and_metrics_answer_while_running_and_the_listener_closes_on_exi
         runs
     );
     assert_eq!(value(&text, "mde_sync_tenants"), 2.0);
+    // The metric names and types are a contract (dashboards, systemd/mde-sync.rules.yml): the
+    // families a single SQLite daemon exposes, exactly.
+    let families: std::collections::BTreeMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split_once(' ').unwrap())
+        .collect();
+    let expected: std::collections::BTreeMap<&str, &str> = [
+        ("mde_sync_alerts_received_total", "counter"),
+        ("mde_sync_alerts_rejected_total", "counter"),
+        ("mde_sync_alerts_written_total", "counter"),
+        ("mde_sync_api_requests_total", "counter"),
+        ("mde_sync_api_retries_total", "counter"),
+        ("mde_sync_api_throttled_total", "counter"),
+        ("mde_sync_config_reloads_total", "counter"),
+        ("mde_sync_last_pass_duration_seconds", "gauge"),
+        ("mde_sync_last_pass_timestamp_seconds", "gauge"),
+        ("mde_sync_last_success_timestamp_seconds", "gauge"),
+        ("mde_sync_run_duration_seconds", "histogram"),
+        ("mde_sync_runs_in_progress", "gauge"),
+        ("mde_sync_runs_total", "counter"),
+        ("mde_sync_scheduler_heartbeat_age_seconds", "gauge"),
+        ("mde_sync_tenant_info", "gauge"),
+        ("mde_sync_tenant_ok", "gauge"),
+        ("mde_sync_tenants", "gauge"),
+        ("mde_sync_token_renewals_total", "counter"),
+        ("mde_sync_token_requests_total", "counter"),
+        ("mde_sync_watermark_lag_seconds", "gauge"),
+    ]
+    .into();
+    assert_eq!(families, expected, "the /metrics families changed:\n{text}");
 
     let resp = http().get(url("/metrics")).send().await.unwrap();
     assert_eq!(

@@ -313,3 +313,40 @@ pub(crate) fn migrator(
         ..Migrator::DEFAULT
     }
 }
+
+/// Checks a backend's migration list against its folder: the same versions, names that match
+/// the file names, and the text of each file (a migration written but not listed would never
+/// run; one listed twice or edited after shipping would fail on every upgraded database).
+#[cfg(test)]
+pub(crate) fn assert_migrations_match(backend: &str, listed: &[(i64, &str, &str)]) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    let mut files: Vec<(i64, String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_str().unwrap().to_owned();
+            let (version, desc) = name.split_once('_').expect("NNNN_name.sql");
+            (
+                version.parse().expect("a numbered migration"),
+                desc.replace('_', " "),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    let listed: Vec<(i64, String, String)> = listed
+        .iter()
+        .map(|(v, d, sql)| (*v, d.to_string(), sql.to_string()))
+        .collect();
+    let versions =
+        |l: &[(i64, String, String)]| l.iter().map(|m| (m.0, m.1.clone())).collect::<Vec<_>>();
+    assert_eq!(
+        versions(&listed),
+        versions(&files),
+        "migrations/{backend} and its list differ"
+    );
+    assert!(listed.iter().zip(&files).all(|(a, b)| a.2 == b.2));
+}

@@ -763,6 +763,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_migration_list_is_the_migrations_folder() {
+        crate::store::assert_migrations_match("postgres", MIGRATIONS);
+    }
+
+    #[test]
     fn nul_escapes_become_text_and_other_escapes_stay() {
         assert_eq!(json_without_nul(r#"{"a":"x"}"#), r#"{"a":"x"}"#);
         assert_eq!(

@@ -666,6 +666,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_migration_list_is_the_migrations_folder() {
+        crate::store::assert_migrations_match("sqlite", MIGRATIONS);
+    }
+
+    #[test]
     fn any_batch_is_cut_into_the_fixed_shapes_in_order() {
         for n in [0usize, 1, 9, 10, 11, 99, 100, 347, 1_000, 1_234] {
             let rows: Vec<usize> = (0..n).collect();
