@@ -470,3 +470,86 @@ async fn a_tenants_geo_api_url_is_used_for_that_tenant_only() {
             .all(|r| r.host.as_deref() == Some(cloud_host.as_str()))
     );
 }
+
+/// Regression: the per-tenant API hosts were built once at start, so a tenant added to the
+/// tenants file by a reload (SIGHUP) was polled on `cloud.api_url` instead of its own `api_url`.
+#[tokio::test]
+async fn a_tenant_added_by_a_reload_is_polled_on_its_own_api_url() {
+    let (sim, server) = serve(sim_config(2, 40)).await;
+    let geo = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let geo_host = geo.base_url().trim_start_matches("http://").to_owned();
+    let dir = TempDir::new("reload-geo");
+    let home = format!("[[tenant]]\nid = \"{}\"\nname = \"home\"\n", tenant_id(1));
+    let settings = load(
+        &dir,
+        "client_secret = \"simulator-secret\"\n",
+        &loopback(&server.base_url()),
+        &home,
+    );
+    let app = Arc::new(App::build(settings, clock::system()).await.unwrap());
+    let (reload, reloads) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let integration = mde_sync::service::Integration {
+                reloads: Some(reloads),
+                ..Default::default()
+            };
+            app.run_service(
+                async {
+                    let _ = stopped.await;
+                },
+                std::time::Duration::from_secs(5),
+                integration,
+            )
+            .await
+        })
+    };
+    let stored = |n: usize| {
+        let app = app.clone();
+        async move { app.store.alert_raws(&tid(n)).await.unwrap_or_default() }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stored(1).await != sim.truth(&tenant_id(1)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tenant 1 never synced"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // the geo tenant joins by a reload
+    std::fs::write(
+        dir.0.join("tenants.toml"),
+        format!(
+            "{home}\n[[tenant]]\nid = \"{}\"\nname = \"geo\"\napi_url = \"{}\"\nforce_api_url = true\n",
+            tenant_id(2),
+            geo.base_url()
+        ),
+    )
+    .unwrap();
+    reload.send(()).unwrap();
+    while stored(2).await != sim.truth(&tenant_id(2)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tenant added by the reload never synced"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let tenant2_api_hosts: Vec<String> = sim
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.path_and_query.starts_with("/api/alerts")
+                && r.tenant.as_deref() == Some(tenant_id(2).as_str())
+        })
+        .filter_map(|r| r.host.clone())
+        .collect();
+    assert!(!tenant2_api_hosts.is_empty());
+    assert!(
+        tenant2_api_hosts.iter().all(|h| *h == geo_host),
+        "{tenant2_api_hosts:?}"
+    );
+    let _ = stop.send(());
+    daemon.await.unwrap().unwrap();
+}
