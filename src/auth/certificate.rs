@@ -14,7 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ring::{
     digest,
-    rand::{SecureRandom, SystemRandom},
+    rand::SystemRandom,
     signature::{self, RsaKeyPair},
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
@@ -313,7 +313,7 @@ impl ClientCertificate {
             aud: token_url,
             iss: client_id,
             sub: client_id,
-            jti: random_guid(&self.rng)?,
+            jti: uuid::Uuid::new_v4().to_string(),
             nbf: now,
             iat: now,
             exp: now + ASSERTION_LIFETIME.whole_seconds(),
@@ -326,24 +326,6 @@ impl ClientCertificate {
         jwt.push_str(&URL_SAFE_NO_PAD.encode(sig));
         Ok(jwt)
     }
-}
-
-/// A random (version 4) GUID from the system's secure random source.
-fn random_guid(rng: &SystemRandom) -> Result<String, String> {
-    let mut b = [0u8; 16];
-    rng.fill(&mut b)
-        .map_err(|_| "the system random source failed".to_string())?;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex_upper(&b).to_ascii_lowercase();
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    ))
 }
 
 /// Just enough DER to find a certificate's validity and RSA public key.

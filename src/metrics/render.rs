@@ -1,0 +1,207 @@
+//! The Prometheus text exposition format (0.0.4) of a [`Metrics`].
+
+use std::fmt::Write as _;
+
+use super::*;
+
+impl Metrics {
+    /// The Prometheus text exposition of everything, with gauges computed for `now`.
+    pub fn render(&self, now: Timestamp, live: Live) -> String {
+        let st = self.lock();
+        let mut out = String::with_capacity(4096);
+        for (name, help) in COUNTERS {
+            header(&mut out, name, help, "counter");
+            for ((n, labels), v) in st.counters.range((*name, Vec::new())..) {
+                if n != name {
+                    break;
+                }
+                sample(&mut out, name, labels, *v as f64);
+            }
+        }
+
+        header(
+            &mut out,
+            "mde_sync_run_duration_seconds",
+            "Duration of tenant sync runs that ran (ok or failed).",
+            "histogram",
+        );
+        let h = &st.run_duration;
+        for (le, n) in DURATION_BUCKETS.iter().zip(&h.buckets) {
+            sample(
+                &mut out,
+                "mde_sync_run_duration_seconds_bucket",
+                &[("le", format_float(*le))],
+                *n as f64,
+            );
+        }
+        sample(
+            &mut out,
+            "mde_sync_run_duration_seconds_bucket",
+            &[("le", "+Inf".to_owned())],
+            h.count as f64,
+        );
+        sample(&mut out, "mde_sync_run_duration_seconds_sum", &[], h.sum);
+        sample(
+            &mut out,
+            "mde_sync_run_duration_seconds_count",
+            &[],
+            h.count as f64,
+        );
+
+        let per_tenant = |out: &mut String,
+                          name: &str,
+                          help: &str,
+                          value: &dyn Fn(&TenantGauges) -> Option<f64>| {
+            header(out, name, help, "gauge");
+            for (id, g) in &st.tenants {
+                if let Some(v) = value(g) {
+                    sample(out, name, &tenant_label(id), v);
+                }
+            }
+        };
+        per_tenant(
+            &mut out,
+            "mde_sync_last_success_timestamp_seconds",
+            "When the tenant's last successful run ended (Unix time).",
+            &|g| g.last_success.map(unix_seconds),
+        );
+        per_tenant(
+            &mut out,
+            "mde_sync_watermark_lag_seconds",
+            "Now minus the tenant's watermark: alerts older than this are known to be stored. At least sync.lag_allowance by design.",
+            &|g| g.watermark.map(|w| unix_seconds(now) - unix_seconds(w)),
+        );
+        per_tenant(
+            &mut out,
+            "mde_sync_tenant_ok",
+            "1 if the tenant's last run succeeded, 0 if it failed (absent before its first run).",
+            &|g| g.ok().map(|ok| if ok { 1.0 } else { 0.0 }),
+        );
+        header(
+            &mut out,
+            "mde_sync_tenant_info",
+            "The tenant's name from the tenants file.",
+            "gauge",
+        );
+        for (id, g) in &st.tenants {
+            sample(
+                &mut out,
+                "mde_sync_tenant_info",
+                &[
+                    ("tenant", id.as_str().to_owned()),
+                    ("tenant_name", g.name.clone()),
+                ],
+                1.0,
+            );
+        }
+
+        header(
+            &mut out,
+            "mde_sync_tenants",
+            "Tenants synced (enabled in the tenants file).",
+            "gauge",
+        );
+        sample(&mut out, "mde_sync_tenants", &[], st.tenants.len() as f64);
+        header(
+            &mut out,
+            "mde_sync_runs_in_progress",
+            "Tenant runs in progress.",
+            "gauge",
+        );
+        sample(
+            &mut out,
+            "mde_sync_runs_in_progress",
+            &[],
+            live.runs_in_progress as f64,
+        );
+        if let Some((at, took)) = st.last_pass {
+            header(
+                &mut out,
+                "mde_sync_last_pass_timestamp_seconds",
+                "When the last pass over all tenants ended (Unix time).",
+                "gauge",
+            );
+            sample(
+                &mut out,
+                "mde_sync_last_pass_timestamp_seconds",
+                &[],
+                unix_seconds(at),
+            );
+            header(
+                &mut out,
+                "mde_sync_last_pass_duration_seconds",
+                "How long the last pass over all tenants took.",
+                "gauge",
+            );
+            sample(
+                &mut out,
+                "mde_sync_last_pass_duration_seconds",
+                &[],
+                took.as_secs_f64(),
+            );
+        }
+        if let Some(age) = live.heartbeat_age {
+            header(
+                &mut out,
+                "mde_sync_scheduler_heartbeat_age_seconds",
+                "Time since the scheduler last ticked; /healthz fails when it grows stale.",
+                "gauge",
+            );
+            sample(
+                &mut out,
+                "mde_sync_scheduler_heartbeat_age_seconds",
+                &[],
+                age.as_secs_f64(),
+            );
+        }
+        out
+    }
+}
+
+fn unix_seconds(t: Timestamp) -> f64 {
+    t.to_datetime().unix_timestamp_nanos() as f64 / 1e9
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {}", escape(help, false));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&'static str, String)], v: f64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, val)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{k}=\"{}\"", escape(val, true));
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {}", format_float(v));
+}
+
+fn format_float(v: f64) -> String {
+    if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Label values escape `\`, `"` and newlines; help text escapes `\` and newlines.
+fn escape(s: &str, quotes: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if quotes => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+    out
+}
