@@ -4,8 +4,8 @@
 //!
 //! The private key is read once, held only as a ring [`RsaKeyPair`], and never printed: this
 //! module's `Debug` output and errors name files and thumbprints, never key material. Signing
-//! uses ring, the crypto library rustls uses here. The small DER reader below only finds the
-//! certificate's public key and validity; nothing here trusts or validates a certificate chain
+//! uses ring, the crypto library rustls uses here. The certificate is read with `x509-parser` for
+//! its public key, subject and validity; nothing here trusts or validates a certificate chain
 //! (Entra matches the registered certificate by thumbprint).
 
 use std::fmt;
@@ -117,6 +117,8 @@ pub struct CertificateInfo {
     thumbprints: Thumbprints,
     /// The DER `RSAPublicKey` from the certificate's SubjectPublicKeyInfo.
     rsa_public_key: Vec<u8>,
+    /// The subject's distinguished name (`CN=…`), to tell certificates apart.
+    pub subject: String,
     pub not_before: Option<OffsetDateTime>,
     pub not_after: Option<OffsetDateTime>,
 }
@@ -144,17 +146,19 @@ impl CertificateInfo {
     }
 
     pub fn from_der(der: Vec<u8>) -> Result<Self, String> {
-        let parsed = der::parse_certificate(&der).ok_or_else(|| {
-            "the certificate is not valid X.509 DER: export it again from the app registration's source".to_string()
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).map_err(|e| {
+            format!("the certificate is not valid X.509 DER ({e}): export it again from the app registration's source")
         })?;
-        if parsed.algorithm_oid != der::RSA_ENCRYPTION {
+        let spki = parsed.public_key();
+        if spki.algorithm.algorithm != x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION {
             return Err("the certificate's key is not RSA: Entra client assertions need an RSA key; create one with `openssl req -x509 -newkey rsa:2048 -nodes -days 730 -keyout key.pem -out cert.pem -subj /CN=mde-sync`".into());
         }
         Ok(Self {
             thumbprints: Thumbprints::of(&der),
-            rsa_public_key: parsed.rsa_public_key.to_vec(),
-            not_before: parsed.not_before,
-            not_after: parsed.not_after,
+            rsa_public_key: spki.subject_public_key.data.to_vec(),
+            subject: parsed.subject().to_string(),
+            not_before: Some(parsed.validity().not_before.to_datetime()),
+            not_after: Some(parsed.validity().not_after.to_datetime()),
             der,
         })
     }
@@ -328,98 +332,6 @@ impl ClientCertificate {
     }
 }
 
-/// Just enough DER to find a certificate's validity and RSA public key.
-mod der {
-    use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
-
-    /// 1.2.840.113549.1.1.1
-    pub const RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
-
-    pub struct Parsed<'a> {
-        pub algorithm_oid: &'a [u8],
-        pub rsa_public_key: &'a [u8],
-        pub not_before: Option<OffsetDateTime>,
-        pub not_after: Option<OffsetDateTime>,
-    }
-
-    /// One TLV: (tag, contents, rest).
-    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = input.split_first()?;
-        let (&first, mut rest) = rest.split_first()?;
-        let len = if first < 0x80 {
-            usize::from(first)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let mut len = 0usize;
-            for &b in &rest[..n] {
-                len = (len << 8) | usize::from(b);
-            }
-            rest = &rest[n..];
-            len
-        };
-        if rest.len() < len {
-            return None;
-        }
-        Some((tag, &rest[..len], &rest[len..]))
-    }
-
-    fn expect(input: &[u8], want: u8) -> Option<(&[u8], &[u8])> {
-        let (tag, body, rest) = tlv(input)?;
-        (tag == want).then_some((body, rest))
-    }
-
-    pub fn parse_certificate(der: &[u8]) -> Option<Parsed<'_>> {
-        let (cert, _) = expect(der, 0x30)?;
-        let (tbs, _) = expect(cert, 0x30)?;
-        let mut rest = tbs;
-        // [0] EXPLICIT version, absent in v1 certificates
-        if rest.first() == Some(&0xa0) {
-            rest = tlv(rest)?.2;
-        }
-        rest = expect(rest, 0x02)?.1; // serialNumber
-        rest = expect(rest, 0x30)?.1; // signature AlgorithmIdentifier
-        rest = expect(rest, 0x30)?.1; // issuer
-        let (validity, after) = expect(rest, 0x30)?;
-        let (nb_tag, nb, v_rest) = tlv(validity)?;
-        let (na_tag, na, _) = tlv(v_rest)?;
-        rest = expect(after, 0x30)?.1; // subject
-        let (spki, _) = expect(rest, 0x30)?;
-        let (alg, spki_rest) = expect(spki, 0x30)?;
-        let (oid, _) = expect(alg, 0x06)?;
-        let (bits, _) = expect(spki_rest, 0x03)?;
-        let (&unused, key) = bits.split_first()?;
-        if unused != 0 {
-            return None;
-        }
-        Some(Parsed {
-            algorithm_oid: oid,
-            rsa_public_key: key,
-            not_before: time(nb_tag, nb),
-            not_after: time(na_tag, na),
-        })
-    }
-
-    /// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
-    fn time(tag: u8, body: &[u8]) -> Option<OffsetDateTime> {
-        let s = std::str::from_utf8(body).ok()?.strip_suffix('Z')?;
-        let (year, rest) = match tag {
-            0x17 if s.len() == 12 => {
-                let yy: i32 = s[..2].parse().ok()?;
-                (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &s[2..])
-            }
-            0x18 if s.len() == 14 => (s[..4].parse().ok()?, &s[4..]),
-            _ => return None,
-        };
-        let n = |i: usize| rest.get(i..i + 2)?.parse::<u8>().ok();
-        let date = Date::from_calendar_date(year, Month::try_from(n(0)?).ok()?, n(2)?).ok()?;
-        let time = Time::from_hms(n(4)?, n(6)?, n(8)?).ok()?;
-        Some(PrimitiveDateTime::new(date, time).assume_utc())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,6 +363,21 @@ mod tests {
             info.not_after.map(|t| t.year()),
             Some(2126),
             "GeneralizedTime validity is read"
+        );
+        assert_eq!(
+            info.not_before
+                .map(|t| (t.year(), t.month() as u8, t.day())),
+            Some((2026, 11, 25)),
+            "UTCTime validity is read"
+        );
+        assert_eq!(
+            info.subject,
+            "CN=mde-sync throwaway test certificate (not a secret)"
+        );
+        assert!(
+            CertificateInfo::from_der(CERT.as_bytes().to_vec())
+                .unwrap_err()
+                .contains("not valid X.509 DER")
         );
     }
 

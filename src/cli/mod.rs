@@ -516,6 +516,7 @@ fn cert_thumbprint(config_path: &Path, args: CertThumbprintArgs) -> Result<(), F
         .unwrap_or_else(|| "-".into())
     };
     println!("certificate {}", path.display());
+    println!("  subject: {}", info.subject);
     println!(
         "  thumbprint (SHA-1, as Entra's Certificates & secrets shows it): {}",
         t.sha1_hex
