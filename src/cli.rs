@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     app::{self, App},
+    auth::{self, Credential},
     clock,
     config::{self, EX_CONFIG, Environment, Needs, Settings},
     service::{self, Integration, Notifier},
@@ -194,15 +195,19 @@ pub fn main() -> ExitCode {
 }
 
 fn load(path: &Path, needs: Needs) -> Result<Settings, i32> {
-    load_for(path, needs, Target::Stderr)
+    load_for(path, needs, Target::Stderr).map(|(s, _)| s)
 }
 
 /// Loads the configuration; on problems reports them once, in the configuration's log format
 /// (JSON lines, one per problem, when the logs are JSON: journald then files them at priority
 /// err), on `target`, and returns [`EX_CONFIG`].
-fn load_for(path: &Path, needs: Needs, target: Target) -> Result<Settings, i32> {
+fn load_for(
+    path: &Path,
+    needs: Needs,
+    target: Target,
+) -> Result<(Settings, Option<Credential>), i32> {
     let env = Environment::from_process();
-    let s = Settings::load(path, &env, needs).map_err(|e| {
+    let (s, credential) = app::load_settings(path, &env, needs).map_err(|e| {
         match config::log_format_hint(path, &env) {
             config::LogFormat::Json => {
                 telemetry::init(config::LogFormat::Json, "info", target);
@@ -228,7 +233,7 @@ fn load_for(path: &Path, needs: Needs, target: Target) -> Result<Settings, i32> 
     for w in &s.warnings {
         eprintln!("mde-sync: warning: {w}");
     }
-    Ok(s)
+    Ok((s, credential))
 }
 
 fn fail(e: anyhow::Error) -> i32 {
@@ -239,23 +244,23 @@ fn fail(e: anyhow::Error) -> i32 {
 
 pub async fn execute(cli: Cli) -> i32 {
     match cli.command {
-        Command::Validate => match load(&cli.config, Needs::ALL) {
-            Ok(s) => {
+        Command::Validate => match load_for(&cli.config, Needs::ALL, Target::Stderr) {
+            Ok((s, credential)) => {
                 println!(
                     "configuration ok: {} tenant(s) ({} enabled), database {}, cloud {}, credential: {}",
                     s.tenants.len(),
                     s.tenants.iter().filter(|t| t.enabled).count(),
                     s.database.display_url(),
                     s.cloud.name,
-                    s.app.describe_credential()
+                    auth::describe_credential(&s.app, credential.as_ref())
                 );
                 0
             }
             Err(code) => code,
         },
         Command::Run => {
-            let s = match load_for(&cli.config, Needs::ALL, Target::Stdout) {
-                Ok(s) => s,
+            let (s, credential) = match load_for(&cli.config, Needs::ALL, Target::Stdout) {
+                Ok(loaded) => loaded,
                 Err(c) => return c,
             };
             let log = telemetry::init(s.log.format, &s.log.level, Target::Stdout);
@@ -278,7 +283,7 @@ pub async fn execute(cli: Cli) -> i32 {
                 }
             };
             let notifier = Notifier::from_env();
-            let app = match App::build(s, clock::system()).await {
+            let app = match App::build_with(s, credential, clock::system()).await {
                 Ok(a) => a,
                 Err(e) => return fail(e),
             };
@@ -294,12 +299,12 @@ pub async fn execute(cli: Cli) -> i32 {
             }
         }
         Command::Sync => {
-            let s = match load(&cli.config, Needs::ALL) {
-                Ok(s) => s,
+            let (s, credential) = match load_for(&cli.config, Needs::ALL, Target::Stderr) {
+                Ok(loaded) => loaded,
                 Err(c) => return c,
             };
             telemetry::init(s.log.format, &s.log.level, Target::Stderr);
-            let app = match App::build(s, clock::system()).await {
+            let app = match App::build_with(s, credential, clock::system()).await {
                 Ok(a) => a,
                 Err(e) => return fail(e),
             };
@@ -317,16 +322,25 @@ pub async fn execute(cli: Cli) -> i32 {
             }
         }
         Command::Check => {
-            let s = match load(&cli.config, Needs::ALL) {
-                Ok(s) => s,
+            let (s, credential) = match load_for(&cli.config, Needs::ALL, Target::Stderr) {
+                Ok(loaded) => loaded,
                 Err(c) => return c,
             };
             telemetry::init(s.log.format, "warn", Target::Stderr);
             let http = crate::auth::http_client(s.sync.request_timeout);
-            let tokens = Arc::new(app::token_provider(http.clone(), &s, clock::system()));
+            let tokens = Arc::new(app::token_provider(
+                http.clone(),
+                &s,
+                credential.clone(),
+                clock::system(),
+            ));
             let client = app::mde_client(http.clone(), &s, tokens.clone(), 2);
-            let graph_tokens =
-                Arc::new(app::graph_token_provider(http.clone(), &s, clock::system()));
+            let graph_tokens = Arc::new(app::graph_token_provider(
+                http.clone(),
+                &s,
+                credential,
+                clock::system(),
+            ));
             let graph = app::graph_client(http, &s, graph_tokens.clone(), 2);
             let tenants: Vec<_> = s.tenants.iter().filter(|t| t.enabled).cloned().collect();
             let lines = app::check(&tokens, &client, &graph_tokens, &graph, &tenants).await;
