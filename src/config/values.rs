@@ -5,23 +5,14 @@ use std::ops::RangeInclusive;
 
 use super::Problems;
 
-/// `"90s"`, `"10m"`, `"2h"`, `"180d"`, `"250ms"`, or a bare number of seconds.
+/// `"90s"`, `"10m"`, `"2h"`, `"180d"`, `"250ms"`, `"1h 30m"` (humantime), or a bare number of
+/// seconds, which humantime refuses and earlier versions accepted.
 pub fn parse_duration(text: &str) -> Option<time::Duration> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (num, unit) = text.split_at(split);
-    let n: i64 = num.parse().ok()?;
-    let d = match unit.trim() {
-        "" | "s" => time::Duration::seconds(n),
-        "ms" => time::Duration::milliseconds(n),
-        "m" | "min" => time::Duration::minutes(n),
-        "h" => time::Duration::hours(n),
-        "d" => time::Duration::days(n),
-        _ => return None,
-    };
-    Some(d)
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().ok().map(time::Duration::seconds);
+    }
+    time::Duration::try_from(humantime::parse_duration(text).ok()?).ok()
 }
 
 /// A duration key: `default` when absent; a problem (and the default) when it does not parse.

@@ -221,6 +221,22 @@ fn durations_parse() {
     assert_eq!(parse_duration("180d"), Some(time::Duration::days(180)));
     assert_eq!(parse_duration("45"), Some(time::Duration::seconds(45)));
     assert_eq!(parse_duration("soon"), None);
+    // what the hand-written parser took, humantime takes too
+    assert_eq!(parse_duration(" 90 s "), Some(time::Duration::seconds(90)));
+    assert_eq!(
+        parse_duration("250ms"),
+        Some(time::Duration::milliseconds(250))
+    );
+    assert_eq!(parse_duration("5min"), Some(time::Duration::minutes(5)));
+    assert_eq!(parse_duration("2h"), Some(time::Duration::hours(2)));
+    assert_eq!(parse_duration("0"), Some(time::Duration::ZERO));
+    for refused in ["", "-5s", "5S", "ten seconds", "99999999999999999999d"] {
+        assert_eq!(parse_duration(refused), None, "{refused:?}");
+    }
+    // and more
+    assert_eq!(parse_duration("1h 30m"), Some(time::Duration::minutes(90)));
+    assert_eq!(parse_duration("2days"), Some(time::Duration::days(2)));
+    assert_eq!(parse_duration("1.5h"), Some(time::Duration::minutes(90)));
 }
 
 #[test]
