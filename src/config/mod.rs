@@ -74,7 +74,7 @@ pub struct Settings {
 /// What a command needs from the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Needs {
-    /// A credential (client secret or certificate and key) must be present and is loaded (`run`,
+    /// A credential (client secret or certificate and key) must be present and is read (`run`,
     /// `sync`, `check`, `validate`).
     pub secret: bool,
     /// The tenants file must be present and valid.
