@@ -1,6 +1,8 @@
 //! Tokens: one OAuth2 client-credentials token per customer tenant, from the v2 endpoint
 //! `{login}/{tenant}/oauth2/v2.0/token` with `scope={resource}/.default`, proven with a client
-//! secret or with a certificate ([`certificate`]: a fresh signed client assertion per request).
+//! secret or with a certificate ([`certificate`]: a fresh signed client assertion per request),
+//! built from the configuration by [`Credential::from_settings`], which owns all parsing of
+//! certificates and keys.
 //!
 //! Tokens live in memory only and are renewed ahead of expiry by a scheduled job
 //! ([`TokenProvider::renew_expiring`]), so a poll rarely waits on the token endpoint. Refusals are
@@ -8,6 +10,7 @@
 //! This module never logs or returns a secret or a token.
 
 pub mod certificate;
+mod credential;
 
 use std::{collections::HashMap, sync::Arc, time::Duration as StdDuration};
 
@@ -20,6 +23,7 @@ use url::Url;
 use crate::{clock::SharedClock, health::Health, metrics::Metrics, tenant::TenantId};
 
 pub use certificate::{AssertionAlgorithm, ClientCertificate};
+pub use credential::describe_credential;
 
 /// How the app proves who it is to the token endpoint.
 #[derive(Clone)]

@@ -8,8 +8,8 @@ use std::{path::PathBuf, sync::Arc};
 
 use common::TempDir;
 use mde_sync::{
-    app::App,
-    auth::{AssertionAlgorithm, AuthError, ClientCertificate, TokenFault, certificate},
+    app::{self, App},
+    auth::{AssertionAlgorithm, AuthError, ClientCertificate, Credential, TokenFault, certificate},
     clock::{self, ManualClock, SharedClock},
     config::{CloudName, Environment, Needs, Settings},
     report,
@@ -52,7 +52,7 @@ async fn serve(cfg: SimConfig) -> (Arc<Simulator>, SimServer) {
 }
 
 /// Writes config.toml (with `app` and `cloud` bodies) and tenants.toml into `dir`, and loads them
-/// the way the binary does.
+/// the way the binary does (the credential is built again by `App::build`).
 fn load(dir: &TempDir, app: &str, cloud: &str, tenants: &str) -> Settings {
     std::fs::write(dir.0.join("tenants.toml"), tenants).unwrap();
     std::fs::write(
@@ -63,12 +63,13 @@ fn load(dir: &TempDir, app: &str, cloud: &str, tenants: &str) -> Settings {
         ),
     )
     .unwrap();
-    Settings::load(
+    app::load_settings(
         &dir.0.join("config.toml"),
         &Environment::default(),
         Needs::ALL,
     )
     .unwrap_or_else(|e| panic!("{e}"))
+    .0
 }
 
 fn tenants_toml(n: usize) -> String {
@@ -98,9 +99,9 @@ fn tid(n: usize) -> TenantId {
     TenantId::parse(&tenant_id(n)).unwrap()
 }
 
-/// Settings on the simulator with a hand-built certificate credential (to get past the
-/// configuration's own checks) and no secret.
-fn with_certificate(base: &str, cert: ClientCertificate, dir: &TempDir) -> Settings {
+/// The app on the simulator with a hand-built certificate credential (to get past the checks of
+/// `Credential::from_settings`) and no secret.
+async fn with_certificate(base: &str, cert: ClientCertificate, dir: &TempDir) -> App {
     let cfg = SimConfig::new(vec![]);
     let mut s = Settings::for_endpoints(
         base,
@@ -110,8 +111,10 @@ fn with_certificate(base: &str, cert: ClientCertificate, dir: &TempDir) -> Setti
         cfg.client_secret.into(),
     );
     s.app.client_secret = None;
-    s.app.certificate = Some(Arc::new(cert));
-    s
+    let credential = Credential::Certificate(Arc::new(cert));
+    App::build_with(s, Some(credential), clock::system())
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -188,12 +191,7 @@ async fn a_wrong_key_is_refused_and_explained_as_a_key_that_is_not_the_certifica
         AssertionAlgorithm::Ps256,
     );
     assert!(!wrong.key_matches());
-    let app = App::build(
-        with_certificate(&server.base_url(), wrong, &dir),
-        clock::system(),
-    )
-    .await
-    .unwrap();
+    let app = with_certificate(&server.base_url(), wrong, &dir).await;
     let err = app.tokens.fetch(&tid(1)).await.unwrap_err();
     let (code, fault, explanation) = refusal(&err);
     assert_eq!((code, fault), (700027, TokenFault::CertificateRejected));
@@ -217,12 +215,7 @@ async fn an_unregistered_thumbprint_is_refused_and_explained_with_the_thumbprint
         AssertionAlgorithm::Rs256,
     );
     let sha1 = other.thumbprints().sha1_hex.clone();
-    let app = App::build(
-        with_certificate(&server.base_url(), other, &dir),
-        clock::system(),
-    )
-    .await
-    .unwrap();
+    let app = with_certificate(&server.base_url(), other, &dir).await;
     let err = app.tokens.fetch(&tid(1)).await.unwrap_err();
     let (code, fault, explanation) = refusal(&err);
     assert_eq!((code, fault), (700027, TokenFault::CertificateRejected));

@@ -133,7 +133,8 @@ fn load(dir: &Path, config: &str, env: &Environment) -> Result<Settings, Vec<(St
         format!("[[tenant]]\nid = \"{TENANT}\"\nname = \"Contoso\"\n"),
     )
     .unwrap();
-    Settings::load(&dir.join("config.toml"), env, Needs::ALL)
+    mde_sync::app::load_settings(&dir.join("config.toml"), env, Needs::ALL)
+        .map(|(settings, _)| settings)
         .map_err(|e| e.problems.into_iter().map(|p| (p.key, p.message)).collect())
 }
 
@@ -280,8 +281,9 @@ fn a_blank_systemd_credential_counts_as_missing_and_the_error_names_the_file_to_
     // A credential with a value is used.
     std::fs::write(creds.join("client-secret"), "real-value\n").unwrap();
     let s = load(&dir.0, &format!("[app]\nclient_id = \"{CLIENT}\"\n"), &env).unwrap();
+    let credential = mde_sync::auth::Credential::from_settings(&s.app).unwrap();
     assert_eq!(
-        s.app.describe_credential(),
+        mde_sync::auth::describe_credential(&s.app, credential.as_ref()),
         "secret from systemd credential client-secret"
     );
 }

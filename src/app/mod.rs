@@ -7,10 +7,10 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::{
-    auth::{self, TokenProvider},
+    auth::{self, Credential, TokenProvider},
     budget::Budget,
     clock::SharedClock,
-    config::Settings,
+    config::{ConfigError, Environment, Needs, Settings},
     graph::GraphClient,
     mde::MdeClient,
     metrics::Metrics,
@@ -94,17 +94,44 @@ pub struct App {
 }
 
 impl App {
-    /// Opens (and migrates) the database and builds the clients.
+    /// Opens (and migrates) the database and builds the clients, with the credential the
+    /// settings configure.
     pub async fn build(settings: Settings, clock: SharedClock) -> anyhow::Result<App> {
-        let store = open_store(&settings).await?;
-        Ok(Self::with_store(settings, clock, store))
+        let credential = Credential::from_settings(&settings.app)
+            .map_err(|problems| ConfigError { problems })?;
+        Self::build_with(settings, credential, clock).await
     }
 
+    /// The same with the credential built already ([`load_settings`]).
+    pub async fn build_with(
+        settings: Settings,
+        credential: Option<Credential>,
+        clock: SharedClock,
+    ) -> anyhow::Result<App> {
+        let store = open_store(&settings).await?;
+        Ok(Self::with_credential(settings, credential, clock, store))
+    }
+
+    /// For settings built in code (tests, `demo`), whose credential is a secret or a certificate
+    /// that loads; panics otherwise.
     pub fn with_store(settings: Settings, clock: SharedClock, store: SharedStore) -> App {
+        let credential = Credential::from_settings(&settings.app)
+            .unwrap_or_else(|problems| panic!("{}", ConfigError { problems }));
+        Self::with_credential(settings, credential, clock, store)
+    }
+
+    /// The clients on `store`, proven with `credential`.
+    pub fn with_credential(
+        settings: Settings,
+        credential: Option<Credential>,
+        clock: SharedClock,
+        store: SharedStore,
+    ) -> App {
         let metrics = Arc::new(Metrics::default());
         let http = auth::http_client(settings.sync.request_timeout);
         let tokens = Arc::new(
-            token_provider(http.clone(), &settings, clock.clone()).with_metrics(metrics.clone()),
+            token_provider(http.clone(), &settings, credential.clone(), clock.clone())
+                .with_metrics(metrics.clone()),
         );
         let budget = Arc::new(
             Budget::per_minute_and_hour(
@@ -144,7 +171,7 @@ impl App {
             .with_metrics(metrics.clone()),
         );
         let graph_tokens = Arc::new(
-            graph_token_provider(http.clone(), &settings, clock.clone())
+            graph_token_provider(http.clone(), &settings, credential, clock.clone())
                 .with_metrics(metrics.clone()),
         );
         let graph = Arc::new(
@@ -199,10 +226,34 @@ impl App {
     }
 }
 
+/// Loads the settings and builds the credential they configure: the certificate's problems are
+/// reported in the one list with every other problem.
+pub fn load_settings(
+    path: &std::path::Path,
+    env: &Environment,
+    needs: Needs,
+) -> Result<(Settings, Option<Credential>), ConfigError> {
+    let mut credential = None;
+    let settings = Settings::load_with(
+        path,
+        env,
+        needs,
+        &mut |app| match Credential::from_settings(app) {
+            Ok(c) => {
+                credential = c;
+                Vec::new()
+            }
+            Err(problems) => problems,
+        },
+    )?;
+    Ok((settings, credential))
+}
+
 /// The token provider for the configured cloud and credential (a certificate wins over a secret).
 pub fn token_provider(
     http: reqwest::Client,
     settings: &Settings,
+    credential: Option<Credential>,
     clock: SharedClock,
 ) -> TokenProvider {
     TokenProvider::new(
@@ -213,13 +264,14 @@ pub fn token_provider(
         settings.cloud.scope.clone(),
         clock,
     )
-    .with_credential(settings.app.credential())
+    .with_credential(credential)
 }
 
 /// The token provider for Microsoft Graph: the same app and credential, `cloud.graph_scope`.
 pub fn graph_token_provider(
     http: reqwest::Client,
     settings: &Settings,
+    credential: Option<Credential>,
     clock: SharedClock,
 ) -> TokenProvider {
     TokenProvider::new(
@@ -230,7 +282,7 @@ pub fn graph_token_provider(
         settings.cloud.graph_scope.clone(),
         clock,
     )
-    .with_credential(settings.app.credential())
+    .with_credential(credential)
 }
 
 /// The Graph client: `cloud.graph_url`, `sync.graph_service_sources`.

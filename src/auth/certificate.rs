@@ -27,51 +27,22 @@ pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 /// How long an assertion is valid. Entra's guidance is 5 to 10 minutes; MSAL uses 10.
 pub const ASSERTION_LIFETIME: Duration = Duration::minutes(10);
 
-/// The JWS algorithm of the client assertion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AssertionAlgorithm {
-    /// RSASSA-PSS with SHA-256: what the current Entra documentation asks for.
-    #[default]
-    Ps256,
-    /// RSASSA-PKCS1-v1_5 with SHA-256: the older documented form, still accepted.
-    Rs256,
-}
+/// The client assertion's algorithm is configuration (`app.assertion_algorithm`); what it means
+/// for signing and verifying is here.
+pub use crate::config::AssertionAlgorithm;
 
-impl AssertionAlgorithm {
-    pub fn parse(text: &str) -> Option<Self> {
-        match text.trim().to_ascii_uppercase().as_str() {
-            "PS256" => Some(Self::Ps256),
-            "RS256" => Some(Self::Rs256),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ps256 => "PS256",
-            Self::Rs256 => "RS256",
-        }
-    }
-
-    fn padding(self) -> &'static dyn signature::RsaEncoding {
-        match self {
-            Self::Ps256 => &signature::RSA_PSS_SHA256,
-            Self::Rs256 => &signature::RSA_PKCS1_SHA256,
-        }
-    }
-
-    /// The matching verification algorithm (used by the simulator and the key check).
-    pub fn verification(self) -> &'static signature::RsaParameters {
-        match self {
-            Self::Ps256 => &signature::RSA_PSS_2048_8192_SHA256,
-            Self::Rs256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-        }
+fn padding(algorithm: AssertionAlgorithm) -> &'static dyn signature::RsaEncoding {
+    match algorithm {
+        AssertionAlgorithm::Ps256 => &signature::RSA_PSS_SHA256,
+        AssertionAlgorithm::Rs256 => &signature::RSA_PKCS1_SHA256,
     }
 }
 
-impl fmt::Display for AssertionAlgorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// The verification algorithm matching `algorithm` (used by the simulator and the key check).
+pub fn verification(algorithm: AssertionAlgorithm) -> &'static signature::RsaParameters {
+    match algorithm {
+        AssertionAlgorithm::Ps256 => &signature::RSA_PSS_2048_8192_SHA256,
+        AssertionAlgorithm::Rs256 => &signature::RSA_PKCS1_2048_8192_SHA256,
     }
 }
 
@@ -173,7 +144,7 @@ impl CertificateInfo {
 
     /// Verifies a signature made with this certificate's key.
     pub fn verify(&self, alg: AssertionAlgorithm, message: &[u8], sig: &[u8]) -> bool {
-        signature::UnparsedPublicKey::new(alg.verification(), &self.rsa_public_key)
+        signature::UnparsedPublicKey::new(verification(alg), &self.rsa_public_key)
             .verify(message, sig)
             .is_ok()
     }
@@ -203,7 +174,7 @@ pub fn private_key_from_pem(pem: &[u8]) -> Result<RsaKeyPair, String> {
 
 /// The app's certificate credential: the certificate, its private key and the assertion
 /// algorithm. Build it with [`ClientCertificate::new`]; check [`ClientCertificate::key_matches`]
-/// before use (configuration does).
+/// before use ([`super::Credential::from_settings`] does).
 pub struct ClientCertificate {
     info: CertificateInfo,
     key: RsaKeyPair,
@@ -289,7 +260,7 @@ impl ClientCertificate {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
         let mut sig = vec![0u8; self.key.public().modulus_len()];
         self.key
-            .sign(self.algorithm.padding(), &self.rng, message, &mut sig)
+            .sign(padding(self.algorithm), &self.rng, message, &mut sig)
             .map_err(|_| {
                 "signing the client assertion failed: check the private key".to_string()
             })?;

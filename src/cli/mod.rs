@@ -19,6 +19,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     app::{self, App},
+    auth::{self, Credential},
     clock,
     config::{self, EX_CONFIG, Environment, Needs, Settings},
     health::Outcome,
@@ -255,15 +256,19 @@ pub fn main() -> ExitCode {
 }
 
 fn load(path: &Path, needs: Needs) -> Result<Settings, Failure> {
-    load_for(path, needs, Target::Stderr)
+    load_for(path, needs, Target::Stderr).map(|(s, _)| s)
 }
 
 /// Loads the configuration; on problems reports them once, in the configuration's log format
 /// (JSON lines, one per problem, when the logs are JSON: journald then files them at priority
 /// err), on `target`, and fails with [`Failure::Config`].
-fn load_for(path: &Path, needs: Needs, target: Target) -> Result<Settings, Failure> {
+fn load_for(
+    path: &Path,
+    needs: Needs,
+    target: Target,
+) -> Result<(Settings, Option<Credential>), Failure> {
     let env = Environment::from_process();
-    let s = Settings::load(path, &env, needs).map_err(|e| {
+    let (s, credential) = app::load_settings(path, &env, needs).map_err(|e| {
         match config::log_format_hint(path, &env) {
             config::LogFormat::Json => {
                 telemetry::init(config::LogFormat::Json, "info", target);
@@ -289,25 +294,25 @@ fn load_for(path: &Path, needs: Needs, target: Target) -> Result<Settings, Failu
     for w in &s.warnings {
         eprintln!("mde-sync: warning: {w}");
     }
-    Ok(s)
+    Ok((s, credential))
 }
 
 pub async fn execute(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Validate => {
-            let s = load(&cli.config, Needs::ALL)?;
+            let (s, credential) = load_for(&cli.config, Needs::ALL, Target::Stderr)?;
             println!(
                 "configuration ok: {} tenant(s) ({} enabled), database {}, cloud {}, credential: {}",
                 s.tenants.len(),
                 s.tenants.iter().filter(|t| t.enabled).count(),
                 s.database.display_url(),
                 s.cloud.name,
-                s.app.describe_credential()
+                auth::describe_credential(&s.app, credential.as_ref())
             );
             Ok(())
         }
         Command::Run => {
-            let s = load_for(&cli.config, Needs::ALL, Target::Stdout)?;
+            let (s, credential) = load_for(&cli.config, Needs::ALL, Target::Stdout)?;
             let log = telemetry::init(s.log.format, &s.log.level, Target::Stdout);
             // Before anything slow: until the handlers exist, SIGHUP would kill the process.
             let signals = service::signals().context("while installing signal handlers")?;
@@ -317,7 +322,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             ))
             .map_err(|e| Failure::InUse(e.to_string()))?;
             let notifier = Notifier::from_env();
-            let app = App::build(s, clock::system()).await?;
+            let app = App::build_with(s, credential, clock::system()).await?;
             let grace = app.settings.service.shutdown_timeout;
             let integration = Integration {
                 notifier,
@@ -329,9 +334,9 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Sync => {
-            let s = load(&cli.config, Needs::ALL)?;
+            let (s, credential) = load_for(&cli.config, Needs::ALL, Target::Stderr)?;
             telemetry::init(s.log.format, &s.log.level, Target::Stderr);
-            let app = App::build(s, clock::system()).await?;
+            let app = App::build_with(s, credential, clock::system()).await?;
             let outcomes = app.sync_once().await;
             print!("{}", report::render_outcomes(&outcomes));
             match outcomes.iter().filter(|o| o.outcome != Outcome::Ok).count() {
@@ -343,13 +348,22 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Check => {
-            let s = load(&cli.config, Needs::ALL)?;
+            let (s, credential) = load_for(&cli.config, Needs::ALL, Target::Stderr)?;
             telemetry::init(s.log.format, "warn", Target::Stderr);
             let http = crate::auth::http_client(s.sync.request_timeout);
-            let tokens = Arc::new(app::token_provider(http.clone(), &s, clock::system()));
+            let tokens = Arc::new(app::token_provider(
+                http.clone(),
+                &s,
+                credential.clone(),
+                clock::system(),
+            ));
             let client = app::mde_client(http.clone(), &s, tokens.clone(), 2);
-            let graph_tokens =
-                Arc::new(app::graph_token_provider(http.clone(), &s, clock::system()));
+            let graph_tokens = Arc::new(app::graph_token_provider(
+                http.clone(),
+                &s,
+                credential,
+                clock::system(),
+            ));
             let graph = app::graph_client(http, &s, graph_tokens.clone(), 2);
             let tenants: Vec<_> = s.tenants.iter().filter(|t| t.enabled).cloned().collect();
             let lines = report::check(&tokens, &client, &graph_tokens, &graph, &tenants).await;

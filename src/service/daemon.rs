@@ -285,8 +285,8 @@ impl App {
         notifier: &Notifier,
     ) {
         let path = &self.settings.config_path;
-        let new = match Settings::load(path, &Environment::from_process(), Needs::ALL) {
-            Ok(s) => s,
+        let new = match crate::app::load_settings(path, &Environment::from_process(), Needs::ALL) {
+            Ok((s, _)) => s,
             Err(e) => {
                 let problems: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
                 tracing::error!(
