@@ -123,7 +123,7 @@ impl fmt::Display for CloudName {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudSettings {
     pub name: CloudName,
     pub login_url: Url,

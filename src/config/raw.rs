@@ -110,6 +110,7 @@ pub(super) struct RawSync {
     pub(super) max_pages_per_run: Option<i64>,
     pub(super) onboarding_retry: Option<String>,
     pub(super) credential_retry: Option<String>,
+    pub(super) run_retention: Option<String>,
     pub(super) source: Option<String>,
     pub(super) graph_service_sources: Option<String>,
     pub(super) max_response_mib: Option<i64>,

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::source::{ServiceSources, SourceKind};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncSettings {
     pub schedule: String,
     pub page_size: usize,
@@ -35,6 +35,8 @@ pub struct SyncSettings {
     /// How long polling pauses after the app's own credential was refused before one tenant
     /// probes it again.
     pub credential_retry: time::Duration,
+    /// How long a tenant's finished runs stay in `sync_runs` (pruned after each of its runs).
+    pub run_retention: time::Duration,
     /// The source of tenants whose entry names none.
     pub source: SourceKind,
     /// Which Defender XDR service sources Graph tenants are read for.
@@ -62,6 +64,7 @@ impl Default for SyncSettings {
             max_pages_per_run: 200,
             onboarding_retry: time::Duration::hours(1),
             credential_retry: time::Duration::minutes(10),
+            run_retention: time::Duration::days(30),
             source: SourceKind::Mde,
             graph_service_sources: ServiceSources::Endpoint,
             max_response_bytes: 256 << 20,
@@ -255,6 +258,14 @@ pub(super) fn validate_sync(
         raw.credential_retry,
         d.credential_retry,
     );
+    let run_retention = duration_within(
+        problems,
+        "sync.run_retention",
+        raw.run_retention,
+        d.run_retention,
+        time::Duration::hours(1)..=time::Duration::days(36_500),
+        "keep the run history between \"1h\" and \"36500d\"",
+    );
     SyncSettings {
         schedule,
         page_size,
@@ -270,6 +281,7 @@ pub(super) fn validate_sync(
         max_pages_per_run,
         onboarding_retry,
         credential_retry,
+        run_retention,
         source,
         graph_service_sources,
         max_response_bytes,

@@ -6,11 +6,18 @@ use std::ops::RangeInclusive;
 use super::Problems;
 
 /// `"90s"`, `"10m"`, `"2h"`, `"180d"`, `"250ms"`, `"1h 30m"` (humantime), or a bare number of
-/// seconds, which humantime refuses and earlier versions accepted.
+/// seconds, which humantime refuses and earlier versions accepted. Months and years are refused:
+/// they have no fixed length, and humantime's `M` (month) is one typo away from `m` (minute).
 pub fn parse_duration(text: &str) -> Option<time::Duration> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse().ok().map(time::Duration::seconds);
+    }
+    let calendar = text
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .any(|unit| matches!(unit, "M" | "month" | "months" | "y" | "year" | "years"));
+    if calendar {
+        return None;
     }
     time::Duration::try_from(humantime::parse_duration(text).ok()?).ok()
 }

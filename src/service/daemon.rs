@@ -417,13 +417,12 @@ fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str> {
     check("app.client_id", old.app.client_id != new.app.client_id);
     check("app.client_secret", secret(old) != secret(new));
     check(
-        "cloud",
-        format!("{:?}", old.cloud) != format!("{:?}", new.cloud),
+        "app.certificate_file",
+        old.app.certificate_file != new.app.certificate_file
+            || old.app.assertion_algorithm != new.app.assertion_algorithm,
     );
-    check(
-        "sync",
-        format!("{:?}", old.sync) != format!("{:?}", new.sync),
-    );
+    check("cloud", old.cloud != new.cloud);
+    check("sync", old.sync != new.sync);
     check("log.format", old.log.format != new.log.format);
     check("service", old.service != new.service);
     check("metrics", old.metrics != new.metrics);

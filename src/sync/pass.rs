@@ -230,6 +230,8 @@ impl Syncer {
                     .lock()
                     .expect("unrecorded runs")
                     .insert(tenant.id.clone(), (report, stopped));
+            } else {
+                self.prune_runs(&tenant.id).await;
             }
         }
         match &outcome.error {
@@ -267,6 +269,17 @@ impl Syncer {
             ),
         }
         outcome
+    }
+
+    /// Deletes the tenant's runs older than `sync.run_retention` from `sync_runs`. A failure
+    /// only costs history, so it is logged, not raised: the next run tries again.
+    async fn prune_runs(&self, tenant: &TenantId) {
+        let before = self.now().minus(self.settings.run_retention);
+        match self.store.prune_runs(tenant, before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(runs = n, before = %before.to_db(), "old runs deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete old runs from sync_runs"),
+        }
     }
 
     async fn record(&self, report: &RunReport, stopped: bool) -> Result<(), StoreError> {

@@ -230,7 +230,17 @@ fn durations_parse() {
     assert_eq!(parse_duration("5min"), Some(time::Duration::minutes(5)));
     assert_eq!(parse_duration("2h"), Some(time::Duration::hours(2)));
     assert_eq!(parse_duration("0"), Some(time::Duration::ZERO));
-    for refused in ["", "-5s", "5S", "ten seconds", "99999999999999999999d"] {
+    for refused in [
+        "",
+        "-5s",
+        "5S",
+        "ten seconds",
+        "99999999999999999999d",
+        "10M",
+        "1y",
+        "2 months",
+        "1year 2d",
+    ] {
         assert_eq!(parse_duration(refused), None, "{refused:?}");
     }
     // and more
