@@ -1,12 +1,13 @@
 //! mde-sync: Microsoft Defender for Endpoint alerts from many customer tenants, synced without
 //! loss into SQLite or Postgres.
 //!
-//! Layout: [`config`] builds typed settings; [`auth`] gets tokens; [`mde`] talks to the MDE alerts
-//! API and [`graph`] to Microsoft Graph security `alerts_v2`, each tenant reading from the one its
-//! [`source::SourceKind`] names (routed by [`sources`]); [`sync`] is the incremental algorithm
-//! (start there), reading responses as they stream with [`odata`]; [`store`] is the only place SQL lives;
-//! [`simulator`] is a hostile stand-in for Entra ID and the API; [`app`] wires them together for
-//! the CLI; [`service`] and [`metrics`] are what `run` adds as a long-running service.
+//! Layout (ARCHITECTURE.md has the map and the rules): [`sync`] is the incremental algorithm
+//! (start with its proof); it reads through the [`api::AlertSource`] contract, implemented by
+//! [`mde`] and [`graph`] on the shared [`api::call`] and routed per tenant by [`sources`], with
+//! responses streamed by [`odata`] into [`model`] rows; [`store`] is the only place SQL lives;
+//! [`config`] is validated data, [`auth`] all credentials and crypto; [`app`] wires them;
+//! [`service`] is what `run` adds as a long-running service; [`cli`], [`report`] and [`demo`]
+//! are the commands; [`simulator`] is a hostile stand-in for Entra ID and both APIs.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -37,5 +38,5 @@ pub mod timestamp;
 use std::{future::Future, pin::Pin};
 
 /// A boxed, sendable future: what the object-safe traits ([`store::Store`],
-/// [`mde::AlertSource`]) return.
+/// [`api::AlertSource`]) return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

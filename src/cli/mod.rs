@@ -191,7 +191,7 @@ pub struct DemoArgs {
 /// Why a command did not succeed, and the exit status it maps to (`--help` lists them).
 #[derive(Debug)]
 pub enum Failure {
-    /// The configuration has problems, already reported in full by [`load`]: 78.
+    /// The configuration has problems, already reported in full when loading: 78.
     Config,
     /// An argument or a file named on the command line is unusable: 78.
     Usage(String),
