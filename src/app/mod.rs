@@ -14,6 +14,7 @@ use crate::{
     graph::GraphClient,
     mde::MdeClient,
     metrics::Metrics,
+    source::SourceKind,
     sources::Sources,
     store::{self, SharedStore},
     sync::{RunOutcome, Syncer},
@@ -130,8 +131,14 @@ impl App {
         let metrics = Arc::new(Metrics::default());
         let http = auth::http_client(settings.sync.request_timeout);
         let tokens = Arc::new(
-            token_provider(http.clone(), &settings, credential.clone(), clock.clone())
-                .with_metrics(metrics.clone()),
+            token_provider(
+                http.clone(),
+                &settings,
+                credential.clone(),
+                SourceKind::Mde,
+                clock.clone(),
+            )
+            .with_metrics(metrics.clone()),
         );
         let budget = Arc::new(
             Budget::per_minute_and_hour(
@@ -171,8 +178,14 @@ impl App {
             .with_metrics(metrics.clone()),
         );
         let graph_tokens = Arc::new(
-            graph_token_provider(http.clone(), &settings, credential, clock.clone())
-                .with_metrics(metrics.clone()),
+            token_provider(
+                http.clone(),
+                &settings,
+                credential,
+                SourceKind::Graph,
+                clock.clone(),
+            )
+            .with_metrics(metrics.clone()),
         );
         let graph = Arc::new(
             graph_client(
@@ -249,37 +262,26 @@ pub fn load_settings(
     Ok((settings, credential))
 }
 
-/// The token provider for the configured cloud and credential (a certificate wins over a secret).
+/// The token provider for the configured cloud and credential (a certificate wins over a
+/// secret), asking for `source`'s scope: `cloud.scope` for MDE, `cloud.graph_scope` for Graph.
+/// Each source has its own, so tokens are cached per tenant and resource.
 pub fn token_provider(
     http: reqwest::Client,
     settings: &Settings,
     credential: Option<Credential>,
+    source: SourceKind,
     clock: SharedClock,
 ) -> TokenProvider {
+    let scope = match source {
+        SourceKind::Mde => &settings.cloud.scope,
+        SourceKind::Graph => &settings.cloud.graph_scope,
+    };
     TokenProvider::new(
         http,
         settings.cloud.login_url.clone(),
         settings.app.client_id.clone(),
         None,
-        settings.cloud.scope.clone(),
-        clock,
-    )
-    .with_credential(credential)
-}
-
-/// The token provider for Microsoft Graph: the same app and credential, `cloud.graph_scope`.
-pub fn graph_token_provider(
-    http: reqwest::Client,
-    settings: &Settings,
-    credential: Option<Credential>,
-    clock: SharedClock,
-) -> TokenProvider {
-    TokenProvider::new(
-        http,
-        settings.cloud.login_url.clone(),
-        settings.app.client_id.clone(),
-        None,
-        settings.cloud.graph_scope.clone(),
+        scope.clone(),
         clock,
     )
     .with_credential(credential)

@@ -25,6 +25,7 @@ use crate::{
     health::Outcome,
     report,
     service::{self, Integration, Notifier},
+    source::SourceKind,
     store,
     telemetry::{self, Target},
     timestamp::Timestamp,
@@ -355,13 +356,15 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 http.clone(),
                 &s,
                 credential.clone(),
+                SourceKind::Mde,
                 clock::system(),
             ));
             let client = app::mde_client(http.clone(), &s, tokens.clone(), 2);
-            let graph_tokens = Arc::new(app::graph_token_provider(
+            let graph_tokens = Arc::new(app::token_provider(
                 http.clone(),
                 &s,
                 credential,
+                SourceKind::Graph,
                 clock::system(),
             ));
             let graph = app::graph_client(http, &s, graph_tokens.clone(), 2);
@@ -385,13 +388,13 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                     "--tenant {t:?} is not a tenant GUID"
                 )));
             }
-            let source = crate::source::SourceKind::parse(&args.source).unwrap_or_default();
+            let source = SourceKind::parse(&args.source).unwrap_or_default();
             println!(
                 "Cloud {} (login host {}). Send one of these links to the customer's Global Administrator (or Privileged Role Administrator).",
                 s.cloud.name,
                 s.cloud.login_url.host_str().unwrap_or("?")
             );
-            if source == crate::source::SourceKind::Graph {
+            if source == SourceKind::Graph {
                 println!(
                     "Source graph: the app needs the Microsoft Graph application permission SecurityAlert.Read.All. Only a Privileged Role Administrator or a Global Administrator can grant Microsoft Graph application permissions; a Cloud Application Administrator or Application Administrator cannot. Consent given before SecurityAlert.Read.All was added to the app does not include it: the customer must consent again."
                 );
