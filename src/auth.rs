@@ -534,7 +534,15 @@ pub fn has_alert_role(claims: &Claims) -> bool {
 
 /// A reqwest client for the token endpoint and the API. Installs the ring crypto provider for
 /// rustls once (reqwest is built without a default provider to keep aws-lc out of the build).
+///
+/// Panics when TLS cannot be set up; commands use [`try_http_client`], which says why instead.
 pub fn http_client(timeout: StdDuration) -> reqwest::Client {
+    try_http_client(timeout).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`http_client`], failing with the fix when TLS cannot be set up (most often: the system's CA
+/// certificates are missing, so no server could be trusted).
+pub fn try_http_client(timeout: StdDuration) -> Result<reqwest::Client, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(timeout)
@@ -546,7 +554,17 @@ pub fn http_client(timeout: StdDuration) -> reqwest::Client {
         // is an error naming where it pointed (`redirect_target`).
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .expect("http client builds")
+        .map_err(|e| {
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why = format!("{why}: {s}");
+                source = s.source();
+            }
+            format!(
+                "cannot set up TLS for the token endpoint and the API ({why}): install the system's CA certificates (Debian: apt install ca-certificates), or point SSL_CERT_FILE at a PEM bundle of them"
+            )
+        })
 }
 
 #[cfg(test)]

@@ -401,3 +401,24 @@ fn cert_thumbprint_prints_the_thumbprints_entra_shows() {
     assert_eq!(code, Some(78));
     assert!(err.contains("no PEM certificate"), "{err}");
 }
+
+/// Without CA certificates TLS cannot be set up. That used to panic ("http client builds");
+/// now the command fails with exit 1 and says what to install.
+#[test]
+fn without_ca_certificates_a_command_fails_with_the_fix_instead_of_a_panic() {
+    let dir = TempDir::new("no-ca");
+    let out = Command::new(BIN)
+        .args(["demo", "--database"])
+        .arg(dir.0.join("demo.db"))
+        .env("SSL_CERT_FILE", dir.0.join("none.pem"))
+        .env("SSL_CERT_DIR", dir.0.join("none"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("cannot set up TLS") && stderr.contains("apt install ca-certificates"),
+        "{stderr}"
+    );
+}

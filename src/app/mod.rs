@@ -109,8 +109,10 @@ impl App {
         credential: Option<Credential>,
         clock: SharedClock,
     ) -> anyhow::Result<App> {
+        let http =
+            auth::try_http_client(settings.sync.request_timeout).map_err(anyhow::Error::msg)?;
         let store = open_store(&settings).await?;
-        Ok(Self::with_credential(settings, credential, clock, store))
+        Ok(Self::with_http(settings, credential, clock, store, http))
     }
 
     /// For settings built in code (tests, `demo`), whose credential is a secret or a certificate
@@ -128,8 +130,18 @@ impl App {
         clock: SharedClock,
         store: SharedStore,
     ) -> App {
-        let metrics = Arc::new(Metrics::default());
         let http = auth::http_client(settings.sync.request_timeout);
+        Self::with_http(settings, credential, clock, store, http)
+    }
+
+    fn with_http(
+        settings: Settings,
+        credential: Option<Credential>,
+        clock: SharedClock,
+        store: SharedStore,
+        http: reqwest::Client,
+    ) -> App {
+        let metrics = Arc::new(Metrics::default());
         let tokens = Arc::new(
             token_provider(
                 http.clone(),

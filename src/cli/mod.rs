@@ -351,7 +351,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Check => {
             let (s, credential) = load_for(&cli.config, Needs::ALL, Target::Stderr)?;
             telemetry::init(s.log.format, "warn", Target::Stderr);
-            let http = crate::auth::http_client(s.sync.request_timeout);
+            let http = auth::try_http_client(s.sync.request_timeout).map_err(anyhow::Error::msg)?;
             let tokens = Arc::new(app::token_provider(
                 http.clone(),
                 &s,
