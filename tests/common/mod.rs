@@ -2,6 +2,7 @@
 //! [`App`] wired to both — the real application against a real database and a fake HTTP peer.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod hostile;
 pub mod intercept;
 
