@@ -778,20 +778,21 @@ async fn stop_ends_a_run_at_its_page_boundary_without_waiting_for_the_request_in
     )
     .await;
     let tenant = env.tenants[0].clone();
+    // from its 13th request on, the tenant's requests never answer (a request stuck in flight
+    // when the stop comes)
+    let source = Arc::new(Intercept::new(env.app.sources.clone(), {
+        let id = tenant.id.clone();
+        move |call| {
+            if *call.tenant == id && call.nth_for_tenant > 12 {
+                Step::Hang
+            } else {
+                Step::Pass
+            }
+        }
+    }));
     let syncer = Arc::new(Syncer::new(
         env.app.store.clone(),
-        // from its 13th request on, the tenant's requests never answer (a request stuck in
-        // flight when the stop comes)
-        Arc::new(Intercept::new(env.app.sources.clone(), {
-            let id = tenant.id.clone();
-            move |call| {
-                if *call.tenant == id && call.nth_for_tenant > 12 {
-                    Step::Hang
-                } else {
-                    Step::Pass
-                }
-            }
-        })),
+        source.clone(),
         mde_sync::clock::system(),
         env.app.settings.sync.clone(),
     ));
@@ -812,6 +813,11 @@ async fn stop_ends_a_run_at_its_page_boundary_without_waiting_for_the_request_in
         .unwrap();
     assert!(asked.elapsed() < StdDuration::from_secs(1));
     assert_eq!((o.ok(), o.health.as_str()), (None, "stopped"));
+    assert_eq!(
+        (source.calls(), env.sim.api_requests(tenant.id.as_str())),
+        (13, 12),
+        "the stop came while the 13th request hung in flight"
+    );
     assert!(o.alerts_written > 0, "pages before the stop were committed");
     let outcome: String = sqlx::query_scalar("SELECT outcome FROM sync_runs")
         .fetch_one(&sqlx::SqlitePool::connect(&env.db.url).await.unwrap())
