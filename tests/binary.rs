@@ -2,50 +2,12 @@
 
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
+use std::{collections::BTreeMap, process::Command, time::Duration};
+
+use common::{
+    TempDir,
+    binary::{BIN, simulate},
 };
-
-use common::TempDir;
-
-const BIN: &str = env!("CARGO_BIN_EXE_mde-sync");
-
-/// A `mde-sync simulate` child, killed when dropped.
-struct Simulate {
-    child: Child,
-    base_url: String,
-}
-
-impl Drop for Simulate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn simulate(dir: &std::path::Path, args: &[&str]) -> Simulate {
-    let mut child = Command::new(BIN)
-        .args(["simulate", "--listen", "127.0.0.1:0", "--write-config"])
-        .arg(dir)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mde-sync simulate");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().expect("simulate prints its address").unwrap();
-    let base_url = first
-        .strip_prefix("simulator listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .to_owned();
-    // keep draining stdout so the child never blocks on a full pipe
-    std::thread::spawn(move || for _ in lines {});
-    Simulate { child, base_url }
-}
 
 async fn truth(base: &str, tenant: &str) -> BTreeMap<String, String> {
     let http = mde_sync::auth::http_client(Duration::from_secs(30));

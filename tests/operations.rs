@@ -6,13 +6,15 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
 };
 
-use common::TempDir;
+use common::{
+    TempDir,
+    binary::{BIN, simulate},
+};
 use mde_sync::{
     config::{DatabaseSettings, Environment, Needs, Settings},
     store,
@@ -20,35 +22,8 @@ use mde_sync::{
     timestamp::Timestamp,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_mde-sync");
 const CLIENT: &str = "00000000-0000-4000-8000-0000000000c1";
 const TENANT: &str = "00000000-0000-4000-a000-000000000001";
-
-/// A `mde-sync simulate` child, killed when dropped.
-struct Simulate(Child);
-
-impl Drop for Simulate {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn simulate(dir: &Path, args: &[&str]) -> Simulate {
-    let mut child = Command::new(BIN)
-        .args(["simulate", "--listen", "127.0.0.1:0", "--write-config"])
-        .arg(dir)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mde-sync simulate");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("simulate prints its address").unwrap();
-    assert!(first.starts_with("simulator listening on "), "{first}");
-    std::thread::spawn(move || for _ in lines {});
-    Simulate(child)
-}
 
 fn json(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"))

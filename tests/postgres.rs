@@ -3,15 +3,15 @@
 
 mod common;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
-};
+use std::sync::Arc;
 
-use common::*;
+use common::{
+    intercept::{Intercept, Step},
+    *,
+};
 use mde_sync::{
     BoxFuture,
-    api::{AlertSink, AlertSource, ApiError, PageSummary, WindowQuery},
+    api::AlertSource,
     app::App,
     config::{DatabaseSettings, Settings},
     model::{ALERT_COLUMNS, EVIDENCE_COLUMNS, Kind},
@@ -116,28 +116,19 @@ async fn sqlite_and_postgres_hold_the_same_alerts_and_evidence_row_for_row() {
     }
 }
 
-/// Calls `at_fetch` once, just before the `n`th fetch, then behaves like `inner`.
-struct Interrupt {
+/// Runs `at_fetch` once, just before the `n`th fetch, and passes every call on.
+fn interrupt_at(
     inner: Arc<dyn AlertSource>,
-    calls: AtomicUsize,
     n: usize,
-    at_fetch: Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
-}
-
-impl AlertSource for Interrupt {
-    fn fetch<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        q: &'a WindowQuery,
-        sink: &'a mut dyn AlertSink,
-    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        Box::pin(async move {
-            if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.n {
-                (self.at_fetch)().await;
-            }
-            self.inner.fetch(tenant, q, sink).await
-        })
-    }
+    at_fetch: impl Fn() -> BoxFuture<'static, ()> + Send + Sync + 'static,
+) -> Intercept {
+    Intercept::new(inner, move |call| {
+        if call.nth == n {
+            Step::Run(at_fetch())
+        } else {
+            Step::Pass
+        }
+    })
 }
 
 async fn admin(sql: String) {
@@ -197,12 +188,7 @@ async fn a_postgres_outage_mid_run_fails_the_run_cleanly_and_the_next_run_recove
             })
         }
     };
-    let source = Arc::new(Interrupt {
-        inner: app.client.clone(),
-        calls: AtomicUsize::new(0),
-        n: 4,
-        at_fetch: Box::new(killer),
-    });
+    let source = Arc::new(interrupt_at(app.client.clone(), 4, killer));
     let syncer = Syncer::new(
         app.store.clone(),
         source,
@@ -231,12 +217,7 @@ async fn a_postgres_outage_mid_run_fails_the_run_cleanly_and_the_next_run_recove
             })
         }
     };
-    let source = Arc::new(Interrupt {
-        inner: app.client.clone(),
-        calls: AtomicUsize::new(0),
-        n: 1,
-        at_fetch: Box::new(outage),
-    });
+    let source = Arc::new(interrupt_at(app.client.clone(), 1, outage));
     let syncer = Syncer::new(
         app.store.clone(),
         source,

@@ -15,7 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{
+    intercept::{Intercept, Step, no_alerts},
+    *,
+};
 use mde_sync::{
     cli::{SimCredentialFiles, write_sim_config},
     config::CloudName,
@@ -799,21 +802,6 @@ async fn the_fence_admits_only_the_current_holder_and_a_takeover_bumps_the_epoch
     );
 }
 
-/// A source whose calls never answer, as a call waiting on the budget or a retry.
-struct Never(std::sync::atomic::AtomicUsize);
-
-impl mde_sync::api::AlertSource for Never {
-    fn fetch<'a>(
-        &'a self,
-        _: &'a mde_sync::tenant::TenantId,
-        _: &'a mde_sync::api::WindowQuery,
-        _: &'a mut dyn mde_sync::api::AlertSink,
-    ) -> mde_sync::BoxFuture<'a, Result<mde_sync::api::PageSummary, mde_sync::api::ApiError>> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(std::future::pending())
-    }
-}
-
 #[tokio::test]
 async fn a_tenant_whose_lease_is_lost_drops_its_call_in_flight_and_starts_no_new_run() {
     use mde_sync::{clock, config::DatabaseSettings, store, sync::Syncer, tenant::Tenant};
@@ -822,7 +810,8 @@ async fn a_tenant_whose_lease_is_lost_drops_its_call_in_flight_and_starts_no_new
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    let source = Arc::new(Never(Default::default()));
+    // calls never answer, as a call waiting on the budget or a retry
+    let source = Arc::new(Intercept::new(no_alerts(), |_| Step::Hang));
     let syncer = Arc::new(Syncer::new(
         store,
         source.clone(),
@@ -844,7 +833,7 @@ async fn a_tenant_whose_lease_is_lost_drops_its_call_in_flight_and_starts_no_new
         async move { syncer.sync_tenant(&t).await }
     });
     wait_for(Duration::from_secs(5), "the call is in flight", || async {
-        (source.0.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+        (source.calls() == 1).then_some(())
     })
     .await;
     // the lease is lost: the replica takes the tenant out of the active set
@@ -859,7 +848,7 @@ async fn a_tenant_whose_lease_is_lost_drops_its_call_in_flight_and_starts_no_new
     syncer.set_active_tenants(None);
     let again = syncer.sync_tenant(&t).await;
     assert_eq!(again.health, "stopped");
-    assert_eq!(source.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(source.calls(), 1);
 }
 
 #[test]

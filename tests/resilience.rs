@@ -6,10 +6,12 @@ mod common;
 
 use std::{collections::HashMap, sync::Arc, time::Duration as StdDuration};
 
-use common::*;
+use common::{
+    intercept::{Intercept, Step},
+    *,
+};
 use mde_sync::{
-    BoxFuture,
-    api::{AlertSink, AlertSource, ApiError, PageSummary, WindowQuery},
+    api::{AlertSource, ApiError},
     app::App,
     auth::{TokenProvider, http_client},
     budget::Budget,
@@ -20,7 +22,6 @@ use mde_sync::{
     simulator::{Faults, RequestRecord, SimConfig, SimTenant, Simulator, TenantKind},
     source::{ServiceSources, SourceKind},
     sync::Syncer,
-    tenant::TenantId,
     timestamp::Timestamp,
 };
 use secrecy::SecretString;
@@ -346,32 +347,6 @@ async fn a_secret_refused_by_every_tenant_pauses_polling_and_one_tenant_probes_i
     );
 }
 
-/// Fails every call of one tenant with a server error, to leave it degraded.
-struct AlwaysFailing {
-    inner: Arc<dyn AlertSource>,
-    failing: TenantId,
-}
-
-impl AlertSource for AlwaysFailing {
-    fn fetch<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        q: &'a WindowQuery,
-        sink: &'a mut dyn AlertSink,
-    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        Box::pin(async move {
-            if *tenant == self.failing {
-                return Err(ApiError::Server {
-                    status: 503,
-                    retry_after: None,
-                    target: Some("00000000-0000-4000-b000-000000000503".into()),
-                });
-            }
-            self.inner.fetch(tenant, q, sink).await
-        })
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_names_each_fault_state_in_plain_words() {
     let mut cfg = SimConfig::new(vec![
@@ -395,10 +370,21 @@ async fn status_names_each_fault_state_in_plain_words() {
     let tenants = app.settings.tenants.clone();
     let syncer = Arc::new(Syncer::new(
         app.store.clone(),
-        Arc::new(AlwaysFailing {
-            inner: app.client.clone(),
-            failing: tenants[5].id.clone(),
-        }),
+        // fails every call of one tenant with a server error, to leave it degraded
+        Arc::new(Intercept::new(app.client.clone(), {
+            let failing = tenants[5].id.clone();
+            move |call| {
+                if *call.tenant == failing {
+                    Step::Fail(ApiError::Server {
+                        status: 503,
+                        retry_after: None,
+                        target: Some("00000000-0000-4000-b000-000000000503".into()),
+                    })
+                } else {
+                    Step::Pass
+                }
+            }
+        })),
         mde_sync::clock::system(),
         app.settings.sync.clone(),
     ));

@@ -4,7 +4,6 @@
 mod common;
 
 use std::{
-    collections::BTreeMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -12,17 +11,17 @@ use std::{
     time::Duration as StdDuration,
 };
 
-use common::*;
+use common::{
+    intercept::{Intercept, Moment, Observed, Step},
+    *,
+};
 use mde_sync::{
     BoxFuture,
     api::{AlertSink, AlertSource, ApiError, PageSummary, WindowQuery},
-    model::AlertRow,
     simulator::{SimConfig, SimTenant, TenantKind},
-    store::{
-        Dump, EvidenceRaw, RunReport, SeverityCount, SharedStore, Store, StoreError, TenantStatus,
-    },
+    store::SharedStore,
     sync::Syncer,
-    tenant::{Tenant, TenantId},
+    tenant::TenantId,
     timestamp::Timestamp,
 };
 use serde_json::value::RawValue;
@@ -99,123 +98,6 @@ impl AlertSource for LargeAlerts {
     }
 }
 
-/// A store that records, at each commit, how many alerts the sync held.
-struct Recording {
-    inner: SharedStore,
-    tally: Arc<Tally>,
-}
-
-impl Store for Recording {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-    fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.inner.migrate()
-    }
-    fn prepare_tenant<'a>(
-        &'a self,
-        tenant: &'a Tenant,
-        now: Timestamp,
-    ) -> BoxFuture<'a, Result<Option<Timestamp>, StoreError>> {
-        self.inner.prepare_tenant(tenant, now)
-    }
-    fn start_run<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        now: Timestamp,
-    ) -> BoxFuture<'a, Result<i64, StoreError>> {
-        self.inner.start_run(tenant, now)
-    }
-    fn commit<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        alerts: &'a [AlertRow],
-        watermark: Option<Timestamp>,
-        now: Timestamp,
-    ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async move {
-            if !alerts.is_empty() {
-                let mut first = self.tally.pushed_at_first_commit.lock().unwrap();
-                if first.is_none() {
-                    *first = Some(self.tally.pushed.load(Ordering::SeqCst));
-                }
-            }
-            self.tally
-                .max_rows_per_commit
-                .fetch_max(alerts.len(), Ordering::SeqCst);
-            self.tally.note_held();
-            let r = self.inner.commit(tenant, alerts, watermark, now).await;
-            self.tally.note_held();
-            self.tally
-                .committed
-                .fetch_add(alerts.len(), Ordering::SeqCst);
-            r
-        })
-    }
-    fn finish_run<'a>(&'a self, report: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.inner.finish_run(report)
-    }
-    fn stop_run<'a>(&'a self, report: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.inner.stop_run(report)
-    }
-    fn prune_runs<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        before: Timestamp,
-    ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        self.inner.prune_runs(tenant, before)
-    }
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.inner.ping()
-    }
-    fn status(&self) -> BoxFuture<'_, Result<Vec<TenantStatus>, StoreError>> {
-        self.inner.status()
-    }
-    fn alert_raws<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, StoreError>> {
-        self.inner.alert_raws(tenant)
-    }
-    fn evidence_raws<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-    ) -> BoxFuture<'a, Result<Vec<EvidenceRaw>, StoreError>> {
-        self.inner.evidence_raws(tenant)
-    }
-    fn dump<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<Dump, StoreError>> {
-        self.inner.dump(tenant)
-    }
-    fn severity_counts(&self) -> BoxFuture<'_, Result<Vec<SeverityCount>, StoreError>> {
-        self.inner.severity_counts()
-    }
-    fn load_budget<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        api: &'a str,
-        since: Timestamp,
-    ) -> BoxFuture<'a, Result<mde_sync::store::SavedBudget, StoreError>> {
-        self.inner.load_budget(tenant, api, since)
-    }
-    fn record_call<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        api: &'a str,
-        at: Timestamp,
-        forget_before: Timestamp,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.inner.record_call(tenant, api, at, forget_before)
-    }
-    fn record_hold<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        api: &'a str,
-        until: Timestamp,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.inner.record_hold(tenant, api, until)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_10000_large_alerts_is_written_while_it_streams_holding_a_batch_or_two_not_the_page()
  {
@@ -235,10 +117,28 @@ async fn a_page_of_10000_large_alerts_is_written_while_it_streams_holding_a_batc
         padding: "p".repeat(4_000),
         tally: tally.clone(),
     });
-    let store: SharedStore = Arc::new(Recording {
-        inner: env.app.store.clone(),
-        tally: tally.clone(),
-    });
+    // records, at each commit, how many alerts the sync held
+    let store: SharedStore = Arc::new(Observed::new(env.app.store.clone(), {
+        let tally = tally.clone();
+        move |moment, _, alerts| match moment {
+            Moment::Before => {
+                if !alerts.is_empty() {
+                    let mut first = tally.pushed_at_first_commit.lock().unwrap();
+                    if first.is_none() {
+                        *first = Some(tally.pushed.load(Ordering::SeqCst));
+                    }
+                }
+                tally
+                    .max_rows_per_commit
+                    .fetch_max(alerts.len(), Ordering::SeqCst);
+                tally.note_held();
+            }
+            Moment::After => {
+                tally.note_held();
+                tally.committed.fetch_add(alerts.len(), Ordering::SeqCst);
+            }
+        }
+    }));
     let syncer = Syncer::new(
         store,
         source,
@@ -274,26 +174,6 @@ async fn a_page_of_10000_large_alerts_is_written_while_it_streams_holding_a_batc
     assert!(o.pages >= 2, "the full page was split: {} pages", o.pages);
 }
 
-/// A server that ignores `$top`: it sends twice what was asked for.
-struct IgnoresTop {
-    inner: Arc<dyn AlertSource>,
-}
-
-impl AlertSource for IgnoresTop {
-    fn fetch<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        q: &'a WindowQuery,
-        sink: &'a mut dyn AlertSink,
-    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        Box::pin(async move {
-            let mut doubled = q.clone();
-            doubled.top = q.top * 2;
-            self.inner.fetch(tenant, &doubled, sink).await
-        })
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_sending_more_than_top_fails_the_run_loudly_and_the_watermark_stays() {
     let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 600)]);
@@ -307,9 +187,11 @@ async fn a_server_sending_more_than_top_fails_the_run_loudly_and_the_watermark_s
     .await;
     let syncer = Syncer::new(
         env.app.store.clone(),
-        Arc::new(IgnoresTop {
-            inner: env.app.client.clone(),
-        }),
+        // a server that ignores `$top`: it sends twice what was asked for
+        Arc::new(Intercept::new(env.app.client.clone(), |call| {
+            call.query.top *= 2;
+            Step::Pass
+        })),
         mde_sync::clock::system(),
         env.app.settings.sync.clone(),
     );
@@ -331,31 +213,6 @@ async fn a_server_sending_more_than_top_fails_the_run_loudly_and_the_watermark_s
     assert_eq!(env.sim.api_requests(env.tenants[0].id.as_str()), 2);
 }
 
-/// Counts the tenants with a request in flight, holding each request a while.
-struct Gauge {
-    inner: Arc<dyn AlertSource>,
-    now: AtomicUsize,
-    max: AtomicUsize,
-}
-
-impl AlertSource for Gauge {
-    fn fetch<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        q: &'a WindowQuery,
-        sink: &'a mut dyn AlertSink,
-    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        Box::pin(async move {
-            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-            self.max.fetch_max(n, Ordering::SeqCst);
-            tokio::time::sleep(StdDuration::from_millis(150)).await;
-            let r = self.inner.fetch(tenant, q, sink).await;
-            self.now.fetch_sub(1, Ordering::SeqCst);
-            r
-        })
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_passes_never_run_more_than_max_concurrent_tenants() {
     let tenants: Vec<SimTenant> = (1..=6)
@@ -366,11 +223,10 @@ async fn overlapping_passes_never_run_more_than_max_concurrent_tenants() {
     let mut settings = sync_settings(10_000, Duration::minutes(10));
     settings.max_concurrent_tenants = 2;
     let env = start("global-limit", cfg, mde_sync::clock::system(), settings).await;
-    let gauge = Arc::new(Gauge {
-        inner: env.app.client.clone(),
-        now: AtomicUsize::new(0),
-        max: AtomicUsize::new(0),
-    });
+    // holds each request a while and counts the tenants with a request in flight
+    let gauge = Arc::new(Intercept::new(env.app.client.clone(), |_| {
+        Step::Wait(StdDuration::from_millis(150))
+    }));
     let syncer = Arc::new(Syncer::new(
         env.app.store.clone(),
         gauge.clone(),
@@ -389,11 +245,7 @@ async fn overlapping_passes_never_run_more_than_max_concurrent_tenants() {
             syncer.sync_all(&env.tenants).await
         },
     );
-    assert_eq!(
-        gauge.max.load(Ordering::SeqCst),
-        2,
-        "tenants in flight at once"
-    );
+    assert_eq!(gauge.max_in_flight(), 2, "tenants in flight at once");
     // every tenant synced in some pass, and none ran twice at once
     for t in &env.tenants {
         let oks = [&a, &b, &c]

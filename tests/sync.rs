@@ -6,15 +6,15 @@ mod common;
 
 use std::{sync::Arc, time::Duration as StdDuration};
 
-use common::*;
+use common::{
+    intercept::{Intercept, Step},
+    *,
+};
 use mde_sync::{
-    BoxFuture,
-    api::{AlertSink, AlertSource, ApiError, Collect, PageSummary, WindowQuery},
     clock::SharedClock,
     simulator::{SimConfig, SimTenant, TenantKind},
     source::SourceKind,
     sync::Syncer,
-    tenant::TenantId,
     timestamp::Timestamp,
 };
 use time::Duration;
@@ -348,28 +348,6 @@ async fn unconsented_and_roleless_tenants_fail_with_cause_and_fix_while_the_othe
     );
 }
 
-/// Wraps a source and stalls one tenant, to show the others do not wait for it.
-struct StallOne {
-    inner: Arc<dyn AlertSource>,
-    slow: TenantId,
-}
-
-impl AlertSource for StallOne {
-    fn fetch<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        q: &'a WindowQuery,
-        sink: &'a mut dyn AlertSink,
-    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        Box::pin(async move {
-            if *tenant == self.slow {
-                tokio::time::sleep(StdDuration::from_secs(3)).await;
-            }
-            self.inner.fetch(tenant, q, sink).await
-        })
-    }
-}
-
 async fn a_stalled_tenant_does_not_delay_the_others_and_is_not_started_twice(
     backend: Backend,
     source: SourceKind,
@@ -389,10 +367,15 @@ async fn a_stalled_tenant_does_not_delay_the_others_and_is_not_started_twice(
         sync_settings(10_000, Duration::minutes(10)),
     )
     .await;
-    let source = Arc::new(StallOne {
-        inner: env.app.sources.clone(),
-        slow: env.tenants[0].id.clone(),
-    });
+    // stalls one tenant, to show the others do not wait for it
+    let slow = env.tenants[0].id.clone();
+    let source = Arc::new(Intercept::new(env.app.sources.clone(), move |call| {
+        if *call.tenant == slow {
+            Step::Wait(StdDuration::from_secs(3))
+        } else {
+            Step::Pass
+        }
+    }));
     let syncer = Arc::new(Syncer::new(
         env.app.store.clone(),
         source,
@@ -737,56 +720,10 @@ async fn graph_pages_clamped_short_or_empty_with_a_next_link_never_complete_a_wi
     );
 }
 
-/// A source that pages with `@odata.nextLink`, as Graph does and as MDE might one day: any answer
-/// of more than three alerts is cut to its first third plus a link to the rest.
-struct LinkPaging {
-    inner: Arc<dyn AlertSource>,
-    rest:
-        std::sync::Mutex<std::collections::HashMap<String, Vec<Box<serde_json::value::RawValue>>>>,
-    links_followed: std::sync::atomic::AtomicUsize,
-}
-
-impl AlertSource for LinkPaging {
-    fn fetch<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        q: &'a WindowQuery,
-        sink: &'a mut dyn AlertSink,
-    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        Box::pin(async move {
-            let mut all = Collect::default();
-            self.inner.fetch(tenant, q, &mut all).await?;
-            let mut alerts = all.0;
-            let mut next_link = None;
-            if alerts.len() > 3 {
-                let rest = alerts.split_off(alerts.len() / 3);
-                let link = format!("https://api.example/next/{}", q.from);
-                self.rest.lock().unwrap().insert(link.clone(), rest);
-                next_link = Some(link);
-            }
-            push_all(sink, alerts, next_link).await
-        })
-    }
-}
-
-async fn push_all(
-    sink: &mut dyn AlertSink,
-    alerts: Vec<Box<serde_json::value::RawValue>>,
-    next_link: Option<String>,
-) -> Result<PageSummary, ApiError> {
-    sink.begin();
-    for a in &alerts {
-        sink.item(a).await.map_err(|_| ApiError::Aborted)?;
-    }
-    Ok(PageSummary {
-        count: alerts.len(),
-        next_link,
-    })
-}
-
 /// Step 5 of the proof: a nextLink only says the window holds more than the page. The window is
 /// split until every part is answered by one response without a link, and only those move the
-/// watermark; no link is ever followed, so nothing depends on what a link chain would return.
+/// watermark; no link is ever followed, so nothing depends on what a link chain would return
+/// (the `AlertSource` contract takes only a window query, so a link cannot even be asked for).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_next_link_marks_the_window_full_and_it_is_split_until_answered_whole() {
     let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 120)]);
@@ -796,16 +733,25 @@ async fn a_next_link_marks_the_window_full_and_it_is_split_until_answered_whole(
     sync.calls_per_minute = 100_000;
     sync.calls_per_hour = 1_000_000;
     let env = start("next-link", cfg, mde_sync::clock::system(), sync).await;
-    let source = Arc::new(LinkPaging {
-        inner: env.app.sources.clone(),
-        rest: Default::default(),
-        links_followed: Default::default(),
-    });
+    // pages with `@odata.nextLink`, as Graph does and as MDE might one day: any answer of more
+    // than three alerts is cut to its first third plus a link to the rest
+    let source = Arc::new(
+        Intercept::new(env.app.sources.clone(), |_| Step::Pass).reshape(|call, mut alerts| {
+            if alerts.len() <= 3 {
+                return (alerts, None);
+            }
+            alerts.truncate(alerts.len() / 3);
+            (
+                alerts,
+                Some(format!("https://api.example/next/{}", call.query.from)),
+            )
+        }),
+    );
     let mut settings = env.app.settings.sync.clone();
     settings.max_pages_per_run = 1_000_000;
     let syncer = Syncer::new(
         env.app.store.clone(),
-        source.clone(),
+        source,
         mde_sync::clock::system(),
         settings,
     );
@@ -816,41 +762,8 @@ async fn a_next_link_marks_the_window_full_and_it_is_split_until_answered_whole(
         "120 alerts answered at most three at a time without a link: {} pages",
         o.pages
     );
-    assert_eq!(
-        source
-            .links_followed
-            .load(std::sync::atomic::Ordering::SeqCst),
-        0
-    );
     assert!(o.watermark.is_some(), "the split windows completed the run");
     assert_converged(&env, &[]).await;
-}
-
-/// Passes requests through, except that from its `hang_after`-th request on, one tenant's
-/// requests never answer (a request stuck in flight when the stop comes).
-struct HangAfter {
-    inner: Arc<dyn AlertSource>,
-    tenant: TenantId,
-    hang_after: usize,
-    seen: std::sync::atomic::AtomicUsize,
-}
-
-impl AlertSource for HangAfter {
-    fn fetch<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        q: &'a WindowQuery,
-        sink: &'a mut dyn AlertSink,
-    ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        Box::pin(async move {
-            if *tenant == self.tenant
-                && self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= self.hang_after
-            {
-                std::future::pending::<()>().await;
-            }
-            self.inner.fetch(tenant, q, sink).await
-        })
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -865,14 +778,21 @@ async fn stop_ends_a_run_at_its_page_boundary_without_waiting_for_the_request_in
     )
     .await;
     let tenant = env.tenants[0].clone();
+    // from its 13th request on, the tenant's requests never answer (a request stuck in flight
+    // when the stop comes)
+    let source = Arc::new(Intercept::new(env.app.sources.clone(), {
+        let id = tenant.id.clone();
+        move |call| {
+            if *call.tenant == id && call.nth_for_tenant > 12 {
+                Step::Hang
+            } else {
+                Step::Pass
+            }
+        }
+    }));
     let syncer = Arc::new(Syncer::new(
         env.app.store.clone(),
-        Arc::new(HangAfter {
-            inner: env.app.sources.clone(),
-            tenant: tenant.id.clone(),
-            hang_after: 12,
-            seen: Default::default(),
-        }),
+        source.clone(),
         mde_sync::clock::system(),
         env.app.settings.sync.clone(),
     ));
@@ -893,6 +813,11 @@ async fn stop_ends_a_run_at_its_page_boundary_without_waiting_for_the_request_in
         .unwrap();
     assert!(asked.elapsed() < StdDuration::from_secs(1));
     assert_eq!((o.ok(), o.health.as_str()), (None, "stopped"));
+    assert_eq!(
+        (source.calls(), env.sim.api_requests(tenant.id.as_str())),
+        (13, 12),
+        "the stop came while the 13th request hung in flight"
+    );
     assert!(o.alerts_written > 0, "pages before the stop were committed");
     let outcome: String = sqlx::query_scalar("SELECT outcome FROM sync_runs")
         .fetch_one(&sqlx::SqlitePool::connect(&env.db.url).await.unwrap())
@@ -927,12 +852,7 @@ async fn a_tenant_made_inactive_stops_at_its_next_page_and_does_not_start_again(
     let (t1, t2) = (env.tenants[0].clone(), env.tenants[1].clone());
     let syncer = Arc::new(Syncer::new(
         env.app.store.clone(),
-        Arc::new(HangAfter {
-            inner: env.app.sources.clone(),
-            tenant: t1.id.clone(),
-            hang_after: usize::MAX,
-            seen: Default::default(),
-        }),
+        env.app.sources.clone(),
         mde_sync::clock::system(),
         env.app.settings.sync.clone(),
     ));

@@ -14,13 +14,30 @@
 //! The simulator owns all of its state behind one mutex and never blocks on I/O while holding it.
 //! It must never be used as a model of correct client behaviour: it only tells the truth
 //! ([`Simulator::truth`]) so tests can compare a synced store against it.
+//!
+//! Where things are: this file holds the public face (configuration, [`Simulator`]'s methods,
+//! [`SimServer`]); `state` the data behind the mutex; `http` the accept loop and routing; `token`
+//! the Entra token endpoint; `mde_alerts` and `graph_alerts` the two alerts endpoints; `faults`
+//! the injected failures and the call limit; `generate` the alert bodies, `graph` their Graph
+//! form and `odata` the query slice both APIs accept.
+//!
+//! It sits in the top layer and imports two modules of lower layers beyond the leaves, each for
+//! one thing only: `auth`, because verifying a client assertion is cryptography and all of the
+//! crate's cryptography lives there (the certificate's public data and the signature check), and
+//! `config`, for the cloud names whose scopes [`SimConfig::set_cloud`] serves. It uses nothing
+//! else of theirs.
 
+mod faults;
 mod generate;
 mod graph;
+mod graph_alerts;
 mod http;
+mod mde_alerts;
 mod odata;
+mod state;
 #[cfg(test)]
 mod tests;
+mod token;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -34,7 +51,8 @@ use crate::clock::{ManualClock, SharedClock, SystemClock};
 use crate::config::CloudName;
 use crate::timestamp::Timestamp;
 
-use generate::{AlertModel, Start, World};
+use generate::{Start, World};
+use state::{Endpoint, State, TenantState, TokenInfo, key, lag_ticks, order_hash};
 
 /// How a simulated tenant answers token requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -212,109 +230,6 @@ pub struct RequestRecord {
     pub retry_after: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
-    Token,
-    Alerts,
-    Other,
-}
-
-/// How a version's `$expand`-less form is derived from its full text.
-#[derive(Debug)]
-enum Plain {
-    /// Replace this byte range (the evidence array) with `[]`.
-    Span(usize, usize),
-    /// A separately rendered text (raw inserts).
-    Text(String),
-}
-
-#[derive(Debug)]
-struct Version {
-    last_update: Timestamp,
-    visible_at: Timestamp,
-    /// The text served with `$expand=evidence`.
-    full: String,
-    plain: Plain,
-}
-
-impl Version {
-    fn write(&self, expand: bool, out: &mut String) {
-        match (&self.plain, expand) {
-            (_, true) => out.push_str(&self.full),
-            (Plain::Span(start, end), false) => {
-                out.push_str(&self.full[..*start]);
-                out.push_str("[]");
-                out.push_str(&self.full[*end..]);
-            }
-            (Plain::Text(text), false) => out.push_str(text),
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct AlertRecord {
-    /// Sorted by `last_update`; equal instants keep insertion order.
-    versions: Vec<Version>,
-    /// The generated state behind the newest version, if that version was generated (raw
-    /// inserts have none, so random changes leave them alone).
-    model: Option<AlertModel>,
-}
-
-impl AlertRecord {
-    fn newest(&self) -> Option<Timestamp> {
-        self.versions.last().map(|v| v.last_update)
-    }
-
-    fn insert(&mut self, v: Version) {
-        let at = self
-            .versions
-            .partition_point(|x| x.last_update <= v.last_update);
-        self.versions.insert(at, v);
-    }
-
-    /// The version shown at `now`: the newest by `last_update` among the visible ones. Older
-    /// versions are dropped once a newer one is visible, since (with a clock that does not go
-    /// backwards) they can never be shown again; this keeps memory flat in long benchmarks.
-    fn shown(&mut self, now: Timestamp) -> Option<&Version> {
-        let i = self.versions.iter().rposition(|v| v.visible_at <= now)?;
-        if i > 0 {
-            self.versions.drain(..i);
-        }
-        self.versions.first()
-    }
-}
-
-struct TenantState {
-    cfg: SimTenant,
-    world: World,
-    /// Keyed by (order hash, id): iteration order is the stable arbitrary order the API serves.
-    alerts: BTreeMap<(u64, String), AlertRecord>,
-}
-
-#[derive(Debug, Clone)]
-struct TokenInfo {
-    tenant: String,
-    exp: Timestamp,
-    has_role: bool,
-    /// Issued for Microsoft Graph (any other audience is the MDE API).
-    graph: bool,
-    /// Defender is provisioned and licensed in the tenant.
-    licensed: bool,
-}
-
-struct State {
-    rng: Rng,
-    tenants: HashMap<String, TenantState>,
-    tokens: HashMap<String, TokenInfo>,
-    /// `jti` of every accepted client assertion -> its `exp`, to refuse replays.
-    used_jti: HashMap<String, i64>,
-    log: Vec<(Endpoint, RequestRecord)>,
-    changes_enabled: bool,
-    raw_counter: u64,
-    /// Recent API calls per tenant, for `Faults::limit`.
-    calls: HashMap<String, std::collections::VecDeque<Timestamp>>,
-}
-
 /// The simulated service. Cheap to share: [`Simulator::new`] returns an `Arc`.
 pub struct Simulator {
     cfg: SimConfig,
@@ -327,31 +242,6 @@ impl std::fmt::Debug for Simulator {
             .field("tenants", &self.cfg.tenants.len())
             .finish_non_exhaustive()
     }
-}
-
-/// A stable hash of (tenant, alert id), so the served order survives across requests (making
-/// `$skip` meaningful) but has nothing to do with time. FNV-1a plus a splitmix64 finaliser,
-/// because std's hasher is not promised to stay the same across Rust releases.
-fn order_hash(tenant: &str, id: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in tenant.bytes().chain([0xff]).chain(id.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
-
-fn lag_ticks(rng: &mut Rng, max_lag: time::Duration) -> i64 {
-    let max = (max_lag.whole_nanoseconds() / 100).clamp(0, i128::from(i64::MAX)) as i64;
-    if max == 0 { 0 } else { rng.i64(0..=max) }
-}
-
-fn key(tenant: &str) -> String {
-    tenant.to_ascii_lowercase()
 }
 
 impl Simulator {
@@ -517,164 +407,6 @@ impl Simulator {
     fn lock(&self) -> MutexGuard<'_, State> {
         // a panicking test thread must not take every later assertion down with it
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl TenantState {
-    fn store_model(&mut self, model: AlertModel, last_update: Timestamp, visible_at: Timestamp) {
-        let rendered = model.render();
-        let id = model.alert.id.clone();
-        let rec = self
-            .alerts
-            .entry((order_hash(&key(&self.cfg.id), &id), id))
-            .or_default();
-        rec.insert(Version {
-            last_update,
-            visible_at,
-            full: rendered.text,
-            plain: Plain::Span(rendered.evidence_span.0, rendered.evidence_span.1),
-        });
-        rec.model = Some(model);
-    }
-
-    /// Up to `n` distinct random alerts that changes may touch: those whose newest version was
-    /// generated (raw inserts stay as the test wrote them).
-    fn pick_changeable(&self, rng: &mut Rng, n: usize) -> Vec<(u64, String)> {
-        let mut keys: Vec<&(u64, String)> = self
-            .alerts
-            .iter()
-            .filter(|(_, r)| r.model.is_some())
-            .map(|(k, _)| k)
-            .collect();
-        let n = n.min(keys.len());
-        // partial Fisher-Yates, so only the picked keys are cloned
-        for i in 0..n {
-            let j = rng.usize(i..keys.len());
-            keys.swap(i, j);
-        }
-        keys.into_iter().take(n).cloned().collect()
-    }
-}
-
-impl State {
-    fn tenant(&mut self, tenant: &str) -> (&mut Rng, &mut TenantState) {
-        let ts = self
-            .tenants
-            .get_mut(&key(tenant))
-            .unwrap_or_else(|| panic!("simulator has no tenant {tenant:?}"));
-        (&mut self.rng, ts)
-    }
-
-    fn add_alert(&mut self, tenant: &str, now: Timestamp, max_lag: time::Duration) -> String {
-        let (rng, ts) = self.tenant(tenant);
-        loop {
-            let lu = generate::next_last_update(rng, now, None);
-            let created = now.plus_ticks(-rng.i64(20_000_000..1_200_000_000));
-            let model = generate::new_alert(rng, &mut ts.world, created, &lu, Start::New);
-            let id = model.alert.id.clone();
-            if ts
-                .alerts
-                .contains_key(&(order_hash(&key(&ts.cfg.id), &id), id.clone()))
-            {
-                continue;
-            }
-            let visible_at = lu.0.plus_ticks(lag_ticks(rng, max_lag));
-            ts.store_model(model, lu.0, visible_at);
-            return id;
-        }
-    }
-
-    fn change_random(&mut self, tenant: &str, n: usize, now: Timestamp, max_lag: time::Duration) {
-        if n == 0 {
-            return;
-        }
-        let (rng, ts) = self.tenant(tenant);
-        for k in ts.pick_changeable(rng, n) {
-            let rec = ts.alerts.get_mut(&k).expect("key just listed");
-            let lu = generate::next_last_update(rng, now, rec.newest());
-            let mut model = rec.model.clone().expect("changeable alerts have a model");
-            generate::change(rng, &ts.world, &mut model, &lu);
-            let visible_at = lu.0.plus_ticks(lag_ticks(rng, max_lag));
-            ts.store_model(model, lu.0, visible_at);
-        }
-        // new alerts keep arriving while clients page, too
-        if rng.u8(0..5) == 0 {
-            self.add_alert(tenant, now, max_lag);
-        }
-    }
-
-    fn bulk_update(
-        &mut self,
-        tenant: &str,
-        n: usize,
-        now: Timestamp,
-        max_lag: time::Duration,
-    ) -> Timestamp {
-        let (rng, ts) = self.tenant(tenant);
-        let mut keys = ts.pick_changeable(rng, n);
-        let missing = n - keys.len();
-        for _ in 0..missing {
-            let id = self.add_alert(tenant, now, max_lag);
-            keys.push((order_hash(&key(tenant), &id), id));
-        }
-        let (rng, ts) = self.tenant(tenant);
-        // one instant and one precision for the whole burst, later than every member's past
-        let digits = rng.u8(0..=7);
-        let mut at = generate::truncate(now, digits);
-        let mut text = at.format_digits(digits);
-        let latest = keys.iter().filter_map(|k| ts.alerts.get(k)?.newest()).max();
-        if let Some(latest) = latest.filter(|&l| at <= l) {
-            at = latest.plus_ticks(1);
-            text = at.format_digits(7);
-        }
-        let lu = (at, text);
-        for k in keys {
-            let rec = ts.alerts.get_mut(&k).expect("key just listed");
-            let mut model = rec.model.clone().expect("changeable alerts have a model");
-            generate::resolve_at(rng, &ts.world, &mut model, &lu);
-            let visible_at = at.plus_ticks(lag_ticks(rng, max_lag));
-            ts.store_model(model, at, visible_at);
-        }
-        at
-    }
-
-    fn insert_raw(
-        &mut self,
-        tenant: &str,
-        alert: serde_json::Value,
-        last_update: Timestamp,
-        now: Timestamp,
-    ) {
-        let id = match alert.get("id").and_then(|v| v.as_str()) {
-            Some(id) => id.to_owned(),
-            None => {
-                self.raw_counter += 1;
-                format!("sim-raw-{}", self.raw_counter)
-            }
-        };
-        let full = serde_json::to_string(&alert).expect("json value serialises");
-        let plain = match alert {
-            serde_json::Value::Object(mut map) if map.contains_key("evidence") => {
-                map.insert("evidence".to_owned(), serde_json::Value::Array(Vec::new()));
-                serde_json::to_string(&map).expect("json value serialises")
-            }
-            _ => full.clone(),
-        };
-        let (_, ts) = self.tenant(tenant);
-        let rec = ts
-            .alerts
-            .entry((order_hash(&key(&ts.cfg.id), &id), id))
-            .or_default();
-        rec.insert(Version {
-            last_update,
-            // raw inserts model data that is already indexed: no lag
-            visible_at: now.min(last_update),
-            full,
-            plain: Plain::Text(plain),
-        });
-        if rec.newest() == Some(last_update) {
-            rec.model = None;
-        }
     }
 }
 

@@ -2,7 +2,9 @@
 //! [`App`] wired to both — the real application against a real database and a fake HTTP peer.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod hostile;
+pub mod intercept;
 
 use std::{
     path::PathBuf,

@@ -1,0 +1,181 @@
+//! The Microsoft Graph alerts endpoint (`GET /v1.0/security/alerts_v2`): Graph's token checks
+//! and error bodies, its `$top` clamp, `$skip`-based next links and short pages. The alerts are
+//! rendered by [`super::graph`].
+
+use hyper::StatusCode;
+
+use super::http::Answer;
+use super::{Endpoint, Simulator, key};
+
+/// A Graph error body: `{"error":{"code","message","innerError":{"date","request-id"}}}`.
+fn graph_error(status: StatusCode, code: &str, message: &str, tenant: Option<String>) -> Answer {
+    let body = serde_json::json!({
+        "error": {
+            "code": code,
+            "message": message,
+            "innerError": {
+                "date": "2026-01-01T00:00:00",
+                "request-id": format!("{:08x}-0000-4000-8000-000000000000", fastrand::u32(..)),
+            }
+        }
+    });
+    let mut a = Answer::new(Endpoint::Alerts, status, body.to_string());
+    a.tenant = tenant;
+    a
+}
+
+impl Simulator {
+    /// `GET /v1.0/security/alerts_v2`: the tenant's alerts in Graph's form. `$top` is clamped at
+    /// 1,000; a page that does not reach the end of the matching alerts carries an
+    /// `@odata.nextLink` (`$skip`-based), and with [`super::Faults::rate_short_page`] a page is cut
+    /// short, even to nothing, and still carries one.
+    pub(super) fn graph_alerts(
+        &self,
+        auth: Option<&str>,
+        query: Option<&str>,
+        base: &str,
+    ) -> Answer {
+        use super::graph::{parse_graph_query, to_graph};
+        let now = self.now();
+        let mut st = self.lock();
+        let token = auth
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        let info = token.and_then(|t| st.tokens.get(t)).cloned();
+        let unauthorized = |tenant: Option<String>, msg: &str| {
+            let mut a = graph_error(
+                StatusCode::UNAUTHORIZED,
+                "InvalidAuthenticationToken",
+                msg,
+                tenant,
+            );
+            a.www_authenticate = true;
+            a
+        };
+        let Some(info) = info else {
+            return unauthorized(None, "Access token is empty or invalid.");
+        };
+        if info.exp <= now {
+            return unauthorized(
+                Some(info.tenant),
+                "Lifetime validation failed, the token is expired.",
+            );
+        }
+        if !info.graph {
+            return unauthorized(Some(info.tenant), "Invalid audience.");
+        }
+        if !info.has_role {
+            return graph_error(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "Missing application roles. API required roles: SecurityAlert.Read.All, SecurityAlert.ReadWrite.All. Application roles: .",
+                Some(info.tenant),
+            );
+        }
+        if !info.licensed {
+            return graph_error(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "The tenant is not onboarded to Microsoft Defender XDR.",
+                Some(info.tenant),
+            );
+        }
+        let q = match parse_graph_query(query) {
+            Ok(mut q) => {
+                q.top = q.top.min(self.cfg.graph_max_top.max(1));
+                q
+            }
+            Err(msg) => {
+                return graph_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &msg,
+                    Some(info.tenant),
+                );
+            }
+        };
+        if st.changes_enabled && self.cfg.changes_per_request > 0 {
+            st.change_random(
+                &info.tenant,
+                self.cfg.changes_per_request,
+                now,
+                self.cfg.max_lag,
+            );
+        }
+        let short = st.rng.f64() < self.cfg.faults.rate_short_page;
+        // half of the short pages are empty: the hardest case, and one a test can count on
+        let short_len = if st.rng.bool() {
+            0
+        } else {
+            st.rng.usize(0..q.top.max(1))
+        };
+        let ts = st
+            .tenants
+            .get_mut(&key(&info.tenant))
+            .expect("tokens are only issued for simulated tenants");
+        let mut items: Vec<String> = Vec::new();
+        let mut matched = 0usize;
+        let mut more = false;
+        for rec in ts.alerts.values_mut() {
+            let Some(v) = rec.shown(now) else { continue };
+            if !q.matches(v.last_update) {
+                continue;
+            }
+            let mut text = String::new();
+            v.write(true, &mut text);
+            // generated alerts are Defender for Endpoint alerts; only a raw insert names another
+            // product, so only those are parsed before they are counted
+            let service = if text.contains("\"serviceSource\"") {
+                super::graph::service_source(&text)
+            } else {
+                Some("microsoftDefenderForEndpoint".to_owned())
+            };
+            if q.service_source
+                .as_deref()
+                .is_some_and(|wanted| service.as_deref() != Some(wanted))
+            {
+                continue;
+            }
+            matched += 1;
+            if matched <= q.skip {
+                continue;
+            }
+            if items.len() >= q.top {
+                more = true;
+                break;
+            }
+            items.push(to_graph(&text).unwrap_or(text));
+        }
+        if short && short_len < items.len() {
+            items.truncate(short_len);
+            more = true;
+        }
+        let mut body = String::with_capacity(64 * 1024);
+        body.push_str(
+            "{\"@odata.context\":\"https://graph.microsoft.com/v1.0/$metadata#security/alerts_v2\",\"value\":[",
+        );
+        body.push_str(&items.join(","));
+        body.push(']');
+        if more {
+            let mut next = url::Url::parse(base).expect("simulator base url");
+            {
+                let mut pairs = next.query_pairs_mut();
+                for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+                    if k != "$skip" {
+                        pairs.append_pair(&k, &v);
+                    }
+                }
+                pairs.append_pair("$skip", &(q.skip + items.len()).to_string());
+            }
+            body.push_str(",\"@odata.nextLink\":");
+            body.push_str(&serde_json::to_string(next.as_str()).expect("string serialises"));
+        }
+        body.push('}');
+        let mut a = Answer::new(Endpoint::Alerts, StatusCode::OK, body);
+        a.content_type = "application/json; odata.metadata=minimal; odata.streaming=true; IEEE754Compatible=false; charset=utf-8";
+        a.tenant = Some(info.tenant);
+        a.alerts = items.len();
+        a
+    }
+}
