@@ -6,41 +6,16 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use common::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mde-sync");
-
-struct Simulate(Child, String);
-
-impl Drop for Simulate {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::binary::{BIN, Simulate};
 
 fn simulate(dir: &std::path::Path, alerts: usize) -> Simulate {
-    let mut child = Command::new(BIN)
-        .args(["simulate", "--listen", "127.0.0.1:0", "--tenants", "1"])
-        .args(["--alerts", &alerts.to_string(), "--write-config"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mde-sync simulate");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let base = first
-        .strip_prefix("simulator listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .to_owned();
-    std::thread::spawn(move || for _ in lines {});
-    Simulate(child, base)
+    common::binary::simulate(dir, &["--tenants", "1", "--alerts", &alerts.to_string()])
 }
 
 fn sync(dir: &std::path::Path) -> Command {
@@ -117,7 +92,7 @@ async fn kill_9_during_a_backfill_loses_nothing_and_leaves_a_sound_database() {
 
     let http = mde_sync::auth::http_client(Duration::from_secs(30));
     let truth: BTreeMap<String, String> = http
-        .get(format!("{}/_sim/truth/{tenant}", sim.1))
+        .get(format!("{}/_sim/truth/{tenant}", sim.base_url))
         .send()
         .await
         .unwrap()

@@ -6,7 +6,6 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
     os::unix::net::UnixDatagram,
     path::Path,
     process::{Child, Command, Stdio},
@@ -17,7 +16,7 @@ use std::{
 use common::TempDir;
 use mde_sync::timestamp::Timestamp;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mde-sync");
+use common::binary::BIN;
 
 /// A child process killed (SIGKILL) when dropped, if it is still running.
 struct Proc(Child);
@@ -56,23 +55,10 @@ impl Proc {
 }
 
 /// `mde-sync simulate` writing its config into `dir`; returns the process and its base URL.
-fn simulate(dir: &Path, args: &[&str]) -> (Proc, String) {
-    let mut child = Command::new(BIN)
-        .args(["simulate", "--listen", "127.0.0.1:0", "--write-config"])
-        .arg(dir)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mde-sync simulate");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("simulate prints its address").unwrap();
-    let base = first
-        .strip_prefix("simulator listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .to_owned();
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), base)
+fn simulate(dir: &Path, args: &[&str]) -> (common::binary::Simulate, String) {
+    let sim = common::binary::simulate(dir, args);
+    let base = sim.base_url.clone();
+    (sim, base)
 }
 
 /// `mde-sync run` on `dir/config.toml` with these environment overrides. Logs go nowhere: the
