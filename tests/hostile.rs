@@ -478,6 +478,39 @@ async fn retry_after_survives_a_restart(backend: Backend) {
     );
 }
 
+/// A call that gives up on a 429 (its attempts spent) still honours the Retry-After: the
+/// tenant's next run does not call before it has passed. (It did: only a call that retried
+/// deferred the tenant, so a run that gave up let the next one call at once.)
+async fn retry_after_is_honoured_by_the_next_run_when_a_call_gives_up(backend: Backend) {
+    let api = HostileServer::start(|req, me| {
+        if req.is_token() {
+            return Reply::token();
+        }
+        if me.api_calls() == 1 {
+            let mut r = Reply::json(429, r#"{"error":{"code":"429","message":"slow down"}}"#);
+            r.headers.push(("Retry-After".into(), "3".into()));
+            return r;
+        }
+        Reply::alerts(&[alert("da-later_1", serde_json::json!({}))], None)
+    })
+    .await;
+    let env = env_for(backend, "retry-after-give-up", &api.base_url(), |s| {
+        s.sync.max_attempts = 1;
+    })
+    .await;
+    let first = env.sync().await;
+    assert_eq!(first.ok(), Some(false), "{first:?}");
+    let second = env.sync().await;
+    assert_eq!(second.ok(), Some(true), "{second:?}");
+    let calls: Vec<Seen> = api.seen().into_iter().filter(Seen::is_api).collect();
+    assert_eq!(calls.len(), 2);
+    let waited = calls[1].at.duration_since(calls[0].at);
+    assert!(
+        waited >= StdDuration::from_millis(2_800),
+        "the next run called {waited:?} after a Retry-After of 3 s"
+    );
+}
+
 /// The calls a tenant spent stay spent across a restart: a new budget on the same database
 /// waits for the window like the old one would have, and another tenant is not held up.
 async fn the_call_budget_survives_a_restart(backend: Backend) {
@@ -544,6 +577,7 @@ on_both_backends!(
     garbage_alerts_are_refused_one_by_one,
     unreadable_and_slow_bodies_fail_the_run_and_keep_the_watermark,
     retry_after_survives_a_restart,
+    retry_after_is_honoured_by_the_next_run_when_a_call_gives_up,
     the_call_budget_survives_a_restart,
 );
 

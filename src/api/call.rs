@@ -120,19 +120,17 @@ impl Caller {
                 }
                 Err(ApiError::Aborted) => return Err(ApiError::Aborted),
                 Err(e) if e.is_transient() => {
+                    // Every later call for this tenant waits out a Retry-After, not just this
+                    // retry: also the next run's, when this call gives up below.
+                    let hold = e.retry_after().map(|ra| ra.min(self.max_retry_after));
+                    if let Some(ra) = hold {
+                        self.budget.defer(tenant, ra).await;
+                    }
                     let Some(delay) = backoff.next() else {
                         tracing::warn!(tenant = %tenant, source, error = %e, correlation_id = e.target().unwrap_or(""), "api call failed, giving up");
                         return Err(e);
                     };
-                    let delay = match e.retry_after() {
-                        // every later call for this tenant waits too, not just this retry
-                        Some(ra) => {
-                            let ra = ra.min(self.max_retry_after);
-                            self.budget.defer(tenant, ra).await;
-                            ra
-                        }
-                        None => delay,
-                    };
+                    let delay = hold.unwrap_or(delay);
                     tracing::warn!(tenant = %tenant, source, error = %e, correlation_id = e.target().unwrap_or(""), retry_in_ms = delay.as_millis() as u64, "api call failed, retrying");
                     self.metrics.api_retry(tenant);
                     tokio::time::sleep(delay).await;
