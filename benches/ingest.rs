@@ -39,7 +39,11 @@ use secrecy::SecretString;
 use serde_json::value::RawValue;
 use sqlx::{AssertSqlSafe, Connection};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mde-sync");
+/// The `mde-sync` binary the benchmark runs: the one built with it, or `MDE_SYNC_BENCH_BIN`
+/// (to compare two builds with the same benchmark).
+fn bin() -> String {
+    std::env::var("MDE_SYNC_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mde-sync").into())
+}
 const CLIENT_ID: &str = "00000000-0000-4000-8000-0000000000c1";
 const SECRET: &str = "simulator-secret";
 
@@ -63,7 +67,7 @@ impl Drop for Sim {
 }
 
 fn simulate(dir: &Path, args: &[&str]) -> Sim {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args([
             "simulate",
             "--listen",
@@ -176,6 +180,23 @@ impl PgDb {
         )))
         .execute(&mut conn)
         .await;
+    }
+}
+
+/// Without autovacuum nothing analyzes the new tables, and the plan of the foreign-key check on
+/// `alert_evidence`, made per connection while `alerts` was empty, can scan every alert of the
+/// tenant for each evidence row: both the sync and the bulk load then slow down as the table
+/// grows, and the figures say more about the server than about either.
+async fn warn_without_autovacuum(admin: &str) {
+    let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
+    let on: String = sqlx::query_scalar("SHOW autovacuum")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    if on != "on" {
+        println!(
+            "  postgres: autovacuum is {on} on this server; the Postgres figures are not representative"
+        );
     }
 }
 
@@ -401,7 +422,7 @@ async fn backfill(
     url: &str,
 ) -> Backfill {
     let (took, peak_kib, cpu, ok) = run_measured(
-        Command::new(BIN)
+        Command::new(bin())
             .arg("--config")
             .arg(dir.join("config.toml"))
             .arg("sync")
@@ -485,10 +506,11 @@ async fn steady_state(dir: &Path, tenants: usize) -> (f64, f64) {
     (took, cpu)
 }
 
-/// 8 tenants backfilling at once in one `mde-sync sync`: `(seconds, peak RSS in KiB)`.
-fn fleet(dir: &Path, sim: &Sim, url: &str, env: &[(&str, &str)]) -> (f64, u64) {
-    let (took, peak_kib, _, ok) = run_measured(
-        Command::new(BIN)
+/// 8 tenants backfilling at once in one `mde-sync sync`: `(seconds, peak RSS in KiB, CPU
+/// seconds)`.
+fn fleet(dir: &Path, sim: &Sim, url: &str, env: &[(&str, &str)]) -> (f64, u64, f64) {
+    let (took, peak_kib, cpu, ok) = run_measured(
+        Command::new(bin())
             .envs(env.iter().copied())
             .arg("--config")
             .arg(dir.join("config.toml"))
@@ -503,7 +525,7 @@ fn fleet(dir: &Path, sim: &Sim, url: &str, env: &[(&str, &str)]) -> (f64, u64) {
     );
     assert!(ok, "the fleet sync failed");
     let _ = sim;
-    (took.as_secs_f64(), peak_kib)
+    (took.as_secs_f64(), peak_kib, cpu)
 }
 
 /// The steady state's re-read factor: one tenant of 5,000 alerts, 50 alert changes every 10
@@ -586,7 +608,7 @@ async fn churn(dir: &Path) -> (u64, u64, usize) {
 
 fn idle(dir: &Path, secs: u64) -> f64 {
     let _sim = simulate(dir, &["--tenants", "10", "--alerts", "50"]);
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .arg("--config")
         .arg(dir.join("config.toml"))
         .arg("run")
@@ -673,6 +695,7 @@ fn main() {
         let mut results = vec![first];
         match std::env::var("MDE_SYNC_TEST_POSTGRES_URL") {
             Ok(admin) if !admin.is_empty() => {
+                warn_without_autovacuum(&admin).await;
                 let db = PgDb::create(&admin, "mde_sync_bench_sync").await;
                 let r = backfill(&dir, &sim, alerts, "postgres", &db.url).await;
                 print_backfill(&r);
@@ -692,6 +715,7 @@ fn main() {
             if let Ok(admin) = std::env::var("MDE_SYNC_TEST_POSTGRES_URL")
                 && !admin.is_empty()
             {
+                warn_without_autovacuum(&admin).await;
                 let db = PgDb::create(&admin, "mde_sync_bench_fleet").await;
                 urls.push(("postgres", db.url.clone(), Some(db)));
             }
@@ -706,7 +730,7 @@ fn main() {
                     let _ = std::fs::remove_file(dir.join("fleet.db-wal"));
                     let _ = std::fs::remove_file(dir.join("fleet.db-shm"));
                 }
-                let (secs, peak_kib) = fleet(&dir, &sim, &url, env);
+                let (secs, peak_kib, cpu) = fleet(&dir, &sim, &url, env);
                 let store = mde_sync::store::open(&DatabaseSettings::from_url(url.clone()))
                     .await
                     .unwrap();
@@ -717,7 +741,7 @@ fn main() {
                 drop(store);
                 assert_eq!(stored as u64, 8 * fleet_alerts, "every alert stored");
                 println!(
-                    "  {backend:<8} 8 x {fleet_alerts} alerts {secs:>7.1} s  {:>8.0} alerts/s  peak RSS {:>6.1} MiB{}",
+                    "  {backend:<8} 8 x {fleet_alerts} alerts {secs:>7.1} s  {:>8.0} alerts/s  peak RSS {:>6.1} MiB  CPU {cpu:>6.1} s{}",
                     stored as f64 / secs,
                     peak_kib as f64 / 1024.0,
                     if env.is_empty() { "" } else { "  (MALLOC_ARENA_MAX=2)" }

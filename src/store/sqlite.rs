@@ -1,6 +1,9 @@
-//! The SQLite backend: one file, WAL journal, a busy timeout so concurrent tenants queue for the
-//! write lock instead of failing, and write transactions opened `IMMEDIATE` so they never have to
-//! upgrade a read lock mid-way.
+//! The SQLite backend: one file, WAL journal, write transactions opened `IMMEDIATE` so they never
+//! have to upgrade a read lock mid-way, and a busy timeout so other processes' writers queue for
+//! the lock instead of failing. SQLite admits one writer at a time, so this process writes
+//! through one connection of its own: concurrent tenants queue for it in the pool (in order,
+//! without the busy handler's sleeps), and only one connection holds the write statements and
+//! their pages in memory. Reads use a pool of `database.max_connections`.
 
 use std::{collections::BTreeMap, str::FromStr, sync::LazyLock, time::Duration};
 
@@ -179,7 +182,10 @@ fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
 }
 
 pub struct SqliteStore {
+    /// Reads.
     pool: SqlitePool,
+    /// Every write: one connection (the pool itself for an in-memory or read-only database).
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -191,8 +197,24 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
         create_private(opts.get_filename())?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections.max(1))
+        let writer = Self::pool_options(1).connect_with(opts.clone()).await?;
+        // an in-memory database is one per pool: reads and writes must share it
+        let name = opts.get_filename().to_string_lossy();
+        if name.starts_with(':') || name.starts_with("file:") {
+            return Ok(Self {
+                pool: writer.clone(),
+                writer,
+            });
+        }
+        let pool = Self::pool_options(max_connections.max(1))
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool, writer })
+    }
+
+    fn pool_options(max_connections: u32) -> SqlitePoolOptions {
+        SqlitePoolOptions::new()
+            .max_connections(max_connections)
             // A transaction whose COMMIT or ROLLBACK failed (a full disk: SQLite may already
             // have rolled it back itself, so sqlx's ROLLBACK fails too) leaves the connection
             // believing it is still inside one, and every later `begin` on it fails. Such a
@@ -205,9 +227,6 @@ impl SqliteStore {
                     Ok(!conn.is_in_transaction())
                 })
             })
-            .connect_with(opts)
-            .await?;
-        Ok(Self { pool })
     }
 
     /// Opens an existing database for reading only (`status`): never creates the file, never
@@ -240,7 +259,10 @@ impl SqliteStore {
             Ok(pool) => pool,
             Err(_) => connect(opts.immutable(true)).await?,
         };
-        Ok(Self { pool })
+        Ok(Self {
+            writer: pool.clone(),
+            pool,
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -255,9 +277,9 @@ impl Store for SqliteStore {
 
     fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            super::migrator(MIGRATIONS).run(&self.pool).await?;
+            super::migrator(MIGRATIONS).run(&self.writer).await?;
             sqlx::query("UPDATE sync_runs SET outcome = 'abandoned' WHERE outcome = 'running'")
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
             Ok(())
         })
@@ -276,12 +298,12 @@ impl Store for SqliteStore {
             .bind(tenant.id.as_str())
             .bind(&tenant.name)
             .bind(now.to_db())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             let wm: Option<String> =
                 sqlx::query_scalar("SELECT watermark FROM sync_state WHERE tenant_id = ?")
                     .bind(tenant.id.as_str())
-                    .fetch_one(&self.pool)
+                    .fetch_one(&self.writer)
                     .await?;
             wm.map(|w| {
                 Timestamp::parse(&w).map_err(|_| StoreError::BadWatermark {
@@ -302,7 +324,7 @@ impl Store for SqliteStore {
             let wm: Option<String> =
                 sqlx::query_scalar("SELECT watermark FROM sync_state WHERE tenant_id = ?")
                     .bind(tenant.as_str())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&self.writer)
                     .await?
                     .flatten();
             let id: i64 = sqlx::query_scalar(
@@ -311,7 +333,7 @@ impl Store for SqliteStore {
             .bind(tenant.as_str())
             .bind(now.to_db())
             .bind(wm)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await?;
             sqlx::query(
                 "UPDATE sync_state SET last_attempt_at = ?, updated_at = ? WHERE tenant_id = ?",
@@ -319,7 +341,7 @@ impl Store for SqliteStore {
             .bind(now.to_db())
             .bind(now.to_db())
             .bind(tenant.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(id)
         })
@@ -335,7 +357,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let now_text = now.to_db();
             let batch = super::newest_per_id(alerts);
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
             // Multi-row statements of fixed shapes: a batch costs a few dozen prepared statements,
             // not several per alert, and no statement is ever built twice.
             let mut written_ids: Vec<&str> = Vec::new();
@@ -409,7 +431,7 @@ impl Store for SqliteStore {
 
     fn finish_run<'a>(&'a self, r: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
             let at = r.finished_at.to_db();
             sqlx::query(
                 "UPDATE sync_runs SET finished_at = ?, outcome = ?, alerts_received = ?, alerts_written = ?, \
@@ -467,7 +489,7 @@ impl Store for SqliteStore {
             .bind(r.pages as i64)
             .bind(r.watermark_after.map(|w| w.to_db()))
             .bind(r.run_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(())
         })
@@ -484,7 +506,7 @@ impl Store for SqliteStore {
             )
             .bind(tenant.as_str())
             .bind(before.to_db())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(done.rows_affected())
         })
@@ -622,7 +644,7 @@ impl Store for SqliteStore {
         forget_before: Timestamp,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
             sqlx::query("DELETE FROM api_calls WHERE tenant_id = ? AND api = ? AND sent_at < ?")
                 .bind(tenant.as_str())
                 .bind(api)
@@ -654,7 +676,7 @@ impl Store for SqliteStore {
             .bind(tenant.as_str())
             .bind(api)
             .bind(until.to_db())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(())
         })
