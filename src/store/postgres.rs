@@ -176,7 +176,18 @@ pub struct PostgresStore {
     /// For finding out why no connection could be had (see [`PostgresStore::explained`]).
     opts: PgConnectOptions,
     connect_timeout: std::time::Duration,
+    /// Alerts this process has written, and the count at which it next runs `ANALYZE`.
+    analyze: std::sync::Arc<std::sync::Mutex<(u64, u64)>>,
 }
+
+/// `ANALYZE` runs when the alerts written by this process first reach this many, then ten times
+/// as many, and so on. A backfill into a new (empty) table otherwise keeps the plans Postgres made
+/// while `alerts` looked empty: the foreign-key check of every evidence row then scans the
+/// tenant's alerts instead of using the primary key (a 25,000-alert backfill read 125 million
+/// tuples), and on a server without autovacuum nothing would ever correct it. `ANALYZE`
+/// invalidates those cached plans; a role that may not analyze gets a warning from the server,
+/// not an error.
+const FIRST_ANALYZE: u64 = 2_000;
 
 /// `host:port` (or the socket) the options point at, for errors.
 fn server_of(opts: &PgConnectOptions) -> String {
@@ -240,6 +251,7 @@ impl PostgresStore {
             opts,
             connect_timeout: db.connect_timeout,
             book: Default::default(),
+            analyze: std::sync::Arc::new(std::sync::Mutex::new((0, FIRST_ANALYZE))),
         })
     }
 
@@ -431,6 +443,7 @@ impl Store for PostgresStore {
         }
         let pool = self.pool.clone();
         let book = self.book.clone();
+        let analyze = self.analyze.clone();
         let tenant = tenant.as_str().to_owned();
         let task = tokio::spawn(async move {
             let mut tx = pool.begin().await?;
@@ -487,6 +500,30 @@ impl Store for PostgresStore {
                 .await?;
             }
             tx.commit().await?;
+            let due = {
+                let mut a = analyze.lock().expect("analyze counter");
+                a.0 += written;
+                let due = a.0 >= a.1;
+                while a.0 >= a.1 {
+                    a.1 = a.1.saturating_mul(10);
+                }
+                due
+            };
+            if due {
+                tokio::spawn(async move {
+                    let started = std::time::Instant::now();
+                    match sqlx::query("ANALYZE alerts, alert_evidence")
+                        .execute(&pool)
+                        .await
+                    {
+                        Ok(_) => tracing::debug!(
+                            duration_ms = started.elapsed().as_millis() as u64,
+                            "analyzed alerts and alert_evidence"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "cannot analyze alerts"),
+                    }
+                });
+            }
             Ok::<u64, StoreError>(written)
         });
         Box::pin(self.explained(async move {
