@@ -291,20 +291,16 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<Option<Timestamp>, StoreError>> {
         Box::pin(async move {
-            sqlx::query(
+            let wm: Option<String> = sqlx::query_scalar(
                 "INSERT INTO sync_state (tenant_id, tenant_name, updated_at) VALUES (?, ?, ?) \
-                 ON CONFLICT (tenant_id) DO UPDATE SET tenant_name = excluded.tenant_name",
+                 ON CONFLICT (tenant_id) DO UPDATE SET tenant_name = excluded.tenant_name \
+                 RETURNING watermark",
             )
             .bind(tenant.id.as_str())
             .bind(&tenant.name)
             .bind(now.to_db())
-            .execute(&self.writer)
+            .fetch_one(&self.writer)
             .await?;
-            let wm: Option<String> =
-                sqlx::query_scalar("SELECT watermark FROM sync_state WHERE tenant_id = ?")
-                    .bind(tenant.id.as_str())
-                    .fetch_one(&self.writer)
-                    .await?;
             wm.map(|w| {
                 Timestamp::parse(&w).map_err(|_| StoreError::BadWatermark {
                     tenant: tenant.id.to_string(),
@@ -321,18 +317,13 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<i64, StoreError>> {
         Box::pin(async move {
-            let wm: Option<String> =
-                sqlx::query_scalar("SELECT watermark FROM sync_state WHERE tenant_id = ?")
-                    .bind(tenant.as_str())
-                    .fetch_optional(&self.writer)
-                    .await?
-                    .flatten();
+            // one round trip: every write of every tenant queues for the one writer connection
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO sync_runs (tenant_id, started_at, watermark_before) VALUES (?, ?, ?) RETURNING id",
+                "INSERT INTO sync_runs (tenant_id, started_at, watermark_before) \
+                 VALUES (?1, ?2, (SELECT watermark FROM sync_state WHERE tenant_id = ?1)) RETURNING id",
             )
             .bind(tenant.as_str())
             .bind(now.to_db())
-            .bind(wm)
             .fetch_one(&self.writer)
             .await?;
             sqlx::query(
