@@ -291,16 +291,20 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<Option<Timestamp>, StoreError>> {
         Box::pin(async move {
-            let wm: Option<String> = sqlx::query_scalar(
+            sqlx::query(
                 "INSERT INTO sync_state (tenant_id, tenant_name, updated_at) VALUES (?, ?, ?) \
-                 ON CONFLICT (tenant_id) DO UPDATE SET tenant_name = excluded.tenant_name \
-                 RETURNING watermark",
+                 ON CONFLICT (tenant_id) DO UPDATE SET tenant_name = excluded.tenant_name",
             )
             .bind(tenant.id.as_str())
             .bind(&tenant.name)
             .bind(now.to_db())
-            .fetch_one(&self.writer)
+            .execute(&self.writer)
             .await?;
+            let wm: Option<String> =
+                sqlx::query_scalar("SELECT watermark FROM sync_state WHERE tenant_id = ?")
+                    .bind(tenant.id.as_str())
+                    .fetch_one(&self.writer)
+                    .await?;
             wm.map(|w| {
                 Timestamp::parse(&w).map_err(|_| StoreError::BadWatermark {
                     tenant: tenant.id.to_string(),
@@ -317,13 +321,18 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<i64, StoreError>> {
         Box::pin(async move {
-            // one round trip: every write of every tenant queues for the one writer connection
+            let wm: Option<String> =
+                sqlx::query_scalar("SELECT watermark FROM sync_state WHERE tenant_id = ?")
+                    .bind(tenant.as_str())
+                    .fetch_optional(&self.writer)
+                    .await?
+                    .flatten();
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO sync_runs (tenant_id, started_at, watermark_before) \
-                 VALUES (?1, ?2, (SELECT watermark FROM sync_state WHERE tenant_id = ?1)) RETURNING id",
+                "INSERT INTO sync_runs (tenant_id, started_at, watermark_before) VALUES (?, ?, ?) RETURNING id",
             )
             .bind(tenant.as_str())
             .bind(now.to_db())
+            .bind(wm)
             .fetch_one(&self.writer)
             .await?;
             sqlx::query(

@@ -349,8 +349,6 @@ pub struct Syncer {
     /// Run outcomes the store refused to record (a full disk, the database away), with whether
     /// the run was stopped; recorded before the tenant's next run.
     unrecorded: Mutex<HashMap<TenantId, (RunReport, bool)>>,
-    /// When each tenant's old runs were last deleted (`sync.run_retention`).
-    pruned_at: Mutex<HashMap<TenantId, Timestamp>>,
     metrics: Arc<Metrics>,
 }
 
@@ -388,7 +386,6 @@ impl Syncer {
             active_changed: watch::Sender::new(0),
             gate: Mutex::new(None),
             unrecorded: Mutex::new(HashMap::new()),
-            pruned_at: Mutex::new(HashMap::new()),
             metrics: Arc::default(),
         }
     }

@@ -273,21 +273,8 @@ impl Syncer {
 
     /// Deletes the tenant's runs older than `sync.run_retention` from `sync_runs`. A failure
     /// only costs history, so it is logged, not raised: the next run tries again.
-    /// At most once an hour per tenant (by the sync's clock): on SQLite every write queues for
-    /// one connection, and a delete per run would cost the 1,000-tenant cycle a round trip each.
     async fn prune_runs(&self, tenant: &TenantId) {
-        let now = self.now();
-        {
-            let mut last = self.pruned_at.lock().expect("prune times");
-            if last
-                .get(tenant)
-                .is_some_and(|t| now.minus(time::Duration::hours(1)) < *t)
-            {
-                return;
-            }
-            last.insert(tenant.clone(), now);
-        }
-        let before = now.minus(self.settings.run_retention);
+        let before = self.now().minus(self.settings.run_retention);
         match self.store.prune_runs(tenant, before).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(runs = n, before = %before.to_db(), "old runs deleted"),
