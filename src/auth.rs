@@ -23,7 +23,7 @@ use url::Url;
 use crate::{clock::SharedClock, health::Health, metrics::Metrics, tenant::TenantId};
 
 pub use certificate::{AssertionAlgorithm, ClientCertificate};
-pub use credential::describe_credential;
+pub use credential::{describe_credential, load_settings};
 
 /// How the app proves who it is to the token endpoint.
 #[derive(Clone)]

@@ -10,7 +10,7 @@ use crate::{
     auth::{self, Credential, TokenProvider},
     budget::Budget,
     clock::SharedClock,
-    config::{ConfigError, Environment, Needs, Settings},
+    config::{ConfigError, Settings},
     graph::GraphClient,
     mde::MdeClient,
     metrics::Metrics,
@@ -21,6 +21,8 @@ use crate::{
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
 };
+
+pub use crate::auth::load_settings;
 
 /// The call budget's journal in the store (`api_calls`, `api_holds`), under one API's name.
 pub struct StoreBudgetJournal {
@@ -249,29 +251,6 @@ impl App {
         );
         self.syncer.sync_all(&tenants).await
     }
-}
-
-/// Loads the settings and builds the credential they configure: the certificate's problems are
-/// reported in the one list with every other problem.
-pub fn load_settings(
-    path: &std::path::Path,
-    env: &Environment,
-    needs: Needs,
-) -> Result<(Settings, Option<Credential>), ConfigError> {
-    let mut credential = None;
-    let settings = Settings::load_with(
-        path,
-        env,
-        needs,
-        &mut |app| match Credential::from_settings(app) {
-            Ok(c) => {
-                credential = c;
-                Vec::new()
-            }
-            Err(problems) => problems,
-        },
-    )?;
-    Ok((settings, credential))
 }
 
 /// The token provider for the configured cloud and credential (a certificate wins over a

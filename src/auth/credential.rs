@@ -1,7 +1,7 @@
 //! The app's credential from its configuration: config reads the certificate and key files, this
 //! parses them and checks that they belong together and that the certificate has not expired.
 //! Its problems are configuration problems (key, and how to fix it), reported by the caller in
-//! the same list as every other one (`app::load_settings`).
+//! the same list as every other one ([`load_settings`]).
 
 use std::{path::Path, sync::Arc};
 
@@ -11,7 +11,9 @@ use super::{
     Credential,
     certificate::{CertificateInfo, ClientCertificate, private_key_from_pem},
 };
-use crate::config::{AppSettings, CertificateFiles, Problem};
+use crate::config::{
+    AppSettings, CertificateFiles, ConfigError, Environment, Needs, Problem, Settings,
+};
 
 impl Credential {
     /// The credential `app` configures: the certificate when one was read (it wins over a
@@ -111,6 +113,29 @@ pub fn describe_credential(app: &AppSettings, credential: Option<&Credential>) -
     }
 }
 
+/// Loads the settings and builds the credential they configure: the certificate's problems are
+/// reported in the one list with every other problem.
+pub fn load_settings(
+    path: &Path,
+    env: &Environment,
+    needs: Needs,
+) -> Result<(Settings, Option<Credential>), ConfigError> {
+    let mut credential = None;
+    let settings = Settings::load_with(
+        path,
+        env,
+        needs,
+        &mut |app| match Credential::from_settings(app) {
+            Ok(c) => {
+                credential = c;
+                Vec::new()
+            }
+            Err(problems) => problems,
+        },
+    )?;
+    Ok((settings, credential))
+}
+
 #[cfg(test)]
 // figment::Error is large; that is figment's choice, not a problem in these tests.
 #[allow(clippy::result_large_err)]
@@ -151,20 +176,7 @@ mod tests {
             &format!("[app]\nclient_id = \"{CLIENT}\"\n{app}\n{rest}"),
         )
         .unwrap();
-        let mut credential = None;
-        let settings = Settings::load_with(
-            &jail.directory().join("config.toml"),
-            env,
-            Needs::ALL,
-            &mut |app| match Credential::from_settings(app) {
-                Ok(c) => {
-                    credential = c;
-                    Vec::new()
-                }
-                Err(problems) => problems,
-            },
-        )?;
-        Ok((settings, credential))
+        load_settings(&jail.directory().join("config.toml"), env, Needs::ALL)
     }
 
     fn load_app(

@@ -132,7 +132,7 @@ impl Environment {
 impl Settings {
     /// Loads and validates. `path` must exist unless every setting comes from the environment.
     /// The certificate and key are read, not checked: use [`Settings::load_with`] (as
-    /// `app::load_settings` does) to have them checked in the same pass.
+    /// `auth::load_settings` does) to have them checked in the same pass.
     pub fn load(path: &Path, env: &Environment, needs: Needs) -> Result<Settings, ConfigError> {
         Self::load_with(path, env, needs, &mut |_| Vec::new())
     }
