@@ -38,11 +38,7 @@ impl Simulator {
         use super::graph::{parse_graph_query, to_graph};
         let now = self.now();
         let mut st = self.lock();
-        let token = auth
-            .and_then(|h| h.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim());
-        let info = token.and_then(|t| st.tokens.get(t)).cloned();
+        let info = st.bearer(auth);
         let unauthorized = |tenant: Option<String>, msg: &str| {
             let mut a = graph_error(
                 StatusCode::UNAUTHORIZED,

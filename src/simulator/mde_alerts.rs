@@ -13,11 +13,7 @@ impl Simulator {
     pub(super) fn alerts(&self, auth: Option<&str>, query: Option<&str>) -> Answer {
         let now = self.now();
         let mut st = self.lock();
-        let token = auth
-            .and_then(|h| h.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim());
-        let info = token.and_then(|t| st.tokens.get(t)).cloned();
+        let info = st.bearer(auth);
         let unauthorized = |tenant: Option<String>, msg: &str| {
             let mut a = mde_error(
                 Endpoint::Alerts,

@@ -180,6 +180,15 @@ impl TenantState {
 }
 
 impl State {
+    /// The token an `Authorization: Bearer …` header names, if the simulator issued it.
+    pub(super) fn bearer(&self, authorization: Option<&str>) -> Option<TokenInfo> {
+        let (scheme, token) = authorization?.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        self.tokens.get(token.trim()).cloned()
+    }
+
     fn tenant(&mut self, tenant: &str) -> (&mut Rng, &mut TenantState) {
         let ts = self
             .tenants
