@@ -122,20 +122,11 @@ impl App {
     pub fn with_store(settings: Settings, clock: SharedClock, store: SharedStore) -> App {
         let credential = Credential::from_settings(&settings.app)
             .unwrap_or_else(|problems| panic!("{}", ConfigError { problems }));
-        Self::with_credential(settings, credential, clock, store)
-    }
-
-    /// The clients on `store`, proven with `credential`.
-    pub fn with_credential(
-        settings: Settings,
-        credential: Option<Credential>,
-        clock: SharedClock,
-        store: SharedStore,
-    ) -> App {
         let http = auth::http_client(settings.sync.request_timeout);
         Self::with_http(settings, credential, clock, store, http)
     }
 
+    /// The clients on `store` and `http`, proven with `credential`.
     fn with_http(
         settings: Settings,
         credential: Option<Credential>,
