@@ -185,25 +185,23 @@ impl ApiError {
 
 /// A streamed body's failure as the API error the sync reports (shared by both sources).
 pub fn read_error(status: u16, e: ReadError) -> ApiError {
-    {
-        let mib = |b: usize| b >> 20;
-        match e {
-            ReadError::BodyTooLarge { limit } => ApiError::TooLarge {
-                what: "a response",
-                setting: "sync.max_response_mib",
-                limit_mib: mib(limit),
-            },
-            ReadError::ItemTooLarge { limit, .. } => ApiError::TooLarge {
-                what: "one alert",
-                setting: "sync.max_alert_mib",
-                limit_mib: mib(limit),
-            },
-            ReadError::Aborted => ApiError::Aborted,
-            e @ (ReadError::Malformed(_) | ReadError::Truncated) => ApiError::Decode {
-                status,
-                detail: e.to_string(),
-            },
-        }
+    let mib = |b: usize| b >> 20;
+    match e {
+        ReadError::BodyTooLarge { limit } => ApiError::TooLarge {
+            what: "a response",
+            setting: "sync.max_response_mib",
+            limit_mib: mib(limit),
+        },
+        ReadError::ItemTooLarge { limit, .. } => ApiError::TooLarge {
+            what: "one alert",
+            setting: "sync.max_alert_mib",
+            limit_mib: mib(limit),
+        },
+        ReadError::Aborted => ApiError::Aborted,
+        e @ (ReadError::Malformed(_) | ReadError::Truncated) => ApiError::Decode {
+            status,
+            detail: e.to_string(),
+        },
     }
 }
 
