@@ -12,6 +12,7 @@
 pub mod lease;
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_writer;
 
 use std::{collections::BTreeMap, sync::Arc};
 

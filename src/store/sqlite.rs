@@ -1,14 +1,18 @@
 //! The SQLite backend: one file, WAL journal, write transactions opened `IMMEDIATE` so they never
 //! have to upgrade a read lock mid-way, and a busy timeout so other processes' writers queue for
-//! the lock instead of failing. SQLite admits one writer at a time, so this process writes
-//! through one connection of its own: concurrent tenants queue for it in the pool (in order,
-//! without the busy handler's sleeps), and only one connection holds the write statements and
-//! their pages in memory. Reads use a pool of `database.max_connections`.
+//! the lock instead of failing. SQLite admits one writer at a time, so this process writes the
+//! alert batches (the large writes) through one connection of its own
+//! ([`super::sqlite_writer`]): concurrent tenants queue for it in order, without the busy
+//! handler's sleeps, and only one connection holds their statements and pages in memory. The
+//! small writes (a run's bookkeeping in `sync_state` and `sync_runs`, the call journal) and the
+//! reads use a pool of `database.max_connections`: each of those writes holds SQLite's lock for
+//! a single statement or two, and queueing them behind the alert batches for the one connection
+//! made the 1,000-tenant cycle slower (README, "Performance").
 
 use std::{collections::BTreeMap, str::FromStr, sync::LazyLock, time::Duration};
 
 use sqlx::{
-    AssertSqlSafe, Row, Sqlite, SqlitePool,
+    AssertSqlSafe, Connection, Row, Sqlite, SqlitePool,
     query::Query,
     sqlite::{
         SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions,
@@ -16,7 +20,7 @@ use sqlx::{
     },
 };
 
-use super::{RunReport, Store, StoreError, TenantStatus};
+use super::{RunReport, Store, StoreError, TenantStatus, sqlite_writer::Writer};
 use crate::{
     BoxFuture,
     model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Val},
@@ -182,10 +186,10 @@ fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
 }
 
 pub struct SqliteStore {
-    /// Reads.
+    /// Reads, and the small writes (run bookkeeping, the call journal).
     pool: SqlitePool,
-    /// Every write: one connection (the pool itself for an in-memory or read-only database).
-    writer: SqlitePool,
+    /// Alert batches: one connection (the pool's for an in-memory or read-only database).
+    writer: Writer,
 }
 
 impl SqliteStore {
@@ -197,15 +201,16 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
         create_private(opts.get_filename())?;
-        let writer = Self::pool_options(1).connect_with(opts.clone()).await?;
-        // an in-memory database is one per pool: reads and writes must share it
+        // an in-memory database is one per connection: reads and writes must share it
         let name = opts.get_filename().to_string_lossy();
         if name.starts_with(':') || name.starts_with("file:") {
+            let pool = Self::pool_options(1).connect_with(opts).await?;
             return Ok(Self {
-                pool: writer.clone(),
-                writer,
+                writer: Writer::Shared(pool.clone()),
+                pool,
             });
         }
+        let writer = Writer::connect(opts.clone()).await?;
         let pool = Self::pool_options(max_connections.max(1))
             .connect_with(opts)
             .await?;
@@ -260,7 +265,7 @@ impl SqliteStore {
             Err(_) => connect(opts.immutable(true)).await?,
         };
         Ok(Self {
-            writer: pool.clone(),
+            writer: Writer::Shared(pool.clone()),
             pool,
         })
     }
@@ -277,9 +282,9 @@ impl Store for SqliteStore {
 
     fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            super::migrator(MIGRATIONS).run(&self.writer).await?;
+            super::migrator(MIGRATIONS).run(&self.pool).await?;
             sqlx::query("UPDATE sync_runs SET outcome = 'abandoned' WHERE outcome = 'running'")
-                .execute(&self.writer)
+                .execute(&self.pool)
                 .await?;
             Ok(())
         })
@@ -291,20 +296,16 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<Option<Timestamp>, StoreError>> {
         Box::pin(async move {
-            sqlx::query(
+            let wm: Option<String> = sqlx::query_scalar(
                 "INSERT INTO sync_state (tenant_id, tenant_name, updated_at) VALUES (?, ?, ?) \
-                 ON CONFLICT (tenant_id) DO UPDATE SET tenant_name = excluded.tenant_name",
+                 ON CONFLICT (tenant_id) DO UPDATE SET tenant_name = excluded.tenant_name \
+                 RETURNING watermark",
             )
             .bind(tenant.id.as_str())
             .bind(&tenant.name)
             .bind(now.to_db())
-            .execute(&self.writer)
+            .fetch_one(&self.pool)
             .await?;
-            let wm: Option<String> =
-                sqlx::query_scalar("SELECT watermark FROM sync_state WHERE tenant_id = ?")
-                    .bind(tenant.id.as_str())
-                    .fetch_one(&self.writer)
-                    .await?;
             wm.map(|w| {
                 Timestamp::parse(&w).map_err(|_| StoreError::BadWatermark {
                     tenant: tenant.id.to_string(),
@@ -321,19 +322,14 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<i64, StoreError>> {
         Box::pin(async move {
-            let wm: Option<String> =
-                sqlx::query_scalar("SELECT watermark FROM sync_state WHERE tenant_id = ?")
-                    .bind(tenant.as_str())
-                    .fetch_optional(&self.writer)
-                    .await?
-                    .flatten();
+            // the watermark read in the same statement
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO sync_runs (tenant_id, started_at, watermark_before) VALUES (?, ?, ?) RETURNING id",
+                "INSERT INTO sync_runs (tenant_id, started_at, watermark_before) \
+                 VALUES (?1, ?2, (SELECT watermark FROM sync_state WHERE tenant_id = ?1)) RETURNING id",
             )
             .bind(tenant.as_str())
             .bind(now.to_db())
-            .bind(wm)
-            .fetch_one(&self.writer)
+            .fetch_one(&self.pool)
             .await?;
             sqlx::query(
                 "UPDATE sync_state SET last_attempt_at = ?, updated_at = ? WHERE tenant_id = ?",
@@ -341,7 +337,7 @@ impl Store for SqliteStore {
             .bind(now.to_db())
             .bind(now.to_db())
             .bind(tenant.as_str())
-            .execute(&self.writer)
+            .execute(&self.pool)
             .await?;
             Ok(id)
         })
@@ -355,9 +351,10 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
+            let mut w = self.writer.lock().await?;
             let now_text = now.to_db();
             let batch = super::newest_per_id(alerts);
-            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
             // Multi-row statements of fixed shapes: a batch costs a few dozen prepared statements,
             // not several per alert, and no statement is ever built twice.
             let mut written_ids: Vec<&str> = Vec::new();
@@ -431,7 +428,7 @@ impl Store for SqliteStore {
 
     fn finish_run<'a>(&'a self, r: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             let at = r.finished_at.to_db();
             sqlx::query(
                 "UPDATE sync_runs SET finished_at = ?, outcome = ?, alerts_received = ?, alerts_written = ?, \
@@ -489,7 +486,7 @@ impl Store for SqliteStore {
             .bind(r.pages as i64)
             .bind(r.watermark_after.map(|w| w.to_db()))
             .bind(r.run_id)
-            .execute(&self.writer)
+            .execute(&self.pool)
             .await?;
             Ok(())
         })
@@ -506,7 +503,7 @@ impl Store for SqliteStore {
             )
             .bind(tenant.as_str())
             .bind(before.to_db())
-            .execute(&self.writer)
+            .execute(&self.pool)
             .await?;
             Ok(done.rows_affected())
         })
@@ -644,7 +641,7 @@ impl Store for SqliteStore {
         forget_before: Timestamp,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             sqlx::query("DELETE FROM api_calls WHERE tenant_id = ? AND api = ? AND sent_at < ?")
                 .bind(tenant.as_str())
                 .bind(api)
@@ -676,7 +673,7 @@ impl Store for SqliteStore {
             .bind(tenant.as_str())
             .bind(api)
             .bind(until.to_db())
-            .execute(&self.writer)
+            .execute(&self.pool)
             .await?;
             Ok(())
         })
