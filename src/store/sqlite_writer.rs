@@ -5,9 +5,9 @@
 //! connection back in a task of its own and pings it on the way out and again on the way in, so
 //! every hand-off costs several task wake-ups and two round trips to the connection's thread
 //! while the only writer sits idle. Measured with every write of a run through it (the
-//! 1,000-tenant cycle of the benchmark, back to back): 8.0–8.8 s as a pool of one, 7.5–7.9 s
-//! behind this lock, 6.9–7.0 s with 8 pooled connections; the run's small bookkeeping writes
-//! then moved to the read pool, which brought the cycle to 6.9–7.0 s with the one writer. A
+//! 1,000-tenant cycle of the benchmark, back to back): 8.0–8.8 s as a pool of one, 7.5–8.0 s
+//! behind this lock, 6.85–7.0 s with 8 pooled connections; the run's small bookkeeping writes
+//! then moved to the read pool, which brought the cycle to 6.85–6.94 s with the one writer. A
 //! `tokio` mutex serves writers first come, first served and wakes the next one directly.
 //!
 //! What the pool's release check did is done when the lock is taken: a transaction dropped
