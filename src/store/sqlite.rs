@@ -12,7 +12,7 @@
 use std::{collections::BTreeMap, str::FromStr, sync::LazyLock, time::Duration};
 
 use sqlx::{
-    AssertSqlSafe, Connection, Row, Sqlite, SqlitePool,
+    AssertSqlSafe, Connection, Row, Sqlite, SqliteConnection, SqlitePool,
     query::Query,
     sqlite::{
         SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions,
@@ -270,6 +270,88 @@ impl SqliteStore {
         })
     }
 
+    /// One batch of alerts and the watermark in one transaction on the writer (see
+    /// [`Store::commit`]).
+    async fn write_batch(
+        conn: &mut SqliteConnection,
+        tenant: &TenantId,
+        alerts: &[AlertRow],
+        watermark: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let now_text = now.to_db();
+        let batch = super::newest_per_id(alerts);
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        // Multi-row statements of fixed shapes: a batch costs a few dozen prepared statements,
+        // not several per alert, and no statement is ever built twice.
+        let mut written_ids: Vec<&str> = Vec::new();
+        for (shape, chunk) in shaped(&batch) {
+            let mut q =
+                sqlx::query_scalar::<_, String>(AssertSqlSafe(UPSERT_ALERTS[shape].as_str()));
+            for a in chunk {
+                q = q.bind(tenant.as_str()).bind(&a.id);
+                for v in &a.values {
+                    q = bind_scalar(q, v);
+                }
+                q = q.bind(&a.raw).bind(&now_text).bind(&now_text);
+            }
+            // RETURNING names the rows inserted or replaced; a stored version that is newer
+            // (or the same) is skipped by the WHERE and keeps its evidence.
+            let ids = q.fetch_all(&mut *tx).await?;
+            let returned: std::collections::HashSet<String> = ids.into_iter().collect();
+            written_ids.extend(
+                chunk
+                    .iter()
+                    .map(|a| a.id.as_str())
+                    .filter(|id| returned.contains(*id)),
+            );
+        }
+        let written: std::collections::HashSet<&str> = written_ids.iter().copied().collect();
+        for (shape, ids) in shaped(&written_ids) {
+            let mut q =
+                sqlx::query(AssertSqlSafe(DELETE_EVIDENCES[shape].as_str())).bind(tenant.as_str());
+            for id in ids {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        let evidence: Vec<(&str, i64, &crate::model::EvidenceRow)> = batch
+            .iter()
+            .filter(|a| written.contains(a.id.as_str()))
+            .flat_map(|a| {
+                a.evidence
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, e)| (a.id.as_str(), i as i64, e))
+            })
+            .collect();
+        for (shape, chunk) in shaped(&evidence) {
+            let mut q = sqlx::query(AssertSqlSafe(INSERT_EVIDENCES[shape].as_str()));
+            for (id, pos, e) in chunk {
+                q = q.bind(tenant.as_str()).bind(*id).bind(*pos);
+                for v in &e.values {
+                    q = bind_val(q, v);
+                }
+                q = q.bind(&e.raw);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        let written = written.len() as u64;
+        if let Some(wm) = watermark {
+            // MAX keeps the watermark monotonic even if a caller passed an older one.
+            sqlx::query(
+                "UPDATE sync_state SET watermark = MAX(COALESCE(watermark, ''), ?), updated_at = ? WHERE tenant_id = ?",
+            )
+            .bind(wm.to_db())
+            .bind(&now_text)
+            .bind(tenant.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -352,77 +434,13 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
             let mut w = self.writer.lock().await?;
-            let now_text = now.to_db();
-            let batch = super::newest_per_id(alerts);
-            let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
-            // Multi-row statements of fixed shapes: a batch costs a few dozen prepared statements,
-            // not several per alert, and no statement is ever built twice.
-            let mut written_ids: Vec<&str> = Vec::new();
-            for (shape, chunk) in shaped(&batch) {
-                let mut q =
-                    sqlx::query_scalar::<_, String>(AssertSqlSafe(UPSERT_ALERTS[shape].as_str()));
-                for a in chunk {
-                    q = q.bind(tenant.as_str()).bind(&a.id);
-                    for v in &a.values {
-                        q = bind_scalar(q, v);
-                    }
-                    q = q.bind(&a.raw).bind(&now_text).bind(&now_text);
-                }
-                // RETURNING names the rows inserted or replaced; a stored version that is newer
-                // (or the same) is skipped by the WHERE and keeps its evidence.
-                let ids = q.fetch_all(&mut *tx).await?;
-                let returned: std::collections::HashSet<String> = ids.into_iter().collect();
-                written_ids.extend(
-                    chunk
-                        .iter()
-                        .map(|a| a.id.as_str())
-                        .filter(|id| returned.contains(*id)),
-                );
+            let written = Self::write_batch(&mut w, tenant, alerts, watermark, now).await;
+            if written.is_err() {
+                // whatever failed (a full disk, a connection whose thread died), the next batch
+                // starts on a new connection
+                w.discard();
             }
-            let written: std::collections::HashSet<&str> = written_ids.iter().copied().collect();
-            for (shape, ids) in shaped(&written_ids) {
-                let mut q = sqlx::query(AssertSqlSafe(DELETE_EVIDENCES[shape].as_str()))
-                    .bind(tenant.as_str());
-                for id in ids {
-                    q = q.bind(*id);
-                }
-                q.execute(&mut *tx).await?;
-            }
-            let evidence: Vec<(&str, i64, &crate::model::EvidenceRow)> = batch
-                .iter()
-                .filter(|a| written.contains(a.id.as_str()))
-                .flat_map(|a| {
-                    a.evidence
-                        .iter()
-                        .enumerate()
-                        .map(move |(i, e)| (a.id.as_str(), i as i64, e))
-                })
-                .collect();
-            for (shape, chunk) in shaped(&evidence) {
-                let mut q = sqlx::query(AssertSqlSafe(INSERT_EVIDENCES[shape].as_str()));
-                for (id, pos, e) in chunk {
-                    q = q.bind(tenant.as_str()).bind(*id).bind(*pos);
-                    for v in &e.values {
-                        q = bind_val(q, v);
-                    }
-                    q = q.bind(&e.raw);
-                }
-                q.execute(&mut *tx).await?;
-            }
-            let written = written.len() as u64;
-            if let Some(wm) = watermark {
-                // MAX keeps the watermark monotonic even if a caller passed an older one.
-                sqlx::query(
-                    "UPDATE sync_state SET watermark = MAX(COALESCE(watermark, ''), ?), updated_at = ? WHERE tenant_id = ?",
-                )
-                .bind(wm.to_db())
-                .bind(&now_text)
-                .bind(tenant.as_str())
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(written)
+            written
         })
     }
 

@@ -16,7 +16,9 @@
 //! have rolled back itself) believes it is still inside a transaction, so every later `BEGIN` on
 //! it would fail. The next writer waits for the queued rollback; if the connection is still inside
 //! a transaction, or its thread no longer answers, it is dropped (closing it rolls back whatever
-//! SQLite still held) and a new one is opened in its place.
+//! SQLite still held) and a new one is opened in its place. A write that failed for any reason
+//! drops the connection too ([`WriteConn::discard`]), so a connection whose thread died is never
+//! used again.
 
 use std::ops::{Deref, DerefMut};
 
@@ -79,6 +81,17 @@ impl Writer {
     }
 }
 
+impl WriteConn<'_> {
+    /// Drops the connection after a failed write: the next writer opens a new one. Closing it
+    /// rolls back whatever it still held. (A pool's connection goes back to the pool, whose
+    /// release check decides.)
+    pub(super) fn discard(&mut self) {
+        if let Self::Own(c) = self {
+            **c = None;
+        }
+    }
+}
+
 impl Deref for WriteConn<'_> {
     type Target = SqliteConnection;
 
@@ -135,6 +148,32 @@ mod tests {
             .unwrap();
         assert_eq!(n, 0, "the dropped transaction's insert was rolled back");
         tx.commit().await.unwrap();
+        drop(w);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// After a failed write the connection is dropped and the next writer gets a new one: a
+    /// temporary table, which lives as long as its connection, is gone.
+    #[tokio::test]
+    async fn a_discarded_connection_is_replaced_by_a_new_one() {
+        let dir = std::env::temp_dir().join(format!("mde-sync-discard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let opts = SqliteConnectOptions::new()
+            .filename(dir.join("w.db"))
+            .create_if_missing(true);
+        let writer = Writer::connect(opts).await.unwrap();
+        let mut w = writer.lock().await.unwrap();
+        sqlx::query("CREATE TEMP TABLE scratch (x INTEGER)")
+            .execute(&mut *w)
+            .await
+            .unwrap();
+        w.discard();
+        drop(w);
+        let mut w = writer.lock().await.unwrap();
+        let gone = sqlx::query("SELECT COUNT(*) FROM temp.scratch")
+            .execute(&mut *w)
+            .await;
+        assert!(gone.is_err(), "the old connection was used again");
         drop(w);
         std::fs::remove_dir_all(&dir).unwrap();
     }
