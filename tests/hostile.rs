@@ -807,6 +807,19 @@ impl Proxy {
             t.abort();
         }
     }
+
+    /// Stops, and returns once every forwarded connection is closed: an aborted task drops its
+    /// sockets only when it is next polled, and a pooled connection that meanwhile still passes
+    /// its ping would meet the outage mid-statement instead of at connect.
+    async fn stop_and_wait(&self) {
+        let tasks: Vec<_> = self.tasks.lock().unwrap().drain(..).collect();
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
 }
 
 impl Drop for Proxy {
@@ -891,7 +904,7 @@ async fn postgres_lock_waits_are_bounded_and_an_outage_names_its_cause() {
     assert_eq!(app.store.alert_raws(&tenant.id).await.unwrap().len(), 2);
 
     // the server stops
-    proxy.stop();
+    proxy.stop_and_wait().await;
     let started = std::time::Instant::now();
     let o = sync().await;
     assert!(

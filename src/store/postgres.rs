@@ -285,12 +285,18 @@ impl PostgresStore {
 
     /// Runs `work`; if it failed only because the pool found no connection in time (sqlx says
     /// just "pool timed out"), one direct connection attempt finds the cause (connection
-    /// refused, authentication, DNS) and the error names it with the server's address.
+    /// refused, authentication, DNS) and the error names it with the server's address. A
+    /// connection lost while in use (the server stopped or restarted mid-run: "connection reset
+    /// by peer") is named with the server's address too.
     async fn explained<T>(
         &self,
         work: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         match work.await {
+            Err(StoreError::Database(sqlx::Error::Io(e))) => Err(StoreError::Unavailable(format!(
+                "lost the connection to Postgres at {}: {e}; check that the server is running and reachable (database.url)",
+                server_of(&self.opts)
+            ))),
             Err(StoreError::Database(sqlx::Error::PoolTimedOut)) => {
                 use sqlx::ConnectOptions;
                 let server = server_of(&self.opts);
@@ -802,6 +808,31 @@ mod tests {
     #[test]
     fn the_migration_list_is_the_migrations_folder() {
         crate::store::assert_migrations_match("postgres", MIGRATIONS);
+    }
+
+    /// A connection lost mid-statement names the server, like one that could not be opened.
+    #[tokio::test]
+    async fn a_connection_lost_while_in_use_names_the_server() {
+        let opts =
+            PgConnectOptions::from_str("postgres://mde@db.example.invalid:6543/alerts").unwrap();
+        let store = PostgresStore {
+            pool: PgPoolOptions::new().connect_lazy_with(opts.clone()),
+            opts,
+            connect_timeout: std::time::Duration::from_secs(1),
+            book: Default::default(),
+            analyze: Default::default(),
+        };
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let e = store
+            .explained(async { Err::<(), _>(StoreError::Database(sqlx::Error::Io(reset))) })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("lost the connection to Postgres at db.example.invalid:6543: ")
+                && e.ends_with("check that the server is running and reachable (database.url)"),
+            "{e}"
+        );
     }
 
     #[test]
