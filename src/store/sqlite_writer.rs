@@ -116,16 +116,21 @@ impl DerefMut for WriteConn<'_> {
 mod tests {
     use super::*;
 
-    /// A transaction dropped half-way (an error between its statements) is rolled back before the
-    /// next writer gets the connection, and the next writer can begin its own.
-    #[tokio::test]
-    async fn the_next_writer_gets_a_connection_outside_any_transaction() {
-        let dir = std::env::temp_dir().join(format!("mde-sync-writer-{}", std::process::id()));
+    /// A writer on a new database file in a directory of its own (removed by the test).
+    async fn writer_in(name: &str) -> (std::path::PathBuf, Writer) {
+        let dir = std::env::temp_dir().join(format!("mde-sync-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let opts = SqliteConnectOptions::new()
             .filename(dir.join("w.db"))
             .create_if_missing(true);
-        let writer = Writer::connect(opts).await.unwrap();
+        (dir, Writer::connect(opts).await.unwrap())
+    }
+
+    /// A transaction dropped half-way (an error between its statements) is rolled back before the
+    /// next writer gets the connection, and the next writer can begin its own.
+    #[tokio::test]
+    async fn the_next_writer_gets_a_connection_outside_any_transaction() {
+        let (dir, writer) = writer_in("writer").await;
         {
             let mut w = writer.lock().await.unwrap();
             sqlx::query("CREATE TABLE t (x INTEGER)")
@@ -156,12 +161,7 @@ mod tests {
     /// temporary table, which lives as long as its connection, is gone.
     #[tokio::test]
     async fn a_discarded_connection_is_replaced_by_a_new_one() {
-        let dir = std::env::temp_dir().join(format!("mde-sync-discard-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let opts = SqliteConnectOptions::new()
-            .filename(dir.join("w.db"))
-            .create_if_missing(true);
-        let writer = Writer::connect(opts).await.unwrap();
+        let (dir, writer) = writer_in("discard").await;
         let mut w = writer.lock().await.unwrap();
         sqlx::query("CREATE TEMP TABLE scratch (x INTEGER)")
             .execute(&mut *w)
