@@ -152,24 +152,19 @@ pub(super) fn validate_service(raw: RawService, problems: &mut Problems) -> Serv
             "must be 1 to 200 printable characters: use a name unique to this process, or leave it out for host name and pid",
         );
     }
-    let lease_ttl = duration(
+    let lease_ttl = duration_within(
         problems,
         "service.lease_ttl",
         raw.lease_ttl,
         time::Duration::seconds(30),
+        time::Duration::seconds(1)..=time::Duration::hours(1),
+        "out of range: use \"1s\" to \"1h\" (30s is a good start)",
     );
     let claim_interval = duration(
         problems,
         "service.claim_interval",
         raw.claim_interval,
         time::Duration::seconds(5),
-    );
-    within(
-        problems,
-        "service.lease_ttl",
-        lease_ttl,
-        time::Duration::seconds(1)..=time::Duration::hours(1),
-        "out of range: use \"1s\" to \"1h\" (30s is a good start)",
     );
     within(
         problems,

@@ -59,7 +59,7 @@ fn hostile_values_are_refused_with_the_reason() {
         jail.create_file(
             "config.toml",
             &format!(
-                "[app]\nclient_id = \"{CLIENT}\"\nclient_secret = \"x\"\n[sync]\nrequest_timeout = \"0s\"\ncalls_per_minute = 101\ncalls_per_hour = 1501\n[log]\nlevel = \"verbose!!\"\n[database]\nlock_timeout = \"0s\"\n"
+                "[app]\nclient_id = \"{CLIENT}\"\nclient_secret = \"x\"\n[sync]\nrequest_timeout = \"0s\"\ncalls_per_minute = 101\ncalls_per_hour = 1501\n[log]\nlevel = \"verbose!!\"\n[database]\nlock_timeout = \"0s\"\n[service]\nlease_ttl = \"2h\"\nclaim_interval = \"50ms\"\n"
             ),
         )?;
         let path = jail.directory().join("config.toml");
@@ -72,6 +72,8 @@ fn hostile_values_are_refused_with_the_reason() {
             ("log.level", "off, error, warn, info, debug, trace"),
             ("tenant[0].name", "control characters"),
             ("database.lock_timeout", "out of range"),
+            ("service.lease_ttl", "use \"1s\" to \"1h\""),
+            ("service.claim_interval", "at least \"100ms\""),
         ] {
             let p = err.problems.iter().find(|p| p.key == key);
             assert!(
