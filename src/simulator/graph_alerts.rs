@@ -91,14 +91,7 @@ impl Simulator {
                 );
             }
         };
-        if st.changes_enabled && self.cfg.changes_per_request > 0 {
-            st.change_random(
-                &info.tenant,
-                self.cfg.changes_per_request,
-                now,
-                self.cfg.max_lag,
-            );
-        }
+        self.churn_on_request(&mut st, &info.tenant, now);
         let short = st.rng.f64() < self.cfg.faults.rate_short_page;
         // half of the short pages are empty: the hardest case, and one a test can count on
         let short_len = if st.rng.bool() {

@@ -60,14 +60,7 @@ impl Simulator {
                 return a;
             }
         };
-        if st.changes_enabled && self.cfg.changes_per_request > 0 {
-            st.change_random(
-                &info.tenant,
-                self.cfg.changes_per_request,
-                now,
-                self.cfg.max_lag,
-            );
-        }
+        self.churn_on_request(&mut st, &info.tenant, now);
         let ts = st
             .tenants
             .get_mut(&key(&info.tenant))

@@ -404,6 +404,14 @@ impl Simulator {
         Timestamp::from_datetime(self.cfg.clock.now())
     }
 
+    /// The churn an alerts request brings before it is answered: `changes_per_request` random
+    /// changes to the tenant's alerts while changes are enabled (both alerts endpoints).
+    fn churn_on_request(&self, st: &mut State, tenant: &str, now: Timestamp) {
+        if st.changes_enabled && self.cfg.changes_per_request > 0 {
+            st.change_random(tenant, self.cfg.changes_per_request, now, self.cfg.max_lag);
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // a panicking test thread must not take every later assertion down with it
         self.state.lock().unwrap_or_else(|e| e.into_inner())
