@@ -435,10 +435,10 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let mut w = self.writer.lock().await?;
             let written = Self::write_batch(&mut w, tenant, alerts, watermark, now).await;
-            if written.is_err() {
-                // whatever failed (a full disk, a connection whose thread died), the next batch
-                // starts on a new connection
-                w.discard();
+            if written.is_ok() {
+                // otherwise (a full disk, a connection whose thread died) the next batch starts on
+                // a new connection
+                w.done();
             }
             written
         })

@@ -10,15 +10,12 @@
 //! then moved to the read pool, which brought the cycle to 6.85–6.94 s with the one writer. A
 //! `tokio` mutex serves writers first come, first served and wakes the next one directly.
 //!
-//! What the pool's release check did is done when the lock is taken: a transaction dropped
-//! without its COMMIT (an error half-way) leaves sqlx's ROLLBACK queued on the connection's thread,
-//! and a connection whose COMMIT and ROLLBACK both failed (a full disk, where SQLite may already
-//! have rolled back itself) believes it is still inside a transaction, so every later `BEGIN` on
-//! it would fail. The next writer waits for the queued rollback; if the connection is still inside
-//! a transaction, or its thread no longer answers, it is dropped (closing it rolls back whatever
-//! SQLite still held) and a new one is opened in its place. A write that failed for any reason
-//! drops the connection too ([`WriteConn::discard`]), so a connection whose thread died is never
-//! used again.
+//! The pool checked each connection it got back for a transaction left open. Here one rule
+//! replaces that check: the connection is kept for the next writer only after a batch that
+//! finished ([`WriteConn::done`]). A writer that failed half-way (a full disk, where COMMIT and
+//! ROLLBACK may both fail and leave the connection believing it is still inside a transaction; a
+//! connection whose thread died) or was cancelled drops it when it lets go: closing it rolls back
+//! whatever it still held, and the next writer opens a new one.
 
 use std::ops::{Deref, DerefMut};
 
@@ -29,7 +26,7 @@ use sqlx::{
 use tokio::sync::{Mutex, MutexGuard};
 
 pub(super) enum Writer {
-    /// A database file: a connection of its own, opened again after a failed transaction.
+    /// A database file: a connection of its own, opened again after a batch that did not finish.
     Own {
         conn: Mutex<Option<SqliteConnection>>,
         opts: Box<SqliteConnectOptions>,
@@ -39,9 +36,13 @@ pub(super) enum Writer {
     Shared(SqlitePool),
 }
 
-/// The writer while it is held: dereferences to the connection; dropping it lets the next one in.
+/// The writer while it is held: dereferences to the connection; dropping it lets the next one in,
+/// on the same connection only if [`WriteConn::done`] was called.
 pub(super) enum WriteConn<'a> {
-    Own(MutexGuard<'a, Option<SqliteConnection>>),
+    Own {
+        conn: MutexGuard<'a, Option<SqliteConnection>>,
+        done: bool,
+    },
     Shared(PoolConnection<Sqlite>),
 }
 
@@ -60,34 +61,32 @@ impl Writer {
             Self::Shared(pool) => Ok(WriteConn::Shared(pool.acquire().await?)),
             Self::Own { conn, opts } => {
                 let mut held = conn.lock().await;
-                if let Some(c) = held.as_mut()
-                    && c.is_in_transaction()
-                {
-                    // the ping is answered after the queued rollback has run
-                    let settled = c.ping().await.is_ok() && !c.is_in_transaction();
-                    if !settled {
-                        tracing::warn!(
-                            "the database write connection is stuck in a failed transaction; opening a new one"
-                        );
-                        *held = None;
-                    }
-                }
                 if held.is_none() {
                     *held = Some(SqliteConnection::connect_with(opts).await?);
                 }
-                Ok(WriteConn::Own(held))
+                Ok(WriteConn::Own {
+                    conn: held,
+                    done: false,
+                })
             }
         }
     }
 }
 
 impl WriteConn<'_> {
-    /// Drops the connection after a failed write: the next writer opens a new one. Closing it
-    /// rolls back whatever it still held. (A pool's connection goes back to the pool, whose
-    /// release check decides.)
-    pub(super) fn discard(&mut self) {
-        if let Self::Own(c) = self {
-            **c = None;
+    /// The batch finished: the connection stays for the next writer. (A pool's connection goes
+    /// back to the pool, whose release check decides.)
+    pub(super) fn done(&mut self) {
+        if let Self::Own { done, .. } = self {
+            *done = true;
+        }
+    }
+}
+
+impl Drop for WriteConn<'_> {
+    fn drop(&mut self) {
+        if let Self::Own { conn, done: false } = self {
+            **conn = None;
         }
     }
 }
@@ -97,7 +96,7 @@ impl Deref for WriteConn<'_> {
 
     fn deref(&self) -> &SqliteConnection {
         match self {
-            Self::Own(c) => c.as_ref().expect("the writer is connected while held"),
+            Self::Own { conn, .. } => conn.as_ref().expect("the writer is connected while held"),
             Self::Shared(c) => c,
         }
     }
@@ -106,7 +105,7 @@ impl Deref for WriteConn<'_> {
 impl DerefMut for WriteConn<'_> {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
         match self {
-            Self::Own(c) => c.as_mut().expect("the writer is connected while held"),
+            Self::Own { conn, .. } => conn.as_mut().expect("the writer is connected while held"),
             Self::Shared(c) => c,
         }
     }
@@ -126,8 +125,8 @@ mod tests {
         (dir, Writer::connect(opts).await.unwrap())
     }
 
-    /// A transaction dropped half-way (an error between its statements) is rolled back before the
-    /// next writer gets the connection, and the next writer can begin its own.
+    /// A writer that stopped half-way through a transaction (an error between its statements)
+    /// leaves nothing of it behind, and the next writer can begin its own.
     #[tokio::test]
     async fn the_next_writer_gets_a_connection_outside_any_transaction() {
         let (dir, writer) = writer_in("writer").await;
@@ -157,17 +156,28 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// After a failed write the connection is dropped and the next writer gets a new one: a
-    /// temporary table, which lives as long as its connection, is gone.
+    /// The connection stays for the next writer after a batch that finished, and after one that
+    /// did not the next writer gets a new one: a temporary table, which lives as long as its
+    /// connection, is still there, then gone.
     #[tokio::test]
-    async fn a_discarded_connection_is_replaced_by_a_new_one() {
+    async fn only_a_finished_batch_keeps_the_connection() {
         let (dir, writer) = writer_in("discard").await;
         let mut w = writer.lock().await.unwrap();
         sqlx::query("CREATE TEMP TABLE scratch (x INTEGER)")
             .execute(&mut *w)
             .await
             .unwrap();
-        w.discard();
+        w.done();
+        drop(w);
+        let mut w = writer.lock().await.unwrap();
+        let kept = sqlx::query("SELECT COUNT(*) FROM temp.scratch")
+            .execute(&mut *w)
+            .await;
+        assert!(
+            kept.is_ok(),
+            "a finished batch lost its connection: {kept:?}"
+        );
+        // not done: as after a failed or cancelled batch
         drop(w);
         let mut w = writer.lock().await.unwrap();
         let gone = sqlx::query("SELECT COUNT(*) FROM temp.scratch")
