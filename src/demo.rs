@@ -153,6 +153,8 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> anyhow::Re
         database.display()
     );
     server.shutdown();
+    // the file alone is then a complete copy (no -wal beside it)
+    app.store.close().await?;
     anyhow::ensure!(
         all_good,
         "the database does not match what the simulator served"
