@@ -320,6 +320,28 @@ fn a_command_error_is_printed_once_in_a_terminal() {
 }
 
 #[test]
+fn sync_in_a_terminal_names_a_failing_tenant_once() {
+    let dir = TempDir::new("err-sync-once");
+    let _sim = common::binary::simulate(
+        &dir.0,
+        &["--tenants", "1", "--alerts", "5", "--not-consented", "1"],
+    );
+    let config = dir.0.join("config.toml");
+    let out = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{BIN} --config {} sync", config.display()),
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("AADSTS700016").count(), 1, "{text}");
+    assert!(text.contains("needs-consent"), "{text}");
+    assert_eq!(text.matches("did not sync").count(), 1, "{text}");
+}
+
+#[test]
 fn api_errors_name_the_correlation_id_without_debug_text() {
     let some = Some("0e34a1b2-correlation".to_owned());
     let errors = [

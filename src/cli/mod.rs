@@ -355,7 +355,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         }
         Command::Sync => {
             let (s, credential) = load_for(&cli.config, Needs::ALL, Target::Stderr)?;
-            telemetry::init(s.log.format, &s.log.level, Target::Stderr);
+            telemetry::init(s.log.format, sync_log_level(&s), Target::Stderr);
             let app = App::build_with(s, credential, clock::system()).await?;
             let outcomes = app.sync_once().await;
             close_store(&app.store).await;
@@ -499,6 +499,19 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 )
             })
             .map_err(Failure::from),
+    }
+}
+
+/// `sync` at a terminal with text logs at the default level: the table it prints names each
+/// tenant's result, cause and fix, so the per-tenant log lines that say the same (a failed call,
+/// a failed run) are left out and each failing tenant is said once. Elsewhere, or with
+/// `log.level` set to anything else, the logs are as configured.
+fn sync_log_level(s: &Settings) -> &str {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if terminal && s.log.format == config::LogFormat::Text && s.log.level == "info" {
+        "warn,mde_sync::sync::pass=off,mde_sync::api::call=off"
+    } else {
+        &s.log.level
     }
 }
 
