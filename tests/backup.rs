@@ -125,3 +125,36 @@ fn backup_of_a_postgres_database_points_to_pg_dump() {
     assert!(stderr.contains("pg_dump"), "{stderr}");
     assert!(!dir.0.join("x.db").exists());
 }
+
+#[test]
+fn after_the_daemon_stops_the_database_file_alone_holds_every_alert() {
+    let dir = TempDir::new("backup-run");
+    let _sim = simulate(&dir.0, &["--tenants", "2", "--alerts", "300"]);
+    let db = dir.0.join("mde-sync.db");
+    let mut daemon = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.0.join("config.toml"))
+        .arg("run")
+        .env("MDE_SYNC_LOG__FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !(db.exists() && alerts_in(&db) == 600) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never synced"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(daemon.wait().unwrap().success());
+    let wal = std::fs::metadata(wal_of(&db)).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(wal, 0, "the write-ahead log was checkpointed and emptied");
+    assert_eq!(alerts_in(&copy_alone(&db, &dir.0.join("elsewhere"))), 600);
+}
