@@ -1,4 +1,4 @@
-//! The ingest benchmark: `cargo bench --bench ingest` (see the README's "Performance" section).
+//! The ingest benchmark: `cargo bench --bench ingest` (see docs/performance.md).
 //!
 //! 1. backfill: one tenant with `MDE_SYNC_BENCH_ALERTS` (100,000) alerts with evidence, synced by
 //!    the real `mde-sync sync` from a separate `mde-sync simulate` process: alerts per second end to

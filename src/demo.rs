@@ -148,11 +148,13 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> anyhow::Re
     println!("\nPer severity:");
     print!("{}", report::table(&rows));
     println!(
-        "\nsynced in {:.1}s. Look inside: sqlite3 {} \"SELECT severity, status, COUNT(*) FROM alerts GROUP BY 1, 2\"",
+        "\nsynced in {:.1}s. Look inside: sqlite3 {} \"SELECT * FROM open_alerts_by_tenant\" (more queries: docs/tables.md)",
         elapsed.as_secs_f64(),
         database.display()
     );
     server.shutdown();
+    // the file alone is then a complete copy (no -wal beside it)
+    app.store.close().await?;
     anyhow::ensure!(
         all_good,
         "the database does not match what the simulator served"

@@ -179,8 +179,9 @@ fn tenant_claims(t: &Tenant, token: &str) -> Result<auth::Claims, (&'static str,
         return Err((
             "wrong-tenant",
             format!(
-                "the token is for tenant {:?}, not {}: check the tenant id in the tenants file",
-                claims.tid, t.id
+                "the token is for tenant {}, not {}: check the tenant id in the tenants file",
+                claims.tid.as_deref().unwrap_or("(none)"),
+                t.id
             ),
         ));
     }
@@ -237,7 +238,12 @@ async fn check_one_graph(tokens: &TokenProvider, client: &GraphClient, t: &Tenan
             false,
             "no-defender",
             format!(
-                "the token carries SecurityAlert.Read.All but Graph answered 403 {code} (request-id {target:?}): Microsoft Defender XDR is not available or not licensed in this tenant; ask the customer to check their Defender licence, or keep this tenant on source = \"mde\""
+                "the token carries SecurityAlert.Read.All but Graph answered 403 {code}{}: Microsoft Defender XDR is not available or not licensed in this tenant; ask the customer to check their Defender licence, or keep this tenant on source = \"mde\"",
+                target
+                    .as_deref()
+                    .filter(|t| !t.trim().is_empty())
+                    .map(|t| format!(", correlation id {t}"))
+                    .unwrap_or_default()
             ),
         ),
         Err(e) => line(false, e.label().as_str(), e.to_string()),

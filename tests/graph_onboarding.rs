@@ -68,6 +68,12 @@ async fn check_tells_apart_no_consent_no_role_no_licence_and_success_on_graph() 
         lines[2].detail
     );
     assert!(lines[3].detail.contains("licen"), "{}", lines[3].detail);
+    // Graph's request-id as a correlation id, never as Rust's Debug text
+    assert!(
+        lines[3].detail.contains("correlation id ") && !lines[3].detail.contains("Some("),
+        "{}",
+        lines[3].detail
+    );
     // the Graph tokens were asked for the Graph scope, not the MDE one
     let graph_calls = env
         .sim

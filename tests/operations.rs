@@ -148,9 +148,13 @@ fn unknown_keys_hide_no_other_problem_and_each_is_named_once_without_doubled_bac
         .find(|(k, _)| k == "sync.page_sise")
         .unwrap();
     assert!(
-        message.contains("unknown key") && message.contains("page_size"),
+        message.contains("unknown key: did you mean page_size?"),
         "{message}"
     );
+    // the nearest key only, not every key of the section
+    assert!(!message.contains("schedule"), "{message}");
+    let (_, message) = problems.iter().find(|(k, _)| k == "databse").unwrap();
+    assert!(message.contains("did you mean database?"), "{message}");
 }
 
 #[test]

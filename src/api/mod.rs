@@ -72,11 +72,13 @@ pub enum ApiError {
     #[error("{0}")]
     Token(#[from] AuthError),
     #[error(
-        "the API refused the token twice (HTTP 401, target {target:?}): the token was renewed once and refused again; check cloud.scope and cloud.api_url"
+        "the API refused the token twice (HTTP 401{}): the token was renewed once and refused again; check cloud.scope and cloud.api_url",
+        correlation(.target)
     )]
     Unauthorized { target: Option<String> },
     #[error(
-        "the API answered 403 {code} (target {target:?}): the app lacks the Alert.Read.All application permission in this tenant; add it under API permissions > WindowsDefenderATP and have the customer's admin grant consent again"
+        "the API answered 403 {code}{}: the app lacks the Alert.Read.All application permission in this tenant; add it under API permissions > WindowsDefenderATP and have the customer's admin grant consent again",
+        correlation(.target)
     )]
     Forbidden {
         code: String,
@@ -84,26 +86,32 @@ pub enum ApiError {
         target: Option<String>,
     },
     #[error(
-        "the Graph API answered 403 {code} (request-id {target:?}): either the app lacks the SecurityAlert.Read.All application permission in this tenant (add it under API permissions > Microsoft Graph, then have a Privileged Role Administrator or Global Administrator consent again: mde-sync consent-url --source graph), or the tenant has no Microsoft Defender XDR licence (mde-sync check tells the two apart)"
+        "the Graph API answered 403 {code}{}: either the app lacks the SecurityAlert.Read.All application permission in this tenant (add it under API permissions > Microsoft Graph, then have a Privileged Role Administrator or Global Administrator consent again: mde-sync consent-url --source graph), or the tenant has no Microsoft Defender XDR licence (mde-sync check tells the two apart)",
+        correlation(.target)
     )]
     GraphForbidden {
         code: String,
         message: String,
         target: Option<String>,
     },
-    #[error("the API is throttling (HTTP 429, retry after {retry_after:?}, target {target:?})")]
+    #[error(
+        "the API is throttling (HTTP 429{}{})",
+        retry_after_text(.retry_after),
+        correlation(.target)
+    )]
     RateLimited {
         retry_after: Option<Duration>,
         target: Option<String>,
     },
-    #[error("the API failed (HTTP {status}, target {target:?})")]
+    #[error("the API failed (HTTP {status}{})", correlation(.target))]
     Server {
         status: u16,
         retry_after: Option<Duration>,
         target: Option<String>,
     },
     #[error(
-        "the API rejected the request (HTTP {status} {code}: {message}, target {target:?}) for {request}: this is a bug in mde-sync, please report it"
+        "the API rejected the request (HTTP {status} {code}: {message}{}) for {request}: this is a bug in mde-sync, please report it",
+        correlation(.target)
     )]
     BadRequest {
         status: u16,
@@ -131,6 +139,22 @@ pub enum ApiError {
     /// The caller's sink ended the read; the caller knows why.
     #[error("the read was ended by its caller")]
     Aborted,
+}
+
+/// `, correlation id X` when the API gave one (MDE's `error.target`, Graph's `request-id`), for
+/// Microsoft support; nothing otherwise.
+fn correlation(target: &Option<String>) -> String {
+    match target.as_deref().map(str::trim) {
+        Some(t) if !t.is_empty() => format!(", correlation id {t}"),
+        _ => String::new(),
+    }
+}
+
+/// `, retry after 30s` when the API said how long to wait.
+fn retry_after_text(retry_after: &Option<Duration>) -> String {
+    retry_after
+        .map(|d| format!(", retry after {}s", d.as_secs()))
+        .unwrap_or_default()
 }
 
 impl ApiError {

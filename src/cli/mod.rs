@@ -2,7 +2,9 @@
 //! `Result<(), Failure>`; [`Failure`] says what went wrong once and maps it to the exit status
 //! (`--help` lists them), so no arm carries its own exit code.
 
+mod backup;
 mod simulate;
+mod validate;
 
 pub use simulate::{SimCredentialFiles, write_sim_config};
 
@@ -35,13 +37,16 @@ use crate::{
 #[command(
     name = "mde-sync",
     version,
-    about = "Sync Microsoft Defender for Endpoint alerts from many customer tenants into SQLite or Postgres",
+    about = "Sync Microsoft Defender for Endpoint alerts from many customer tenants into SQLite or Postgres, from the MDE API or Microsoft Graph",
     long_about = "mde-sync reads the customer tenants that consented to one multi-tenant Entra ID app, gets a \
-token per tenant, polls each tenant's Defender for Endpoint alerts API incrementally, and keeps one current \
-row per alert in SQLite or Postgres. Start with `mde-sync demo` to see it work against a built-in simulator, \
-then `mde-sync validate` and `mde-sync check` with your own config.",
-    after_help = "Exit status: 0 success; 1 a tenant or command failed; 75 `run` on a SQLite database another `run` uses; 78 configuration error.\n\
-Configuration: TOML file plus MDE_SYNC_<SECTION>__<KEY> environment overrides; see config/mde-sync.example.toml."
+token per tenant, reads each tenant's Defender for Endpoint alerts incrementally, from the MDE alerts API \
+(WindowsDefenderATP Alert.Read.All) or from Microsoft Graph security alerts_v2 (SecurityAlert.Read.All), \
+chosen per tenant, and keeps one current row per alert in SQLite or Postgres. Start with `mde-sync demo` to \
+see it work against a built-in simulator, then `mde-sync validate --connect` and `mde-sync check` with your \
+own config.",
+    after_help = "Exit status: 0 success; 1 a tenant or the command failed; 2 the command line is wrong; 75 `run` on a SQLite database another `run` uses; 78 configuration error.\n\
+Configuration: TOML file plus MDE_SYNC_<SECTION>__<KEY> environment overrides; see config/mde-sync.example.toml \
+and the manual in /usr/share/doc/mde-sync/docs (docs/ in the source)."
 )]
 pub struct Cli {
     /// Configuration file.
@@ -58,7 +63,8 @@ pub enum Command {
     Run,
     /// Sync every enabled tenant once and exit; non-zero if any tenant failed.
     Sync,
-    /// Per tenant: get a token, check its tenant and Alert.Read.All role, call the API once. Writes nothing.
+    /// Per tenant: get a token, check its tenant and role (Alert.Read.All for the MDE API,
+    /// SecurityAlert.Read.All for Microsoft Graph), call the tenant's API once. Writes nothing.
     Check,
     /// Print the admin-consent links to send to a new customer's administrator.
     ConsentUrl(ConsentArgs),
@@ -66,12 +72,16 @@ pub enum Command {
     Status,
     /// Apply database migrations and exit.
     Migrate,
+    /// Write a consistent copy of the SQLite database into FILE, safe while the daemon runs
+    /// (for Postgres, use pg_dump).
+    Backup(BackupArgs),
     /// Validate the configuration and tenants file; exit 0 if valid, 78 if not.
-    Validate,
+    Validate(ValidateArgs),
     /// Print a certificate's thumbprints (app.certificate_file, or --certificate FILE) to compare
     /// with the app registration's Certificates & secrets.
     CertThumbprint(CertThumbprintArgs),
-    /// Serve a simulated Entra ID token endpoint and MDE alerts API on loopback (for tests and trials).
+    /// Serve a simulated Entra ID token endpoint, MDE alerts API and Microsoft Graph alerts_v2 on
+    /// loopback (for tests and trials).
     Simulate(SimulateArgs),
     /// Start the simulator in-process, sync it into a fresh SQLite file, print a summary and exit.
     Demo(DemoArgs),
@@ -79,6 +89,20 @@ pub enum Command {
     /// (used when building the Debian package).
     #[command(hide = true)]
     PackageAssets(PackageAssetsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Open the database too (read only): Postgres' address, user, password and database, or
+    /// the SQLite file's directory.
+    #[arg(long)]
+    pub connect: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The copy to write: a new file (an existing one is never overwritten).
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -124,7 +148,8 @@ pub struct SimulateArgs {
     /// Extra tenants whose admin never consented (AADSTS700016).
     #[arg(long, default_value_t = 0)]
     pub not_consented: usize,
-    /// Extra tenants consented without the Alert.Read.All role (tokens without roles, API 403).
+    /// Extra tenants consented without the role (Alert.Read.All or SecurityAlert.Read.All): tokens
+    /// without roles, API 403.
     #[arg(long, default_value_t = 0)]
     pub no_role: usize,
     /// Extra tenants whose token endpoint refuses the app's secret (AADSTS7000215) for that tenant only.
@@ -223,7 +248,11 @@ impl Failure {
                 eprintln!("mde-sync: {m}");
             }
             Self::Error(e) => {
-                tracing::error!(error = format!("{e:#}"), "command failed");
+                // In a terminal the log lines are on the same screen: say it once, plainly.
+                // Elsewhere (journald, a script) the log line is kept for the machine.
+                if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    tracing::error!(error = format!("{e:#}"), "command failed");
+                }
                 eprintln!("mde-sync: {e:#}");
             }
         }
@@ -300,18 +329,7 @@ fn load_for(
 
 pub async fn execute(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Validate => {
-            let (s, credential) = load_for(&cli.config, Needs::ALL, Target::Stderr)?;
-            println!(
-                "configuration ok: {} tenant(s) ({} enabled), database {}, cloud {}, credential: {}",
-                s.tenants.len(),
-                s.tenants.iter().filter(|t| t.enabled).count(),
-                s.database.display_url(),
-                s.cloud.name,
-                auth::describe_credential(&s.app, credential.as_ref())
-            );
-            Ok(())
-        }
+        Command::Validate(args) => validate::validate(&cli.config, args.connect).await,
         Command::Run => {
             let (s, credential) = load_for(&cli.config, Needs::ALL, Target::Stdout)?;
             let log = telemetry::init(s.log.format, &s.log.level, Target::Stdout);
@@ -330,15 +348,17 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 reloads: Some(signals.reloads),
                 log,
             };
-            app.run_service(signals.shutdown, grace, integration)
-                .await?;
+            let result = app.run_service(signals.shutdown, grace, integration).await;
+            close_store(&app.store).await;
+            result?;
             Ok(())
         }
         Command::Sync => {
             let (s, credential) = load_for(&cli.config, Needs::ALL, Target::Stderr)?;
-            telemetry::init(s.log.format, &s.log.level, Target::Stderr);
+            telemetry::init(s.log.format, sync_log_level(&s), Target::Stderr);
             let app = App::build_with(s, credential, clock::system()).await?;
             let outcomes = app.sync_once().await;
+            close_store(&app.store).await;
             print!("{}", report::render_outcomes(&outcomes));
             match outcomes.iter().filter(|o| o.outcome != Outcome::Ok).count() {
                 0 => Ok(()),
@@ -443,7 +463,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             if let Some(leases) = store.leases() {
                 match leases.status().await {
                     Ok((l, r)) => print!("\n{}", report::render_leases(&l, &r)),
-                    // The README's analyst role may read only the alert and sync tables: the
+                    // The analyst role of docs/postgres.md may read only the alert and sync tables: the
                     // tenants' lines above are what it asked for.
                     Err(store::StoreError::Database(sqlx::Error::Database(d)))
                         if d.code().as_deref() == Some("42501") =>
@@ -460,10 +480,12 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Migrate => {
             let s = load(&cli.config, Needs::DATABASE_ONLY)?;
             telemetry::init(s.log.format, &s.log.level, Target::Stderr);
-            app::open_store(&s).await?;
+            let store = app::open_store(&s).await?;
+            close_store(&store).await;
             println!("database {} is up to date", s.database.display_url());
             Ok(())
         }
+        Command::Backup(args) => backup::backup(&cli.config, &args.file).await,
         Command::CertThumbprint(args) => cert_thumbprint(&cli.config, args),
         Command::Simulate(args) => simulate::simulate(args).await,
         Command::Demo(args) => {
@@ -477,6 +499,27 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 )
             })
             .map_err(Failure::from),
+    }
+}
+
+/// `sync` at a terminal with text logs at the default level: the table it prints names each
+/// tenant's result, cause and fix, so the per-tenant log lines that say the same (a failed call,
+/// a failed run) are left out and each failing tenant is said once. Elsewhere, or with
+/// `log.level` set to anything else, the logs are as configured.
+fn sync_log_level(s: &Settings) -> &str {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if terminal && s.log.format == config::LogFormat::Text && s.log.level == "info" {
+        "warn,mde_sync::sync::pass=off,mde_sync::api::call=off"
+    } else {
+        &s.log.level
+    }
+}
+
+/// Before exiting: SQLite's write-ahead log moved into the database file, so the file alone is a
+/// complete copy. A failure only warns: the data is safe in the log, and the next start reads it.
+pub(crate) async fn close_store(store: &store::SharedStore) {
+    if let Err(e) = store.close().await {
+        tracing::warn!(error = %e, "cannot checkpoint the database on exit");
     }
 }
 

@@ -55,8 +55,8 @@ impl CloudName {
     }
 
     /// The token scope. For GCC High and DoD the sources disagree; this is the value most used
-    /// (the API host as resource), and `cloud.scope` overrides it (README, "Certificates and
-    /// clouds").
+    /// (the API host as resource), and `cloud.scope` overrides it
+    /// (docs/credentials-and-clouds.md).
     pub fn scope(self) -> &'static str {
         match self {
             Self::Commercial => "https://api.securitycenter.microsoft.com/.default",

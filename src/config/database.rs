@@ -88,6 +88,47 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// A SQLite URL whose path is relative made relative to the configuration file's directory, like
+/// every other path in it (not to the working directory of whoever runs the command).
+fn sqlite_relative_to(base_dir: &Path, url: &str) -> String {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path.is_empty()
+        || path.starts_with(':')
+        || path.starts_with("file:")
+        || path.starts_with('/')
+    {
+        return url.to_owned();
+    }
+    let base = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
+    let mut out = format!("sqlite://{}", base.join(path).display());
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// What was typed as database.url, with anything that may be a password (`user:secret@`) hidden.
+fn without_password(url: &str) -> String {
+    if Url::parse(url).is_ok() {
+        return redact_url(url);
+    }
+    match url.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{user}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// `[database]`. Without `database.url`, SQLite in the state directory: `$STATE_DIRECTORY`, else
 /// the service's when its database exists there (so `status` run by hand reads the service's),
 /// else the working directory.
@@ -107,19 +148,14 @@ pub(super) fn validate_database(
         })
         .unwrap_or_else(|| PathBuf::from("."));
     let url = match raw.url {
-        Some(u)
-            if u.starts_with("sqlite:")
-                || u.starts_with("postgres://")
-                || u.starts_with("postgresql://") =>
-        {
-            u
-        }
+        Some(u) if u.starts_with("sqlite:") => sqlite_relative_to(base_dir, &u),
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => u,
         Some(u) => {
             problems.push(
                 "database.url",
                 format!(
-                    "{:?} is neither sqlite://PATH nor postgres://…: use e.g. sqlite:///var/lib/mde-sync/mde-sync.db",
-                    redact_url(&u)
+                    "\"{}\" is neither sqlite://PATH nor postgres://…: use e.g. sqlite://mde-sync.db (relative to this file) or postgres://mde_sync@db.example.net/mde",
+                    without_password(&u)
                 ),
             );
             String::new()

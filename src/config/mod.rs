@@ -37,7 +37,7 @@ pub use self::{
     cloud::{ApiHosts, CloudName, CloudSettings},
     database::{DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT, DatabaseSettings, redact_url},
     problems::{ConfigError, Problem, Problems},
-    raw::log_format_hint,
+    raw::{known_keys, known_tenant_keys, log_format_hint},
     service::{
         LogFormat, LogSettings, MetricsSettings, ReplicaSettings, ServiceSettings, check_log_level,
     },
@@ -146,14 +146,10 @@ impl Settings {
         check: CredentialCheck<'_>,
     ) -> Result<Settings, ConfigError> {
         let mut problems = Problems::new();
-        if !path.exists() {
-            problems.push(
-                "--config",
-                format!(
-                    "file {} does not exist: pass --config PATH or set MDE_SYNC_CONFIG (see config/mde-sync.example.toml)",
-                    path.display()
-                ),
-            );
+        // Nothing else can be checked without the file: one problem, not one per missing key.
+        if let Some(problem) = config_path_problem(path) {
+            problems.push("--config", problem);
+            return Err(problems.into());
         }
         let Some(raw) = raw::extract_raw(path, &mut problems) else {
             return Err(problems.into());
@@ -171,6 +167,32 @@ impl Settings {
             Err(problems.into())
         }
     }
+}
+
+/// Why `path` cannot be the configuration file: it does not exist, or it is a directory (easy
+/// right after `simulate --write-config DIR`).
+fn config_path_problem(path: &Path) -> Option<String> {
+    if path.is_dir() {
+        let inside = path.join("config.toml");
+        return Some(if inside.is_file() {
+            format!(
+                "{} is a directory; did you mean {}?",
+                path.display(),
+                inside.display()
+            )
+        } else {
+            format!(
+                "{} is a directory: pass the configuration file itself (see config/mde-sync.example.toml)",
+                path.display()
+            )
+        });
+    }
+    (!path.exists()).then(|| {
+        format!(
+            "file {} does not exist: pass --config PATH or set MDE_SYNC_CONFIG (see config/mde-sync.example.toml)",
+            path.display()
+        )
+    })
 }
 
 /// Every section in turn, in the order their problems are listed; the settings only when there

@@ -154,7 +154,7 @@ pub(super) struct RawTenantsFile {
     pub(super) tenant: Vec<RawTenant>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTenant {
     pub(super) id: Option<String>,
@@ -213,14 +213,15 @@ pub(super) fn extract_raw(path: &Path, problems: &mut Problems) -> Option<RawCon
                     if key_path.last() != Some(field) {
                         key_path.push(field.clone());
                     }
-                    let message = if expected.is_empty() {
-                        format!("unknown key: remove it from {}", path.display())
-                    } else {
-                        format!(
-                            "unknown key: remove it from {} or use one of {}",
-                            path.display(),
-                            expected.join(", ")
-                        )
+                    let message = match nearest(field, expected) {
+                        Some(near) => format!(
+                            "unknown key: did you mean {near}? rename or remove it in {}",
+                            path.display()
+                        ),
+                        None => format!(
+                            "unknown key: remove it from {} (the configuration reference lists every key)",
+                            path.display()
+                        ),
                     };
                     (key_path, message)
                 }
@@ -282,5 +283,102 @@ pub fn log_format_hint(path: &Path, env: &Environment) -> LogFormat {
         Ok("text") => LogFormat::Text,
         _ if env.stdout_is_terminal => LogFormat::Text,
         _ => LogFormat::Json,
+    }
+}
+
+/// Every key of the configuration file, as `section.key`, from the structs above (so the
+/// documentation can be checked against the code).
+pub fn known_keys() -> Vec<String> {
+    keys_of(&RawConfig::default(), "")
+}
+
+/// Every key of a `[[tenant]]` entry in the tenants file.
+pub fn known_tenant_keys() -> Vec<String> {
+    keys_of(&RawTenant::default(), "")
+}
+
+fn keys_of(value: &impl Serialize, prefix: &str) -> Vec<String> {
+    fn walk(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, child) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    match child {
+                        serde_json::Value::Object(_) => walk(child, &key, out),
+                        _ => out.push(key),
+                    }
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(v) = serde_json::to_value(value) {
+        walk(&v, prefix, &mut out);
+    }
+    out
+}
+
+/// The expected key nearest to `field` (a typo a few letters off, or a key that contains it),
+/// if one is close enough to be worth suggesting.
+fn nearest<'a>(field: &str, expected: &'a [&'a str]) -> Option<&'a str> {
+    let field = field.to_ascii_lowercase();
+    expected
+        .iter()
+        .map(|e| (edit_distance(&field, e), *e))
+        .filter(|(d, e)| *d <= (e.len().max(field.len()) / 3).max(2) || e.contains(field.as_str()))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, e)| e)
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_typo_suggests_the_nearest_key_and_nonsense_suggests_none() {
+        let keys = ["page_size", "schedule", "lag_allowance", "max_attempts"];
+        assert_eq!(nearest("page_sise", &keys), Some("page_size"));
+        assert_eq!(nearest("pagesize", &keys), Some("page_size"));
+        assert_eq!(nearest("Schedule", &keys), Some("schedule"));
+        assert_eq!(nearest("attempts", &keys), Some("max_attempts"));
+        assert_eq!(nearest("colour", &keys), None);
+    }
+
+    #[test]
+    fn the_known_keys_are_every_section_key() {
+        let keys = known_keys();
+        for k in [
+            "database.url",
+            "app.client_id",
+            "sync.page_size",
+            "metrics.listen",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "{k} in {keys:?}");
+        }
+        assert!(keys.iter().all(|k| k.contains('.')), "{keys:?}");
+        assert!(known_tenant_keys().iter().any(|k| k == "force_api_url"));
     }
 }

@@ -9,7 +9,17 @@
 //!   and the watermark only moves forward;
 //! - the store never talks HTTP and never sees a secret.
 
+/// The one definition of an open alert, as SQL on the alias `a` of `alerts`: every status but
+/// `Resolved`, so Graph's `Unknown` and a missing (NULL) status are open. `status` counts with it
+/// on both backends, and the analyst views of migration 0006 use the same text (a test checks).
+macro_rules! open_alert_sql {
+    () => {
+        "COALESCE(a.status, '') <> 'Resolved'"
+    };
+}
+
 pub mod lease;
+mod pg_connect;
 pub mod postgres;
 pub mod sqlite;
 mod sqlite_writer;
@@ -166,6 +176,23 @@ pub trait Store: Send + Sync {
     /// The tenant leases several replicas share, on a backend that has them (Postgres).
     fn leases(&self) -> Option<lease::Leases> {
         None
+    }
+
+    /// Before the process exits: on SQLite, moves the write-ahead log into the database file and
+    /// empties it, so that the file alone holds every alert; nothing to do on Postgres.
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Writes a consistent copy of the database into the new file `to` (SQLite's `VACUUM
+    /// INTO`); Postgres refuses and names its own tool.
+    fn backup<'a>(&'a self, to: &'a std::path::Path) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = to;
+        Box::pin(async {
+            Err(StoreError::Config(
+                "backup copies a SQLite database; for Postgres use the server's tools: pg_dump --format=custom --file=FILE DATABASE_URL (restore with pg_restore)".into(),
+            ))
+        })
     }
     /// The tenant's saved call budget for `api`: when its calls since `since` were sent, and the
     /// pending Retry-After, if any.

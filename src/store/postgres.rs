@@ -49,6 +49,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "replicas",
         include_str!("../../migrations/postgres/0005_replicas.sql"),
     ),
+    (
+        6,
+        "analyst views",
+        include_str!("../../migrations/postgres/0006_analyst_views.sql"),
+    ),
 ];
 
 /// The staging table's COPY, in the column order of `alerts`.
@@ -189,13 +194,7 @@ pub struct PostgresStore {
 /// not an error.
 const FIRST_ANALYZE: u64 = 2_000;
 
-/// `host:port` (or the socket) the options point at, for errors.
-fn server_of(opts: &PgConnectOptions) -> String {
-    match opts.get_socket() {
-        Some(socket) => socket.display().to_string(),
-        None => format!("{}:{}", opts.get_host(), opts.get_port()),
-    }
-}
+use super::pg_connect::{explain, first_connection, no_answer, server_of};
 
 /// An error that says why the server could not be used and what to do, for errors that do not.
 fn unavailable(server: &str, cause: &dyn std::fmt::Display) -> StoreError {
@@ -232,6 +231,7 @@ impl PostgresStore {
                 db.statement_timeout.as_millis().max(1).to_string(),
             ),
         ]);
+        first_connection(&opts, db.connect_timeout).await?;
         let pool = PgPoolOptions::new()
             .max_connections(db.max_connections.max(1))
             .acquire_timeout(db.connect_timeout)
@@ -239,12 +239,8 @@ impl PostgresStore {
             .connect_with(opts.clone())
             .await
             .map_err(|e| match e {
-                sqlx::Error::Io(io) => unavailable(&server_of(&opts), &io),
-                sqlx::Error::PoolTimedOut => unavailable(
-                    &server_of(&opts),
-                    &"no answer within database.connect_timeout",
-                ),
-                e => StoreError::Database(e),
+                sqlx::Error::PoolTimedOut => no_answer(&opts, db.connect_timeout),
+                e => explain(&opts, &e),
             })?;
         Ok(Self {
             pool,
@@ -302,11 +298,8 @@ impl PostgresStore {
                 let server = server_of(&self.opts);
                 Err(
                     match tokio::time::timeout(self.connect_timeout, self.opts.connect()).await {
-                        Err(_) => {
-                            unavailable(&server, &"no answer within database.connect_timeout")
-                        }
-                        Ok(Err(sqlx::Error::Io(e))) => unavailable(&server, &e),
-                        Ok(Err(e)) => unavailable(&server, &e),
+                        Err(_) => no_answer(&self.opts, self.connect_timeout),
+                        Ok(Err(e)) => explain(&self.opts, &e),
                         Ok(Ok(conn)) => {
                             let _ = sqlx::Connection::close(conn).await;
                             unavailable(
@@ -642,10 +635,11 @@ impl Store for PostgresStore {
                 "SELECT s.tenant_id, s.tenant_name, s.health, (EXTRACT(EPOCH FROM s.watermark) * 1000000)::int8 AS watermark, \
                         {} AS last_success_at, s.last_error, {} AS last_error_at, s.consecutive_failures::int8 AS consecutive_failures, \
                         (SELECT COUNT(*) FROM alerts a WHERE a.tenant_id = s.tenant_id) AS alerts, \
-                        (SELECT COUNT(*) FROM alerts a WHERE a.tenant_id = s.tenant_id AND a.status IS DISTINCT FROM 'Resolved') AS open_alerts \
+                        (SELECT COUNT(*) FROM alerts a WHERE a.tenant_id = s.tenant_id AND {}) AS open_alerts \
                  FROM sync_state s ORDER BY s.tenant_name, s.tenant_id",
                 ts_sql("s.last_success_at"),
                 ts_sql("s.last_error_at"),
+                open_alert_sql!(),
             );
             let rows = sqlx::query(AssertSqlSafe(sql))
                 .fetch_all(&self.pool)
@@ -808,6 +802,12 @@ mod tests {
     #[test]
     fn the_migration_list_is_the_migrations_folder() {
         crate::store::assert_migrations_match("postgres", MIGRATIONS);
+    }
+
+    #[test]
+    fn the_analyst_views_count_open_alerts_as_status_does() {
+        let views = include_str!("../../migrations/postgres/0006_analyst_views.sql");
+        assert_eq!(views.matches(open_alert_sql!()).count(), 2, "{views}");
     }
 
     /// A connection lost mid-statement names the server, like one that could not be opened.

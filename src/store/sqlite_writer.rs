@@ -73,6 +73,19 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Closes the writer's own connection (waiting for a batch in progress); the next
+    /// [`Writer::lock`] would open it again.
+    pub(super) async fn close(&self) -> Result<(), sqlx::Error> {
+        if let Self::Own { conn, .. } = self
+            && let Some(c) = conn.lock().await.take()
+        {
+            c.close().await?;
+        }
+        Ok(())
+    }
+}
+
 impl WriteConn<'_> {
     /// The batch finished: the connection stays for the next writer. (A pool's connection goes
     /// back to the pool, whose release check decides.)
