@@ -9,6 +9,7 @@
 //!   and the watermark only moves forward;
 //! - the store never talks HTTP and never sees a secret.
 
+pub mod actions;
 pub mod lease;
 pub mod postgres;
 pub mod sqlite;
@@ -93,8 +94,9 @@ pub type SeverityCount = (String, String, i64);
 /// Rows as text: `(alerts, alert_evidence)`.
 pub type Dump = (Vec<Vec<Option<String>>>, Vec<Vec<Option<String>>>);
 
-/// What the sync needs from a database.
-pub trait Store: Send + Sync {
+/// What the sync needs from a database (and, through [`actions::ActionStore`], the outbox of
+/// write-back requests).
+pub trait Store: actions::ActionStore + Send + Sync {
     fn backend(&self) -> &'static str;
 
     /// Applies pending migrations and marks runs left `running` by a dead process `abandoned`.

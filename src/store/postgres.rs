@@ -49,6 +49,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "replicas",
         include_str!("../../migrations/postgres/0005_replicas.sql"),
     ),
+    (
+        7,
+        "actions",
+        include_str!("../../migrations/postgres/0007_actions.sql"),
+    ),
 ];
 
 /// The staging table's COPY, in the column order of `alerts`.
