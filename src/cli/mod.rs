@@ -338,6 +338,8 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             let (s, credential) = load_for(&cli.config, Needs::ALL, Target::Stderr)?;
             telemetry::init(s.log.format, &s.log.level, Target::Stderr);
             let app = App::build_with(s, credential, clock::system()).await?;
+            // Requested changes first, so this sync brings them back.
+            app.apply_actions().await;
             let outcomes = app.sync_once().await;
             print!("{}", report::render_outcomes(&outcomes));
             match outcomes.iter().filter(|o| o.outcome != Outcome::Ok).count() {

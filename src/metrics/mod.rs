@@ -412,6 +412,7 @@ mod tests {
                 enabled: true,
                 api_url: None,
                 source: Default::default(),
+                write: false,
             },
             Tenant {
                 id: tenant(2),
@@ -419,6 +420,7 @@ mod tests {
                 enabled: true,
                 api_url: None,
                 source: Default::default(),
+                write: false,
             },
         ]);
         m.api_request(&tenant(1), Some(200));
@@ -488,6 +490,7 @@ mod tests {
             enabled: true,
             api_url: None,
             source: Default::default(),
+            write: false,
         };
         m.set_tenants(&[t(1), t(2)]);
         finish(&m, outcome(1, Some(true), 1), Timestamp::from_ticks(0));
