@@ -37,7 +37,7 @@ use crate::{
     sources::Sources,
     store::{
         SharedStore, StoreError,
-        actions::{Action, ActionState, Finish, TargetKind},
+        actions::{Action, ActionFields, ActionState, Finish, TargetKind},
     },
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
@@ -303,6 +303,23 @@ fn normalize_fields(row: &mut Action) {
             *value = Some(v.to_owned());
         }
     }
+}
+
+/// What a request sets: `status = Resolved, comment "…"`.
+pub fn describe_fields(f: &ActionFields) -> String {
+    let mut parts: Vec<String> = [
+        ("status", &f.status),
+        ("classification", &f.classification),
+        ("determination", &f.determination),
+        ("assigned_to", &f.assigned_to),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some(format!("{k} = {}", v.as_deref()?)))
+    .collect();
+    if let Some(c) = &f.comment {
+        parts.push(format!("comment {c:?}"));
+    }
+    parts.join(", ")
 }
 
 /// What an applied request changed, for its outcome.

@@ -2,6 +2,7 @@
 //! `Result<(), Failure>`; [`Failure`] says what went wrong once and maps it to the exit status
 //! (`--help` lists them), so no arm carries its own exit code.
 
+pub mod act;
 mod simulate;
 
 pub use simulate::{SimCredentialFiles, write_sim_config};
@@ -66,6 +67,11 @@ pub enum Command {
     Status,
     /// Apply database migrations and exit.
     Migrate,
+    /// Request a change to an alert in Defender (status, classification, determination,
+    /// assignment, a comment): a row in the actions table, applied by the daemon or `sync`.
+    Act(act::ActArgs),
+    /// List open write-back requests and recent outcomes from the actions table.
+    Actions(act::ActionsArgs),
     /// Validate the configuration and tenants file; exit 0 if valid, 78 if not.
     Validate,
     /// Print a certificate's thumbprints (app.certificate_file, or --certificate FILE) to compare
@@ -145,9 +151,13 @@ pub struct SimulateArgs {
     /// Share of token requests answered 503 temporarily_unavailable.
     #[arg(long, default_value_t = 0.0)]
     pub rate_token_failure: f64,
-    /// Milliseconds added before answering each API call.
+    /// Milliseconds added before answering each API call (after applying, for a write).
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// The healthy tenants' administrators also consented to the write permissions
+    /// (Alert.ReadWrite.All, SecurityAlert.ReadWrite.All), so write-back can be tried.
+    #[arg(long)]
+    pub write: bool,
     /// Answer 429 to a tenant's calls beyond 100 a minute, like the real API.
     #[arg(long)]
     pub enforce_limit: bool,
@@ -466,6 +476,8 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             println!("database {} is up to date", s.database.display_url());
             Ok(())
         }
+        Command::Act(args) => act::act(&cli.config, args).await,
+        Command::Actions(args) => act::list(&cli.config, args).await,
         Command::CertThumbprint(args) => cert_thumbprint(&cli.config, args),
         Command::Simulate(args) => simulate::simulate(args).await,
         Command::Demo(args) => {

@@ -160,7 +160,14 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Option<Response<Full
             let id = (*id).to_owned();
             let auth = authorization(&req);
             let body = body_of(req).await;
-            sim.inject(sim.mde_patch(auth.as_deref(), &id, &body), at)
+            {
+                let applied = sim.mde_patch(auth.as_deref(), &id, &body);
+                // applied already: a client killed now has written without hearing so
+                if !sim.cfg.latency.is_zero() {
+                    tokio::time::sleep(sim.cfg.latency).await;
+                }
+                sim.inject(applied, at)
+            }
         }
         (&Method::PATCH, ["", "v1.0" | "beta", "security", api, id])
             if api.eq_ignore_ascii_case("alerts_v2") =>
@@ -168,7 +175,14 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Option<Response<Full
             let id = (*id).to_owned();
             let auth = authorization(&req);
             let body = body_of(req).await;
-            sim.inject(sim.graph_write(auth.as_deref(), &id, &body, false), at)
+            {
+                let applied = sim.graph_write(auth.as_deref(), &id, &body, false);
+                // applied already: a client killed now has written without hearing so
+                if !sim.cfg.latency.is_zero() {
+                    tokio::time::sleep(sim.cfg.latency).await;
+                }
+                sim.inject(applied, at)
+            }
         }
         (&Method::POST, ["", "v1.0" | "beta", "security", api, id, "comments"])
             if api.eq_ignore_ascii_case("alerts_v2") =>
@@ -176,7 +190,14 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Option<Response<Full
             let id = (*id).to_owned();
             let auth = authorization(&req);
             let body = body_of(req).await;
-            sim.inject(sim.graph_write(auth.as_deref(), &id, &body, true), at)
+            {
+                let applied = sim.graph_write(auth.as_deref(), &id, &body, true);
+                // applied already: a client killed now has written without hearing so
+                if !sim.cfg.latency.is_zero() {
+                    tokio::time::sleep(sim.cfg.latency).await;
+                }
+                sim.inject(applied, at)
+            }
         }
         (&Method::GET, ["", "_sim", "truth", tenant]) => {
             if sim.lock().tenants.contains_key(&key(tenant)) {

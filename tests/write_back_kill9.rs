@@ -1,0 +1,265 @@
+//! The real binary killed with SIGKILL at random moments while it applies a stream of
+//! write-back requests (the simulator answers each write only 40 ms after applying it, so kills
+//! land between a write reaching Defender and its outcome being recorded); then one `sync` to
+//! the end. Every request must be applied exactly once: each comment on its alert once, in the
+//! order requested, none lost. On both sources.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{
+    TempDir,
+    binary::{BIN, simulate},
+};
+
+fn sync(dir: &std::path::Path, source: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--config")
+        .arg(dir.join("config.toml"))
+        .arg("sync")
+        .env("MDE_SYNC_SYNC__SOURCE", source)
+        .env("MDE_SYNC_ACTIONS__WRITE", "true")
+        .env("MDE_SYNC_ACTIONS__MAX_ATTEMPTS", "100")
+        .env("MDE_SYNC_SYNC__CALLS_PER_MINUTE", "100000")
+        .env("MDE_SYNC_SYNC__CALLS_PER_HOUR", "1000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+async fn kill_9_while_writing_applies_every_request_exactly_once(source: &str) {
+    let dir = TempDir::new(&format!("kill9-writes-{source}"));
+    let sim = simulate(
+        &dir.0,
+        &[
+            "--tenants",
+            "1",
+            "--alerts",
+            "20",
+            "--write",
+            "--latency-ms",
+            "40",
+        ],
+    );
+    let tenant = mde_sync::simulator::tenant_id(1);
+    assert!(
+        sync(&dir.0, source).status().unwrap().success(),
+        "first sync"
+    );
+    let db_url = format!("sqlite://{}", dir.0.join("mde-sync.db").display());
+    let db = sqlx::SqlitePool::connect(&db_url).await.unwrap();
+    let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM alerts ORDER BY id LIMIT 4")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    let requests = 40;
+    for k in 0..requests {
+        let (id,) = &ids[k % ids.len()];
+        sqlx::query(
+            "INSERT INTO actions (tenant_id, target_id, status, comment, requested_by) VALUES (?, ?, ?, ?, 'kill9')",
+        )
+        .bind(&tenant)
+        .bind(id)
+        .bind(["InProgress", "Resolved"][k % 2])
+        .bind(format!("kill9 request {k}"))
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+
+    let mut killed = 0;
+    let mut open_after_kill = Vec::new();
+    for _ in 0..12 {
+        let mut child = sync(&dir.0, source).spawn().unwrap();
+        let at = Duration::from_millis(fastrand::u64(100..900));
+        let started = Instant::now();
+        let mut finished = false;
+        while started.elapsed() < at {
+            if child.try_wait().unwrap().is_some() {
+                finished = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if !finished {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        child.wait().unwrap();
+        let (open,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM actions WHERE state IN ('pending', 'applying')")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        open_after_kill.push(open);
+        if open == 0 {
+            break;
+        }
+    }
+    assert!(killed > 0, "no kill landed during a run");
+    assert!(
+        open_after_kill
+            .iter()
+            .any(|n| *n > 0 && *n < requests as i64),
+        "no kill landed mid-stream: open requests after each kill {open_after_kill:?}"
+    );
+    assert!(
+        sync(&dir.0, source).status().unwrap().success(),
+        "last sync"
+    );
+
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, COUNT(*) FROM actions GROUP BY state")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(states, [("applied".to_owned(), requests as i64)]);
+    let http = mde_sync::auth::http_client(Duration::from_secs(30));
+    let truth: BTreeMap<String, String> = http
+        .get(format!("{}/_sim/truth/{tenant}", sim.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (n, (id,)) in ids.iter().enumerate() {
+        let alert: serde_json::Value = serde_json::from_str(&truth[id]).unwrap();
+        let comments: Vec<&str> = alert["comments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["comment"].as_str())
+            .filter(|c| c.starts_with("kill9 "))
+            .collect();
+        let expected: Vec<String> = (0..requests)
+            .filter(|k| k % ids.len() == n)
+            .map(|k| format!("kill9 request {k}"))
+            .collect();
+        assert_eq!(
+            comments, expected,
+            "alert {id}: each comment once, in order"
+        );
+    }
+    let (retried,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM actions WHERE attempts > 1")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    eprintln!(
+        "{source}: {killed} runs killed; open requests after each: {open_after_kill:?}; {retried} requests sent more than once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_writing_to_mde_applies_every_request_exactly_once() {
+    kill_9_while_writing_applies_every_request_exactly_once("mde").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_writing_to_graph_applies_every_request_exactly_once() {
+    kill_9_while_writing_applies_every_request_exactly_once("graph").await;
+}
+
+/// `act` checks its values against the vocabulary, queues a request, `sync` applies it and
+/// `actions` shows the outcome; `act --wait` waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn act_queues_a_request_that_sync_applies_and_actions_shows() {
+    let dir = TempDir::new("act-command");
+    let _sim = simulate(&dir.0, &["--tenants", "1", "--alerts", "5", "--write"]);
+    let tenant = mde_sync::simulator::tenant_id(1);
+    assert!(sync(&dir.0, "mde").status().unwrap().success());
+    let db_url = format!("sqlite://{}", dir.0.join("mde-sync.db").display());
+    let db = sqlx::SqlitePool::connect(&db_url).await.unwrap();
+    let (id,): (String,) = sqlx::query_as("SELECT id FROM alerts ORDER BY id LIMIT 1")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let act = |extra: &[&str]| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(dir.0.join("config.toml"))
+            .args(["act", "alert", &tenant, &id])
+            .args(extra)
+            .env("MDE_SYNC_ACTIONS__WRITE", "true")
+            .output()
+            .unwrap()
+    };
+    let bad = act(&["--status", "Closed"]);
+    assert_eq!(bad.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("New, InProgress, Resolved"), "{err}");
+
+    let ok = act(&[
+        "--status",
+        "Resolved",
+        "--classification",
+        "FalsePositive",
+        "--determination",
+        "notMalicious",
+        "--comment",
+        "benign admin tool",
+        "--requested-by",
+        "alice@example.com",
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(sync(&dir.0, "mde").status().unwrap().success());
+    let (state, determination, by): (String, String, String) =
+        sqlx::query_as("SELECT state, determination, requested_by FROM actions")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(
+        (state.as_str(), determination.as_str(), by.as_str()),
+        ("applied", "Clean", "alice@example.com")
+    );
+    let (status,): (String,) = sqlx::query_as("SELECT status FROM alerts WHERE id = ?")
+        .bind(&id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(status, "Resolved", "the sync brought the change back");
+    let list = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.0.join("config.toml"))
+        .arg("actions")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        out.contains("applied") && out.contains("alice@example.com"),
+        "{out}"
+    );
+
+    // --wait: a sync started alongside applies the request while act waits
+    let waiter = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.0.join("config.toml"))
+        .args([
+            "act",
+            "alert",
+            &tenant,
+            &id,
+            "--assign-to",
+            "bob@example.com",
+            "--wait",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sync(&dir.0, "mde").status().unwrap().success());
+    let out = waiter.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("applied: assigned_to = bob@example.com")
+    );
+}
