@@ -62,6 +62,7 @@ async fn env_with(
         },
         call_attempts: a.call_attempts,
         busy: Default::default(),
+        metrics: a.metrics.clone(),
     });
     for o in env.app.sync_once().await {
         assert_eq!(o.ok(), Some(true), "{:?}", o.error);
@@ -308,9 +309,32 @@ async fn a_403_is_refused_with_the_fix_and_a_tenant_without_write_receives_nothi
         ))
         .await
         .unwrap();
+    // a tenant the tenants file does not list: its request waits, and the metrics show its age
+    let stray = tenant_id(9);
+    env.store()
+        .insert_action(&request(&stray, "da0_0", comment("later")))
+        .await
+        .unwrap();
     env.sim.add_alerts(&t2, 3);
     clock.advance(Duration::seconds(5));
     env.app.apply_actions().await;
+    let text = env.app.metrics.render(
+        Timestamp::from_datetime(time::OffsetDateTime::now_utc()),
+        Default::default(),
+    );
+    for line in [
+        format!("mde_sync_actions{{tenant=\"{t2}\",state=\"refused\"}} 1"),
+        format!("mde_sync_actions{{tenant=\"{t3}\",state=\"refused\"}} 1"),
+        format!("mde_sync_actions{{tenant=\"{stray}\",state=\"pending\"}} 1"),
+    ] {
+        assert!(text.contains(&line), "{line} missing from\n{text}");
+    }
+    assert!(text.contains(&format!(
+        "mde_sync_actions_oldest_pending_age_seconds{{tenant=\"{stray}\"}}"
+    )));
+    assert!(!text.contains(&format!(
+        "mde_sync_actions_oldest_pending_age_seconds{{tenant=\"{t2}\"}}"
+    )));
     let refused = action(&env, a2).await;
     assert_eq!(refused.state, ActionState::Refused);
     let why = refused.outcome.unwrap();

@@ -262,4 +262,17 @@ async fn act_queues_a_request_that_sync_applies_and_actions_shows() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("applied: assigned_to = bob@example.com")
     );
+    let status = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.0.join("config.toml"))
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains(&format!(
+            "Write-back requests (actions):\n  {tenant}: applied 2\n"
+        )),
+        "{text}"
+    );
 }

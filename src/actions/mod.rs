@@ -33,6 +33,7 @@ use crate::{
     api::ApiError,
     clock::SharedClock,
     config::ActionSettings,
+    metrics::{ActionSample, Metrics},
     source::SourceKind,
     sources::Sources,
     store::{
@@ -53,6 +54,8 @@ pub struct Applier {
     pub settings: ActionSettings,
     /// Attempts of one idempotent call (`sync.max_attempts`).
     pub call_attempts: usize,
+    /// Where the outbox's counts are shown (`mde_sync_actions`).
+    pub metrics: Arc<Metrics>,
     /// Tenants whose requests are being applied: passes may overlap (a tick's and a reload's),
     /// but one tenant's requests are only ever applied by one of them.
     pub busy: Mutex<HashSet<TenantId>>,
@@ -122,7 +125,26 @@ impl Applier {
                 "deleted finished write-back requests past actions.retention"
             );
         }
+        self.count().await?;
         Ok(ended)
+    }
+
+    /// Shows the outbox's counts in the metrics.
+    async fn count(&self) -> Result<(), StoreError> {
+        let samples: Vec<ActionSample> = self
+            .store
+            .action_counts()
+            .await?
+            .into_iter()
+            .map(|c| ActionSample {
+                tenant: c.tenant_id,
+                state: c.state.as_str(),
+                count: c.count,
+                oldest_open: c.oldest.filter(|_| c.state.is_open()),
+            })
+            .collect();
+        self.metrics.set_actions(&samples);
+        Ok(())
     }
 
     /// One tenant's open requests, oldest first (none if another pass is applying them).

@@ -227,6 +227,7 @@ impl App {
             settings: settings.actions.clone(),
             call_attempts: settings.sync.max_attempts,
             busy: Default::default(),
+            metrics: metrics.clone(),
         });
         App {
             actions,

@@ -10,7 +10,10 @@ use crate::{
     actions::vocabulary::{Field, normalize},
     app,
     config::Needs,
-    store::actions::{Action, ActionFields, ActionState, NewAction, TargetKind},
+    store::{
+        Store, StoreError,
+        actions::{Action, ActionCount, ActionFields, ActionState, NewAction, TargetKind},
+    },
     telemetry::{self, Target},
     tenant::TenantId,
     timestamp::Timestamp,
@@ -213,6 +216,66 @@ pub async fn list(config: &Path, args: ActionsArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `status`'s write-back section: requests per tenant and state, and the oldest open one's age.
+/// Nothing on a database without the `actions` table; a hint for a role that may not read it.
+pub async fn print_counts(store: &dyn Store) -> Result<(), Failure> {
+    let counts = match store.action_counts().await {
+        Ok(c) => c,
+        Err(StoreError::Database(sqlx::Error::Database(d)))
+            if d.code().as_deref() == Some("42501") =>
+        {
+            println!(
+                "\n(write-back requests not shown: this role may not read the actions table; GRANT SELECT ON actions to show them)"
+            );
+            return Ok(());
+        }
+        Err(StoreError::Database(sqlx::Error::Database(d)))
+            if d.code().as_deref() == Some("42P01") || d.message().contains("no such table") =>
+        {
+            return Ok(());
+        }
+        Err(e) => return Err(anyhow::Error::new(e).into()),
+    };
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+    print!(
+        "\nWrite-back requests (actions):\n{}",
+        render_counts(&counts, now)
+    );
+    Ok(())
+}
+
+/// One line per tenant: its requests by state, and how old its oldest open request is.
+pub fn render_counts(counts: &[ActionCount], now: Timestamp) -> String {
+    let mut out = String::new();
+    let mut tenants: Vec<&str> = counts.iter().map(|c| c.tenant_id.as_str()).collect();
+    tenants.dedup();
+    for t in tenants {
+        let mine: Vec<&ActionCount> = counts.iter().filter(|c| c.tenant_id == t).collect();
+        let states: Vec<String> = ActionState::ALL
+            .iter()
+            .filter_map(|s| {
+                let n = mine.iter().find(|c| c.state == *s)?.count;
+                Some(format!("{} {n}", s.as_str()))
+            })
+            .collect();
+        let oldest = mine
+            .iter()
+            .filter(|c| c.state.is_open())
+            .filter_map(|c| c.oldest)
+            .min()
+            .map(|at| {
+                let secs = (now.ticks() - at.ticks()).max(0) / 10_000_000;
+                format!("; oldest open request {}m{}s old", secs / 60, secs % 60)
+            })
+            .unwrap_or_default();
+        out.push_str(&format!("  {t}: {}{oldest}\n", states.join(", ")));
+    }
+    out
+}
+
 /// One request on one line: id, state, where, who, when, what, and the outcome.
 fn render_one(a: &Action) -> String {
     format!(
@@ -237,6 +300,29 @@ mod tests {
     use super::*;
     use crate::actions::vocabulary::{TABLE, accepted};
     use clap::CommandFactory;
+
+    #[test]
+    fn status_counts_each_tenants_requests_and_the_oldest_open_one() {
+        let at = |s: &str| Some(Timestamp::parse(s).unwrap());
+        let c = |t: &str, state, count, oldest| ActionCount {
+            tenant_id: t.into(),
+            state,
+            count,
+            oldest,
+        };
+        let text = render_counts(
+            &[
+                c("a", ActionState::Pending, 2, at("2026-01-01T10:00:00Z")),
+                c("a", ActionState::Applied, 5, at("2026-01-01T09:00:00Z")),
+                c("b", ActionState::Refused, 1, at("2026-01-01T08:00:00Z")),
+            ],
+            Timestamp::parse("2026-01-01T10:02:05Z").unwrap(),
+        );
+        assert_eq!(
+            text,
+            "  a: pending 2, applied 5; oldest open request 2m5s old\n  b: refused 1\n"
+        );
+    }
 
     #[test]
     fn the_help_lists_every_accepted_value() {

@@ -467,6 +467,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                     Err(e) => return Err(anyhow::Error::new(e).into()),
                 }
             }
+            act::print_counts(store.as_ref()).await?;
             Ok(())
         }
         Command::Migrate => {
