@@ -107,6 +107,10 @@ pub struct ConsentArgs {
     /// Administrator can grant).
     #[arg(long, default_value = "mde", value_parser = ["mde", "graph"])]
     pub source: String,
+    /// Also ask for the write permission write-back needs (Alert.ReadWrite.All, or
+    /// SecurityAlert.ReadWrite.All with --source graph).
+    #[arg(long)]
+    pub write: bool,
 }
 
 #[derive(Debug, Args)]
@@ -417,6 +421,15 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             ) {
                 println!(
                     "The app must be registered in the US Government cloud (https://portal.azure.us); a commercial app registration cannot be consented there."
+                );
+            }
+            if args.write {
+                let permission = match source {
+                    SourceKind::Mde => "WindowsDefenderATP > Alert.ReadWrite.All",
+                    SourceKind::Graph => "Microsoft Graph > SecurityAlert.ReadWrite.All",
+                };
+                println!(
+                    "Write-back: the app registration must list the application permission {permission} (API permissions > Add a permission) before the links are sent; consent covers the permissions the app lists at that moment, so a customer who consented before must consent again. Then set write = true on the tenant's entry; `mde-sync check` says whether the tenant's token can write."
                 );
             }
             println!(

@@ -1,8 +1,9 @@
-//! The real binary killed with SIGKILL at random moments while it applies a stream of
-//! write-back requests (the simulator answers each write only 40 ms after applying it, so kills
-//! land between a write reaching Defender and its outcome being recorded); then one `sync` to
-//! the end. Every request must be applied exactly once: each comment on its alert once, in the
-//! order requested, none lost. On both sources.
+//! Write-back through the binary, as users run it: `act`, `actions`, `status`, `check` and
+//! `consent-url --write`; and the binary killed with SIGKILL at random moments while it applies
+//! a stream of write-back requests (the simulator answers each write only 40 ms after applying
+//! it, so kills land between a write reaching Defender and its outcome being recorded), then one
+//! `sync` to the end: every request must be applied exactly once (each comment on its alert
+//! once, in the order requested, none lost), on both sources.
 
 mod common;
 
@@ -273,6 +274,48 @@ async fn act_queues_a_request_that_sync_applies_and_actions_shows() {
         text.contains(&format!(
             "Write-back requests (actions):\n  {tenant}: applied 2\n"
         )),
+        "{text}"
+    );
+}
+
+/// `check` says whether each tenant's token can write: with the write permission consented, and
+/// without it; `consent-url --write` names the permission to add.
+#[test]
+fn check_says_whether_the_token_can_write_and_consent_url_asks_for_it() {
+    for (granted, expected) in [
+        (true, "can write (Alert.ReadWrite.All), writing on"),
+        (false, "cannot write: no Alert.ReadWrite.All role"),
+    ] {
+        let dir = TempDir::new("check-write");
+        let args: &[&str] = if granted {
+            &["--tenants", "1", "--alerts", "1", "--write"]
+        } else {
+            &["--tenants", "1", "--alerts", "1"]
+        };
+        let _sim = simulate(&dir.0, args);
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(dir.0.join("config.toml"))
+            .arg("check")
+            .env("MDE_SYNC_ACTIONS__WRITE", "true")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(expected), "{text}");
+    }
+    let dir = TempDir::new("consent-write");
+    let _sim = simulate(&dir.0, &["--tenants", "1"]);
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.0.join("config.toml"))
+        .args(["consent-url", "--write", "--source", "graph"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Microsoft Graph > SecurityAlert.ReadWrite.All"),
         "{text}"
     );
 }
