@@ -178,3 +178,83 @@ on_both_backends!(
     requests_keep_their_order_and_their_outcome,
     a_plain_sql_insert_is_a_request,
 );
+
+/// The Postgres role docs/write-back.md describes may insert requests (its name becomes
+/// `requested_by`) and read outcomes, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mde_pg_tests),
+    ignore = "set MDE_SYNC_TEST_POSTGRES_URL to run the Postgres tests"
+)]
+async fn the_documented_postgres_role_may_insert_requests_and_read_outcomes_only() {
+    let (s, db) = fresh(Backend::Postgres, "actions-role").await;
+    let role = format!("soc_writer_{}", std::process::id());
+    let admin = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let db_name = db.url.rsplit('/').next().unwrap().to_owned();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/write-back.md"))
+        .unwrap();
+    let sql = doc
+        .split("```sql\nCREATE ROLE soc_writer")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .map(|rest| format!("CREATE ROLE soc_writer{rest}"))
+        .expect("the role's SQL in docs/write-back.md");
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
+        .execute(&admin)
+        .await;
+    for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let stmt: String = stmt
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replace("soc_writer", &role)
+            .replace("DATABASE mde", &format!("DATABASE {db_name}"));
+        sqlx::query(sqlx::AssertSqlSafe(stmt))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    let mut url = url::Url::parse(&db.url).unwrap();
+    url.set_username(&role).unwrap();
+    url.set_password(Some("change-me")).unwrap();
+    let writer = sqlx::PgPool::connect(url.as_str()).await.unwrap();
+    sqlx::query(
+        "INSERT INTO actions (tenant_id, target_id, status, comment) \
+         VALUES ('00000000-0000-4000-a000-000000000001', 'da1', 'Resolved', 'done')",
+    )
+    .execute(&writer)
+    .await
+    .unwrap();
+    let (by, state): (String, String) = sqlx::query_as("SELECT requested_by, state FROM actions")
+        .fetch_one(&writer)
+        .await
+        .unwrap();
+    assert_eq!((by.as_str(), state.as_str()), (role.as_str(), "pending"));
+    for forbidden in [
+        "UPDATE actions SET state = 'applied'",
+        "DELETE FROM actions",
+        "INSERT INTO actions (tenant_id, target_id, requested_by) VALUES ('x', 'y', 'someone else')",
+        "SELECT * FROM sync_runs",
+    ] {
+        let e = sqlx::query(forbidden).execute(&writer).await.unwrap_err();
+        assert!(
+            e.to_string().contains("permission denied"),
+            "{forbidden}: {e}"
+        );
+    }
+    writer.close().await;
+    drop(s);
+    for cleanup in [
+        format!("DROP OWNED BY {role}"),
+        format!("REVOKE ALL ON DATABASE {db_name} FROM {role}"),
+        format!("DROP ROLE {role}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(cleanup))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    admin.close().await;
+    let _ = db;
+}
