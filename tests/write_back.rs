@@ -162,7 +162,24 @@ async fn a_request_is_applied_and_the_next_sync_stores_the_changed_alert(
     r.expected_last_update = Some(seen(&env, &t, &id).await);
     let n = env.store().insert_action(&r).await.unwrap();
     clock.advance(Duration::seconds(5));
+    let tid = TenantId::parse(&t).unwrap();
+    let api = source.as_str();
+    let since = Timestamp::from_datetime(time::OffsetDateTime::now_utc()).minus(Duration::hours(1));
+    let calls_before = env
+        .store()
+        .load_budget(&tid, api, since)
+        .await
+        .unwrap()
+        .calls
+        .len();
     assert_eq!(env.app.apply_actions().await, 1);
+    let calls_after = env
+        .store()
+        .load_budget(&tid, api, since)
+        .await
+        .unwrap()
+        .calls
+        .len();
     let a = action(&env, n).await;
     assert_eq!(a.state, ActionState::Applied, "{:?}", a.outcome);
     assert!(a.outcome.as_deref().unwrap().contains("status = Resolved"));
@@ -180,6 +197,8 @@ async fn a_request_is_applied_and_the_next_sync_stores_the_changed_alert(
         SourceKind::Graph => assert_eq!(methods, ["PATCH", "POST"]),
     }
     assert!(writes.iter().all(|w| w.status == 200), "{writes:?}");
+    // the conflict check's GET and the writes spent the tenant's call budget
+    assert_eq!(calls_after - calls_before, writes.len() + 1);
 
     clock.advance(Duration::seconds(30));
     for o in env.app.sync_once().await {

@@ -1,7 +1,8 @@
 //! One GET against an alerts API, as both sources make it: a bearer token for the tenant (renewed
 //! once if the API refuses it), the tenant's call budget, a timeout (the HTTP client's), the body
 //! streamed into the caller's sink, and retries with capped, jittered exponential backoff (backon)
-//! for transient faults, honouring `Retry-After`. Redirects are never followed: a token is only
+//! for transient faults, honouring `Retry-After`. Write-back's requests (a PATCH, a comment's
+//! POST, the GET of one alert) go through the same path with a small JSON body ([`Caller::send`]). Redirects are never followed: a token is only
 //! ever sent to the URL the caller built.
 //!
 //! Decisions are keyed on the HTTP status, never on `error.code` (a 429 body's code can be the
