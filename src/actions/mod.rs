@@ -16,7 +16,9 @@
 //! unless it forces; the check runs only before its first write (after that a newer version may
 //! be the request's own). A 403 or a 400/404 ends it `refused` with the fix; transient faults
 //! are retried (within the tenant's call budget, honouring Retry-After) up to
-//! `actions.max_attempts` attempts over all passes, then it ends `failed`. A tenant whose entry
+//! `actions.max_attempts` sends over all passes, then it ends `failed`; when Defender cannot be
+//! reached for a check that must come first, the request stays open for the next pass and the
+//! tenant's later requests wait behind it. A tenant whose entry
 //! does not allow writes (`write`, default `actions.write`) never receives one: its requests are
 //! refused with the fix.
 
@@ -159,11 +161,15 @@ impl Applier {
         }
         let _busy = Busy(&self.busy, tenant.id.clone());
         let rows = self.store.open_actions(&tenant.id).await?;
-        let n = rows.len();
+        let mut ended = 0;
         for row in rows {
-            self.apply_one(tenant, &row).await?;
+            if !self.apply_one(tenant, &row).await? {
+                // a later request may be for the same alert: it waits, to keep the order
+                break;
+            }
+            ended += 1;
         }
-        Ok(n)
+        Ok(ended)
     }
 
     /// Why `row` cannot be sent at all, with the fix; `None` if it can.
@@ -223,40 +229,48 @@ impl Applier {
         self.store.finish_action(row.id, &finish).await
     }
 
-    /// Applies one request, trying again after transient faults, and records how it ended.
-    async fn apply_one(&self, tenant: &Tenant, row: &Action) -> Result<(), StoreError> {
+    /// Applies one request, trying again after transient faults, and records how it ended:
+    /// `true` once it ended, `false` if it stays open for the next pass (Defender could not be
+    /// reached this time before anything was sent `actions.max_attempts` times).
+    async fn apply_one(&self, tenant: &Tenant, row: &Action) -> Result<bool, StoreError> {
         if let Some(why) = self.refusal(tenant, row) {
-            return self.finish(row, ActionState::Refused, why, None).await;
+            self.finish(row, ActionState::Refused, why, None).await?;
+            return Ok(true);
         }
         let mut row = row.clone();
         normalize_fields(&mut row);
-        let mut last = None;
-        while (row.attempts as usize) < self.settings.max_attempts {
-            match self.attempt(tenant, &mut row).await {
-                Ok(Step::Applied(lu, what)) => {
-                    return self.finish(&row, ActionState::Applied, what, lu).await;
-                }
-                Ok(Step::Conflict(why)) => {
-                    return self.finish(&row, ActionState::Conflict, why, None).await;
-                }
+        let max = self.settings.max_attempts;
+        let (mut tries, mut last) = (0, None);
+        while (row.attempts as usize) < max && tries < max {
+            tries += 1;
+            let (state, why, lu) = match self.attempt(tenant, &mut row).await {
+                Ok(Step::Applied(lu, what)) => (ActionState::Applied, what, lu),
+                Ok(Step::Conflict(why)) => (ActionState::Conflict, why, None),
                 Err(Fault::Store(e)) => return Err(e),
                 Err(Fault::Api(e)) if e.is_transient() => {
-                    let pause = Duration::from_millis(200 << row.attempts.clamp(0, 5));
+                    tokio::time::sleep(Duration::from_millis(200 << tries.min(5))).await;
                     last = Some(e);
-                    tokio::time::sleep(pause).await;
+                    continue;
                 }
                 Err(Fault::Api(e)) => {
                     let (state, why) = refused(&e, tenant.source);
-                    return self.finish(&row, state, why, None).await;
+                    (state, why, None)
                 }
-            }
+            };
+            self.finish(&row, state, why, lu).await?;
+            return Ok(true);
+        }
+        let last = last.map(|e| format!(" (last: {e})")).unwrap_or_default();
+        if (row.attempts as usize) < max {
+            tracing::warn!(tenant = %row.tenant_id, action_id = row.id, "could not reach Defender for a requested change{last}; it is tried again on the next pass");
+            return Ok(false);
         }
         let why = format!(
-            "gave up after {} attempts{}: insert the request again to retry it",
-            row.attempts,
-            last.map(|e| format!(" (last: {e})")).unwrap_or_default()
+            "gave up after {} attempts{last}: insert the request again to retry it",
+            row.attempts
         );
-        self.finish(&row, ActionState::Failed, why, None).await
+        self.finish(&row, ActionState::Failed, why, None).await?;
+        Ok(true)
     }
 
     /// One attempt: the conflict check (before the first write only), the comment check (once a
