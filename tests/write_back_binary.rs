@@ -14,8 +14,17 @@ use std::{
 };
 
 use common::{
-    TempDir,
+    Backend, TempDir, TestDb,
     binary::{BIN, simulate},
+};
+use mde_sync::{
+    config::DatabaseSettings,
+    store::{
+        self,
+        actions::{ActionFields, ActionState, NewAction, TargetKind},
+    },
+    tenant::TenantId,
+    timestamp::Timestamp,
 };
 
 fn sync(dir: &std::path::Path, source: &str) -> Command {
@@ -33,7 +42,7 @@ fn sync(dir: &std::path::Path, source: &str) -> Command {
     c
 }
 
-async fn kill_9_while_writing_applies_every_request_exactly_once(source: &str) {
+async fn kill_9_while_writing_applies_every_request_exactly_once(backend: Backend, source: &str) {
     let dir = TempDir::new(&format!("kill9-writes-{source}"));
     let sim = simulate(
         &dir.0,
@@ -47,36 +56,58 @@ async fn kill_9_while_writing_applies_every_request_exactly_once(source: &str) {
             "40",
         ],
     );
+    let db = TestDb::new(backend, &format!("kill9-writes-{source}")).await;
+    let run = || {
+        let mut c = sync(&dir.0, source);
+        c.env("MDE_SYNC_DATABASE__URL", &db.url);
+        c
+    };
     let tenant = mde_sync::simulator::tenant_id(1);
-    assert!(
-        sync(&dir.0, source).status().unwrap().success(),
-        "first sync"
-    );
-    let db_url = format!("sqlite://{}", dir.0.join("mde-sync.db").display());
-    let db = sqlx::SqlitePool::connect(&db_url).await.unwrap();
-    let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM alerts ORDER BY id LIMIT 4")
-        .fetch_all(&db)
+    let tid = TenantId::parse(&tenant).unwrap();
+    assert!(run().status().unwrap().success(), "first sync");
+    let store = store::open(&DatabaseSettings::from_url(db.url.clone()))
         .await
         .unwrap();
+    let ids: Vec<String> = store
+        .alert_raws(&tid)
+        .await
+        .unwrap()
+        .into_keys()
+        .take(4)
+        .collect();
     let requests = 40;
     for k in 0..requests {
-        let (id,) = &ids[k % ids.len()];
-        sqlx::query(
-            "INSERT INTO actions (tenant_id, target_id, status, comment, requested_by) VALUES (?, ?, ?, ?, 'kill9')",
-        )
-        .bind(&tenant)
-        .bind(id)
-        .bind(["InProgress", "Resolved"][k % 2])
-        .bind(format!("kill9 request {k}"))
-        .execute(&db)
-        .await
-        .unwrap();
+        let request = NewAction {
+            tenant: tid.clone(),
+            kind: TargetKind::Alert,
+            target_id: ids[k % ids.len()].clone(),
+            fields: ActionFields {
+                status: Some(["InProgress", "Resolved"][k % 2].into()),
+                comment: Some(format!("kill9 request {k}")),
+                ..ActionFields::default()
+            },
+            requested_by: "kill9".into(),
+            requested_at: Timestamp::from_datetime(time::OffsetDateTime::now_utc()),
+            expected_last_update: None,
+            force: false,
+        };
+        store.insert_action(&request).await.unwrap();
     }
+    let open = || async {
+        store
+            .action_counts()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|c| c.state.is_open())
+            .map(|c| c.count)
+            .sum::<i64>()
+    };
 
     let mut killed = 0;
     let mut open_after_kill = Vec::new();
     for _ in 0..12 {
-        let mut child = sync(&dir.0, source).spawn().unwrap();
+        let mut child = run().spawn().unwrap();
         let at = Duration::from_millis(fastrand::u64(100..900));
         let started = Instant::now();
         let mut finished = false;
@@ -92,13 +123,9 @@ async fn kill_9_while_writing_applies_every_request_exactly_once(source: &str) {
             killed += 1;
         }
         child.wait().unwrap();
-        let (open,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM actions WHERE state IN ('pending', 'applying')")
-                .fetch_one(&db)
-                .await
-                .unwrap();
-        open_after_kill.push(open);
-        if open == 0 {
+        let n = open().await;
+        open_after_kill.push(n);
+        if n == 0 {
             break;
         }
     }
@@ -109,17 +136,14 @@ async fn kill_9_while_writing_applies_every_request_exactly_once(source: &str) {
             .any(|n| *n > 0 && *n < requests as i64),
         "no kill landed mid-stream: open requests after each kill {open_after_kill:?}"
     );
-    assert!(
-        sync(&dir.0, source).status().unwrap().success(),
-        "last sync"
-    );
+    assert!(run().status().unwrap().success(), "last sync");
 
-    let states: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, COUNT(*) FROM actions GROUP BY state")
-            .fetch_all(&db)
-            .await
-            .unwrap();
-    assert_eq!(states, [("applied".to_owned(), requests as i64)]);
+    let all = store.recent_actions(1_000).await.unwrap();
+    assert_eq!(all.len(), requests);
+    assert!(
+        all.iter().all(|a| a.state == ActionState::Applied),
+        "{all:?}"
+    );
     let http = mde_sync::auth::http_client(Duration::from_secs(30));
     let truth: BTreeMap<String, String> = http
         .get(format!("{}/_sim/truth/{tenant}", sim.base_url))
@@ -129,7 +153,7 @@ async fn kill_9_while_writing_applies_every_request_exactly_once(source: &str) {
         .json()
         .await
         .unwrap();
-    for (n, (id,)) in ids.iter().enumerate() {
+    for (n, id) in ids.iter().enumerate() {
         let alert: serde_json::Value = serde_json::from_str(&truth[id]).unwrap();
         let comments: Vec<&str> = alert["comments"]
             .as_array()
@@ -147,23 +171,30 @@ async fn kill_9_while_writing_applies_every_request_exactly_once(source: &str) {
             "alert {id}: each comment once, in order"
         );
     }
-    let (retried,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM actions WHERE attempts > 1")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let retried = all.iter().filter(|a| a.attempts > 1).count();
     eprintln!(
-        "{source}: {killed} runs killed; open requests after each: {open_after_kill:?}; {retried} requests sent more than once"
+        "{source} on {backend:?}: {killed} runs killed; open requests after each: {open_after_kill:?}; {retried} requests sent more than once"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_writing_to_mde_applies_every_request_exactly_once() {
-    kill_9_while_writing_applies_every_request_exactly_once("mde").await;
+    kill_9_while_writing_applies_every_request_exactly_once(Backend::Sqlite, "mde").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_writing_to_graph_applies_every_request_exactly_once() {
-    kill_9_while_writing_applies_every_request_exactly_once("graph").await;
+    kill_9_while_writing_applies_every_request_exactly_once(Backend::Sqlite, "graph").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mde_pg_tests),
+    ignore = "set MDE_SYNC_TEST_POSTGRES_URL to run the Postgres tests"
+)]
+async fn kill_9_while_writing_on_postgres_applies_every_request_exactly_once() {
+    kill_9_while_writing_applies_every_request_exactly_once(Backend::Postgres, "mde").await;
+    kill_9_while_writing_applies_every_request_exactly_once(Backend::Postgres, "graph").await;
 }
 
 /// `act` checks its values against the vocabulary, queues a request, `sync` applies it and
