@@ -78,10 +78,10 @@ async fn requests_keep_their_order_and_their_outcome(backend: Backend) {
         Some(ts("2026-01-01T09:00:00.123456Z"))
     );
 
-    s.mark_sending(first, Some(ts("2026-01-01T10:00:01Z")))
+    s.mark_sending(&tenant, first, Some(ts("2026-01-01T10:00:01Z")))
         .await
         .unwrap();
-    s.mark_sending(first, Some(ts("2026-01-01T10:00:09Z")))
+    s.mark_sending(&tenant, first, Some(ts("2026-01-01T10:00:09Z")))
         .await
         .unwrap();
     let a = s.action(first).await.unwrap().unwrap();
@@ -257,4 +257,49 @@ async fn the_documented_postgres_role_may_insert_requests_and_read_outcomes_only
     }
     admin.close().await;
     let _ = db;
+}
+
+/// On replicas, a write is marked as being sent only by the replica holding the tenant's lease:
+/// another one is refused (and so sends nothing), as its alert writes are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mde_pg_tests),
+    ignore = "set MDE_SYNC_TEST_POSTGRES_URL to run the Postgres tests"
+)]
+async fn only_the_replica_holding_the_lease_marks_a_write_as_sent() {
+    let (a, db) = fresh(Backend::Postgres, "actions-fence").await;
+    let b = store::open(&mde_sync::config::DatabaseSettings::from_url(
+        db.url.clone(),
+    ))
+    .await
+    .unwrap();
+    let (la, lb) = (a.leases().unwrap(), b.leases().unwrap());
+    la.join("a").unwrap();
+    lb.join("b").unwrap();
+    let ttl = std::time::Duration::from_secs(30);
+    la.register(&[TENANT.to_owned()]).await.unwrap();
+    la.heartbeat("host-a", 1, ttl).await.unwrap();
+    lb.heartbeat("host-b", 2, ttl).await.unwrap();
+    assert_eq!(la.claim(&[TENANT.to_owned()], ttl).await.unwrap().len(), 1);
+    let tenant = TenantId::parse(TENANT).unwrap();
+    let id = a
+        .insert_action(&request("da1", "Resolved", Some("c")))
+        .await
+        .unwrap();
+    let refused = b
+        .mark_sending(&tenant, id, Some(ts("2026-01-01T00:00:00Z")))
+        .await;
+    assert!(
+        matches!(refused, Err(store::StoreError::LeaseLost { .. })),
+        "{refused:?}"
+    );
+    let row = a.action(id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.state, row.attempts, row.comment_sent_at),
+        (ActionState::Pending, 0, None)
+    );
+    a.mark_sending(&tenant, id, Some(ts("2026-01-01T00:00:00Z")))
+        .await
+        .unwrap();
+    assert_eq!(a.action(id).await.unwrap().unwrap().attempts, 1);
 }

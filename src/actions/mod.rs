@@ -9,7 +9,10 @@
 //! answer was lost) first reads the alert and sends the comment again only if no comment with its
 //! text was made since then. A row's outcome is written only after Defender answered, so a
 //! crash in between only repeats the idempotent part. A comment is therefore never sent twice
-//! and a request never lost: an open row is applied on every pass until it ends.
+//! and a request never lost: an open row is applied on every pass until it ends. Several
+//! passes of one process never apply a tenant's requests at once ([`Applier::busy`]); on
+//! replicas (Postgres) the mark is fenced by the tenant's lease, so a replica that lost the
+//! tenant sends nothing.
 //!
 //! A request ends `conflict` when it names the version the analyst saw
 //! (`expected_last_update`) and Defender's is newer (compared to the microsecond Postgres keeps),
@@ -315,7 +318,9 @@ impl Applier {
         let comment_at = comment
             .as_ref()
             .map(|_| row.comment_sent_at.unwrap_or_else(|| self.now()));
-        self.store.mark_sending(row.id, comment_at).await?;
+        self.store
+            .mark_sending(&tenant.id, row.id, comment_at)
+            .await?;
         row.attempts += 1;
         row.comment_sent_at = row.comment_sent_at.or(comment_at);
         let lu = defender

@@ -288,6 +288,11 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// The leases this process holds, for fencing writes made outside this file (the outbox).
+    pub(crate) fn book(&self) -> &Book {
+        &self.book
+    }
+
     /// Runs `work`; if it failed only because the pool found no connection in time (sqlx says
     /// just "pool timed out"), one direct connection attempt finds the cause (connection
     /// refused, authentication, DNS) and the error names it with the server's address. A

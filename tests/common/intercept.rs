@@ -230,12 +230,13 @@ impl ActionStore for Observed {
     fn recent_actions(&self, finished: i64) -> BoxFuture<'_, Result<Vec<Action>, StoreError>> {
         self.inner.recent_actions(finished)
     }
-    fn mark_sending(
-        &self,
+    fn mark_sending<'a>(
+        &'a self,
+        tenant: &'a TenantId,
         id: i64,
         comment_at: Option<Timestamp>,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.inner.mark_sending(id, comment_at)
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.mark_sending(tenant, id, comment_at)
     }
     fn finish_action<'a>(
         &'a self,

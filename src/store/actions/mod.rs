@@ -171,13 +171,16 @@ pub trait ActionStore: Send + Sync {
     /// Every open request and the `finished` most recent finished ones, newest first.
     fn recent_actions(&self, finished: i64) -> BoxFuture<'_, Result<Vec<Action>, StoreError>>;
 
-    /// Records that a write of request `id` is about to be sent: `applying`, one more attempt,
-    /// and (if `comment_at` is given and none was recorded) when its comment was first sent.
-    fn mark_sending(
-        &self,
+    /// Records that a write of request `id` (of `tenant`) is about to be sent: `applying`, one
+    /// more attempt, and (if `comment_at` is given and none was recorded) when its comment was
+    /// first sent. On a replica (Postgres) it is fenced like the alert writes: a replica that no
+    /// longer holds the tenant's lease gets [`StoreError::LeaseLost`] and sends nothing.
+    fn mark_sending<'a>(
+        &'a self,
+        tenant: &'a TenantId,
         id: i64,
         comment_at: Option<Timestamp>,
-    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Records how an open request ended; a request already finished is left as it is.
     fn finish_action<'a>(

@@ -133,12 +133,15 @@ impl ActionStore for PostgresStore {
         })
     }
 
-    fn mark_sending(
-        &self,
+    fn mark_sending<'a>(
+        &'a self,
+        tenant: &'a TenantId,
         id: i64,
         comment_at: Option<Timestamp>,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            let mut tx = self.pool().begin().await?;
+            crate::store::lease::fence(&mut tx, self.book(), tenant.as_str()).await?;
             sqlx::query(
                 "UPDATE actions SET state = 'applying', attempts = attempts + 1, \
                  comment_sent_at = COALESCE(comment_sent_at, $1::timestamptz) \
@@ -146,8 +149,9 @@ impl ActionStore for PostgresStore {
             )
             .bind(comment_at.map(db_time))
             .bind(id)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
             Ok(())
         })
     }

@@ -127,11 +127,12 @@ impl ActionStore for SqliteStore {
         })
     }
 
-    fn mark_sending(
-        &self,
+    fn mark_sending<'a>(
+        &'a self,
+        _tenant: &'a TenantId,
         id: i64,
         comment_at: Option<Timestamp>,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             sqlx::query(
                 "UPDATE actions SET state = 'applying', attempts = attempts + 1, \
