@@ -117,7 +117,12 @@ impl Applier {
                 .iter()
                 .any(|c| c.tenant_id == t.id.as_str() && c.state.is_open());
             if open {
-                ended += self.apply_tenant(t).await?;
+                match self.apply_tenant(t).await {
+                    Ok(n) => ended += n,
+                    // another replica holds the tenant now: it applies the requests
+                    Err(StoreError::LeaseLost { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         let pruned = self
