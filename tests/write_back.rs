@@ -70,8 +70,7 @@ async fn env_with(
     (env, clock)
 }
 
-fn stored(env: &TestEnv, raw: &str) -> serde_json::Value {
-    let _ = env;
+fn json(raw: &str) -> serde_json::Value {
     serde_json::from_str(raw).unwrap()
 }
 
@@ -82,7 +81,7 @@ async fn seen(env: &TestEnv, tenant: &str, id: &str) -> Timestamp {
         .alert_raws(&TenantId::parse(tenant).unwrap())
         .await
         .unwrap();
-    let v = stored(env, &raws[id]);
+    let v = json(&raws[id]);
     let text = v
         .get("lastUpdateTime")
         .or(v.get("lastUpdateDateTime"))
@@ -209,7 +208,7 @@ async fn a_request_is_applied_and_the_next_sync_stores_the_changed_alert(
         .alert_raws(&TenantId::parse(&t).unwrap())
         .await
         .unwrap();
-    let v = stored(&env, &raws[&id]);
+    let v = json(&raws[&id]);
     let (status, determination) = match source {
         SourceKind::Mde => ("Resolved", "CompromisedUser"),
         SourceKind::Graph => ("resolved", "compromisedAccount"),
