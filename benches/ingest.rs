@@ -492,6 +492,7 @@ async fn steady_state(dir: &Path, tenants: usize) -> (f64, f64) {
             enabled: true,
             api_url: None,
             source: Default::default(),
+            write: false,
         })
         .collect();
     let settings = Settings::for_endpoints(
@@ -561,6 +562,7 @@ async fn churn(dir: &Path) -> (u64, u64, usize) {
             enabled: true,
             api_url: None,
             source: Default::default(),
+            write: false,
         }],
         format!("sqlite://{}", dir.join("churn.db").display()),
         cfg.client_id.clone(),

@@ -5,11 +5,12 @@
 //! (start with its proof); it reads through the [`api::AlertSource`] contract, implemented by
 //! [`mde`] and [`graph`] on the shared [`api::call`] and routed per tenant by [`sources`], with
 //! responses streamed by [`odata`] into [`model`] rows; [`store`] is the only place SQL lives;
-//! [`config`] is validated data, [`auth`] all credentials and crypto; [`app`] wires them;
+//! [`actions`] writes analysts' requested changes back to Defender; [`config`] is validated data, [`auth`] all credentials and crypto; [`app`] wires them;
 //! [`service`] is what `run` adds as a long-running service; [`cli`], [`report`] and [`demo`]
 //! are the commands; [`simulator`] is a hostile stand-in for Entra ID and both APIs.
 #![forbid(unsafe_code)]
 
+pub mod actions;
 pub mod api;
 pub mod app;
 pub mod auth;

@@ -230,8 +230,9 @@ async fn check_one_graph(tokens: &TokenProvider, client: &GraphClient, t: &Tenan
             true,
             "ok",
             format!(
-                "graph token ok, role SecurityAlert.Read.All, Graph {} answered ({n} alert on a $top=1 probe)",
-                client.base_url().host_str().unwrap_or("?")
+                "graph token ok, role SecurityAlert.Read.All, Graph {} answered ({n} alert on a $top=1 probe); {}",
+                client.base_url().host_str().unwrap_or("?"),
+                write_note(t, &claims)
             ),
         ),
         Err(crate::api::ApiError::GraphForbidden { code, target, .. }) => line(
@@ -289,10 +290,34 @@ async fn check_one(tokens: &TokenProvider, client: &MdeClient, t: &Tenant) -> Ch
             true,
             "ok",
             format!(
-                "token ok (credential: {credential}), role Alert.Read.All, API {host} answered ({n} alert on a $top=1 probe)"
+                "token ok (credential: {credential}), role Alert.Read.All, API {host} answered ({n} alert on a $top=1 probe); {}",
+                write_note(t, &claims)
             ),
         ),
         Err(e) => line(false, e.label().as_str(), e.to_string()),
+    }
+}
+
+/// Whether the tenant's token can write back (its role for the tenant's source), and whether
+/// its entry allows writes at all.
+fn write_note(t: &Tenant, claims: &auth::Claims) -> String {
+    let role = match t.source {
+        SourceKind::Mde => "Alert.ReadWrite.All",
+        SourceKind::Graph => "SecurityAlert.ReadWrite.All",
+    };
+    let can = claims
+        .roles
+        .as_ref()
+        .is_some_and(|r| r.iter().any(|r| r == role));
+    match (can, t.write) {
+        (true, true) => format!("can write ({role}), writing on"),
+        (true, false) => {
+            format!("can write ({role}), writing off (write = true on the entry turns it on)")
+        }
+        (false, true) => format!(
+            "cannot write: no {role} role; write-back requests will be refused until the customer consents again (mde-sync consent-url --write)"
+        ),
+        (false, false) => format!("read only (no {role} role; writing off)"),
     }
 }
 

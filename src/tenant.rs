@@ -55,6 +55,9 @@ pub struct Tenant {
     pub api_url: Option<url::Url>,
     /// The alerts API this tenant is read from.
     pub source: SourceKind,
+    /// Changes requested in the `actions` table may be written back to this tenant's Defender
+    /// (`write = true` on its entry, or `actions.write`).
+    pub write: bool,
 }
 
 impl Tenant {
@@ -66,7 +69,14 @@ impl Tenant {
             enabled: true,
             api_url: None,
             source: SourceKind::Mde,
+            write: false,
         }
+    }
+
+    /// The same tenant, allowed (or not) to receive writes.
+    pub fn with_write(mut self, write: bool) -> Self {
+        self.write = write;
+        self
     }
 
     /// The same tenant, read from `source`.

@@ -666,6 +666,7 @@ async fn the_fence_admits_only_the_current_holder_and_a_takeover_bumps_the_epoch
                 enabled: true,
                 api_url: None,
                 source: mde_sync::source::SourceKind::Mde,
+                write: false,
             },
             now,
         )

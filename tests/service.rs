@@ -508,6 +508,8 @@ async fn healthz_and_metrics_answer_while_running_and_the_listener_closes_on_exi
         .map(|l| l.split_once(' ').unwrap())
         .collect();
     let expected: std::collections::BTreeMap<&str, &str> = [
+        ("mde_sync_actions", "gauge"),
+        ("mde_sync_actions_oldest_pending_age_seconds", "gauge"),
         ("mde_sync_alerts_received_total", "counter"),
         ("mde_sync_alerts_rejected_total", "counter"),
         ("mde_sync_alerts_written_total", "counter"),

@@ -1,7 +1,8 @@
 //! One GET against an alerts API, as both sources make it: a bearer token for the tenant (renewed
 //! once if the API refuses it), the tenant's call budget, a timeout (the HTTP client's), the body
 //! streamed into the caller's sink, and retries with capped, jittered exponential backoff (backon)
-//! for transient faults, honouring `Retry-After`. Redirects are never followed: a token is only
+//! for transient faults, honouring `Retry-After`. Write-back's requests (a PATCH, a comment's
+//! POST, the GET of one alert) go through the same path with a small JSON body ([`Caller::send`]). Redirects are never followed: a token is only
 //! ever sent to the URL the caller built.
 //!
 //! Decisions are keyed on the HTTP status, never on `error.code` (a 429 body's code can be the
@@ -52,6 +53,27 @@ struct InnerError {
     request_id: Option<String>,
 }
 
+/// One call's retries: capped, jittered exponential backoff, and whether the token was renewed.
+struct Retry {
+    backoff: backon::ExponentialBackoff,
+    renewed: bool,
+}
+
+impl Retry {
+    /// `attempts` in all, the first included (at least 1).
+    fn new(attempts: usize) -> Self {
+        Self {
+            backoff: ExponentialBuilder::default()
+                .with_jitter()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(30))
+                .with_max_times(attempts.max(1) - 1)
+                .build(),
+            renewed: false,
+        }
+    }
+}
+
 /// What one source's GETs share: the connection pool, its token provider, its budget and limits.
 pub struct Caller {
     pub source: SourceKind,
@@ -98,47 +120,78 @@ impl Caller {
         url: &Url,
         sink: &mut dyn AlertSink,
     ) -> Result<PageSummary, ApiError> {
-        let source = self.source.as_str();
-        let mut backoff = ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(30))
-            .with_max_times(self.max_attempts - 1)
-            .build();
-        let mut renewed = false;
+        let mut retry = Retry::new(self.max_attempts);
         loop {
             sink.begin();
             match self.get_once(tenant, url, sink).await {
                 Ok(p) => return Ok(p),
-                Err(ApiError::Unauthorized { target }) => {
-                    if renewed {
-                        return Err(ApiError::Unauthorized { target });
-                    }
-                    tracing::info!(tenant = %tenant, source, "api refused the token, renewing it once");
-                    self.tokens.invalidate(tenant);
-                    renewed = true;
+                Err(e) => self.again(tenant, &mut retry, e).await?,
+            }
+        }
+    }
+
+    /// One request with a small JSON answer (a single alert, a write), with the same token,
+    /// budget and error handling as [`Caller::get`], and up to `attempts` attempts: a write that
+    /// is not idempotent (a comment) is sent once (`attempts` 1) and its caller decides what a
+    /// retry must check first. The answer's JSON, or `None` for an empty body (204).
+    pub async fn send(
+        &self,
+        tenant: &TenantId,
+        method: reqwest::Method,
+        url: &Url,
+        body: Option<&serde_json::Value>,
+        attempts: usize,
+    ) -> Result<Option<serde_json::Value>, ApiError> {
+        let mut retry = Retry::new(attempts);
+        loop {
+            match self.send_once(tenant, &method, url, body).await {
+                Ok(v) => return Ok(v),
+                Err(e) => self.again(tenant, &mut retry, e).await?,
+            }
+        }
+    }
+
+    /// After a failed attempt: returns once the next attempt may start (a transient fault
+    /// backed off, honouring Retry-After; a 401 renewed the token once), or the error to give
+    /// up with.
+    async fn again(
+        &self,
+        tenant: &TenantId,
+        retry: &mut Retry,
+        e: ApiError,
+    ) -> Result<(), ApiError> {
+        let source = self.source.as_str();
+        match e {
+            ApiError::Unauthorized { target } => {
+                if retry.renewed {
+                    return Err(ApiError::Unauthorized { target });
                 }
-                Err(ApiError::Aborted) => return Err(ApiError::Aborted),
-                Err(e) if e.is_transient() => {
-                    // Every later call for this tenant waits out a Retry-After, not just this
-                    // retry: also the next run's, when this call gives up below.
-                    let hold = e.retry_after().map(|ra| ra.min(self.max_retry_after));
-                    if let Some(ra) = hold {
-                        self.budget.defer(tenant, ra).await;
-                    }
-                    let Some(delay) = backoff.next() else {
-                        tracing::warn!(tenant = %tenant, source, error = %e, correlation_id = e.target().unwrap_or(""), "api call failed, giving up");
-                        return Err(e);
-                    };
-                    let delay = hold.unwrap_or(delay);
-                    tracing::warn!(tenant = %tenant, source, error = %e, correlation_id = e.target().unwrap_or(""), retry_in_ms = delay.as_millis() as u64, "api call failed, retrying");
-                    self.metrics.api_retry(tenant);
-                    tokio::time::sleep(delay).await;
+                tracing::info!(tenant = %tenant, source, "api refused the token, renewing it once");
+                self.tokens.invalidate(tenant);
+                retry.renewed = true;
+                Ok(())
+            }
+            ApiError::Aborted => Err(ApiError::Aborted),
+            e if e.is_transient() => {
+                // Every later call for this tenant waits out a Retry-After, not just this
+                // retry: also the next run's, when this call gives up below.
+                let hold = e.retry_after().map(|ra| ra.min(self.max_retry_after));
+                if let Some(ra) = hold {
+                    self.budget.defer(tenant, ra).await;
                 }
-                Err(e) => {
-                    tracing::warn!(tenant = %tenant, source, error = %e, correlation_id = e.target().unwrap_or(""), "api call failed");
+                let Some(delay) = retry.backoff.next() else {
+                    tracing::warn!(tenant = %tenant, source, error = %e, correlation_id = e.target().unwrap_or(""), "api call failed, giving up");
                     return Err(e);
-                }
+                };
+                let delay = hold.unwrap_or(delay);
+                tracing::warn!(tenant = %tenant, source, error = %e, correlation_id = e.target().unwrap_or(""), retry_in_ms = delay.as_millis() as u64, "api call failed, retrying");
+                self.metrics.api_retry(tenant);
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+            e => {
+                tracing::warn!(tenant = %tenant, source, error = %e, correlation_id = e.target().unwrap_or(""), "api call failed");
+                Err(e)
             }
         }
     }
@@ -149,6 +202,73 @@ impl Caller {
         url: &Url,
         sink: &mut dyn AlertSink,
     ) -> Result<PageSummary, ApiError> {
+        let mut resp = self
+            .respond(tenant, &reqwest::Method::GET, url, None)
+            .await?;
+        let status = resp.status().as_u16();
+        // Streamed: each alert goes to the sink as soon as its last byte has arrived.
+        let mut reader = CollectionReader::new(self.limits);
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| ApiError::Network(without_url(&e)))?
+        {
+            reader
+                .feed(&chunk, sink)
+                .await
+                .map_err(|e| read_error(status, e))?;
+        }
+        reader
+            .finish()
+            .map(PageSummary::from)
+            .map_err(|e| read_error(status, e))
+    }
+
+    async fn send_once(
+        &self,
+        tenant: &TenantId,
+        method: &reqwest::Method,
+        url: &Url,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Option<serde_json::Value>, ApiError> {
+        let mut resp = self.respond(tenant, method, url, body).await?;
+        let status = resp.status().as_u16();
+        let mut text = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| ApiError::Network(without_url(&e)))?
+        {
+            text.extend_from_slice(&chunk);
+            if text.len() > self.limits.max_body {
+                return Err(read_error(
+                    status,
+                    crate::odata::ReadError::BodyTooLarge {
+                        limit: self.limits.max_body,
+                    },
+                ));
+            }
+        }
+        if text.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| ApiError::Decode {
+                status,
+                detail: e.to_string(),
+            })
+    }
+
+    /// Sends one request with the tenant's token, once its call budget allows: the response if
+    /// it succeeded (200 for a GET, any 2xx otherwise), the API's error otherwise.
+    async fn respond(
+        &self,
+        tenant: &TenantId,
+        method: &reqwest::Method,
+        url: &Url,
+        body: Option<&serde_json::Value>,
+    ) -> Result<reqwest::Response, ApiError> {
         let token = self.tokens.token(tenant).await?;
         let waited = self.budget.acquire(tenant).await;
         if waited >= Duration::from_secs(1) {
@@ -156,10 +276,13 @@ impl Caller {
         }
         let mut req = self
             .http
-            .get(url.clone())
+            .request(method.clone(), url.clone())
             .bearer_auth(token.expose_secret());
         for (name, value) in self.headers {
             req = req.header(*name, *value);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
         }
         let mut resp = req.send().await.map_err(|e| {
             self.metrics.api_request(tenant, None);
@@ -185,23 +308,8 @@ impl Caller {
         {
             tracing::warn!(tenant = %tenant, source = self.source.as_str(), warning = %w, "the api answered with a provider warning");
         }
-        if status == 200 {
-            // Streamed: each alert goes to the sink as soon as its last byte has arrived.
-            let mut reader = CollectionReader::new(self.limits);
-            while let Some(chunk) = resp
-                .chunk()
-                .await
-                .map_err(|e| ApiError::Network(without_url(&e)))?
-            {
-                reader
-                    .feed(&chunk, sink)
-                    .await
-                    .map_err(|e| read_error(status, e))?;
-            }
-            return reader
-                .finish()
-                .map(PageSummary::from)
-                .map_err(|e| read_error(status, e));
+        if status == 200 || (method != reqwest::Method::GET && resp.status().is_success()) {
+            return Ok(resp);
         }
         // An error body is read only as far as its error object can reasonably go.
         let mut body = Vec::new();

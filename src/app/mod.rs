@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::{
+    actions::Applier,
     auth::{self, Credential, TokenProvider},
     budget::Budget,
     clock::SharedClock,
@@ -94,6 +95,8 @@ pub struct App {
     pub budget: Arc<Budget>,
     /// The same for the Graph source, whose throttling budget is its own.
     pub graph_budget: Arc<Budget>,
+    /// Writes the outbox's requested changes back to Defender.
+    pub actions: Arc<Applier>,
 }
 
 impl App {
@@ -217,7 +220,17 @@ impl App {
             )
             .with_metrics(metrics.clone()),
         );
+        let actions = Arc::new(Applier {
+            store: store.clone(),
+            sources: sources.clone(),
+            clock: clock.clone(),
+            settings: settings.actions.clone(),
+            call_attempts: settings.sync.max_attempts,
+            busy: Default::default(),
+            metrics: metrics.clone(),
+        });
         App {
+            actions,
             settings,
             store,
             tokens,
@@ -241,6 +254,18 @@ impl App {
             "sync pass starting"
         );
         self.syncer.sync_all(&tenants).await
+    }
+
+    /// Applies every open write-back request of the enabled tenants (see [`crate::actions`]);
+    /// returns how many requests were handled. A failure here never stops a sync.
+    pub async fn apply_actions(&self) -> usize {
+        match self.actions.apply(&self.settings.tenants).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not apply the write-back requests; they stay in the actions table and are tried again on the next pass");
+                0
+            }
+        }
     }
 }
 

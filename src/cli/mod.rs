@@ -2,6 +2,7 @@
 //! `Result<(), Failure>`; [`Failure`] says what went wrong once and maps it to the exit status
 //! (`--help` lists them), so no arm carries its own exit code.
 
+pub mod act;
 mod backup;
 mod simulate;
 mod validate;
@@ -75,6 +76,11 @@ pub enum Command {
     /// Write a consistent copy of the SQLite database into FILE, safe while the daemon runs
     /// (for Postgres, use pg_dump).
     Backup(BackupArgs),
+    /// Request a change to an alert in Defender (status, classification, determination,
+    /// assignment, a comment): a row in the actions table, applied by the daemon or `sync`.
+    Act(act::ActArgs),
+    /// List open write-back requests and recent outcomes from the actions table.
+    Actions(act::ActionsArgs),
     /// Validate the configuration and tenants file; exit 0 if valid, 78 if not.
     Validate(ValidateArgs),
     /// Print a certificate's thumbprints (app.certificate_file, or --certificate FILE) to compare
@@ -125,6 +131,10 @@ pub struct ConsentArgs {
     /// Administrator can grant).
     #[arg(long, default_value = "mde", value_parser = ["mde", "graph"])]
     pub source: String,
+    /// Also ask for the write permission write-back needs (Alert.ReadWrite.All, or
+    /// SecurityAlert.ReadWrite.All with --source graph).
+    #[arg(long)]
+    pub write: bool,
 }
 
 #[derive(Debug, Args)]
@@ -170,9 +180,13 @@ pub struct SimulateArgs {
     /// Share of token requests answered 503 temporarily_unavailable.
     #[arg(long, default_value_t = 0.0)]
     pub rate_token_failure: f64,
-    /// Milliseconds added before answering each API call.
+    /// Milliseconds added before answering each API call (after applying, for a write).
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// The healthy tenants' administrators also consented to the write permissions
+    /// (Alert.ReadWrite.All, SecurityAlert.ReadWrite.All), so write-back can be tried.
+    #[arg(long)]
+    pub write: bool,
     /// Answer 429 to a tenant's calls beyond 100 a minute, like the real API.
     #[arg(long)]
     pub enforce_limit: bool,
@@ -357,6 +371,8 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             let (s, credential) = load_for(&cli.config, Needs::ALL, Target::Stderr)?;
             telemetry::init(s.log.format, sync_log_level(&s), Target::Stderr);
             let app = App::build_with(s, credential, clock::system()).await?;
+            // Requested changes first, so this sync brings them back.
+            app.apply_actions().await;
             let outcomes = app.sync_once().await;
             close_store(&app.store).await;
             print!("{}", report::render_outcomes(&outcomes));
@@ -427,6 +443,15 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                     "The app must be registered in the US Government cloud (https://portal.azure.us); a commercial app registration cannot be consented there."
                 );
             }
+            if args.write {
+                let permission = match source {
+                    SourceKind::Mde => "WindowsDefenderATP > Alert.ReadWrite.All",
+                    SourceKind::Graph => "Microsoft Graph > SecurityAlert.ReadWrite.All",
+                };
+                println!(
+                    "Write-back: the app registration must list the application permission {permission} (API permissions > Add a permission) before the links are sent; consent covers the permissions the app lists at that moment, so a customer who consented before must consent again. Then set write = true on the tenant's entry; `mde-sync check` says whether the tenant's token can write."
+                );
+            }
             println!(
                 "After consent, add the customer's tenant id to {} and run `mde-sync check`.\n",
                 s.tenants_file.display()
@@ -475,6 +500,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                     Err(e) => return Err(anyhow::Error::new(e).into()),
                 }
             }
+            act::print_counts(store.as_ref()).await?;
             Ok(())
         }
         Command::Migrate => {
@@ -486,6 +512,8 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Backup(args) => backup::backup(&cli.config, &args.file).await,
+        Command::Act(args) => act::act(&cli.config, args).await,
+        Command::Actions(args) => act::list(&cli.config, args).await,
         Command::CertThumbprint(args) => cert_thumbprint(&cli.config, args),
         Command::Simulate(args) => simulate::simulate(args).await,
         Command::Demo(args) => {

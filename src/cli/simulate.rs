@@ -79,6 +79,13 @@ pub async fn simulate(args: SimulateArgs) -> Result<(), Failure> {
         rate_short_page: 0.0,
     };
     cfg.latency = Duration::from_millis(args.latency_ms);
+    if args.write {
+        cfg.write_tenants = tenants
+            .iter()
+            .filter(|t| t.kind == TenantKind::Good)
+            .map(|t| t.id.clone())
+            .collect();
+    }
     let sim = Simulator::new(cfg.clone());
     let server = sim
         .serve(args.listen)

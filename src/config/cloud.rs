@@ -144,6 +144,8 @@ pub struct ApiHosts {
     pub configured: Option<String>,
     /// The source of entries that name none (`sync.source`).
     pub default_source: SourceKind,
+    /// Whether entries that do not say may receive writes (`actions.write`).
+    pub default_write: bool,
 }
 
 impl ApiHosts {
@@ -152,6 +154,7 @@ impl ApiHosts {
             cloud: CloudName::Commercial,
             configured: None,
             default_source: SourceKind::Mde,
+            default_write: false,
         }
     }
 

@@ -13,6 +13,7 @@
 //! the one bounds check), `secrets`, one file per section (`database`, `app`, `cloud`, `sync`,
 //! `service`), and `tenants`.
 
+mod actions;
 mod app;
 mod cloud;
 mod database;
@@ -33,6 +34,7 @@ use secrecy::SecretString;
 use url::Url;
 
 pub use self::{
+    actions::ActionSettings,
     app::{AppSettings, AssertionAlgorithm, CertificateFiles, CredentialCheck},
     cloud::{ApiHosts, CloudName, CloudSettings},
     database::{DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT, DatabaseSettings, redact_url},
@@ -69,6 +71,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub service: ServiceSettings,
     pub metrics: MetricsSettings,
+    pub actions: ActionSettings,
 }
 
 /// What a command needs from the configuration.
@@ -225,6 +228,7 @@ fn validate(
             .and_then(|u| u.host_str())
             .map(str::to_owned),
         default_source: sources.0,
+        default_write: raw.actions.write.unwrap_or(false),
     };
     let tenants = if needs.tenants {
         load_tenants(&tenants_file, &hosts, problems)
@@ -236,6 +240,7 @@ fn validate(
     let log = service::validate_log(raw.log, env, problems);
     let service = service::validate_service(raw.service, problems);
     let metrics = service::validate_metrics(raw.metrics, problems);
+    let actions = actions::validate_actions(raw.actions, problems);
 
     if !problems.is_empty() {
         return None;
@@ -252,6 +257,7 @@ fn validate(
         log,
         service,
         metrics,
+        actions,
     })
 }
 
@@ -296,6 +302,7 @@ impl Settings {
             },
             service: ServiceSettings::default(),
             metrics: MetricsSettings::default(),
+            actions: ActionSettings::default(),
         }
     }
 }

@@ -34,6 +34,16 @@ pub(super) struct RawConfig {
     pub(super) service: RawService,
     #[serde(default)]
     pub(super) metrics: RawMetrics,
+    #[serde(default)]
+    pub(super) actions: RawActions,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawActions {
+    pub(super) write: Option<bool>,
+    pub(super) retention: Option<String>,
+    pub(super) max_attempts: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -163,6 +173,7 @@ pub(super) struct RawTenant {
     pub(super) api_url: Option<String>,
     pub(super) force_api_url: Option<bool>,
     pub(super) source: Option<String>,
+    pub(super) write: Option<bool>,
 }
 
 /// Builds the figment: file, then `MDE_SYNC_SECTION__KEY` variables on top.

@@ -123,6 +123,7 @@ pub fn parse_tenants(
             enabled: t.enabled.unwrap_or(true),
             api_url,
             source,
+            write: t.write.unwrap_or(hosts.default_write),
         });
     }
     if tenants.is_empty() && problems.is_empty() {

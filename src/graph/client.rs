@@ -87,6 +87,21 @@ impl GraphClient {
         &self.graph_url
     }
 
+    /// The shared caller (token, budget, retries), for the writes of [`crate::actions`].
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// `alerts_v2/{id}`, and with `more` a path below it (`comments`).
+    pub fn alert_url(&self, id: &str, more: Option<&str>) -> Url {
+        let mut url = super::alerts_url(&self.graph_url);
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.push(id);
+            path.extend(more);
+        }
+        url
+    }
+
     /// The request URL for a window.
     pub fn window_url(&self, q: &WindowQuery) -> Url {
         window_url(&self.graph_url, q, self.services)

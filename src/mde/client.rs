@@ -109,6 +109,20 @@ impl MdeClient {
         url
     }
 
+    /// The shared caller (token, budget, retries), for the writes of [`crate::actions`].
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// `{base}/api/alerts/{id}` on the tenant's own API host.
+    pub fn alert_url(&self, tenant: &TenantId, id: &str) -> Url {
+        let mut url = self.alerts_url(tenant);
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.push(id);
+        }
+        url
+    }
+
     /// The request URL for a window. Literals are unquoted DateTimeOffsets with seven digits.
     pub fn window_url(&self, tenant: &TenantId, q: &WindowQuery) -> Url {
         let mut url = self.alerts_url(tenant);

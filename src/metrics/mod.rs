@@ -156,6 +156,21 @@ struct Inner {
     last_pass: Option<(Timestamp, Duration)>,
     /// The last `systemctl reload` was rejected: the running configuration is not the file's.
     reload_rejected: bool,
+    /// The write-back outbox as last counted: `(tenant, state) -> requests`, and each tenant's
+    /// oldest open request.
+    actions: BTreeMap<(String, &'static str), i64>,
+    oldest_open_action: BTreeMap<String, Timestamp>,
+}
+
+/// One line of the write-back outbox's counts, as [`Metrics::set_actions`] takes it.
+#[derive(Debug, Clone)]
+pub struct ActionSample {
+    pub tenant: String,
+    /// `pending`, `applying`, `applied`, `conflict`, `refused`, `failed`.
+    pub state: &'static str,
+    pub count: i64,
+    /// The oldest request's time, for the open states.
+    pub oldest_open: Option<Timestamp>,
 }
 
 /// The daemon's metrics. `Metrics::default()` is a private registry nobody scrapes, which is what
@@ -253,6 +268,22 @@ impl Metrics {
         }
         if o.watermark.is_some() {
             g.watermark = o.watermark;
+        }
+    }
+
+    /// The write-back outbox as counted after an apply pass (replaces the previous counts).
+    pub fn set_actions(&self, samples: &[ActionSample]) {
+        let mut st = self.lock();
+        st.actions = samples
+            .iter()
+            .map(|s| ((s.tenant.clone(), s.state), s.count))
+            .collect();
+        st.oldest_open_action.clear();
+        for s in samples {
+            if let Some(at) = s.oldest_open {
+                let e = st.oldest_open_action.entry(s.tenant.clone()).or_insert(at);
+                *e = (*e).min(at);
+            }
         }
     }
 
@@ -412,6 +443,7 @@ mod tests {
                 enabled: true,
                 api_url: None,
                 source: Default::default(),
+                write: false,
             },
             Tenant {
                 id: tenant(2),
@@ -419,6 +451,7 @@ mod tests {
                 enabled: true,
                 api_url: None,
                 source: Default::default(),
+                write: false,
             },
         ]);
         m.api_request(&tenant(1), Some(200));
@@ -488,6 +521,7 @@ mod tests {
             enabled: true,
             api_url: None,
             source: Default::default(),
+            write: false,
         };
         m.set_tenants(&[t(1), t(2)]);
         finish(&m, outcome(1, Some(true), 1), Timestamp::from_ticks(0));

@@ -140,6 +140,31 @@ impl Metrics {
                 took.as_secs_f64(),
             );
         }
+        header(
+            &mut out,
+            "mde_sync_actions",
+            "Write-back requests in the actions table by tenant and state (pending, applying, applied, conflict, refused, failed), as counted after the last pass.",
+            "gauge",
+        );
+        for ((tenant, state), n) in &st.actions {
+            let labels = [("tenant", tenant.clone()), ("state", (*state).to_owned())];
+            sample(&mut out, "mde_sync_actions", &labels, *n as f64);
+        }
+        header(
+            &mut out,
+            "mde_sync_actions_oldest_pending_age_seconds",
+            "Age of the tenant's oldest write-back request not applied yet (absent when none is open).",
+            "gauge",
+        );
+        for (tenant, at) in &st.oldest_open_action {
+            let age = unix_seconds(now) - unix_seconds(*at);
+            sample(
+                &mut out,
+                "mde_sync_actions_oldest_pending_age_seconds",
+                &[("tenant", tenant.clone())],
+                age.max(0.0),
+            );
+        }
         if let Some(age) = live.heartbeat_age {
             header(
                 &mut out,

@@ -12,6 +12,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 
 use super::{Heartbeat, Integration, Notifier, http::AdminState, notify, replica::Replica};
 use crate::{
+    actions::Applier,
     app::App,
     config::{Environment, Needs, Settings},
     health::Health,
@@ -99,8 +100,9 @@ impl App {
             .await
             .context("while starting the scheduler")?;
 
-        let (syncer, metrics, current, n, replica) = (
+        let (syncer, actions, metrics, current, n, replica) = (
             self.syncer.clone(),
+            self.actions.clone(),
             self.metrics.clone(),
             tenants.subscribe(),
             notifier.clone(),
@@ -112,6 +114,7 @@ impl App {
                     // The tenants file as of this tick: a reload takes effect at the next one.
                     let run = pass(
                         syncer.clone(),
+                        actions.clone(),
                         mine(replica.as_deref(), current.borrow().clone()),
                         metrics.clone(),
                         n.clone(),
@@ -183,6 +186,7 @@ impl App {
 
         tokio::spawn(pass(
             self.syncer.clone(),
+            self.actions.clone(),
             mine(held.as_deref(), tenants.borrow().clone()),
             self.metrics.clone(),
             notifier.clone(),
@@ -211,6 +215,7 @@ impl App {
                     // Tenants this replica just claimed start now rather than at the next tick.
                     tokio::spawn(pass(
                         self.syncer.clone(),
+                        self.actions.clone(),
                         Arc::new(claimed),
                         self.metrics.clone(),
                         notifier.clone(),
@@ -346,6 +351,7 @@ impl App {
                 .collect();
             tokio::spawn(pass(
                 self.syncer.clone(),
+                self.actions.clone(),
                 mine(replica, Arc::new(first)),
                 self.metrics.clone(),
                 notifier.clone(),
@@ -371,14 +377,21 @@ fn mine(replica: Option<&Replica>, tenants: Arc<Vec<Tenant>>) -> Arc<Vec<Tenant>
     }
 }
 
-/// One pass over `tenants`; afterwards the STATUS line says how things stand.
+/// One pass over `tenants`: their write-back requests first (so the sync brings the changes
+/// back), then the sync; afterwards the STATUS line says how things stand.
 async fn pass(
     syncer: Arc<Syncer>,
+    actions: Arc<Applier>,
     tenants: Arc<Vec<Tenant>>,
     metrics: Arc<Metrics>,
     notifier: Notifier,
 ) {
     let started = std::time::Instant::now();
+    if !syncer.is_stopping()
+        && let Err(e) = actions.apply(&tenants).await
+    {
+        tracing::warn!(error = %e, "could not apply the write-back requests; they stay in the actions table and are tried again on the next pass");
+    }
     let outcomes = syncer.sync_all(&tenants).await;
     // A pass in which every tenant was skipped (still running) or stopped says nothing new.
     if syncer.is_stopping() || outcomes.iter().all(|o| o.ok().is_none()) {

@@ -146,6 +146,59 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Option<Response<Full
             }
             answer
         }
+        (&Method::GET, ["", api, "alerts", id]) if api.eq_ignore_ascii_case("api") => {
+            let auth = authorization(&req);
+            sim.inject(sim.get_alert(auth.as_deref(), id, false), at)
+        }
+        (&Method::GET, ["", "v1.0" | "beta", "security", api, id])
+            if api.eq_ignore_ascii_case("alerts_v2") =>
+        {
+            let auth = authorization(&req);
+            sim.inject(sim.get_alert(auth.as_deref(), id, true), at)
+        }
+        (&Method::PATCH, ["", api, "alerts", id]) if api.eq_ignore_ascii_case("api") => {
+            let id = (*id).to_owned();
+            let auth = authorization(&req);
+            let body = body_of(req).await;
+            {
+                let applied = sim.mde_patch(auth.as_deref(), &id, &body);
+                // applied already: a client killed now has written without hearing so
+                if !sim.cfg.latency.is_zero() {
+                    tokio::time::sleep(sim.cfg.latency).await;
+                }
+                sim.inject(applied, at)
+            }
+        }
+        (&Method::PATCH, ["", "v1.0" | "beta", "security", api, id])
+            if api.eq_ignore_ascii_case("alerts_v2") =>
+        {
+            let id = (*id).to_owned();
+            let auth = authorization(&req);
+            let body = body_of(req).await;
+            {
+                let applied = sim.graph_write(auth.as_deref(), &id, &body, false);
+                // applied already: a client killed now has written without hearing so
+                if !sim.cfg.latency.is_zero() {
+                    tokio::time::sleep(sim.cfg.latency).await;
+                }
+                sim.inject(applied, at)
+            }
+        }
+        (&Method::POST, ["", "v1.0" | "beta", "security", api, id, "comments"])
+            if api.eq_ignore_ascii_case("alerts_v2") =>
+        {
+            let id = (*id).to_owned();
+            let auth = authorization(&req);
+            let body = body_of(req).await;
+            {
+                let applied = sim.graph_write(auth.as_deref(), &id, &body, true);
+                // applied already: a client killed now has written without hearing so
+                if !sim.cfg.latency.is_zero() {
+                    tokio::time::sleep(sim.cfg.latency).await;
+                }
+                sim.inject(applied, at)
+            }
+        }
         (&Method::GET, ["", "_sim", "truth", tenant]) => {
             if sim.lock().tenants.contains_key(&key(tenant)) {
                 let body = serde_json::to_string(&sim.truth(tenant)).expect("map serialises");
@@ -204,6 +257,24 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Option<Response<Full
             .insert(hyper::header::RETRY_AFTER, HeaderValue::from(secs));
     }
     Some(resp)
+}
+
+fn authorization(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// A request's body (empty if it broke off: the endpoint then refuses it as malformed).
+async fn body_of(req: Request<Incoming>) -> Bytes {
+    match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            tracing::debug!(error = %e, "simulator request body unreadable");
+            Bytes::new()
+        }
+    }
 }
 
 /// The MDE error envelope (`docs/mde-api.md` section 7); `target` is a per-request correlation id.

@@ -38,6 +38,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 mod token;
+mod writes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -170,6 +171,9 @@ pub struct SimConfig {
     pub latency: std::time::Duration,
     /// Graph's `$top` clamp: a larger `$top` is served as this many (with a nextLink).
     pub graph_max_top: usize,
+    /// Tenants whose administrator also consented to the write permissions
+    /// (`Alert.ReadWrite.All`, `SecurityAlert.ReadWrite.All`): only their tokens may write.
+    pub write_tenants: Vec<String>,
 }
 
 impl SimConfig {
@@ -204,6 +208,7 @@ impl SimConfig {
             faults: Faults::default(),
             latency: std::time::Duration::ZERO,
             graph_max_top: graph::GRAPH_MAX_TOP,
+            write_tenants: Vec::new(),
         }
     }
 }
@@ -385,6 +390,22 @@ impl Simulator {
 
     pub fn api_requests(&self, tenant: &str) -> usize {
         self.count(Endpoint::Alerts, tenant)
+    }
+
+    /// The writes (`PATCH`, and `POST` other than for tokens) sent for `tenant`, in order.
+    pub fn writes(&self, tenant: &str) -> Vec<RequestRecord> {
+        self.lock()
+            .log
+            .iter()
+            .filter(|(e, r)| {
+                *e != Endpoint::Token
+                    && (r.method == "PATCH" || r.method == "POST")
+                    && r.tenant
+                        .as_deref()
+                        .is_some_and(|t| t.eq_ignore_ascii_case(tenant))
+            })
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 
     fn count(&self, endpoint: Endpoint, tenant: &str) -> usize {

@@ -94,6 +94,8 @@ pub(super) struct TokenInfo {
     pub(super) tenant: String,
     pub(super) exp: Timestamp,
     pub(super) has_role: bool,
+    /// The write permission (`Alert.ReadWrite.All` / `SecurityAlert.ReadWrite.All`) too.
+    pub(super) write: bool,
     /// Issued for Microsoft Graph (any other audience is the MDE API).
     pub(super) graph: bool,
     /// Defender is provisioned and licensed in the tenant.

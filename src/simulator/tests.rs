@@ -13,6 +13,7 @@ use crate::clock::Clock;
 mod alerts;
 mod assertions;
 mod tokens;
+mod writes;
 
 const SCOPE: &str = "https://api.securitycenter.microsoft.com/.default";
 

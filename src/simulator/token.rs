@@ -15,6 +15,8 @@ use crate::timestamp::Timestamp;
 
 const ROLE: &str = "Alert.Read.All";
 const GRAPH_ROLE: &str = "SecurityAlert.Read.All";
+const WRITE_ROLE: &str = "Alert.ReadWrite.All";
+const GRAPH_WRITE_ROLE: &str = "SecurityAlert.ReadWrite.All";
 
 /// The Entra error body, keys in the order Entra writes them.
 #[derive(Serialize)]
@@ -50,7 +52,7 @@ struct Claims<'a> {
     idtyp: &'a str,
     oid: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    roles: Option<[&'a str; 1]>,
+    roles: Option<Vec<&'a str>>,
     sub: &'a str,
     tid: &'a str,
     uti: String,
@@ -376,6 +378,13 @@ impl Simulator {
         }
 
         let has_role = kind != TenantKind::NoRole;
+        // the write permission was consented too (SimConfig::write_tenants)
+        let write = has_role
+            && self
+                .cfg
+                .write_tenants
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(tenant));
         let lifetime = self.cfg.token_lifetime.whole_seconds();
         let iat = now_dt.unix_timestamp();
         let exp = iat + lifetime;
@@ -396,7 +405,12 @@ impl Simulator {
             idp: format!("https://sts.windows.net/{tenant}/"),
             idtyp: "app",
             oid: &sp,
-            roles: has_role.then_some([if graph { GRAPH_ROLE } else { ROLE }]),
+            roles: has_role.then(|| match (graph, write) {
+                (false, false) => vec![ROLE],
+                (false, true) => vec![ROLE, WRITE_ROLE],
+                (true, false) => vec![GRAPH_ROLE],
+                (true, true) => vec![GRAPH_ROLE, GRAPH_WRITE_ROLE],
+            }),
             sub: &sp,
             tid: tenant,
             uti,
@@ -415,6 +429,7 @@ impl Simulator {
                     time::OffsetDateTime::from_unix_timestamp(exp).unwrap_or(now_dt),
                 ),
                 has_role,
+                write,
                 graph,
                 licensed: kind != TenantKind::NotProvisioned,
             },

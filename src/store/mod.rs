@@ -18,6 +18,7 @@ macro_rules! open_alert_sql {
     };
 }
 
+pub mod actions;
 pub mod lease;
 mod pg_connect;
 pub mod postgres;
@@ -103,8 +104,9 @@ pub type SeverityCount = (String, String, i64);
 /// Rows as text: `(alerts, alert_evidence)`.
 pub type Dump = (Vec<Vec<Option<String>>>, Vec<Vec<Option<String>>>);
 
-/// What the sync needs from a database.
-pub trait Store: Send + Sync {
+/// What the sync needs from a database (and, through [`actions::ActionStore`], the outbox of
+/// write-back requests).
+pub trait Store: actions::ActionStore + Send + Sync {
     fn backend(&self) -> &'static str;
 
     /// Applies pending migrations and marks runs left `running` by a dead process `abandoned`.

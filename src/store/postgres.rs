@@ -54,6 +54,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "analyst views",
         include_str!("../../migrations/postgres/0006_analyst_views.sql"),
     ),
+    (
+        7,
+        "actions",
+        include_str!("../../migrations/postgres/0007_actions.sql"),
+    ),
 ];
 
 /// The staging table's COPY, in the column order of `alerts`.
@@ -277,6 +282,11 @@ impl PostgresStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The leases this process holds, for fencing writes made outside this file (the outbox).
+    pub(crate) fn book(&self) -> &Book {
+        &self.book
     }
 
     /// Runs `work`; if it failed only because the pool found no connection in time (sqlx says

@@ -54,6 +54,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "analyst views",
         include_str!("../../migrations/sqlite/0006_analyst_views.sql"),
     ),
+    (
+        7,
+        "actions",
+        include_str!("../../migrations/sqlite/0007_actions.sql"),
+    ),
 ];
 
 /// The alert upsert. A row is replaced only by a version that is newer, or equally new with

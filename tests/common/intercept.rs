@@ -21,6 +21,7 @@ use mde_sync::{
     store::{
         Dump, EvidenceRaw, RunReport, SavedBudget, SeverityCount, SharedStore, Store, StoreError,
         TenantStatus,
+        actions::{Action, ActionCount, ActionStore, Finish, NewAction},
     },
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
@@ -209,6 +210,46 @@ impl Observed {
             inner,
             on_commit: Box::new(on_commit),
         }
+    }
+}
+
+/// The outbox is not observed: every call goes to the wrapped store.
+impl ActionStore for Observed {
+    fn insert_action<'a>(&'a self, a: &'a NewAction) -> BoxFuture<'a, Result<i64, StoreError>> {
+        self.inner.insert_action(a)
+    }
+    fn open_actions<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> BoxFuture<'a, Result<Vec<Action>, StoreError>> {
+        self.inner.open_actions(tenant)
+    }
+    fn action(&self, id: i64) -> BoxFuture<'_, Result<Option<Action>, StoreError>> {
+        self.inner.action(id)
+    }
+    fn recent_actions(&self, finished: i64) -> BoxFuture<'_, Result<Vec<Action>, StoreError>> {
+        self.inner.recent_actions(finished)
+    }
+    fn mark_sending<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: i64,
+        comment_at: Option<Timestamp>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.mark_sending(tenant, id, comment_at)
+    }
+    fn finish_action<'a>(
+        &'a self,
+        id: i64,
+        finish: &'a Finish,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.finish_action(id, finish)
+    }
+    fn action_counts(&self) -> BoxFuture<'_, Result<Vec<ActionCount>, StoreError>> {
+        self.inner.action_counts()
+    }
+    fn prune_actions(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.inner.prune_actions(before)
     }
 }
 
