@@ -267,6 +267,7 @@ pub fn token_provider(
         clock,
     )
     .with_credential(credential)
+    .with_credential_retry(settings.sync.credential_retry)
 }
 
 /// The Graph client: `cloud.graph_url`, `sync.graph_service_sources`.

@@ -3,7 +3,7 @@
 //! leases, `/healthz` and `/metrics`, and systemd's READY/STATUS/WATCHDOG/STOPPING, until the
 //! shutdown future resolves.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{collections::HashSet, future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
@@ -128,12 +128,22 @@ impl App {
 
         let tokens = self.tokens.clone();
         let graph_tokens = self.graph_tokens.clone();
+        let (current, replica) = (tenants.subscribe(), held.clone());
         sched
             .add(
                 Job::new_async("*/30 * * * * *", move |_, _| {
                     let tokens = tokens.clone();
                     let graph_tokens = graph_tokens.clone();
+                    // Only the tenants this replica syncs keep their tokens: a removed or
+                    // handed-over tenant's token is dropped, not renewed forever.
+                    let keep: HashSet<TenantId> =
+                        mine(replica.as_deref(), current.borrow().clone())
+                            .iter()
+                            .map(|t| t.id.clone())
+                            .collect();
                     Box::pin(async move {
+                        tokens.retain(&keep);
+                        graph_tokens.retain(&keep);
                         let n = tokens.renew_expiring().await + graph_tokens.renew_expiring().await;
                         if n > 0 {
                             tracing::info!(renewed = n, "tokens renewed ahead of expiry");

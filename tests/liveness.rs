@@ -1,0 +1,300 @@
+//! Liveness under hostile peers and faults (the second torture round): a token endpoint that
+//! sends bombs, absurd lifetimes or header-breaking tokens; a tenant whose task panics; throttled
+//! tenants beside healthy ones; an app secret that stops working while tokens are cached.
+
+mod common;
+
+use std::{io::Write, sync::Arc, time::Duration as StdDuration};
+
+use common::hostile::*;
+use mde_sync::{
+    auth::{AuthError, TokenProvider},
+    tenant::TenantId,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+const TENANT: &str = "00000000-0000-4000-a000-000000000001";
+const CLIENT: &str = "11111111-1111-4111-a111-111111111111";
+
+fn tenant(n: usize) -> TenantId {
+    TenantId::parse(&format!("00000000-0000-4000-a000-{n:012}")).unwrap()
+}
+
+fn provider(base_url: &str) -> TokenProvider {
+    provider_on(base_url, mde_sync::clock::system())
+}
+
+fn provider_on(base_url: &str, clock: mde_sync::clock::SharedClock) -> TokenProvider {
+    TokenProvider::new(
+        mde_sync::auth::http_client(StdDuration::from_secs(30)),
+        base_url.parse().unwrap(),
+        CLIENT.into(),
+        Some(SecretString::from("test-only-secret".to_owned())),
+        "https://api.securitycenter.microsoft.com/.default".into(),
+        clock,
+    )
+}
+
+/// This process's resident memory, in MiB.
+fn rss_mib() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib >> 10
+}
+
+/// `size` zero bytes, gzipped: about a thousandth of the size.
+fn gzip_bomb(size: usize) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..size >> 20 {
+        enc.write_all(&zeros).unwrap();
+    }
+    enc.finish().unwrap()
+}
+
+fn token_requests(server: &HostileServer) -> usize {
+    server.seen().iter().filter(|s| s.is_token()).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_bodies_have_a_limit_also_after_decompression() {
+    let bomb = Arc::new(gzip_bomb(512 << 20));
+    let plain = Arc::new(vec![b' '; 64 << 20]);
+    let served = (bomb.clone(), plain.clone());
+    let server = HostileServer::start(move |req, _| {
+        let mut r = if req.path_and_query.contains("000000000001") {
+            let mut r = Reply::bytes(200, served.0.to_vec());
+            r.headers.push(("Content-Encoding".into(), "gzip".into()));
+            r
+        } else if req.path_and_query.contains("000000000002") {
+            Reply::bytes(200, served.1.to_vec())
+        } else {
+            Reply::bytes(400, served.1.to_vec())
+        };
+        r.headers.push(("Cache-Control".into(), "no-store".into()));
+        r
+    })
+    .await;
+    let tokens = provider(&server.base_url());
+    let before = rss_mib();
+    for n in 1..=3 {
+        let err = tokens.token(&tenant(n)).await.unwrap_err();
+        assert!(matches!(err, AuthError::Decode { .. }), "tenant {n}: {err}");
+        if n < 3 {
+            assert!(err.to_string().contains("larger than 256 KiB"), "{err}");
+        }
+    }
+    let grown = rss_mib().saturating_sub(before);
+    assert!(
+        grown < 100,
+        "the token answers grew the memory by {grown} MiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_token_lifetimes_are_clamped_without_a_panic_or_a_request_per_call() {
+    let lifetimes = [
+        "99999999999999",
+        "\"99999999999999\"",
+        "-99999999999999",
+        "\"-5\"",
+        "0",
+        "-1",
+        "1e300",
+        "\"soon\"",
+        "null",
+    ];
+    for lifetime in lifetimes {
+        let body = format!(
+            r#"{{"token_type":"Bearer","expires_in":{lifetime},"access_token":"test-only-token"}}"#
+        );
+        let server = HostileServer::start(move |_, _| Reply::json(200, body.clone())).await;
+        let tokens = provider(&server.base_url());
+        let t = TenantId::parse(TENANT).unwrap();
+        for _ in 0..3 {
+            let got = tokens.token(&t).await.unwrap();
+            assert_eq!(got.expose_secret(), "test-only-token");
+        }
+        assert_eq!(
+            token_requests(&server),
+            1,
+            "expires_in {lifetime}: a token request per call"
+        );
+        if !lifetime.contains('-') && lifetime != "0" {
+            assert_eq!(
+                tokens.renew_expiring().await,
+                0,
+                "expires_in {lifetime}: renewed at once"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_break_in_a_token_is_reported_as_what_it_is() {
+    let server = HostileServer::start(|_, _| {
+        Reply::json(
+            200,
+            r#"{"token_type":"Bearer","expires_in":3599,"access_token":"abc\r\nX-Injected: 1"}"#,
+        )
+    })
+    .await;
+    let tokens = provider(&server.base_url());
+    let err = tokens
+        .token(&TenantId::parse(TENANT).unwrap())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, AuthError::Decode { .. }), "{text}");
+    assert!(text.contains("the character \\r"), "{text}");
+    assert!(!text.contains("cannot reach"), "{text}");
+}
+
+/// Tokens for `tenants` simulated tenants from a simulator, on a manual clock.
+async fn simulated_tokens(
+    tenants: usize,
+    faults: mde_sync::simulator::Faults,
+) -> (
+    Arc<mde_sync::simulator::Simulator>,
+    mde_sync::simulator::SimServer,
+    TokenProvider,
+    mde_sync::clock::ManualClock,
+) {
+    use mde_sync::simulator::{SimConfig, SimTenant, Simulator, TenantKind};
+    let mut cfg = SimConfig::new(
+        (1..=tenants)
+            .map(|n| SimTenant::numbered(n, TenantKind::Good, 0))
+            .collect(),
+    );
+    cfg.faults = faults;
+    let sim = Simulator::new(cfg.clone());
+    let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let clock = common::manual_clock();
+    let tokens = TokenProvider::new(
+        mde_sync::auth::http_client(StdDuration::from_secs(30)),
+        server.base_url().parse().unwrap(),
+        cfg.client_id.clone(),
+        Some(SecretString::from(cfg.client_secret.clone())),
+        "https://api.securitycenter.microsoft.com/.default".into(),
+        // sync.credential_retry is ten minutes by default
+        Arc::new(clock.clone()),
+    );
+    (sim, server, tokens, clock)
+}
+
+fn all_token_requests(sim: &mde_sync::simulator::Simulator) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.path_and_query.contains("/oauth2/"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_secret_costs_one_renewal_probe_per_credential_retry() {
+    let (sim, _server, tokens, clock) = simulated_tokens(6, Default::default()).await;
+    for n in 1..=6 {
+        tokens.token(&tenant(n)).await.unwrap();
+    }
+    assert_eq!(all_token_requests(&sim), 6);
+    sim.expire_secret();
+    // four minutes left on every token: all are due for renewal
+    clock.advance(time::Duration::minutes(56));
+    assert_eq!(tokens.renew_expiring().await, 0);
+    let after_first = all_token_requests(&sim);
+    assert!(
+        after_first <= 6 + 2,
+        "{} renewal requests for a refused secret",
+        after_first - 6
+    );
+    // the renewal job runs every 30 s: nothing more until sync.credential_retry has passed
+    for _ in 0..18 {
+        clock.advance(time::Duration::seconds(30));
+        tokens.renew_expiring().await;
+    }
+    assert_eq!(
+        all_token_requests(&sim),
+        after_first,
+        "renewals while paused"
+    );
+    // a poll's own token request is refused without asking either
+    let err = tokens.token(&tenant(1)).await.unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+    assert_eq!(all_token_requests(&sim), after_first);
+    clock.advance(time::Duration::minutes(1));
+    tokens.renew_expiring().await;
+    assert_eq!(
+        all_token_requests(&sim),
+        after_first + 1,
+        "one probe after sync.credential_retry"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_renewal_backs_off_and_tokens_of_tenants_that_left_are_dropped() {
+    // a token for each tenant's first request, then only 503s
+    let server = HostileServer::start(|req, server| {
+        let path = req.path_and_query.clone();
+        let earlier = server
+            .seen()
+            .iter()
+            .filter(|s| s.path_and_query == path)
+            .count();
+        if earlier <= 1 {
+            Reply::token()
+        } else {
+            Reply::json(
+                503,
+                r#"{"error":"temporarily_unavailable","error_codes":[90055]}"#,
+            )
+        }
+    })
+    .await;
+    let clock = common::manual_clock();
+    let tokens = provider_on(&server.base_url(), Arc::new(clock.clone()));
+    for n in 1..=2 {
+        tokens.token(&tenant(n)).await.unwrap();
+    }
+
+    // from five minutes before expiry, the renewal job runs every 30 s for 20 minutes
+    clock.advance(time::Duration::minutes(55));
+    for _ in 0..40 {
+        tokens.renew_expiring().await;
+        clock.advance(time::Duration::seconds(30));
+    }
+    let renewals = token_requests(&server) - 2;
+    // two tenants: 30 s, 60 s, 120 s... apart until the token expired, then not at all
+    assert!(
+        renewals <= 2 * 5,
+        "{renewals} renewal requests for two tenants in 20 minutes"
+    );
+    let before = token_requests(&server);
+    for _ in 0..10 {
+        tokens.renew_expiring().await;
+        clock.advance(time::Duration::seconds(30));
+    }
+    assert_eq!(
+        token_requests(&server),
+        before,
+        "expired tokens that failed to renew are renewed forever"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_of_tenants_that_left_are_dropped() {
+    let server = HostileServer::start(|_, _| Reply::token()).await;
+    let clock = common::manual_clock();
+    let tokens = provider_on(&server.base_url(), Arc::new(clock.clone()));
+    for n in 1..=3 {
+        tokens.token(&tenant(n)).await.unwrap();
+    }
+    tokens.retain(&[tenant(1), tenant(2)].into_iter().collect());
+    assert_eq!(tokens.cached_count(), 2);
+    clock.advance(time::Duration::minutes(56));
+    assert_eq!(tokens.renew_expiring().await, 2);
+    assert_eq!(
+        token_requests(&server),
+        3 + 2,
+        "a dropped token was renewed"
+    );
+}
