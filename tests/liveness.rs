@@ -298,3 +298,116 @@ async fn tokens_of_tenants_that_left_are_dropped() {
         "a dropped token was renewed"
     );
 }
+
+/// `(outcome, error)` of the tenant's runs in `sync_runs`, oldest first.
+async fn runs_of(
+    db: &common::TestDb,
+    backend: common::Backend,
+    tenant: &str,
+) -> Vec<(String, Option<String>)> {
+    use sqlx::Connection;
+    let sql = "SELECT outcome, error FROM sync_runs WHERE tenant_id = $1 ORDER BY id";
+    match backend {
+        common::Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query_as(sql)
+                .bind(tenant)
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
+        }
+        common::Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query_as(sql)
+                .bind(tenant)
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
+        }
+    }
+}
+
+/// A panic in one tenant's run (a bug, say in parsing a hostile answer) fails that tenant's run
+/// with the panic's message: its `sync_runs` row is finished, its health and metrics say it
+/// failed, and the other tenants are synced as usual.
+async fn a_panic_in_a_tenant_run_fails_that_tenant_only(backend: common::Backend) {
+    use common::intercept::{Intercept, Step};
+    use mde_sync::{
+        metrics::Live,
+        simulator::{SimConfig, SimTenant, TenantKind},
+        sync::Syncer,
+        timestamp::Timestamp,
+    };
+    let mut cfg = SimConfig::new(
+        (1..=3)
+            .map(|n| SimTenant::numbered(n, TenantKind::Good, 10))
+            .collect(),
+    );
+    cfg.max_lag = time::Duration::ZERO;
+    let env = common::start_on(
+        backend,
+        "panic",
+        cfg,
+        mde_sync::clock::system(),
+        common::sync_settings(100, time::Duration::minutes(10)),
+    )
+    .await;
+    let failing = env.tenants[1].id.clone();
+    let metrics = Arc::new(mde_sync::metrics::Metrics::default());
+    let syncer = Arc::new(
+        Syncer::new(
+            env.app.store.clone(),
+            Arc::new(Intercept::new(env.app.client.clone(), move |call| {
+                if *call.tenant == failing {
+                    panic!("an invariant broke in tenant 2");
+                }
+                Step::Pass
+            })),
+            mde_sync::clock::system(),
+            env.app.settings.sync.clone(),
+        )
+        .with_metrics(metrics.clone()),
+    );
+    for _ in 0..2 {
+        let out = syncer.sync_all(&env.tenants).await;
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].ok(), Some(true), "{:?}", out[0]);
+        assert_eq!(out[2].ok(), Some(true), "{:?}", out[2]);
+        assert_eq!(out[1].ok(), Some(false), "{:?}", out[1]);
+        assert_eq!(out[1].health, "internal-error");
+        assert!(
+            out[1]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("an invariant broke in tenant 2"),
+            "{:?}",
+            out[1].error
+        );
+    }
+    let runs = runs_of(&env.db, backend, env.tenants[1].id.as_str()).await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for (outcome, error) in &runs {
+        assert_eq!(outcome, "failed", "{runs:?}");
+        assert!(error.as_deref().unwrap().contains("an invariant broke"));
+    }
+    let status = env.app.store.status().await.unwrap();
+    let row = status
+        .iter()
+        .find(|s| s.tenant_id == env.tenants[1].id.as_str())
+        .unwrap();
+    assert_eq!(row.health, "internal-error");
+    assert_eq!(row.consecutive_failures, 2);
+    let text = metrics.render(
+        Timestamp::from_datetime(time::OffsetDateTime::now_utc()),
+        Live::default(),
+    );
+    let ok_line = format!("mde_sync_tenant_ok{{tenant=\"{}\"", env.tenants[1].id);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&ok_line))
+        .unwrap_or_else(|| panic!("no {ok_line} in\n{text}"));
+    assert!(line.ends_with(" 0"), "{line}");
+}
+
+on_both_backends!(a_panic_in_a_tenant_run_fails_that_tenant_only);

@@ -230,6 +230,10 @@ pub enum SyncError {
     OverTop { top: usize, count: usize },
     #[error("the run was stopped at a page boundary (shutdown, or the tenant was removed)")]
     Stopped,
+    #[error(
+        "the run stopped on an internal error, a bug in mde-sync: {0}; the tenant is retried at the next tick (please report this message)"
+    )]
+    Panicked(String),
 }
 
 /// What a failed run says about the tenant, for scheduling its next attempt.
@@ -269,6 +273,7 @@ impl SyncError {
             Self::Store(_) => Health::DatabaseError,
             Self::UnstableInstant { .. } | Self::OverTop { .. } => Health::Degraded,
             Self::Stopped => Health::Stopped,
+            Self::Panicked(_) => Health::InternalError,
         }
     }
 }
