@@ -220,7 +220,8 @@ impl Budget {
                 }
                 wait
             };
-            tokio::time::sleep(wait).await;
+            // waiting for the budget is no work: the run's slot is free meanwhile
+            crate::slot::released(tokio::time::sleep(wait)).await;
         }
     }
 

@@ -411,3 +411,95 @@ async fn a_panic_in_a_tenant_run_fails_that_tenant_only(backend: common::Backend
 }
 
 on_both_backends!(a_panic_in_a_tenant_run_fails_that_tenant_only);
+
+/// Tenants that the API throttles (429 with `Retry-After`) wait without a concurrency slot:
+/// the healthy tenants are synced every tick while the throttled ones wait, even with more
+/// throttled tenants than slots. (Retry-After is scaled down to seconds.)
+async fn throttled_tenants_do_not_keep_the_others_from_running(backend: common::Backend) {
+    use mde_sync::{app::App, config::Settings, tenant::Tenant};
+    let throttled: Vec<TenantId> = (1..=3).map(tenant).collect();
+    let healthy: Vec<TenantId> = (11..=16).map(tenant).collect();
+    let slow = throttled.clone();
+    let server = HostileServer::start(move |req, _| {
+        if req.is_token() {
+            let id = req
+                .path_and_query
+                .split('/')
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned();
+            return Reply::json(
+                200,
+                format!(r#"{{"token_type":"Bearer","expires_in":3599,"access_token":"tok-{id}"}}"#),
+            );
+        }
+        let auth = req
+            .headers
+            .iter()
+            .find(|(k, _)| k == "authorization")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        if slow.iter().any(|t| auth.ends_with(t.as_str())) {
+            let mut r = Reply::json(
+                429,
+                r#"{"error":{"code":"429","message":"Too many requests"}}"#,
+            );
+            r.headers.push(("Retry-After".into(), "2".into()));
+            r
+        } else {
+            Reply::alerts(&[], None)
+        }
+    })
+    .await;
+    let db = common::TestDb::new(backend, "throttled").await;
+    let all: Vec<Tenant> = throttled
+        .iter()
+        .chain(&healthy)
+        .map(|t| Tenant::new(t.clone(), "tenant"))
+        .collect();
+    let mut settings = Settings::for_endpoints(
+        &server.base_url(),
+        all.clone(),
+        db.url.clone(),
+        CLIENT.into(),
+        SecretString::from("test-only-secret".to_owned()),
+    );
+    settings.sync = common::sync_settings(100, time::Duration::minutes(10));
+    settings.sync.max_concurrent_tenants = 2;
+    settings.sync.max_attempts = 4;
+    let app = App::build(settings, mde_sync::clock::system())
+        .await
+        .unwrap();
+    let syncer = app.syncer.clone();
+    let (first, rest) = all.split_at(throttled.len());
+    let (first, rest) = (first.to_vec(), rest.to_vec());
+    let started = std::time::Instant::now();
+    let slow_pass = tokio::spawn({
+        let syncer = syncer.clone();
+        async move { syncer.sync_all(&first).await }
+    });
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    // three ticks of the healthy tenants while the throttled ones wait out their Retry-Afters
+    for tick in 0..3 {
+        let t = std::time::Instant::now();
+        let out = syncer.sync_all(&rest).await;
+        assert!(
+            out.iter().all(|o| o.ok() == Some(true)),
+            "tick {tick}: {out:?}"
+        );
+        assert!(
+            t.elapsed() < StdDuration::from_millis(1500),
+            "tick {tick} of the healthy tenants took {:?}",
+            t.elapsed()
+        );
+    }
+    assert!(
+        !slow_pass.is_finished(),
+        "the throttled tenants were not throttled long enough"
+    );
+    let out = slow_pass.await.unwrap();
+    assert!(out.iter().all(|o| o.health == "degraded"), "{out:?}");
+    assert!(started.elapsed() >= StdDuration::from_secs(6));
+}
+
+on_both_backends!(throttled_tenants_do_not_keep_the_others_from_running);

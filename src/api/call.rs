@@ -133,7 +133,8 @@ impl Caller {
                     let delay = hold.unwrap_or(delay);
                     tracing::warn!(tenant = %tenant, source, error = %e, correlation_id = e.target().unwrap_or(""), retry_in_ms = delay.as_millis() as u64, "api call failed, retrying");
                     self.metrics.api_retry(tenant);
-                    tokio::time::sleep(delay).await;
+                    // the run's slot is free while it waits out a Retry-After or a backoff
+                    crate::slot::released(tokio::time::sleep(delay)).await;
                 }
                 Err(e) => {
                     tracing::warn!(tenant = %tenant, source, error = %e, correlation_id = e.target().unwrap_or(""), "api call failed");

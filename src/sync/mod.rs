@@ -191,6 +191,7 @@ use crate::{
     mde,
     metrics::{Metrics, RunSample},
     model::AlertRow,
+    slot::Slot,
     source::SourceKind,
     store::{RunReport, SharedStore, StoreError},
     tenant::{Tenant, TenantId},

@@ -192,8 +192,9 @@ impl Syncer {
             set: &self.running,
             tenant: tenant.id.clone(),
         };
-        // One of the `max_concurrent_tenants` slots shared by every pass (and every direct call).
-        let _permit = tokio::select! {
+        // One of the `max_concurrent_tenants` slots shared by every pass (and every direct call),
+        // given back while the run waits for its call budget or a Retry-After (`crate::slot`).
+        let slot = tokio::select! {
             biased;
             _ = async {
                 let mut stop = self.stop.subscribe();
@@ -204,7 +205,7 @@ impl Syncer {
                 outcome.error = None;
                 return outcome;
             }
-            p = self.permits.acquire() => p.expect("semaphore open"),
+            s = Slot::acquire(self.permits.clone()) => s,
         };
         let started = Instant::now();
 
@@ -214,7 +215,8 @@ impl Syncer {
             Ok((before, run_id)) => {
                 c.watermark = before;
                 // A panic ends this run only: it is recorded as the run's failure, with its message.
-                let result = CatchPanic(Box::pin(self.run(tenant, before, &mut c)))
+                let run = slot.scope(self.run(tenant, before, &mut c));
+                let result = CatchPanic(Box::pin(run))
                     .await
                     .unwrap_or_else(|why| Err(SyncError::Panicked(why)));
                 (before, Some(run_id), result)
