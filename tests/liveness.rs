@@ -503,3 +503,32 @@ async fn throttled_tenants_do_not_keep_the_others_from_running(backend: common::
 }
 
 on_both_backends!(throttled_tenants_do_not_keep_the_others_from_running);
+
+/// What the syncer keeps per tenant (cursors, slow-retry times) goes with the tenant when it
+/// leaves the active set (removed on reload, handed over to another replica).
+async fn per_tenant_state_is_dropped_when_a_tenant_leaves(backend: common::Backend) {
+    use mde_sync::simulator::{SimConfig, SimTenant, TenantKind};
+    let mut cfg = SimConfig::new(vec![
+        SimTenant::numbered(1, TenantKind::Good, 5),
+        SimTenant::numbered(2, TenantKind::Good, 5),
+        SimTenant::numbered(3, TenantKind::NotConsented, 0),
+    ]);
+    cfg.max_lag = time::Duration::ZERO;
+    let env = common::start_on(
+        backend,
+        "prune",
+        cfg,
+        mde_sync::clock::system(),
+        common::sync_settings(100, time::Duration::minutes(10)),
+    )
+    .await;
+    let out = env.app.sync_once().await;
+    assert_eq!(out[2].health, "needs-consent");
+    assert_eq!(env.app.syncer.tracked_tenants(), 3);
+    env.app
+        .syncer
+        .set_active_tenants(Some([env.tenants[0].id.clone()].into_iter().collect()));
+    assert_eq!(env.app.syncer.tracked_tenants(), 1);
+}
+
+on_both_backends!(per_tenant_state_is_dropped_when_a_tenant_leaves);

@@ -13,7 +13,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use super::{Heartbeat, Integration, Notifier, http::AdminState, notify, replica::Replica};
 use crate::{
     app::App,
-    config::{Environment, Needs, Settings},
+    config::{ConfigError, Environment, Needs, Settings},
     health::Health,
     metrics::Metrics,
     service,
@@ -128,6 +128,7 @@ impl App {
 
         let tokens = self.tokens.clone();
         let graph_tokens = self.graph_tokens.clone();
+        let budgets = [self.budget.clone(), self.graph_budget.clone()];
         let (current, replica) = (tenants.subscribe(), held.clone());
         sched
             .add(
@@ -141,6 +142,9 @@ impl App {
                             .iter()
                             .map(|t| t.id.clone())
                             .collect();
+                    for b in &budgets {
+                        b.forget_idle(&keep);
+                    }
                     Box::pin(async move {
                         tokens.retain(&keep);
                         graph_tokens.retain(&keep);
@@ -214,7 +218,22 @@ impl App {
                     }
                 } => {
                     notifier.reloading();
-                    self.reload(held.as_deref(), &tenants, log.as_ref(), &mut log_level, &notifier);
+                    // Files are read and certificates parsed on a blocking thread; a SIGTERM
+                    // meanwhile is not held up by them.
+                    let path = self.settings.config_path.clone();
+                    let load = tokio::task::spawn_blocking(move || {
+                        crate::app::load_settings(&path, &Environment::from_process(), Needs::ALL)
+                            .map(|(s, _)| s)
+                    });
+                    let loaded = tokio::select! {
+                        biased;
+                        _ = &mut shutdown => break,
+                        r = load => r,
+                    };
+                    match loaded {
+                        Ok(new) => self.reload(held.as_deref(), &tenants, log.as_ref(), &mut log_level, &notifier, new),
+                        Err(e) => tracing::error!(error = %e, "reload failed while reading the configuration"),
+                    }
                     notifier.ready(&self.metrics.summary());
                 }
                 Some(claimed) = claimed_rx.recv() => {
@@ -293,10 +312,11 @@ impl App {
         log: Option<&LogHandle>,
         log_level: &mut String,
         notifier: &Notifier,
+        loaded: Result<Settings, ConfigError>,
     ) {
         let path = &self.settings.config_path;
-        let new = match crate::app::load_settings(path, &Environment::from_process(), Needs::ALL) {
-            Ok((s, _)) => s,
+        let new = match loaded {
+            Ok(s) => s,
             Err(e) => {
                 let problems: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
                 tracing::error!(

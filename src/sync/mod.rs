@@ -418,9 +418,39 @@ impl Syncer {
     pub fn set_active_tenants(&self, tenants: Option<HashSet<TenantId>>) {
         let mut active = self.active.lock().expect("active set");
         if *active != tenants {
+            if let Some(keep) = &tenants {
+                self.forget_others(keep);
+            }
             *active = tenants;
             self.active_changed.send_modify(|n| *n += 1);
         }
+    }
+
+    /// Drops what is kept per tenant (slow-retry times, cursors) for tenants outside `keep`, so
+    /// that tenants coming and going leave nothing behind. A tenant that comes back starts with
+    /// a classic run, as after a restart.
+    fn forget_others(&self, keep: &HashSet<TenantId>) {
+        self.retry_at
+            .lock()
+            .expect("retry map")
+            .retain(|t, _| keep.contains(t));
+        self.cursors
+            .lock()
+            .expect("cursors")
+            .retain(|t, _| keep.contains(t));
+    }
+
+    /// How many tenants the syncer keeps per-tenant state for (slow-retry times and cursors).
+    pub fn tracked_tenants(&self) -> usize {
+        let retry: HashSet<TenantId> = self
+            .retry_at
+            .lock()
+            .expect("retry map")
+            .keys()
+            .cloned()
+            .collect();
+        let cursors = self.cursors.lock().expect("cursors");
+        retry.len() + cursors.keys().filter(|t| !retry.contains(*t)).count()
     }
 
     /// A second condition for runs and pages besides the active set, asked at the moment: a
