@@ -532,3 +532,67 @@ async fn per_tenant_state_is_dropped_when_a_tenant_leaves(backend: common::Backe
 }
 
 on_both_backends!(per_tenant_state_is_dropped_when_a_tenant_leaves);
+
+/// A `run` whose SQLite file is deleted (or replaced) under it stops with an error within
+/// seconds, instead of going on writing into a file no one will read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_database_file_is_deleted_or_replaced_stops_with_an_error() {
+    use mde_sync::{
+        cli::{SimCredentialFiles, write_sim_config},
+        config::CloudName,
+        simulator::{SimConfig, SimTenant, Simulator, TenantKind},
+    };
+    use std::process::{Command, Stdio};
+    let cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 5)]);
+    let sim = Simulator::new(cfg.clone());
+    let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    for replace in [false, true] {
+        let dir = common::TempDir::new("db-gone");
+        write_sim_config(
+            &dir.0,
+            &server.base_url(),
+            &cfg,
+            &SimCredentialFiles {
+                cloud: CloudName::Commercial,
+                certificate: None,
+                private_key: None,
+            },
+        )
+        .unwrap();
+        let mut run = Command::new(env!("CARGO_BIN_EXE_mde-sync"))
+            .arg("--config")
+            .arg(dir.0.join("config.toml"))
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let db = dir.0.join("mde-sync.db");
+        let started = std::time::Instant::now();
+        while !db.exists() && started.elapsed() < StdDuration::from_secs(20) {
+            tokio::time::sleep(StdDuration::from_millis(100)).await;
+        }
+        tokio::time::sleep(StdDuration::from_secs(1)).await;
+        assert!(run.try_wait().unwrap().is_none(), "the run stopped early");
+        std::fs::remove_file(&db).unwrap();
+        if replace {
+            std::fs::write(&db, b"").unwrap();
+        }
+        let deadline = std::time::Instant::now() + StdDuration::from_secs(15);
+        let status = loop {
+            if let Some(s) = run.try_wait().unwrap() {
+                break Some(s);
+            }
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            tokio::time::sleep(StdDuration::from_millis(100)).await;
+        };
+        let Some(status) = status else {
+            let _ = run.kill();
+            let _ = run.wait();
+            panic!("replaced {replace}: the run kept running without its database file");
+        };
+        assert!(!status.success(), "replaced {replace}: {status}");
+    }
+}

@@ -318,10 +318,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             // Before anything slow: until the handlers exist, SIGHUP would kill the process.
             let signals = service::signals().context("while installing signal handlers")?;
             // SQLite stays single-replica: held until the process exits.
-            let _sqlite_lock = service::replica::lock_sqlite(secrecy::ExposeSecret::expose_secret(
-                &s.database.url,
-            ))
-            .map_err(|e| Failure::InUse(e.to_string()))?;
+            let _sqlite_lock = lock_sqlite(&s)?;
             let notifier = Notifier::from_env();
             let app = App::build_with(s, credential, clock::system()).await?;
             let grace = app.settings.service.shutdown_timeout;
@@ -337,6 +334,8 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Sync => {
             let (s, credential) = load_for(&cli.config, Needs::ALL, Target::Stderr)?;
             telemetry::init(s.log.format, &s.log.level, Target::Stderr);
+            // Beside a running `run` on SQLite, a second writer is refused as a second `run` is.
+            let _sqlite_lock = lock_sqlite(&s)?;
             let app = App::build_with(s, credential, clock::system()).await?;
             let outcomes = app.sync_once().await;
             print!("{}", report::render_outcomes(&outcomes));
@@ -460,6 +459,8 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Migrate => {
             let s = load(&cli.config, Needs::DATABASE_ONLY)?;
             telemetry::init(s.log.format, &s.log.level, Target::Stderr);
+            // migrating marks runs left `running` as abandoned: never beside a live `run`
+            let _sqlite_lock = lock_sqlite(&s)?;
             app::open_store(&s).await?;
             println!("database {} is up to date", s.database.display_url());
             Ok(())
@@ -478,6 +479,15 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             })
             .map_err(Failure::from),
     }
+}
+
+/// The single-replica lock of the configured SQLite database (`None` on Postgres), or the
+/// failure that says another `run` holds it.
+fn lock_sqlite(
+    s: &crate::config::Settings,
+) -> Result<Option<service::replica::SqliteRunLock>, Failure> {
+    service::replica::lock_sqlite(secrecy::ExposeSecret::expose_secret(&s.database.url))
+        .map_err(Failure::InUse)
 }
 
 /// The man page and the bash, zsh and fish completions, from the clap definition above, so

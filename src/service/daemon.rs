@@ -207,10 +207,23 @@ impl App {
             .map(|every| service::spawn_watchdog(notifier.clone(), heartbeat.clone(), every));
 
         let mut log_level = self.settings.log.level.clone();
+        // A SQLite file deleted or replaced under the daemon stops it with an error.
+        let (db_watch, mut db_lost) = watch_database(&self.settings);
+        let mut fatal: Option<String> = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                Some(why) = async {
+                    match db_lost.as_mut() {
+                        Some(rx) => rx.await.ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    tracing::error!(error = %why, "the database is gone, stopping");
+                    fatal = Some(why);
+                    break;
+                }
                 Some(()) = async {
                     match reloads.as_mut() {
                         Some(r) => r.recv().await,
@@ -277,12 +290,20 @@ impl App {
                 "runs still in progress abandoned; they resume from their watermark"
             );
         }
-        for task in admin.into_iter().chain(watchdog).chain(replica_loop) {
+        for task in admin
+            .into_iter()
+            .chain(watchdog)
+            .chain(replica_loop)
+            .chain(db_watch)
+        {
             task.abort();
         }
         if let Some(r) = &held {
             // Other replicas take this one's tenants over at their next round, not after a ttl.
             r.release_all().await;
+        }
+        if let Some(why) = fatal {
+            return Err(anyhow::anyhow!(why));
         }
         tracing::info!("stopped");
         Ok(())
@@ -394,6 +415,23 @@ fn stored_health(text: &str) -> Health {
 }
 
 /// The tenants this process syncs: all of them, or, as a replica, those it holds a lease on.
+/// The watch on the SQLite database file, and where it says that the file is gone; `None`s on
+/// Postgres.
+fn watch_database(
+    settings: &Settings,
+) -> (
+    Option<tokio::task::JoinHandle<()>>,
+    Option<tokio::sync::oneshot::Receiver<String>>,
+) {
+    match service::dbfile::DatabaseFile::of(settings.database.url.expose_secret()) {
+        Some(file) => {
+            let (task, lost) = file.watch();
+            (Some(task), Some(lost))
+        }
+        None => (None, None),
+    }
+}
+
 fn mine(replica: Option<&Replica>, tenants: Arc<Vec<Tenant>>) -> Arc<Vec<Tenant>> {
     match replica {
         Some(r) => Arc::new(r.mine(&tenants)),
