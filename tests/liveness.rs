@@ -596,3 +596,62 @@ async fn a_run_whose_database_file_is_deleted_or_replaced_stops_with_an_error() 
         assert!(!status.success(), "replaced {replace}: {status}");
     }
 }
+
+/// A commit in flight (its fence taken, the transaction held open past half the lease) does not
+/// delay the heartbeat that renews the replica's leases, and a claimer still cannot take the
+/// tenant meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mde_pg_tests),
+    ignore = "set MDE_SYNC_TEST_POSTGRES_URL to run the Postgres tests"
+)]
+async fn a_slow_commit_does_not_delay_the_lease_heartbeat() {
+    use mde_sync::{config::DatabaseSettings, store, tenant::Tenant};
+    use sqlx::Connection;
+    let db = common::TestDb::new(common::Backend::Postgres, "slow-commit").await;
+    let open = || async {
+        let s = store::open(&DatabaseSettings::from_url(db.url.clone()))
+            .await
+            .unwrap();
+        s.migrate().await.unwrap();
+        s
+    };
+    let (a, b) = (open().await, open().await);
+    let (la, lb) = (a.leases().unwrap(), b.leases().unwrap());
+    la.join("a").unwrap();
+    lb.join("b").unwrap();
+    let id = tenant(1);
+    a.prepare_tenant(
+        &Tenant::new(id.clone(), "x"),
+        mde_sync::timestamp::Timestamp::parse("2026-01-02T00:00:00Z").unwrap(),
+    )
+    .await
+    .unwrap();
+    let tenants = vec![id.to_string()];
+    let ttl = StdDuration::from_secs(4);
+    la.register(&tenants).await.unwrap();
+    la.heartbeat("host-a", 1, ttl).await.unwrap();
+    assert_eq!(la.claim(&tenants, ttl).await.unwrap().len(), 1);
+
+    // a commit of A's in flight: its fence taken, the transaction held open
+    let mut slow = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut slow).await.unwrap();
+    sqlx::query("SELECT mde_sync_fence($1, 'a', 1)")
+        .bind(id.as_str())
+        .execute(&mut slow)
+        .await
+        .unwrap();
+    tokio::time::sleep(StdDuration::from_secs(3)).await; // past half the lease
+    let started = std::time::Instant::now();
+    let lost = tokio::time::timeout(StdDuration::from_secs(2), la.heartbeat("host-a", 1, ttl))
+        .await
+        .expect("the heartbeat waited for the commit")
+        .unwrap();
+    assert!(lost.is_empty(), "{lost:?}");
+    assert!(started.elapsed() < StdDuration::from_secs(1));
+    // the lease was renewed: even after the old expiry, B cannot claim it
+    tokio::time::sleep(StdDuration::from_millis(1500)).await;
+    lb.heartbeat("host-b", 2, ttl).await.unwrap();
+    assert!(lb.claim(&tenants, ttl).await.unwrap().is_empty());
+    sqlx::query("COMMIT").execute(&mut slow).await.unwrap();
+}

@@ -49,6 +49,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "replicas",
         include_str!("../../migrations/postgres/0005_replicas.sql"),
     ),
+    (
+        9,
+        "fence key share",
+        include_str!("../../migrations/postgres/0009_fence_key_share.sql"),
+    ),
 ];
 
 /// The staging table's COPY, in the column order of `alerts`.
@@ -506,6 +511,7 @@ impl Store for PostgresStore {
                 .await?;
             }
             tx.commit().await?;
+            lease::note_commit(&pool, &book, &tenant).await;
             let due = {
                 let mut a = analyze.lock().expect("analyze counter");
                 a.0 += written;
