@@ -291,8 +291,11 @@ pub fn http_client(timeout: StdDuration) -> reqwest::Client {
 /// certificates are missing, so no server could be trusted).
 pub fn try_http_client(timeout: StdDuration) -> Result<reqwest::Client, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // No total deadline here: it would count the time a body waits for our own writer. Each
+    // caller bounds the time it waits on the network instead (`Caller::request_timeout`, the
+    // token provider's), and a connection silent for `timeout` between two reads is cut.
     reqwest::Client::builder()
-        .timeout(timeout)
+        .read_timeout(timeout)
         .connect_timeout(StdDuration::from_secs(10))
         .pool_idle_timeout(StdDuration::from_secs(90))
         .user_agent(concat!("mde-sync/", env!("CARGO_PKG_VERSION")))

@@ -655,3 +655,74 @@ async fn a_slow_commit_does_not_delay_the_lease_heartbeat() {
     assert!(lb.claim(&tenants, ttl).await.unwrap().is_empty());
     sqlx::query("COMMIT").execute(&mut slow).await.unwrap();
 }
+
+/// `sync.request_timeout` counts the time a request waits on the network, not the time its body
+/// waits for our own writer: a large page read while every commit is slow is read whole, while
+/// a body trickled by the server still ends at the timeout.
+async fn a_slow_writer_does_not_time_out_a_large_page(backend: common::Backend) {
+    use common::intercept::{Moment, Observed};
+    use mde_sync::{app::App, config::Settings, sync::Syncer, tenant::Tenant};
+    let stamp = (time::OffsetDateTime::now_utc() - time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let alerts: Vec<String> = (0..600)
+        .map(|n| {
+            serde_json::json!({
+                "id": format!("da-{n:04}"),
+                "title": "a large alert",
+                "description": "x".repeat(4000),
+                "severity": "High",
+                "status": "New",
+                "lastUpdateTime": stamp,
+                "aadTenantId": TENANT,
+                "evidence": [],
+            })
+            .to_string()
+        })
+        .collect();
+    let server = HostileServer::start(move |req, _| {
+        if req.is_token() {
+            Reply::token()
+        } else {
+            Reply::alerts(&alerts, None)
+        }
+    })
+    .await;
+    let db = common::TestDb::new(backend, "slow-writer").await;
+    let tenant = Tenant::new(TenantId::parse(TENANT).unwrap(), "Contoso");
+    let mut settings = Settings::for_endpoints(
+        &server.base_url(),
+        vec![tenant.clone()],
+        db.url.clone(),
+        CLIENT.into(),
+        SecretString::from("test-only-secret".to_owned()),
+    );
+    settings.sync = common::sync_settings(1000, time::Duration::minutes(10));
+    settings.sync.max_attempts = 1;
+    settings.sync.request_timeout = StdDuration::from_secs(2);
+    let app = App::build(settings, mde_sync::clock::system())
+        .await
+        .unwrap();
+    // every commit takes 400 ms: the page's ten or so batches hold its body for four seconds
+    let slow = Arc::new(Observed::new(app.store.clone(), |moment, _, _| {
+        if moment == Moment::Before {
+            std::thread::sleep(StdDuration::from_millis(400));
+        }
+    }));
+    let syncer = Syncer::new(
+        slow,
+        app.client.clone(),
+        mde_sync::clock::system(),
+        app.settings.sync.clone(),
+    );
+    let started = std::time::Instant::now();
+    let out = syncer.sync_tenant(&tenant).await;
+    assert_eq!(out.ok(), Some(true), "{out:?}");
+    assert_eq!(out.alerts_written, 600);
+    assert!(
+        started.elapsed() > StdDuration::from_secs(2),
+        "the writer was not slow"
+    );
+}
+
+on_both_backends!(a_slow_writer_does_not_time_out_a_large_page);

@@ -63,6 +63,9 @@ pub struct Caller {
     /// The longest a `Retry-After` may make a call (and the tenant's later calls) wait.
     pub max_retry_after: Duration,
     pub limits: Limits,
+    /// The longest one request may wait on the network: for the answer's headers, then for its
+    /// body's bytes. Time the body waits for us (the writer's back-pressure) does not count.
+    pub request_timeout: Duration,
     pub metrics: Arc<Metrics>,
     /// Extra request headers (Graph's `Prefer`).
     pub headers: &'static [(&'static str, &'static str)],
@@ -84,6 +87,7 @@ impl Caller {
             max_attempts: max_attempts.max(1),
             max_retry_after: Duration::from_secs(120),
             limits: Limits::default(),
+            request_timeout: Duration::from_secs(60),
             metrics: Arc::default(),
             headers: &[],
         }
@@ -144,6 +148,32 @@ impl Caller {
         }
     }
 
+    /// The body's next chunk, counting the wait for it into `waited` and failing once that
+    /// exceeds [`Caller::request_timeout`]. Only waits on the network count: time spent handing
+    /// the previous chunk to the sink (the writer's back-pressure) happens outside this call.
+    async fn next_chunk(
+        &self,
+        resp: &mut reqwest::Response,
+        waited: &mut Duration,
+    ) -> Result<Option<bytes::Bytes>, ApiError> {
+        let left = self.request_timeout.saturating_sub(*waited);
+        let started = tokio::time::Instant::now();
+        let chunk = tokio::time::timeout(left, resp.chunk()).await;
+        *waited += started.elapsed();
+        match chunk {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(ApiError::Network(without_url(&e))),
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    fn timed_out(&self) -> ApiError {
+        ApiError::Network(format!(
+            "no complete answer within {} s of waiting on the network (sync.request_timeout)",
+            self.request_timeout.as_secs_f64()
+        ))
+    }
+
     async fn get_once(
         &self,
         tenant: &TenantId,
@@ -162,10 +192,15 @@ impl Caller {
         for (name, value) in self.headers {
             req = req.header(*name, *value);
         }
-        let mut resp = req.send().await.map_err(|e| {
-            self.metrics.api_request(tenant, None);
-            ApiError::Network(without_url(&e))
-        })?;
+        let started = tokio::time::Instant::now();
+        let sent = match tokio::time::timeout(self.request_timeout, req.send()).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(ApiError::Network(without_url(&e))),
+            Err(_) => Err(self.timed_out()),
+        };
+        let mut resp = sent.inspect_err(|_| self.metrics.api_request(tenant, None))?;
+        // network time so far; the body's waits on the network are added below
+        let mut waited = started.elapsed();
         let status = resp.status().as_u16();
         self.metrics.api_request(tenant, Some(status));
         if resp.status().is_redirection() {
@@ -189,11 +224,7 @@ impl Caller {
         if status == 200 {
             // Streamed: each alert goes to the sink as soon as its last byte has arrived.
             let mut reader = CollectionReader::new(self.limits);
-            while let Some(chunk) = resp
-                .chunk()
-                .await
-                .map_err(|e| ApiError::Network(without_url(&e)))?
-            {
+            while let Some(chunk) = self.next_chunk(&mut resp, &mut waited).await? {
                 reader
                     .feed(&chunk, sink)
                     .await

@@ -77,6 +77,8 @@ pub struct TokenProvider {
     credential_state: std::sync::Mutex<CredentialState>,
     /// `sync.credential_retry`: how long a refused credential pauses token requests.
     credential_retry: Duration,
+    /// `sync.request_timeout`: the longest one token request may take, answer included.
+    request_timeout: std::time::Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -129,8 +131,15 @@ impl TokenProvider {
             first_contact: Default::default(),
             credential_state: Default::default(),
             credential_retry: Duration::minutes(10),
+            request_timeout: std::time::Duration::from_secs(60),
             metrics: Arc::default(),
         }
+    }
+
+    /// The longest one token request may take, answer included (`sync.request_timeout`).
+    pub fn with_request_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.request_timeout = timeout;
+        self
     }
 
     /// How long a refused credential pauses token requests (`sync.credential_retry`).
@@ -353,6 +362,7 @@ impl TokenProvider {
             .http
             .post(url)
             .form(&form)
+            .timeout(self.request_timeout)
             .send()
             .await
             .map_err(|e| AuthError::Network(without_url(&e)))?;
