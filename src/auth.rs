@@ -11,19 +11,22 @@
 
 pub mod certificate;
 mod credential;
+mod provider;
 
-use std::{collections::HashMap, sync::Arc, time::Duration as StdDuration};
+use std::{sync::Arc, time::Duration as StdDuration};
 
 use base64::Engine;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
-use time::{Duration, OffsetDateTime};
 use url::Url;
 
-use crate::{clock::SharedClock, health::Health, metrics::Metrics, tenant::TenantId};
+use crate::health::Health;
 
 pub use certificate::{AssertionAlgorithm, ClientCertificate};
 pub use credential::{describe_credential, load_settings};
+pub use provider::{
+    MAX_TOKEN_BODY, MAX_TOKEN_LIFETIME, MIN_TOKEN_LIFETIME, RENEW_BEFORE, TokenProvider,
+};
 
 /// How the app proves who it is to the token endpoint.
 #[derive(Clone)]
@@ -50,9 +53,6 @@ impl std::fmt::Debug for Credential {
         }
     }
 }
-
-/// Renew a token when it has less than this left; polls never use a token this close to expiry.
-pub const RENEW_BEFORE: Duration = Duration::minutes(5);
 
 /// What a token refusal means for the operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,259 +211,6 @@ impl AuthError {
     }
 }
 
-#[derive(Clone)]
-struct CachedToken {
-    token: SecretString,
-    expires_at: OffsetDateTime,
-}
-
-/// Hands out per-tenant tokens, from the cache when fresh enough.
-pub struct TokenProvider {
-    http: reqwest::Client,
-    login_url: Url,
-    client_id: String,
-    credential: Option<Credential>,
-    scope: String,
-    clock: SharedClock,
-    cache: std::sync::Mutex<HashMap<TenantId, CachedToken>>,
-    /// One in-flight request per tenant: concurrent callers wait for it instead of asking again.
-    fetch_locks: std::sync::Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
-    metrics: Arc<Metrics>,
-}
-
-impl std::fmt::Debug for TokenProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenProvider")
-            .field("login_url", &self.login_url.as_str())
-            .field("client_id", &self.client_id)
-            .field("scope", &self.scope)
-            .field("credential", &self.credential)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    /// v2 sends a number; v1 examples show a string. Accept both.
-    expires_in: serde_json::Value,
-}
-
-#[derive(Deserialize, Default)]
-struct TokenErrorBody {
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    error_codes: Vec<i64>,
-    #[serde(default)]
-    correlation_id: Option<String>,
-}
-
-impl TokenProvider {
-    pub fn new(
-        http: reqwest::Client,
-        login_url: Url,
-        client_id: String,
-        secret: Option<SecretString>,
-        scope: String,
-        clock: SharedClock,
-    ) -> Self {
-        Self {
-            http,
-            login_url,
-            client_id,
-            credential: secret.map(Credential::Secret),
-            scope,
-            clock,
-            cache: Default::default(),
-            fetch_locks: Default::default(),
-            metrics: Arc::default(),
-        }
-    }
-
-    /// Uses `credential` instead of the secret given to [`TokenProvider::new`].
-    pub fn with_credential(mut self, credential: Option<Credential>) -> Self {
-        self.credential = credential;
-        self
-    }
-
-    /// Counts token requests and renewals into `metrics` instead of a private registry.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = metrics;
-        self
-    }
-
-    pub fn client_id(&self) -> &str {
-        &self.client_id
-    }
-
-    pub fn credential(&self) -> Option<&Credential> {
-        self.credential.as_ref()
-    }
-
-    /// The fault's explanation, with this host's certificate thumbprint where it helps.
-    fn explain(&self, fault: TokenFault) -> String {
-        let text = fault.explain(&self.client_id);
-        match (&self.credential, fault) {
-            (Some(Credential::Certificate(c)), TokenFault::CertificateRejected) => format!(
-                "{text} (this host signs with the certificate whose SHA-1 thumbprint is {}, x5t#S256 {})",
-                c.thumbprints().sha1_hex,
-                c.thumbprints().x5t_s256
-            ),
-            _ => text,
-        }
-    }
-
-    pub fn token_url(&self, tenant: &TenantId) -> String {
-        format!(
-            "{}/{}/oauth2/v2.0/token",
-            self.login_url.as_str().trim_end_matches('/'),
-            tenant
-        )
-    }
-
-    fn cached(&self, tenant: &TenantId, margin: Duration) -> Option<SecretString> {
-        let now = self.clock.now();
-        let cache = self.cache.lock().expect("token cache");
-        cache
-            .get(tenant)
-            .filter(|t| t.expires_at - margin > now)
-            .map(|t| t.token.clone())
-    }
-
-    /// A token for `tenant`, fetched only when the cached one is missing or near expiry.
-    pub async fn token(&self, tenant: &TenantId) -> Result<SecretString, AuthError> {
-        if let Some(t) = self.cached(tenant, Duration::seconds(30)) {
-            return Ok(t);
-        }
-        let lock = {
-            let mut locks = self.fetch_locks.lock().expect("fetch locks");
-            locks.entry(tenant.clone()).or_default().clone()
-        };
-        let _guard = lock.lock().await;
-        // Someone else may have fetched it while we waited.
-        if let Some(t) = self.cached(tenant, Duration::seconds(30)) {
-            return Ok(t);
-        }
-        let result = self.fetch(tenant).await;
-        self.metrics.token_request(tenant, result.is_ok());
-        result
-    }
-
-    /// Drops the cached token (after the API answered 401 with it).
-    pub fn invalidate(&self, tenant: &TenantId) {
-        self.cache.lock().expect("token cache").remove(tenant);
-    }
-
-    /// Renews every cached token that expires within [`RENEW_BEFORE`]. Called by the scheduler;
-    /// returns how many were renewed. Failures are left for the next poll to report.
-    pub async fn renew_expiring(&self) -> usize {
-        let now = self.clock.now();
-        let due: Vec<TenantId> = {
-            let cache = self.cache.lock().expect("token cache");
-            cache
-                .iter()
-                .filter(|(_, t)| t.expires_at - RENEW_BEFORE <= now)
-                .map(|(k, _)| k.clone())
-                .collect()
-        };
-        let mut renewed = 0;
-        for tenant in due {
-            let result = self.fetch(&tenant).await;
-            self.metrics.token_request(&tenant, result.is_ok());
-            match result {
-                Ok(_) => {
-                    renewed += 1;
-                    self.metrics.token_renewed(&tenant);
-                }
-                Err(e) => tracing::warn!(tenant = %tenant, error = %e, "token renewal failed"),
-            }
-        }
-        renewed
-    }
-
-    /// Asks the token endpoint, caching the answer.
-    pub async fn fetch(&self, tenant: &TenantId) -> Result<SecretString, AuthError> {
-        let url = self.token_url(tenant);
-        let assertion: String;
-        let mut form = vec![
-            ("grant_type", "client_credentials"),
-            ("client_id", self.client_id.as_str()),
-        ];
-        match self.credential.as_ref().ok_or(AuthError::NoCredential)? {
-            Credential::Secret(secret) => form.push(("client_secret", secret.expose_secret())),
-            Credential::Certificate(cert) => {
-                // A fresh assertion per request: its jti must never repeat, and its short
-                // lifetime starts now.
-                assertion = cert
-                    .assertion(&self.client_id, &url, self.clock.now())
-                    .map_err(AuthError::Assertion)?;
-                form.push(("client_assertion_type", certificate::JWT_BEARER));
-                form.push(("client_assertion", assertion.as_str()));
-            }
-        }
-        form.push(("scope", self.scope.as_str()));
-        let resp = self
-            .http
-            .post(url)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| AuthError::Network(without_url(&e)))?;
-        let status = resp.status().as_u16();
-        if resp.status().is_redirection() {
-            return Err(AuthError::Redirected {
-                status,
-                location: redirect_target(resp.headers()),
-            });
-        }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| AuthError::Network(without_url(&e)))?;
-        if status == 200 {
-            let t: TokenResponse =
-                serde_json::from_slice(&body).map_err(|e| AuthError::Decode {
-                    status,
-                    detail: e.to_string(),
-                })?;
-            let secs = match &t.expires_in {
-                serde_json::Value::Number(n) => n.as_i64(),
-                serde_json::Value::String(s) => s.parse().ok(),
-                _ => None,
-            }
-            .unwrap_or(3599);
-            let token = SecretString::from(t.access_token);
-            let expires_at = self.clock.now() + Duration::seconds(secs);
-            self.cache.lock().expect("token cache").insert(
-                tenant.clone(),
-                CachedToken {
-                    token: token.clone(),
-                    expires_at,
-                },
-            );
-            tracing::debug!(tenant = %tenant, expires_in = secs, "token acquired");
-            return Ok(token);
-        }
-        let err: TokenErrorBody = serde_json::from_slice(&body).unwrap_or_default();
-        if err.error.is_empty() && err.error_codes.is_empty() {
-            return Err(AuthError::Decode {
-                status,
-                detail: "no OAuth error in the body".into(),
-            });
-        }
-        let fault = TokenFault::from_codes(&err.error, &err.error_codes, status);
-        Err(AuthError::Refused {
-            status,
-            error: err.error,
-            codes: err.error_codes,
-            fault,
-            explanation: self.explain(fault),
-            correlation_id: err.correlation_id,
-        })
-    }
-}
-
 /// Where a 3xx answer pointed, for the error: the `Location` header's host (with its port), or
 /// `"no Location header"`. Only the host, never the path or query, which may carry anything.
 pub(crate) fn redirect_target(headers: &reqwest::header::HeaderMap) -> String {
@@ -544,8 +291,11 @@ pub fn http_client(timeout: StdDuration) -> reqwest::Client {
 /// certificates are missing, so no server could be trusted).
 pub fn try_http_client(timeout: StdDuration) -> Result<reqwest::Client, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // No total deadline here: it would count the time a body waits for our own writer. Each
+    // caller bounds the time it waits on the network instead (`Caller::request_timeout`, the
+    // token provider's), and a connection silent for `timeout` between two reads is cut.
     reqwest::Client::builder()
-        .timeout(timeout)
+        .read_timeout(timeout)
         .connect_timeout(StdDuration::from_secs(10))
         .pool_idle_timeout(StdDuration::from_secs(90))
         .user_agent(concat!("mde-sync/", env!("CARGO_PKG_VERSION")))

@@ -220,7 +220,8 @@ impl Budget {
                 }
                 wait
             };
-            tokio::time::sleep(wait).await;
+            // waiting for the budget is no work: the run's slot is free meanwhile
+            crate::slot::released(tokio::time::sleep(wait)).await;
         }
     }
 
@@ -231,6 +232,23 @@ impl Budget {
         if self.journal.is_some() {
             self.tenants.lock().expect("budget lock").remove(tenant);
         }
+    }
+
+    /// Forgets the budgets of tenants outside `keep` once nothing in them matters any more (no
+    /// call inside the longest window, no `Retry-After` pending), so budgets do not pile up as
+    /// tenants come and go. Returns how many tenants still have a budget.
+    pub fn forget_idle(&self, keep: &std::collections::HashSet<TenantId>) -> usize {
+        let now = Instant::now();
+        let longest = self.longest();
+        let mut tenants = self.tenants.lock().expect("budget lock");
+        tenants.retain(|t, b| {
+            keep.contains(t)
+                || b.not_before.is_some_and(|nb| nb > now)
+                || b.calls
+                    .back()
+                    .is_some_and(|c| now.duration_since(*c) < longest)
+        });
+        tenants.len()
     }
 
     /// Saves the call just made, without waiting for the journal.
@@ -286,6 +304,22 @@ mod tests {
         assert_eq!(Instant::now() - start, Duration::from_secs(60));
         // another tenant has its own budget
         assert_eq!(b.acquire(&t(2)).await, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budgets_of_tenants_that_left_are_forgotten_once_idle() {
+        let b = Budget::new(vec![(3, Duration::from_secs(60))]);
+        for n in 1..=3 {
+            b.acquire(&t(n)).await;
+        }
+        let keep = [t(1)].into_iter().collect();
+        assert_eq!(
+            b.forget_idle(&keep),
+            3,
+            "calls inside the window still count"
+        );
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(b.forget_idle(&keep), 1);
     }
 
     #[tokio::test(start_paused = true)]

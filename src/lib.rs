@@ -28,6 +28,7 @@ pub mod odata;
 pub mod report;
 pub mod service;
 pub mod simulator;
+pub mod slot;
 pub mod source;
 pub mod sources;
 pub mod store;

@@ -608,6 +608,45 @@ async fn a_second_run_on_one_sqlite_file_refuses_to_start_with_status_75() {
         stderr.contains("another `mde-sync run` is already using this SQLite database"),
         "{stderr}"
     );
+    // `sync` and `migrate` would be a second writer, and migrate would mark the live runs
+    // abandoned: refused the same way
+    for command in ["sync", "migrate"] {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(dir.0.join("config.toml"))
+            .arg(command)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(75), "{command}: {stderr}");
+        assert!(
+            stderr.contains("already using this SQLite database"),
+            "{stderr}"
+        );
+    }
+    // a hard link to the database is the same database
+    let link = dir.0.join("linked.db");
+    std::fs::hard_link(&db, &link).unwrap();
+    let config = std::fs::read_to_string(dir.0.join("config.toml")).unwrap();
+    let db_text = db.display().to_string();
+    assert!(config.contains(&db_text), "{config}");
+    std::fs::write(
+        dir.0.join("linked.toml"),
+        config.replace(&db_text, &link.display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.0.join("linked.toml"))
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "a run through a hard link: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = first.kill();
     let _ = first.wait();
     // the kernel dropped the lock with the killed process: a new run starts

@@ -301,7 +301,7 @@ async fn a_tenant_with_a_refused_secret_and_one_answering_403_do_not_slow_the_ot
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_refused_by_every_tenant_pauses_polling_and_one_tenant_probes_it() {
     let mut cfg = SimConfig::new(
-        (1..=4)
+        (1..=12)
             .map(|n| SimTenant::numbered(n, TenantKind::Good, 20))
             .collect(),
     );
@@ -325,7 +325,8 @@ async fn a_secret_refused_by_every_tenant_pauses_polling_and_one_tenant_probes_i
 
     let first = app.syncer.sync_all(&tenants).await;
     assert!(first.iter().all(|o| o.health == "credential-error"));
-    assert_eq!(token_calls(), 4);
+    // two tenants refused are enough to take the refusal as the app's: not one per tenant
+    assert_eq!(token_calls(), 2);
     let second = app.syncer.sync_all(&tenants).await;
     assert!(
         second
@@ -335,14 +336,14 @@ async fn a_secret_refused_by_every_tenant_pauses_polling_and_one_tenant_probes_i
     );
     assert_eq!(
         token_calls(),
-        4,
+        2,
         "no tenant asks for a token while the credential is known bad"
     );
     tokio::time::sleep(StdDuration::from_millis(1_100)).await;
     app.syncer.sync_all(&tenants).await;
     assert_eq!(
         token_calls(),
-        5,
+        3,
         "one tenant probes the credential after sync.credential_retry"
     );
 }

@@ -164,21 +164,9 @@ async fn a_request_is_applied_and_the_next_sync_stores_the_changed_alert(
     let tid = TenantId::parse(&t).unwrap();
     let api = source.as_str();
     let since = Timestamp::from_datetime(time::OffsetDateTime::now_utc()).minus(Duration::hours(1));
-    let calls_before = env
-        .store()
-        .load_budget(&tid, api, since)
-        .await
-        .unwrap()
-        .calls
-        .len();
+    let calls_before = settled_calls(&env, &tid, api, since).await;
     assert_eq!(env.app.apply_actions().await, 1);
-    let calls_after = env
-        .store()
-        .load_budget(&tid, api, since)
-        .await
-        .unwrap()
-        .calls
-        .len();
+    let calls_after = settled_calls(&env, &tid, api, since).await;
     let a = action(&env, n).await;
     assert_eq!(a.state, ActionState::Applied, "{:?}", a.outcome);
     assert!(a.outcome.as_deref().unwrap().contains("status = Resolved"));
@@ -497,3 +485,25 @@ async fn an_unreachable_api_postpones_or_fails_requests_in_order(backend: Backen
 }
 
 on_both_backends!(an_unreachable_api_postpones_or_fails_requests_in_order);
+
+/// The calls the budget's journal holds for `tenant`, once it has stopped growing: a call is
+/// journaled by a task of its own, so the last ones may still be on their way.
+async fn settled_calls(env: &TestEnv, tenant: &TenantId, api: &str, since: Timestamp) -> usize {
+    let count = || async {
+        env.store()
+            .load_budget(tenant, api, since)
+            .await
+            .unwrap()
+            .calls
+            .len()
+    };
+    let mut last = count().await;
+    let mut stable = 0;
+    while stable < 3 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let n = count().await;
+        stable = if n == last { stable + 1 } else { 0 };
+        last = n;
+    }
+    last
+}

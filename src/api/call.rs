@@ -85,6 +85,9 @@ pub struct Caller {
     /// The longest a `Retry-After` may make a call (and the tenant's later calls) wait.
     pub max_retry_after: Duration,
     pub limits: Limits,
+    /// The longest one request may wait on the network: for the answer's headers, then for its
+    /// body's bytes. Time the body waits for us (the writer's back-pressure) does not count.
+    pub request_timeout: Duration,
     pub metrics: Arc<Metrics>,
     /// Extra request headers (Graph's `Prefer`).
     pub headers: &'static [(&'static str, &'static str)],
@@ -106,6 +109,7 @@ impl Caller {
             max_attempts: max_attempts.max(1),
             max_retry_after: Duration::from_secs(120),
             limits: Limits::default(),
+            request_timeout: Duration::from_secs(60),
             metrics: Arc::default(),
             headers: &[],
         }
@@ -186,7 +190,8 @@ impl Caller {
                 let delay = hold.unwrap_or(delay);
                 tracing::warn!(tenant = %tenant, source, error = %e, correlation_id = e.target().unwrap_or(""), retry_in_ms = delay.as_millis() as u64, "api call failed, retrying");
                 self.metrics.api_retry(tenant);
-                tokio::time::sleep(delay).await;
+                // the run's slot is free while it waits out a Retry-After or a backoff
+                crate::slot::released(tokio::time::sleep(delay)).await;
                 Ok(())
             }
             e => {
@@ -202,17 +207,13 @@ impl Caller {
         url: &Url,
         sink: &mut dyn AlertSink,
     ) -> Result<PageSummary, ApiError> {
-        let mut resp = self
+        let (mut resp, mut waited) = self
             .respond(tenant, &reqwest::Method::GET, url, None)
             .await?;
         let status = resp.status().as_u16();
         // Streamed: each alert goes to the sink as soon as its last byte has arrived.
         let mut reader = CollectionReader::new(self.limits);
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| ApiError::Network(without_url(&e)))?
-        {
+        while let Some(chunk) = self.next_chunk(&mut resp, &mut waited).await? {
             reader
                 .feed(&chunk, sink)
                 .await
@@ -231,14 +232,10 @@ impl Caller {
         url: &Url,
         body: Option<&serde_json::Value>,
     ) -> Result<Option<serde_json::Value>, ApiError> {
-        let mut resp = self.respond(tenant, method, url, body).await?;
+        let (mut resp, mut waited) = self.respond(tenant, method, url, body).await?;
         let status = resp.status().as_u16();
         let mut text = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| ApiError::Network(without_url(&e)))?
-        {
+        while let Some(chunk) = self.next_chunk(&mut resp, &mut waited).await? {
             text.extend_from_slice(&chunk);
             if text.len() > self.limits.max_body {
                 return Err(read_error(
@@ -260,15 +257,42 @@ impl Caller {
             })
     }
 
+    /// The body's next chunk, counting the wait for it into `waited` and failing once that
+    /// exceeds [`Caller::request_timeout`]. Only waits on the network count: time spent handing
+    /// the previous chunk to the sink (the writer's back-pressure) happens outside this call.
+    async fn next_chunk(
+        &self,
+        resp: &mut reqwest::Response,
+        waited: &mut Duration,
+    ) -> Result<Option<bytes::Bytes>, ApiError> {
+        let left = self.request_timeout.saturating_sub(*waited);
+        let started = tokio::time::Instant::now();
+        let chunk = tokio::time::timeout(left, resp.chunk()).await;
+        *waited += started.elapsed();
+        match chunk {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(ApiError::Network(without_url(&e))),
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    fn timed_out(&self) -> ApiError {
+        ApiError::Network(format!(
+            "no complete answer within {} s of waiting on the network (sync.request_timeout)",
+            self.request_timeout.as_secs_f64()
+        ))
+    }
+
     /// Sends one request with the tenant's token, once its call budget allows: the response if
-    /// it succeeded (200 for a GET, any 2xx otherwise), the API's error otherwise.
+    /// it succeeded (200 for a GET, any 2xx otherwise), with the time already spent waiting on
+    /// the network for it; the API's error otherwise.
     async fn respond(
         &self,
         tenant: &TenantId,
         method: &reqwest::Method,
         url: &Url,
         body: Option<&serde_json::Value>,
-    ) -> Result<reqwest::Response, ApiError> {
+    ) -> Result<(reqwest::Response, Duration), ApiError> {
         let token = self.tokens.token(tenant).await?;
         let waited = self.budget.acquire(tenant).await;
         if waited >= Duration::from_secs(1) {
@@ -284,10 +308,15 @@ impl Caller {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let mut resp = req.send().await.map_err(|e| {
-            self.metrics.api_request(tenant, None);
-            ApiError::Network(without_url(&e))
-        })?;
+        let started = tokio::time::Instant::now();
+        let sent = match tokio::time::timeout(self.request_timeout, req.send()).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(ApiError::Network(without_url(&e))),
+            Err(_) => Err(self.timed_out()),
+        };
+        let mut resp = sent.inspect_err(|_| self.metrics.api_request(tenant, None))?;
+        // network time so far; the body's waits on the network are added by next_chunk
+        let waited = started.elapsed();
         let status = resp.status().as_u16();
         self.metrics.api_request(tenant, Some(status));
         if resp.status().is_redirection() {
@@ -309,7 +338,7 @@ impl Caller {
             tracing::warn!(tenant = %tenant, source = self.source.as_str(), warning = %w, "the api answered with a provider warning");
         }
         if status == 200 || (method != reqwest::Method::GET && resp.status().is_success()) {
-            return Ok(resp);
+            return Ok((resp, waited));
         }
         // An error body is read only as far as its error object can reasonably go.
         let mut body = Vec::new();

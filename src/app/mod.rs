@@ -292,6 +292,8 @@ pub fn token_provider(
         clock,
     )
     .with_credential(credential)
+    .with_credential_retry(settings.sync.credential_retry)
+    .with_request_timeout(settings.sync.request_timeout)
 }
 
 /// The Graph client: `cloud.graph_url`, `sync.graph_service_sources`.
@@ -308,6 +310,7 @@ pub fn graph_client(
         settings.sync.graph_service_sources,
         max_attempts,
     )
+    .with_request_timeout(settings.sync.request_timeout)
 }
 
 /// The API client: `cloud.api_url`, and each tenant's own `api_url` for that tenant only.
@@ -319,6 +322,7 @@ pub fn mde_client(
 ) -> MdeClient {
     MdeClient::new(http, settings.cloud.api_url.clone(), tokens, max_attempts)
         .with_tenant_api_urls(&settings.tenants)
+        .with_request_timeout(settings.sync.request_timeout)
 }
 
 pub async fn open_store(settings: &Settings) -> anyhow::Result<SharedStore> {

@@ -350,10 +350,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             // Before anything slow: until the handlers exist, SIGHUP would kill the process.
             let signals = service::signals().context("while installing signal handlers")?;
             // SQLite stays single-replica: held until the process exits.
-            let _sqlite_lock = service::replica::lock_sqlite(secrecy::ExposeSecret::expose_secret(
-                &s.database.url,
-            ))
-            .map_err(|e| Failure::InUse(e.to_string()))?;
+            let _sqlite_lock = lock_sqlite(&s)?;
             let notifier = Notifier::from_env();
             let app = App::build_with(s, credential, clock::system()).await?;
             let grace = app.settings.service.shutdown_timeout;
@@ -370,6 +367,8 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Sync => {
             let (s, credential) = load_for(&cli.config, Needs::ALL, Target::Stderr)?;
             telemetry::init(s.log.format, sync_log_level(&s), Target::Stderr);
+            // Beside a running `run` on SQLite, a second writer is refused as a second `run` is.
+            let _sqlite_lock = lock_sqlite(&s)?;
             let app = App::build_with(s, credential, clock::system()).await?;
             // Requested changes first, so this sync brings them back.
             app.apply_actions().await;
@@ -506,6 +505,8 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Migrate => {
             let s = load(&cli.config, Needs::DATABASE_ONLY)?;
             telemetry::init(s.log.format, &s.log.level, Target::Stderr);
+            // migrating marks runs left `running` as abandoned: never beside a live `run`
+            let _sqlite_lock = lock_sqlite(&s)?;
             let store = app::open_store(&s).await?;
             close_store(&store).await;
             println!("database {} is up to date", s.database.display_url());
@@ -549,6 +550,15 @@ pub(crate) async fn close_store(store: &store::SharedStore) {
     if let Err(e) = store.close().await {
         tracing::warn!(error = %e, "cannot checkpoint the database on exit");
     }
+}
+
+/// The single-replica lock of the configured SQLite database (`None` on Postgres), or the
+/// failure that says another `run` holds it.
+fn lock_sqlite(
+    s: &crate::config::Settings,
+) -> Result<Option<service::replica::SqliteRunLock>, Failure> {
+    service::replica::lock_sqlite(secrecy::ExposeSecret::expose_secret(&s.database.url))
+        .map_err(Failure::InUse)
 }
 
 /// The man page and the bash, zsh and fish completions, from the clap definition above, so

@@ -15,23 +15,57 @@ use crate::{
     tenant::{Tenant, TenantId},
 };
 
+/// The largest tenants file read: 20,000 tenants take about 3 MiB.
+pub const MAX_TENANTS_FILE: u64 = 16 << 20;
+
+/// The longest tenant name, in characters: names go into every log line of the tenant.
+pub const MAX_TENANT_NAME: usize = 256;
+
 /// Reads the tenants file; problems name the entry.
 pub fn load_tenants(path: &Path, hosts: &ApiHosts, problems: &mut Problems) -> Vec<Tenant> {
     let key = "tenants.file";
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_tenants_file(path) {
         Ok(t) => t,
         Err(e) => {
-            problems.push(
-                key,
-                format!(
-                    "cannot read {}: {e}; create it with [[tenant]] entries (see config/tenants.example.toml)",
-                    path.display()
-                ),
-            );
+            problems.push(key, e);
             return Vec::new();
         }
     };
     parse_tenants(&text, &path.display().to_string(), hosts, problems)
+}
+
+/// The file's text, if it is a regular file of at most [`MAX_TENANTS_FILE`] bytes. It is opened
+/// without blocking (a FIFO would otherwise wait for a writer forever) and checked once open.
+fn read_tenants_file(path: &Path) -> Result<String, String> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    const O_NONBLOCK: i32 = 0o4000;
+    let shown = path.display();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            format!("cannot read {shown}: {e}; create it with [[tenant]] entries (see config/tenants.example.toml)")
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{shown} is not a regular file (a device, FIFO or directory): point tenants.file at a TOML file with [[tenant]] entries"
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_TENANTS_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {shown}: {e}; it must be UTF-8 text"))?;
+    if text.len() as u64 > MAX_TENANTS_FILE {
+        return Err(format!(
+            "{shown} is larger than {} MiB: a tenants file lists tenants only (20,000 take about 3 MiB)",
+            MAX_TENANTS_FILE >> 20
+        ));
+    }
+    Ok(text)
 }
 
 /// Parses a tenants file's text. `origin` names it in problems.
@@ -87,6 +121,16 @@ pub fn parse_tenants(
             continue;
         }
         let name = t.name.unwrap_or_else(|| id.to_string());
+        let length = name.chars().count();
+        if length > MAX_TENANT_NAME {
+            problems.push(
+                format!("{key}.name"),
+                format!(
+                    "{origin}: the name of tenant {id} is {length} characters long: use at most {MAX_TENANT_NAME}"
+                ),
+            );
+            continue;
+        }
         if name.chars().any(char::is_control) {
             problems.push(format!("{key}.name"),
                 format!(
@@ -186,4 +230,81 @@ fn tenant_api_url(
         return None;
     }
     Some(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(label: &str) -> std::path::PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("mde-sync-tenants-{}-{label}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// The problems of loading `path`, or `None` if it did not return within five seconds.
+    fn load_in_time(path: std::path::PathBuf) -> Option<String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut problems = Problems::new();
+            load_tenants(&path, &ApiHosts::commercial(), &mut problems);
+            let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            let _ = tx.send(text.join("\n"));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5)).ok()
+    }
+
+    #[test]
+    fn a_fifo_as_tenants_file_is_refused_at_once() {
+        let d = dir("fifo");
+        let fifo = d.join("tenants.toml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let problems = load_in_time(fifo).expect("reading a FIFO blocked");
+        assert!(problems.contains("not a regular file"), "{problems}");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_device_or_an_oversized_file_is_refused_without_reading_it_whole() {
+        let problems = load_in_time("/dev/zero".into()).expect("reading /dev/zero blocked");
+        assert!(problems.contains("not a regular file"), "{problems}");
+        let d = dir("big");
+        let big = d.join("tenants.toml");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_TENANTS_FILE + 1).unwrap();
+        let problems = load_in_time(big).unwrap();
+        assert!(problems.contains("larger than 16 MiB"), "{problems}");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_tenant_name_longer_than_the_limit_is_a_problem() {
+        let long = "n".repeat(1 << 20);
+        let text = format!(
+            "[[tenant]]\nid = \"00000000-0000-4000-a000-000000000001\"\nname = \"{long}\"\n"
+        );
+        let mut problems = Problems::new();
+        let tenants = parse_tenants(&text, "t.toml", &ApiHosts::commercial(), &mut problems);
+        assert!(tenants.is_empty());
+        assert!(
+            problems[0].to_string().contains("1048576 characters long"),
+            "{}",
+            problems[0]
+        );
+        let mut problems = Problems::new();
+        let ok = format!(
+            "[[tenant]]\nid = \"00000000-0000-4000-a000-000000000001\"\nname = \"{}\"\n",
+            "n".repeat(MAX_TENANT_NAME)
+        );
+        assert_eq!(
+            parse_tenants(&ok, "t.toml", &ApiHosts::commercial(), &mut problems).len(),
+            1
+        );
+    }
 }

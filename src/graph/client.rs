@@ -67,6 +67,13 @@ impl GraphClient {
         self
     }
 
+    /// How long one request may wait on the network (`sync.request_timeout`), see
+    /// [`crate::api::call::Caller::request_timeout`].
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.caller.request_timeout = timeout;
+        self
+    }
+
     /// Refuses response bodies and single alerts larger than `limits` (see [`crate::odata`]).
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.caller.limits = limits;

@@ -3,7 +3,7 @@
 //! leases, `/healthz` and `/metrics`, and systemd's READY/STATUS/WATCHDOG/STOPPING, until the
 //! shutdown future resolves.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{collections::HashSet, future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
@@ -14,7 +14,7 @@ use super::{Heartbeat, Integration, Notifier, http::AdminState, notify, replica:
 use crate::{
     actions::Applier,
     app::App,
-    config::{Environment, Needs, Settings},
+    config::{ConfigError, Environment, Needs, Settings},
     health::Health,
     metrics::Metrics,
     service,
@@ -131,12 +131,26 @@ impl App {
 
         let tokens = self.tokens.clone();
         let graph_tokens = self.graph_tokens.clone();
+        let budgets = [self.budget.clone(), self.graph_budget.clone()];
+        let (current, replica) = (tenants.subscribe(), held.clone());
         sched
             .add(
                 Job::new_async("*/30 * * * * *", move |_, _| {
                     let tokens = tokens.clone();
                     let graph_tokens = graph_tokens.clone();
+                    // Only the tenants this replica syncs keep their tokens: a removed or
+                    // handed-over tenant's token is dropped, not renewed forever.
+                    let keep: HashSet<TenantId> =
+                        mine(replica.as_deref(), current.borrow().clone())
+                            .iter()
+                            .map(|t| t.id.clone())
+                            .collect();
+                    for b in &budgets {
+                        b.forget_idle(&keep);
+                    }
                     Box::pin(async move {
+                        tokens.retain(&keep);
+                        graph_tokens.retain(&keep);
                         let n = tokens.renew_expiring().await + graph_tokens.renew_expiring().await;
                         if n > 0 {
                             tracing::info!(renewed = n, "tokens renewed ahead of expiry");
@@ -197,10 +211,23 @@ impl App {
             .map(|every| service::spawn_watchdog(notifier.clone(), heartbeat.clone(), every));
 
         let mut log_level = self.settings.log.level.clone();
+        // A SQLite file deleted or replaced under the daemon stops it with an error.
+        let (db_watch, mut db_lost) = watch_database(&self.settings);
+        let mut fatal: Option<String> = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                Some(why) = async {
+                    match db_lost.as_mut() {
+                        Some(rx) => rx.await.ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    tracing::error!(error = %why, "the database is gone, stopping");
+                    fatal = Some(why);
+                    break;
+                }
                 Some(()) = async {
                     match reloads.as_mut() {
                         Some(r) => r.recv().await,
@@ -208,7 +235,22 @@ impl App {
                     }
                 } => {
                     notifier.reloading();
-                    self.reload(held.as_deref(), &tenants, log.as_ref(), &mut log_level, &notifier);
+                    // Files are read and certificates parsed on a blocking thread; a SIGTERM
+                    // meanwhile is not held up by them.
+                    let path = self.settings.config_path.clone();
+                    let load = tokio::task::spawn_blocking(move || {
+                        crate::app::load_settings(&path, &Environment::from_process(), Needs::ALL)
+                            .map(|(s, _)| s)
+                    });
+                    let loaded = tokio::select! {
+                        biased;
+                        _ = &mut shutdown => break,
+                        r = load => r,
+                    };
+                    match loaded {
+                        Ok(new) => self.reload(held.as_deref(), &tenants, log.as_ref(), &mut log_level, &notifier, new),
+                        Err(e) => tracing::error!(error = %e, "reload failed while reading the configuration"),
+                    }
                     notifier.ready(&self.metrics.summary());
                 }
                 Some(claimed) = claimed_rx.recv() => {
@@ -253,12 +295,20 @@ impl App {
                 "runs still in progress abandoned; they resume from their watermark"
             );
         }
-        for task in admin.into_iter().chain(watchdog).chain(replica_loop) {
+        for task in admin
+            .into_iter()
+            .chain(watchdog)
+            .chain(replica_loop)
+            .chain(db_watch)
+        {
             task.abort();
         }
         if let Some(r) = &held {
             // Other replicas take this one's tenants over at their next round, not after a ttl.
             r.release_all().await;
+        }
+        if let Some(why) = fatal {
+            return Err(anyhow::anyhow!(why));
         }
         tracing::info!("stopped");
         Ok(())
@@ -288,10 +338,11 @@ impl App {
         log: Option<&LogHandle>,
         log_level: &mut String,
         notifier: &Notifier,
+        loaded: Result<Settings, ConfigError>,
     ) {
         let path = &self.settings.config_path;
-        let new = match crate::app::load_settings(path, &Environment::from_process(), Needs::ALL) {
-            Ok((s, _)) => s,
+        let new = match loaded {
+            Ok(s) => s,
             Err(e) => {
                 let problems: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
                 tracing::error!(
@@ -370,6 +421,23 @@ fn stored_health(text: &str) -> Health {
 }
 
 /// The tenants this process syncs: all of them, or, as a replica, those it holds a lease on.
+/// The watch on the SQLite database file, and where it says that the file is gone; `None`s on
+/// Postgres.
+fn watch_database(
+    settings: &Settings,
+) -> (
+    Option<tokio::task::JoinHandle<()>>,
+    Option<tokio::sync::oneshot::Receiver<String>>,
+) {
+    match service::dbfile::DatabaseFile::of(settings.database.url.expose_secret()) {
+        Some(file) => {
+            let (task, lost) = file.watch();
+            (Some(task), Some(lost))
+        }
+        None => (None, None),
+    }
+}
+
 fn mine(replica: Option<&Replica>, tenants: Arc<Vec<Tenant>>) -> Arc<Vec<Tenant>> {
     match replica {
         Some(r) => Arc::new(r.mine(&tenants)),

@@ -25,6 +25,13 @@ use crate::{
 /// How long `/healthz` waits for the database.
 const DB_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Connections served at once; one more is closed as soon as it is accepted, so idle or slow
+/// clients can never take the file descriptors the API calls and the database need.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// The longest a connection is kept, idle or not (a scraper simply connects again).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// What the handlers read.
 #[derive(Clone)]
 pub struct AdminState {
@@ -55,20 +62,28 @@ pub fn serve(listener: TcpListener, state: AdminState) -> tokio::task::JoinHandl
                 }
             };
             while conns.try_join_next().is_some() {}
-            let state = state.clone();
-            conns.spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+            if conns.len() >= MAX_CONNECTIONS {
+                // closed at once: the client sees the connection end and may try again
+                drop(stream);
+                continue;
+            }
+            conns.spawn(serve_connection(stream, state.clone()));
         }
     })
+}
+
+/// Serves one connection for at most [`CONNECTION_LIFETIME`], with a bounded wait for each
+/// request's headers.
+async fn serve_connection(stream: tokio::net::TcpStream, state: AdminState) {
+    let svc = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), svc);
+    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
 }
 
 async fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Full<Bytes>> {
@@ -212,6 +227,43 @@ mod tests {
             replica: None,
         };
         (state, dir)
+    }
+
+    /// This process's open file descriptors.
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_cannot_take_the_file_descriptors() {
+        let (state, dir) = state("conns").await;
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = serve(listener, state);
+        let before = open_fds();
+        let mut idle = Vec::new();
+        for _ in 0..400 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // 400 are the clients' own; the server holds at most MAX_CONNECTIONS of its own
+        let grown = open_fds() - before;
+        assert!(
+            grown <= 400 + MAX_CONNECTIONS + 8,
+            "{grown} descriptors for 400 idle connections"
+        );
+        drop(idle);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        server.abort();
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     fn get(path: &str) -> Request<()> {

@@ -7,6 +7,7 @@
 //! directly or sees a secret.
 
 pub mod daemon;
+pub mod dbfile;
 pub mod http;
 pub mod notify;
 pub mod replica;

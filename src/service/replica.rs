@@ -465,26 +465,80 @@ pub fn sqlite_lock_path(url: &str) -> Option<PathBuf> {
     Some(dir.join(format!("{name}.run-lock")))
 }
 
-/// SQLite stays single-replica: takes an exclusive lock beside the database file for as long as
-/// the returned file is open (the kernel drops it when the process dies, even by kill -9).
+/// The SQLite database file a URL names; `None` for an in-memory database.
+pub(super) fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path == ":memory:" || path.starts_with("file::memory:") {
+        return None;
+    }
+    Some(PathBuf::from(path))
+}
+
+/// The single-replica lock of a SQLite database, held until dropped: a lock file beside the
+/// database (by its path) and a lock on the database file itself (by its identity, so that a
+/// hard link or another path to the same file is refused too).
+pub struct SqliteRunLock {
+    _beside: File,
+    /// Never closed while the process runs: closing any descriptor of the database file would
+    /// drop the POSIX locks SQLite holds on it. Dropping the lock unlocks it and leaves it open.
+    database: Option<File>,
+}
+
+impl Drop for SqliteRunLock {
+    fn drop(&mut self) {
+        if let Some(f) = self.database.take() {
+            let _ = f.unlock();
+            std::mem::forget(f);
+        }
+    }
+}
+
+/// SQLite stays single-replica: takes an exclusive lock beside the database file and on the
+/// file itself for as long as the returned lock lives (the kernel drops both when the process
+/// dies, even by kill -9). The database file is created (0600) if it does not exist yet.
 /// `Ok(None)` for an in-memory database; an error names the fix.
-pub fn lock_sqlite(url: &str) -> Result<Option<File>, String> {
-    let Some(path) = sqlite_lock_path(url) else {
+pub fn lock_sqlite(url: &str) -> Result<Option<SqliteRunLock>, String> {
+    let (Some(path), Some(file)) = (sqlite_lock_path(url), sqlite_file(url)) else {
         return Ok(None);
     };
-    let file = std::fs::OpenOptions::new()
+    let in_use = |what: &std::path::Path| {
+        format!(
+            "another `mde-sync run` is already using this SQLite database (lock {}): SQLite allows one replica; stop the other one, or move to Postgres to run several replicas",
+            what.display()
+        )
+    };
+    let beside = open_lock(&path, 0o644)?;
+    try_lock(&beside, &path).map_err(|busy| busy.unwrap_or_else(|| in_use(&path)))?;
+    let database = open_lock(&file, 0o600)?;
+    try_lock(&database, &file).map_err(|busy| busy.unwrap_or_else(|| in_use(&file)))?;
+    Ok(Some(SqliteRunLock {
+        _beside: beside,
+        database: Some(database),
+    }))
+}
+
+fn open_lock(path: &std::path::Path, mode: u32) -> Result<File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
-        .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
+        .mode(mode)
+        .open(path)
+        .map_err(|e| format!("cannot open {} to lock it: {e}; check that its directory exists and the mde-sync user may write there", path.display()))
+}
+
+/// `Err(None)` when another process holds the lock, `Err(Some(why))` when locking failed.
+fn try_lock(file: &File, path: &std::path::Path) -> Result<(), Option<String>> {
     match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-            "another `mde-sync run` is already using this SQLite database (lock {}): SQLite allows one replica; stop the other one, or move to Postgres to run several replicas",
-            path.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(None),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Some(format!("cannot lock {}: {e}", path.display())))
+        }
     }
 }
 
@@ -511,10 +565,27 @@ mod tests {
         let first = lock_sqlite(&url)
             .unwrap()
             .expect("a lock for a file database");
-        let err = lock_sqlite(&url).unwrap_err();
+        let err = lock_sqlite(&url).map(|_| ()).unwrap_err();
         assert!(err.contains("another `mde-sync run`"), "{err}");
         drop(first);
         assert!(lock_sqlite(&url).unwrap().is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_hard_link_to_a_locked_database_is_refused() {
+        let dir = std::env::temp_dir().join(format!("mde-sync-link-{}", std::process::id()));
+        let other = dir.join("elsewhere");
+        std::fs::create_dir_all(&other).unwrap();
+        let url = format!("sqlite://{}/a.db", dir.display());
+        std::fs::write(dir.join("a.db"), b"").unwrap();
+        let first = lock_sqlite(&url).unwrap().expect("a lock");
+        std::fs::hard_link(dir.join("a.db"), other.join("b.db")).unwrap();
+        let linked = format!("sqlite://{}/b.db?mode=rwc", other.display());
+        let err = lock_sqlite(&linked).map(|_| ()).unwrap_err();
+        assert!(err.contains("another `mde-sync run`"), "{err}");
+        drop(first);
+        assert!(lock_sqlite(&linked).unwrap().is_some());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -294,6 +294,7 @@ impl Simulator {
                 changes_enabled: true,
                 raw_counter: 0,
                 calls: HashMap::new(),
+                secret_expired: false,
             }),
             cfg,
         })
@@ -373,6 +374,12 @@ impl Simulator {
                 })
                 .collect(),
         }
+    }
+
+    /// The app's client secret expires: from now on every token request made with it is refused
+    /// with AADSTS7000222, as Entra refuses an expired secret (tokens already issued stay valid).
+    pub fn expire_secret(&self) {
+        self.lock().secret_expired = true;
     }
 
     /// Invalidates every token issued so far.

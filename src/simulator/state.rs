@@ -113,6 +113,8 @@ pub(super) struct State {
     pub(super) raw_counter: u64,
     /// Recent API calls per tenant, for `Faults::limit`.
     pub(super) calls: HashMap<String, std::collections::VecDeque<Timestamp>>,
+    /// The app's client secret has expired: every secret is refused with AADSTS7000222.
+    pub(super) secret_expired: bool,
 }
 
 /// A stable hash of (tenant, alert id), so the served order survives across requests (making

@@ -331,6 +331,17 @@ impl Simulator {
         } else {
             "1"
         };
+        if appidacr == "1" && st.secret_expired {
+            return fail(
+                &mut st,
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000222,
+                format!(
+                    "The provided client secret keys for app '{client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds."
+                ),
+            );
+        }
         if (appidacr == "1" && secret != self.cfg.client_secret) || kind == TenantKind::BadSecret {
             return fail(
                 &mut st,

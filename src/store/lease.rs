@@ -10,8 +10,10 @@
 //!   and renews the rows it holds *at the epochs it knows*, so a restarted process that reuses a
 //!   replica id never adopts its predecessor's leases.
 //! - [`fence`] is the first statement of every write transaction. It raises unless this process
-//!   holds the tenant's lease at its epoch, and it keeps the lease row locked until COMMIT, so a
-//!   claimer (which skips locked rows) cannot take the tenant while a commit is in flight.
+//!   holds the tenant's lease at its epoch, and it keeps the lease row locked (`FOR KEY SHARE`)
+//!   until COMMIT, so a claimer (which skips locked rows) cannot take the tenant while a commit is
+//!   in flight. The heartbeat's renewal does not wait for that lock, and runs on a connection of
+//!   its own, so a slow commit never delays the renewal of the replica's leases.
 //!
 //! This module never decides *when* to claim or release, and never talks HTTP.
 
@@ -106,10 +108,13 @@ pub struct ReplicaStatus {
     pub leases: i64,
 }
 
-/// The lease statements, on the store's pool.
+/// The lease statements, on the store's pool; the heartbeat on a pool of its own.
 #[derive(Clone)]
 pub struct Leases {
     pool: PgPool,
+    /// One connection for the heartbeat alone: commits that take every connection of the
+    /// store's pool cannot make the renewal wait for one.
+    heartbeat_pool: PgPool,
     book: Arc<Book>,
 }
 
@@ -119,7 +124,15 @@ fn ts(col: &str) -> String {
 
 impl Leases {
     pub fn new(pool: PgPool, book: Arc<Book>) -> Self {
-        Self { pool, book }
+        let heartbeat_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with((*pool.connect_options()).clone());
+        Self {
+            pool,
+            heartbeat_pool,
+            book,
+        }
     }
 
     pub fn book(&self) -> &Arc<Book> {
@@ -166,7 +179,7 @@ impl Leases {
         let me = self.me()?;
         let held = self.book.held();
         let (tenants, epochs): (Vec<String>, Vec<i64>) = held.clone().into_iter().unzip();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.heartbeat_pool.begin().await?;
         sqlx::query(
             "INSERT INTO sync_replicas (replica_id, hostname, pid, expires_at) \
              VALUES ($1, $2, $3, now() + make_interval(secs => $4)) \
@@ -375,6 +388,27 @@ impl Leases {
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
         Ok((leases, replicas))
+    }
+}
+
+/// Notes when `tenant`'s data was last committed under this process's lease: after the commit,
+/// in a statement of its own, so that the fence never holds the lease row for an update. A
+/// failure costs only the time stamp.
+pub(crate) async fn note_commit(pool: &PgPool, book: &Book, tenant: &str) {
+    let (Some(owner), Some(epoch)) = (book.owner(), book.epoch(tenant)) else {
+        return;
+    };
+    let r = sqlx::query(
+        "UPDATE tenant_leases SET last_commit_at = clock_timestamp() \
+         WHERE tenant_id = $1 AND owner = $2 AND epoch = $3",
+    )
+    .bind(tenant)
+    .bind(owner)
+    .bind(epoch)
+    .execute(pool)
+    .await;
+    if let Err(e) = r {
+        tracing::debug!(tenant, error = %e, "cannot note the commit time of the lease");
     }
 }
 

@@ -59,6 +59,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "actions",
         include_str!("../../migrations/postgres/0007_actions.sql"),
     ),
+    (
+        9,
+        "fence key share",
+        include_str!("../../migrations/postgres/0009_fence_key_share.sql"),
+    ),
 ];
 
 /// The staging table's COPY, in the column order of `alerts`.
@@ -509,6 +514,7 @@ impl Store for PostgresStore {
                 .await?;
             }
             tx.commit().await?;
+            lease::note_commit(&pool, &book, &tenant).await;
             let due = {
                 let mut a = analyze.lock().expect("analyze counter");
                 a.0 += written;

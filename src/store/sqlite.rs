@@ -59,6 +59,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "actions",
         include_str!("../../migrations/sqlite/0007_actions.sql"),
     ),
+    (
+        9,
+        "fence key share",
+        include_str!("../../migrations/sqlite/0009_fence_key_share.sql"),
+    ),
 ];
 
 /// The alert upsert. A row is replaced only by a version that is newer, or equally new with

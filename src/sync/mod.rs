@@ -191,6 +191,7 @@ use crate::{
     mde,
     metrics::{Metrics, RunSample},
     model::AlertRow,
+    slot::Slot,
     source::SourceKind,
     store::{RunReport, SharedStore, StoreError},
     tenant::{Tenant, TenantId},
@@ -230,6 +231,10 @@ pub enum SyncError {
     OverTop { top: usize, count: usize },
     #[error("the run was stopped at a page boundary (shutdown, or the tenant was removed)")]
     Stopped,
+    #[error(
+        "the run stopped on an internal error, a bug in mde-sync: {0}; the tenant is retried at the next tick (please report this message)"
+    )]
+    Panicked(String),
 }
 
 /// What a failed run says about the tenant, for scheduling its next attempt.
@@ -269,6 +274,7 @@ impl SyncError {
             Self::Store(_) => Health::DatabaseError,
             Self::UnstableInstant { .. } | Self::OverTop { .. } => Health::Degraded,
             Self::Stopped => Health::Stopped,
+            Self::Panicked(_) => Health::InternalError,
         }
     }
 }
@@ -412,9 +418,39 @@ impl Syncer {
     pub fn set_active_tenants(&self, tenants: Option<HashSet<TenantId>>) {
         let mut active = self.active.lock().expect("active set");
         if *active != tenants {
+            if let Some(keep) = &tenants {
+                self.forget_others(keep);
+            }
             *active = tenants;
             self.active_changed.send_modify(|n| *n += 1);
         }
+    }
+
+    /// Drops what is kept per tenant (slow-retry times, cursors) for tenants outside `keep`, so
+    /// that tenants coming and going leave nothing behind. A tenant that comes back starts with
+    /// a classic run, as after a restart.
+    fn forget_others(&self, keep: &HashSet<TenantId>) {
+        self.retry_at
+            .lock()
+            .expect("retry map")
+            .retain(|t, _| keep.contains(t));
+        self.cursors
+            .lock()
+            .expect("cursors")
+            .retain(|t, _| keep.contains(t));
+    }
+
+    /// How many tenants the syncer keeps per-tenant state for (slow-retry times and cursors).
+    pub fn tracked_tenants(&self) -> usize {
+        let retry: HashSet<TenantId> = self
+            .retry_at
+            .lock()
+            .expect("retry map")
+            .keys()
+            .cloned()
+            .collect();
+        let cursors = self.cursors.lock().expect("cursors");
+        retry.len() + cursors.keys().filter(|t| !retry.contains(*t)).count()
     }
 
     /// A second condition for runs and pages besides the active set, asked at the moment: a

@@ -45,15 +45,22 @@ impl Syncer {
         }
 
         let mut set = JoinSet::new();
+        let mut tasks = HashMap::new();
         for (i, tenant) in to_run {
             let this = Arc::clone(self);
-            set.spawn(async move { (i, this.sync_tenant(&tenant).await) });
+            let t = tenant.clone();
+            let task = set.spawn(async move { (i, this.sync_tenant(&t).await) });
+            tasks.insert(task.id(), (i, tenant));
         }
         let mut out = skipped;
-        while let Some(res) = set.join_next().await {
+        while let Some(res) = set.join_next_with_id().await {
             match res {
-                Ok(r) => out.push(r),
-                Err(e) => tracing::error!(error = %e, "tenant task panicked"),
+                Ok((_, r)) => out.push(r),
+                Err(e) => {
+                    if let Some((i, tenant)) = tasks.remove(&e.id()) {
+                        out.push((i, self.panicked_outcome(&tenant, e)));
+                    }
+                }
             }
         }
         // A refused credential is the app's problem only if no tenant accepted it in this pass;
@@ -64,6 +71,36 @@ impl Syncer {
         }
         out.sort_by_key(|(i, _)| *i);
         out.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// The outcome of a tenant whose task panicked outside its run (the run itself catches its
+    /// panics): failed, with the panic's message, and counted in the metrics as a failure.
+    fn panicked_outcome(&self, tenant: &Tenant, e: tokio::task::JoinError) -> RunOutcome {
+        let why = match e.try_into_panic() {
+            Ok(payload) => panic_message(payload.as_ref()),
+            Err(e) => e.to_string(),
+        };
+        let error = SyncError::Panicked(why).to_string();
+        tracing::error!(tenant = %tenant.id, tenant_name = %tenant.name, error = %error, "tenant sync failed");
+        let mut o = skipped_outcome(tenant, &error);
+        o.outcome = Outcome::Failed;
+        o.health = Health::InternalError;
+        o.scope = Some(FaultScope::Transient);
+        self.metrics.run_finished(
+            &RunSample {
+                tenant: &o.tenant,
+                tenant_name: &o.tenant_name,
+                outcome: o.outcome,
+                health: o.health,
+                alerts_received: 0,
+                alerts_written: 0,
+                alerts_rejected: 0,
+                duration: std::time::Duration::ZERO,
+                watermark: None,
+            },
+            self.now(),
+        );
+        o
     }
 
     /// Updates the slow-retry and credential-fault state after a run.
@@ -155,8 +192,9 @@ impl Syncer {
             set: &self.running,
             tenant: tenant.id.clone(),
         };
-        // One of the `max_concurrent_tenants` slots shared by every pass (and every direct call).
-        let _permit = tokio::select! {
+        // One of the `max_concurrent_tenants` slots shared by every pass (and every direct call),
+        // given back while the run waits for its call budget or a Retry-After (`crate::slot`).
+        let slot = tokio::select! {
             biased;
             _ = async {
                 let mut stop = self.stop.subscribe();
@@ -167,7 +205,7 @@ impl Syncer {
                 outcome.error = None;
                 return outcome;
             }
-            p = self.permits.acquire() => p.expect("semaphore open"),
+            s = Slot::acquire(self.permits.clone()) => s,
         };
         let started = Instant::now();
 
@@ -176,7 +214,11 @@ impl Syncer {
         let (before, run_id, result) = match self.begin(tenant).await {
             Ok((before, run_id)) => {
                 c.watermark = before;
-                let result = self.run(tenant, before, &mut c).await;
+                // A panic ends this run only: it is recorded as the run's failure, with its message.
+                let run = slot.scope(self.run(tenant, before, &mut c));
+                let result = CatchPanic(Box::pin(run))
+                    .await
+                    .unwrap_or_else(|why| Err(SyncError::Panicked(why)));
                 (before, Some(run_id), result)
             }
             Err(e) => (None, None, Err(SyncError::Store(e))),
@@ -315,6 +357,33 @@ impl Syncer {
             }
         }
     }
+}
+
+/// Awaits a future, turning a panic while it is polled into the panic's message.
+struct CatchPanic<'a, T>(std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>);
+
+impl<T> Future for CatchPanic<'_, T> {
+    type Output = Result<T, String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(p) => p.map(Ok),
+            Err(payload) => std::task::Poll::Ready(Err(panic_message(payload.as_ref()))),
+        }
+    }
+}
+
+/// The text a panic was raised with (`panic!`'s message), or a placeholder.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 fn skipped_outcome(t: &Tenant, why: &str) -> RunOutcome {
