@@ -70,6 +70,11 @@ pub enum ReadError {
     Malformed(String),
     #[error("the response body ended before the collection did")]
     Truncated,
+    /// A complete JSON object that is not a collection: no `value` member, or an `error` member
+    /// (a gateway's or proxy's answer with a 200 status). Read as an empty page it would prove a
+    /// window empty, so it is refused.
+    #[error("the response is not a collection ({why}); it begins {head:?}")]
+    NotACollection { why: &'static str, head: String },
     #[error("the reader of the response stopped")]
     Aborted,
 }
@@ -190,7 +195,15 @@ pub struct CollectionReader {
     body: usize,
     items: usize,
     next_link: Option<String>,
+    /// Whether the body had a `value` member, and an `error` member.
+    saw_value: bool,
+    saw_error: bool,
+    /// The body's first bytes, quoted when it is not a collection.
+    head: Vec<u8>,
 }
+
+/// How many of a body's first bytes an error quotes.
+const HEAD: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Member {
@@ -213,6 +226,9 @@ impl CollectionReader {
             body: 0,
             items: 0,
             next_link: None,
+            saw_value: false,
+            saw_error: false,
+            head: Vec::new(),
         }
     }
 
@@ -229,6 +245,10 @@ impl CollectionReader {
             return Err(ReadError::BodyTooLarge {
                 limit: self.limits.max_body,
             });
+        }
+        if self.head.len() < HEAD {
+            let n = (HEAD - self.head.len()).min(chunk.len());
+            self.head.extend_from_slice(&chunk[..n]);
         }
         let mut i = 0;
         while i < chunk.len() {
@@ -343,6 +363,10 @@ impl CollectionReader {
                         self.member = match (self.key_overflow, self.key.as_slice()) {
                             (false, b"value") => Member::Value,
                             (false, b"@odata.nextLink") => Member::Link,
+                            (false, b"error") => {
+                                self.saw_error = true;
+                                Member::Other
+                            }
                             _ => Member::Other,
                         };
                         self.state = State::Colon;
@@ -365,6 +389,7 @@ impl CollectionReader {
                         if b != b'[' {
                             return Err(self.malformed("\"value\" must be an array", b));
                         }
+                        self.saw_value = true;
                         self.state = State::Item;
                     }
                     Member::Link if b == b'"' => {
@@ -421,6 +446,19 @@ impl CollectionReader {
     pub fn finish(self) -> Result<Summary, ReadError> {
         if self.state != State::Done {
             return Err(ReadError::Truncated);
+        }
+        let why = if self.saw_error {
+            "it has an \"error\" member"
+        } else if !self.saw_value {
+            "it has no \"value\" member"
+        } else {
+            ""
+        };
+        if !why.is_empty() {
+            return Err(ReadError::NotACollection {
+                why,
+                head: String::from_utf8_lossy(&self.head).into_owned(),
+            });
         }
         Ok(Summary {
             items: self.items,
@@ -521,8 +559,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!((s.items, s.next_link, items.len()), (0, None, 0));
-        let (s, _) = read(br#"{}"#, 1, Limits::default()).unwrap();
-        assert_eq!(s.items, 0);
     }
 
     #[test]
@@ -586,6 +622,36 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn an_object_without_value_or_with_error_is_not_an_empty_page() {
+        for body in [
+            &b"{}"[..],
+            br#"{"error":{"code":"GatewayTimeout","message":"upstream"}}"#,
+            br#"{"value":[],"error":{"code":"x"}}"#,
+            br#"{"@odata.context":"x","values":[]}"#,
+        ] {
+            let text = String::from_utf8_lossy(body).into_owned();
+            match read(body, 3, Limits::default()) {
+                Err(ReadError::NotACollection { head, .. }) => {
+                    assert_eq!(head, text, "the error quotes the body's first bytes")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        let long = format!(r#"{{"error":"{}"}}"#, "x".repeat(1_000));
+        match read(long.as_bytes(), 7, Limits::default()) {
+            Err(ReadError::NotACollection { head, .. }) => assert_eq!(head.len(), HEAD),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            read(br#"{"value":[]}"#, 1, Limits::default())
+                .unwrap()
+                .0
+                .items,
+            0
+        );
     }
 
     #[test]

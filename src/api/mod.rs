@@ -198,10 +198,12 @@ pub fn read_error(status: u16, e: ReadError) -> ApiError {
             limit_mib: mib(limit),
         },
         ReadError::Aborted => ApiError::Aborted,
-        e @ (ReadError::Malformed(_) | ReadError::Truncated) => ApiError::Decode {
-            status,
-            detail: e.to_string(),
-        },
+        e @ (ReadError::Malformed(_) | ReadError::Truncated | ReadError::NotACollection { .. }) => {
+            ApiError::Decode {
+                status,
+                detail: e.to_string(),
+            }
+        }
     }
 }
 

@@ -31,11 +31,24 @@ pub(super) struct PageSink {
     pub(super) found: bool,
     pub(super) received: u64,
     pub(super) rejected: u64,
+    /// Alerts kept with some columns NULL (a property of the wrong shape).
+    pub(super) coerced: u64,
+    /// The window asked for: an alert whose `lastUpdateTime` lies outside it is refused, since
+    /// no window vouches for it and, stamped in the future, it would win "newer wins" for good.
+    pub(super) window: Option<(Timestamp, Timestamp)>,
     /// Why the read was ended, if the sink ended it.
     pub(super) error: Option<SyncError>,
 }
 
 impl PageSink {
+    /// A sink for a probe: it counts what arrives and writes nothing (a probe is read without
+    /// evidence, so writing its alert would replace the stored version's evidence).
+    pub(super) fn probe(tenant: &Tenant) -> Self {
+        let mut sink = Self::new(tenant, Some(1), 1, false);
+        sink.write = false;
+        sink
+    }
+
     pub(super) fn new(
         tenant: &Tenant,
         top: Option<usize>,
@@ -59,6 +72,8 @@ impl PageSink {
             found: false,
             received: 0,
             rejected: 0,
+            coerced: 0,
+            window: None,
             error: None,
         }
     }
@@ -88,6 +103,43 @@ impl PageSink {
             }
             self.tail.push_back(id.to_owned());
         }
+    }
+}
+
+impl PageSink {
+    /// Checks one parsed alert and adds it to the batch, or refuses it (counted and logged).
+    fn take(&mut self, row: AlertRow, bytes: usize) {
+        self.note_id(&row.id);
+        let Some(t) = row.last_update else {
+            // Without it no version can be ordered against another, and no window or watermark
+            // covers the alert.
+            self.rejected += 1;
+            tracing::warn!(alert_id = %row.id, reason = "no lastUpdateTime", problems = %row.coerced.join("; "), "malformed alert skipped");
+            return;
+        };
+        if let Some((from, to)) = self.window
+            && (t < from || t >= to)
+        {
+            self.rejected += 1;
+            tracing::warn!(alert_id = %row.id, last_update = %t, window_from = %from, window_to = %to, "the API sent an alert outside the window asked for, refused");
+            return;
+        }
+        if self.keep_times {
+            self.times.push(t);
+        }
+        if let Some(aad) = &row.aad_tenant_id
+            && !aad.eq_ignore_ascii_case(self.tenant.as_str())
+        {
+            self.rejected += 1;
+            tracing::error!(alert_id = %row.id, aad_tenant_id = %aad, "alert belongs to another tenant, refused");
+            return;
+        }
+        if !row.coerced.is_empty() {
+            self.coerced += 1;
+            tracing::warn!(alert_id = %row.id, problems = %row.coerced.join("; "), "alert stored with the columns of malformed properties NULL; raw holds them as received");
+        }
+        self.batch_bytes += bytes;
+        self.batch.push(row);
     }
 }
 
@@ -124,30 +176,7 @@ impl AlertSink for PageSink {
                 SourceKind::Graph => graph::model::parse_alert(raw),
             };
             match parsed {
-                Ok(row) if row.last_update.is_none() => {
-                    // Without it no version can be ordered against another, and no window or
-                    // watermark covers the alert.
-                    self.note_id(&row.id);
-                    self.rejected += 1;
-                    tracing::warn!(alert_id = %row.id, reason = "no lastUpdateTime", "malformed alert skipped");
-                }
-                Ok(row) => {
-                    self.note_id(&row.id);
-                    if self.keep_times
-                        && let Some(t) = row.last_update
-                    {
-                        self.times.push(t);
-                    }
-                    if let Some(aad) = &row.aad_tenant_id
-                        && !aad.eq_ignore_ascii_case(self.tenant.as_str())
-                    {
-                        self.rejected += 1;
-                        tracing::error!(alert_id = %row.id, aad_tenant_id = %aad, "alert belongs to another tenant, refused");
-                        return Ok(());
-                    }
-                    self.batch_bytes += raw.get().len();
-                    self.batch.push(row);
-                }
+                Ok(row) => self.take(row, raw.get().len()),
                 Err(e) => {
                     if let Some(id) = &e.id {
                         self.note_id(id);

@@ -284,6 +284,8 @@ pub struct RunOutcome {
     pub alerts_received: u64,
     pub alerts_written: u64,
     pub alerts_rejected: u64,
+    /// Alerts stored with the columns of malformed properties NULL (raw keeps them).
+    pub alerts_coerced: u64,
     pub pages: u64,
     pub duration_ms: u64,
     pub watermark: Option<Timestamp>,
@@ -296,6 +298,7 @@ struct Counters {
     received: u64,
     written: u64,
     rejected: u64,
+    coerced: u64,
     pages: u64,
     watermark: Option<Timestamp>,
 }

@@ -204,6 +204,7 @@ impl Syncer {
         outcome.alerts_received = c.received;
         outcome.alerts_written = c.written;
         outcome.alerts_rejected = c.rejected;
+        outcome.alerts_coerced = c.coerced;
         outcome.pages = c.pages;
         outcome.watermark = c.watermark;
         outcome.duration_ms = started.elapsed().as_millis() as u64;
@@ -251,6 +252,7 @@ impl Syncer {
                 alerts = c.received,
                 written = c.written,
                 rejected = c.rejected,
+                coerced = c.coerced,
                 pages = c.pages,
                 duration_ms = outcome.duration_ms,
                 watermark = %c.watermark.map(|w| w.to_db()).unwrap_or_default(),
@@ -327,6 +329,7 @@ fn skipped_outcome(t: &Tenant, why: &str) -> RunOutcome {
         alerts_received: 0,
         alerts_written: 0,
         alerts_rejected: 0,
+        alerts_coerced: 0,
         pages: 0,
         duration_ms: 0,
         watermark: None,

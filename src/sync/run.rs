@@ -114,6 +114,7 @@ impl Syncer {
                 expand_evidence: self.settings.expand_evidence,
             };
             let mut sink = PageSink::new(tenant, Some(page_size), self.overlap(tenant), true);
+            sink.window = Some((a, b));
             let proves = ceiling.map(|ceiling| b.min(ceiling));
             let page = self.read_page(tenant, &q, &mut sink, proves, c).await?;
 
@@ -227,6 +228,7 @@ impl Syncer {
         }
         c.received += std::mem::take(&mut sink.received);
         c.rejected += std::mem::take(&mut sink.rejected);
+        c.coerced += std::mem::take(&mut sink.coerced);
         stored?;
         if let Some(e) = sink.error.take() {
             return Err(e);
@@ -271,7 +273,7 @@ impl Syncer {
                 skip: known * 2 - 1,
                 expand_evidence: false,
             };
-            let mut sink = PageSink::new(tenant, Some(1), 1, false);
+            let mut sink = PageSink::probe(tenant);
             let probe = self.read_page(tenant, &q, &mut sink, None, c).await;
             match probe {
                 Ok(p) if p.count == 0 => return Ok(known * 2),
@@ -357,6 +359,7 @@ impl Syncer {
                     expand_evidence: self.settings.expand_evidence,
                 };
                 let mut sink = PageSink::new(tenant, Some(page_size), overlap, false);
+                sink.window = Some((t, t.plus_ticks(1)));
                 sink.expect = std::mem::take(&mut tail);
                 let page = self.read_page(tenant, &q, &mut sink, None, c).await?;
                 // Graph may answer short, even empty, and still say there is more. A page of
