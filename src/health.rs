@@ -42,10 +42,12 @@ pub enum Health {
     DatabaseError,
     /// This replica's lease on the tenant was taken over; the new holder syncs it.
     LeaseLost,
+    /// A window could not be read: the watermark waits at it while newer alerts keep syncing.
+    WindowHeld,
 }
 
 impl Health {
-    pub const ALL: [Health; 18] = [
+    pub const ALL: [Health; 19] = [
         Self::New,
         Self::Ok,
         Self::Skipped,
@@ -64,6 +66,7 @@ impl Health {
         Self::Redirected,
         Self::DatabaseError,
         Self::LeaseLost,
+        Self::WindowHeld,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +89,7 @@ impl Health {
             Self::Redirected => "redirected",
             Self::DatabaseError => "database-error",
             Self::LeaseLost => "lease-lost",
+            Self::WindowHeld => "window-held",
         }
     }
 

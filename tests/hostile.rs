@@ -900,14 +900,21 @@ async fn postgres_lock_waits_are_bounded_and_an_outage_names_its_cause() {
     let proxy = Proxy::start(0, target.clone()).await;
     let mut via_proxy = real.clone();
     via_proxy.set_port(Some(proxy.port)).unwrap();
-    // every call brings a new alert, so every run has something to write
+    // every call brings a new alert, so every run has something to write; it was updated two
+    // minutes ago, inside the window every run asks for
     let api = HostileServer::start(|req, me| {
         if req.is_token() {
             return Reply::token();
         }
         let n = me.api_calls();
+        let lut = (OffsetDateTime::now_utc() - Duration::minutes(2))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
         Reply::alerts(
-            &[alert(&format!("da-lock_{n}"), serde_json::json!({}))],
+            &[alert(
+                &format!("da-lock_{n}"),
+                serde_json::json!({"lastUpdateTime": lut}),
+            )],
             None,
         )
     })

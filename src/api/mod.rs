@@ -22,14 +22,62 @@ use crate::{
 
 pub use crate::odata::{Abort, Collect, ItemSink as AlertSink};
 
-/// One request for alerts by last update time, as a half-open window `[from, to)`.
+/// One request for alerts by last update time, as a half-open window `[from, to)`, optionally
+/// narrowed to a cell of creation times (an instant shared by more alerts than a page).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowQuery {
     pub from: Timestamp,
     pub to: Timestamp,
+    pub created: Created,
     pub top: usize,
     pub skip: usize,
     pub expand_evidence: bool,
+}
+
+/// Which alerts a query holds by creation time (`alertCreationTime`, `createdDateTime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// Any creation time, or none.
+    Any,
+    /// No creation time (`eq null`).
+    Null,
+    /// `ge lo` (when given) and `lt hi` (when given): both open is every alert with one.
+    Range(Option<Timestamp>, Option<Timestamp>),
+}
+
+impl Created {
+    /// The `$filter` terms for `property`, each starting with " and ", or nothing for `Any`.
+    pub fn filter(self, property: &str) -> String {
+        match self {
+            Self::Any => String::new(),
+            Self::Null => format!(" and {property} eq null"),
+            Self::Range(lo, hi) => {
+                let mut f = String::new();
+                if let Some(lo) = lo {
+                    f.push_str(&format!(" and {property} ge {}", lo.odata()));
+                }
+                if let Some(hi) = hi {
+                    f.push_str(&format!(" and {property} lt {}", hi.odata()));
+                }
+                if lo.is_none() && hi.is_none() {
+                    f.push_str(&format!(" and {property} ne null"));
+                }
+                f
+            }
+        }
+    }
+
+    /// Whether an alert created at `t` (`None`: no creation time) belongs to this cell.
+    pub fn holds(self, t: Option<Timestamp>) -> bool {
+        match (self, t) {
+            (Self::Any, _) => true,
+            (Self::Null, t) => t.is_none(),
+            (Self::Range(..), None) => false,
+            (Self::Range(lo, hi), Some(t)) => {
+                lo.is_none_or(|lo| t >= lo) && hi.is_none_or(|hi| t < hi)
+            }
+        }
+    }
 }
 
 /// What a response said besides its alerts, which went to the [`AlertSink`] as they arrived.

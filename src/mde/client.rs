@@ -117,9 +117,10 @@ impl MdeClient {
             pairs.append_pair(
                 "$filter",
                 &format!(
-                    "lastUpdateTime ge {} and lastUpdateTime lt {}",
+                    "lastUpdateTime ge {} and lastUpdateTime lt {}{}",
                     q.from.odata(),
-                    q.to.odata()
+                    q.to.odata(),
+                    q.created.filter("alertCreationTime")
                 ),
             );
             pairs.append_pair("$top", &q.top.to_string());

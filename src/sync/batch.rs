@@ -3,6 +3,10 @@
 //! only what the algorithm needs to know about the page kept.
 
 use super::*;
+use crate::{
+    api::Created,
+    model::{ALERT_COLUMNS, Val, column_index},
+};
 
 /// Receives one response's alerts as they arrive: parses and checks each, hands full batches to
 /// the writer, and keeps what the algorithm needs to know about the page — how many alerts, their
@@ -22,7 +26,15 @@ pub(super) struct PageSink {
     /// Alerts in the current attempt.
     pub(super) count: usize,
     pub(super) times: Vec<Timestamp>,
+    /// The creation times of the page's alerts that have one (kept with `times`).
+    pub(super) created_times: Vec<Timestamp>,
     pub(super) keep_times: bool,
+    /// The first `tail_len` ids, in the order served.
+    pub(super) head: Vec<String>,
+    /// The cell of creation times asked for: an alert created outside it is refused.
+    pub(super) cell: Created,
+    /// Every version read, as (hash of id and time, time), to find late arrivals (freshness).
+    pub(super) track: Option<Vec<(u64, Timestamp)>>,
     /// The last `tail_len` ids.
     pub(super) tail: VecDeque<String>,
     pub(super) tail_len: usize,
@@ -44,7 +56,7 @@ impl PageSink {
     /// A sink for a probe: it counts what arrives and writes nothing (a probe is read without
     /// evidence, so writing its alert would replace the stored version's evidence).
     pub(super) fn probe(tenant: &Tenant) -> Self {
-        let mut sink = Self::new(tenant, Some(1), 1, false);
+        let mut sink = Self::new(tenant, Some(1), 1, true);
         sink.write = false;
         sink
     }
@@ -65,7 +77,11 @@ impl PageSink {
             batch_bytes: 0,
             count: 0,
             times: Vec::new(),
+            created_times: Vec::new(),
             keep_times,
+            head: Vec::new(),
+            cell: Created::Any,
+            track: None,
             tail: VecDeque::new(),
             tail_len,
             expect: HashSet::new(),
@@ -97,6 +113,9 @@ impl PageSink {
         if !self.found && self.expect.contains(id) {
             self.found = true;
         }
+        if self.head.len() < self.tail_len {
+            self.head.push(id.to_owned());
+        }
         if self.tail_len > 0 {
             if self.tail.len() == self.tail_len {
                 self.tail.pop_front();
@@ -104,6 +123,22 @@ impl PageSink {
             self.tail.push_back(id.to_owned());
         }
     }
+}
+
+/// Where `alert_creation_time` sits in a parsed row.
+fn created_column() -> usize {
+    static AT: std::sync::LazyLock<usize> =
+        std::sync::LazyLock::new(|| column_index(ALERT_COLUMNS, "alert_creation_time"));
+    *AT
+}
+
+/// A version's identity within this process: its id and last-update time, hashed.
+pub(super) fn version_hash(id: &str, t: Timestamp) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    t.ticks().hash(&mut h);
+    h.finish()
 }
 
 impl PageSink {
@@ -124,8 +159,26 @@ impl PageSink {
             tracing::warn!(alert_id = %row.id, last_update = %t, window_from = %from, window_to = %to, "the API sent an alert outside the window asked for, refused");
             return;
         }
+        let created = match &row.values[created_column()] {
+            Val::Time(c) => *c,
+            _ => None,
+        };
+        if let Some(ct) = created
+            && !self.cell.holds(Some(ct))
+        {
+            self.rejected += 1;
+            tracing::warn!(alert_id = %row.id, created = %ct, "the API sent an alert created outside the cell asked for, refused");
+            return;
+        }
         if self.keep_times {
             self.times.push(t);
+            self.created_times.extend(created);
+        }
+        if let Some(track) = &mut self.track {
+            track.push((version_hash(&row.id, t), t));
+        }
+        if !self.write {
+            return;
         }
         if let Some(aad) = &row.aad_tenant_id
             && !aad.eq_ignore_ascii_case(self.tenant.as_str())
@@ -147,8 +200,13 @@ impl AlertSink for PageSink {
     fn begin(&mut self) {
         self.count = 0;
         self.times.clear();
+        self.created_times.clear();
         self.tail.clear();
+        self.head.clear();
         self.found = false;
+        if let Some(track) = &mut self.track {
+            track.clear();
+        }
     }
 
     fn item<'a>(&'a mut self, raw: &'a RawValue) -> BoxFuture<'a, Result<(), Abort>> {
@@ -168,7 +226,7 @@ impl AlertSink for PageSink {
                 });
                 return Err(Abort);
             }
-            if !self.write {
+            if !self.write && !self.keep_times {
                 return Ok(());
             }
             let parsed = match self.source {
