@@ -16,6 +16,7 @@ use crate::{
     auth::AuthError,
     health::Health,
     odata::{ReadError, Summary},
+    source::SourceKind,
     tenant::TenantId,
     timestamp::Timestamp,
 };
@@ -32,6 +33,17 @@ pub struct WindowQuery {
     pub top: usize,
     pub skip: usize,
     pub expand_evidence: bool,
+    /// Where the run asking was started to read from: its tenant's source and own API host.
+    /// A source that now routes the tenant elsewhere (a reload) refuses the query
+    /// ([`ApiError::Rerouted`]), so a run never parses one API's answers as the other's.
+    pub route: Route,
+}
+
+/// A tenant's source and own API host (MDE's geo hosts), as a run saw them when it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    pub source: SourceKind,
+    pub api_url: Option<url::Url>,
 }
 
 /// Which alerts a query holds by creation time (`alertCreationTime`, `createdDateTime`).
@@ -179,6 +191,12 @@ pub enum ApiError {
     /// The caller's sink ended the read; the caller knows why.
     #[error("the read was ended by its caller")]
     Aborted,
+    /// The tenant's source or API host changed (a reload) since its run started: the run ends
+    /// at this page boundary and the next one reads from the new entry.
+    #[error(
+        "the tenant's source changed while its run was in progress; the next run uses the new one"
+    )]
+    Rerouted,
 }
 
 impl ApiError {
@@ -227,6 +245,7 @@ impl ApiError {
             Self::BadRequest { .. } => Health::BadRequest,
             Self::Redirected { .. } => Health::Redirected,
             Self::TooLarge { .. } | Self::Aborted => Health::Degraded,
+            Self::Rerouted => Health::Stopped,
         }
     }
 }

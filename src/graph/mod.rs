@@ -87,6 +87,7 @@ mod tests {
             top: 5_000,
             skip: 20,
             expand_evidence: true,
+            route: Default::default(),
         };
         let base = Url::parse("https://graph.microsoft.com").unwrap();
         let url = window_url(&base, &q, ServiceSources::Endpoint);

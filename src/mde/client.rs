@@ -93,6 +93,15 @@ impl MdeClient {
     }
 
     /// The API base a tenant's requests go to.
+    /// The tenant's own API host, if its entry names one.
+    pub fn tenant_api_url(&self, tenant: &TenantId) -> Option<Url> {
+        self.tenant_api_urls
+            .read()
+            .expect("api url map")
+            .get(tenant)
+            .cloned()
+    }
+
     pub fn base_url(&self, tenant: &TenantId) -> Url {
         self.tenant_api_urls
             .read()

@@ -38,8 +38,12 @@ impl Syncer {
                     });
                 }
                 if c.pages >= self.settings.max_pages_per_run {
-                    tracing::info!(pages = c.pages, instant = %q.from, "run reached sync.max_pages_per_run inside an instant, continuing next tick");
-                    return Ok(Read::Unfinished);
+                    // the next run would start this cell again: one that needs more pages than
+                    // a run may send would never complete, so it is held, with the reason
+                    return Err(SyncError::CellOverPageLimit {
+                        instant: q.from,
+                        pages: self.settings.max_pages_per_run,
+                    });
                 }
                 let page_q = WindowQuery { skip, ..q.clone() };
                 let mut sink = PageSink::new(tenant, Some(q.top), overlap, false);

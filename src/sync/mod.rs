@@ -129,9 +129,9 @@
 //! window `[q0_{i−1} + 1 tick − o, …)` holds `t` whenever `o ≥ δ`. So every version whose delay
 //! is at most `o` is stored by the first run that starts after it is visible: within one tick
 //! of becoming visible. `o` follows the API, not the bound: each version first seen in the
-//! part of the cursor window the previous run had read already (a late arrival) gives a sample
-//! `q0 − t`, an upper bound of its `δ`; `o` is a high quantile of the recent samples with a
-//! margin, at least one tick, at most `L`. A version whose delay exceeds `o` is not lost: the
+//! part of the cursor window the previous run had read already (a late arrival) gives the
+//! overlap it needed, `q0_{i−1} + 1 tick − t` (at most its `δ`); `o` is the largest recent need
+//! (halving every two minutes) with a quarter's margin, at least 5 s, at most `L`. A version whose delay exceeds `o` is not lost: the
 //! sweep stores it (within `2L` of `t`, as before), and a sweep that had to write anything the
 //! cursor missed doubles `o` (up to `L`), so the overlap grows to what the API does. Each
 //! version is read about `1 + (o + tick)/tick` times by cursors while current, once by the
@@ -204,6 +204,10 @@
 //! source being read (each of its versions is stored at its own time or newer), and an MDE row
 //! whose time is later than the Graph version's keeps its content until Graph reports a later
 //! change. A switch drops the tenant's cursor, so its first run on the new source is a classic run.
+//! A run reads with the source it started with: every request names the source and API host the
+//! run began with, and once a reload routes the tenant elsewhere the request is refused before it
+//! is sent and the run ends at that page boundary (`stopped`), so no answer of one API is ever
+//! parsed with the other's model.
 //!
 //! # Why nothing goes stale or doubles
 //! Rows are keyed by `(tenant_id, id)`, and the store writes a version only if its
@@ -285,6 +289,14 @@ pub enum SyncError {
     )]
     CellTooLarge { instant: Timestamp, limit: usize },
     #[error(
+        "reading the alerts that share lastUpdateTime {instant} and one creation time reached sync.max_pages_per_run ({pages}) before they were all read: raise sync.max_pages_per_run, or sync.page_size"
+    )]
+    CellOverPageLimit { instant: Timestamp, pages: u64 },
+    #[error(
+        "the run reached sync.max_pages_per_run ({pages} pages) without completing the window from {at}, so the next run would repeat it: raise sync.max_pages_per_run or sync.page_size, or check that the API honours $skip and $top"
+    )]
+    NoProgress { pages: u64, at: Timestamp },
+    #[error(
         "the alerts at lastUpdateTime {at} and after could not all be read since {since} ({attempts} attempts): {reason}; newer alerts keep syncing, and the watermark waits at {at} until that window is read (it is retried with a backoff)"
     )]
     WindowHeld {
@@ -306,6 +318,7 @@ impl SyncError {
             Self::UnstableInstant { .. }
                 | Self::OverTop { .. }
                 | Self::CellTooLarge { .. }
+                | Self::CellOverPageLimit { .. }
                 | Self::Api(ApiError::BadRequest { .. } | ApiError::TooLarge { .. })
         )
     }
@@ -347,7 +360,8 @@ impl SyncError {
             Self::Store(StoreError::LeaseLost { .. }) => Health::LeaseLost,
             Self::Store(_) => Health::DatabaseError,
             Self::UnstableInstant { .. } | Self::OverTop { .. } => Health::Degraded,
-            Self::CellTooLarge { .. } => Health::Degraded,
+            Self::CellTooLarge { .. } | Self::CellOverPageLimit { .. } => Health::Degraded,
+            Self::NoProgress { .. } => Health::Degraded,
             Self::WindowHeld { .. } => Health::WindowHeld,
             Self::Stopped => Health::Stopped,
         }
@@ -411,7 +425,8 @@ struct Cursor {
     /// The versions the last cursor read saw from `seen_from` on (hashes of id and time).
     seen: HashSet<u64>,
     seen_from: Timestamp,
-    /// The late arrival that needed the largest overlap in recent runs, decaying.
+    /// The late arrival that needed the largest overlap in recent runs, halving every two
+    /// minutes.
     needed: time::Duration,
     /// Raised by sweeps that found what the cursor missed.
     floor: time::Duration,
@@ -571,7 +586,11 @@ impl Syncer {
                 biased;
                 Ok(_) = stop.wait_for(|s| *s) => return Err(SyncError::Stopped),
                 // an answer already here is used: its commit is fenced anyway
-                r = &mut call => return Ok(r?),
+                r = &mut call => return match r {
+                    // the tenant's source changed on reload: end at this page boundary
+                    Err(ApiError::Rerouted) => Err(SyncError::Stopped),
+                    r => Ok(r?),
+                },
                 Ok(()) = active.changed() => self.may_continue(tenant)?,
             }
         }

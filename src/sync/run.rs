@@ -7,6 +7,9 @@ use super::{batch::PageSink, windows::Span, *};
 /// The overlap a new cursor starts with, before anything was measured (capped at `L`).
 const FIRST_OVERLAP: time::Duration = time::Duration::minutes(2);
 
+/// The measured need halves every this long without a late arrival that needs as much.
+const NEED_HALF_LIFE: time::Duration = time::Duration::minutes(2);
+
 /// The overlap never shrinks below this: it absorbs a clock that differs from the API's by a
 /// little, and costs nothing when nothing changes.
 const MIN_OVERLAP: time::Duration = time::Duration::seconds(5);
@@ -76,7 +79,7 @@ impl Syncer {
                 last_run: q0,
                 seen: HashSet::new(),
                 seen_from: to,
-                needed: time::Duration::ZERO,
+                needed: FIRST_OVERLAP.min(self.settings.lag_allowance) * 4 / 5,
                 floor: time::Duration::ZERO,
                 hold: hold.clone(),
             };
@@ -102,7 +105,6 @@ impl Syncer {
         let to = q0.plus_ticks(1);
         let start = cur.next.minus(cur.overlap);
         let tick = q0.ticks() - cur.last_run.ticks();
-        cur.last_run = q0;
         // The cursor first: what changed since the last run is stored now.
         let read = self
             .read_windows(tenant, start, to, None, Some(start.max(ceiling)), c)
@@ -118,6 +120,7 @@ impl Syncer {
             self.measure(&mut cur, span.versions, start, q0);
             cur.next = cur.next.max(covered);
         }
+        cur.last_run = q0;
         // Then the sweep that moves the watermark, once per sweep interval or when a held
         // window's backoff has passed.
         let due = cur.last_sweep <= q0.minus(self.sweep_interval())
@@ -207,9 +210,10 @@ impl Syncer {
                 }
             }
         }
-        // the largest recent need, decaying by a fifth each run
-        let decayed: time::Duration = cur.needed * 4 / 5;
-        cur.needed = decayed.max(needed);
+        // the largest recent need, halving every NEED_HALF_LIFE
+        let elapsed = since(q0, cur.last_run).as_seconds_f64();
+        let decay = 0.5f64.powf(elapsed / NEED_HALF_LIFE.as_seconds_f64());
+        cur.needed = (cur.needed * decay).max(needed);
         self.size_overlap(cur);
         if late > 0 {
             tracing::debug!(

@@ -4,7 +4,7 @@
 //! rest is read (see "Held windows").
 
 use super::{batch::PageSink, cell, cuts, *};
-use crate::api::Created;
+use crate::api::{Created, Route};
 
 /// At most this many versions of one span are remembered to find late arrivals; a larger read
 /// (a burst, a backfill) measures nothing.
@@ -41,8 +41,6 @@ impl Part {
 pub(super) enum Read {
     Complete,
     Split(Vec<Part>),
-    /// `sync.max_pages_per_run` was reached inside a cell: the run ends here.
-    Unfinished,
 }
 
 /// How a span of windows was read.
@@ -96,6 +94,8 @@ impl Syncer {
             asked: self.page_size(tenant),
             largest_linked: None,
         };
+        let moves_watermark = ceiling.is_some();
+        let watermark_before = c.watermark;
         let mut progress = Progress::new(from, to);
         let mut span = Span {
             versions: track_from.map(|_| Vec::new()),
@@ -118,7 +118,6 @@ impl Syncer {
                     }
                 }
                 Ok(Read::Split(parts)) => stack.extend(parts.into_iter().rev()),
-                Ok(Read::Unfinished) => break,
                 Err(e) if e.holds_window() => {
                     tracing::warn!(window_from = %part.from, window_to = %part.to, error = %e, moving_watermark = ceiling.is_some(), "a window cannot be read; reading on without it");
                     // The rest of this part's instant and every later window are read all the
@@ -135,6 +134,13 @@ impl Syncer {
             progress.tick(c, stack.len(), part.to);
             if c.pages >= self.settings.max_pages_per_run && !stack.is_empty() {
                 tracing::info!(pages = c.pages, windows_left = stack.len(), watermark = %c.watermark.map(|w| w.to_db()).unwrap_or_default(), "run reached sync.max_pages_per_run, continuing next tick");
+                if moves_watermark && c.watermark == watermark_before && span.held.is_none() {
+                    // the next run would start at the same place with the same budget
+                    return Err(SyncError::NoProgress {
+                        pages: c.pages,
+                        at: from,
+                    });
+                }
                 break;
             }
         }
@@ -162,6 +168,10 @@ impl Syncer {
             top: page_size,
             skip: 0,
             expand_evidence: self.settings.expand_evidence,
+            route: Route {
+                source: tenant.source,
+                api_url: tenant.api_url.clone(),
+            },
         };
         let mut sink = PageSink::new(
             tenant,
@@ -228,7 +238,10 @@ impl Syncer {
         c: &mut Counters,
     ) -> Result<Read, SyncError> {
         let per_page = served.per_page();
-        let (count, probes) = self.estimate_count(tenant, q, per_page, c).await?;
+        let first_id = sink.head.first().map(String::as_str);
+        let (count, probes) = self
+            .estimate_count(tenant, q, per_page, first_id, c)
+            .await?;
         let parts = cuts::parts_for(count, per_page);
         let probe_times: Vec<Timestamp> = probes.iter().map(|p| p.0).collect();
         let bounds = cuts::by_time(sink.times, &probe_times, part.from, part.to, parts);
@@ -253,7 +266,10 @@ impl Syncer {
         c: &mut Counters,
     ) -> Result<Read, SyncError> {
         let per_page = served.per_page();
-        let (count, probes) = self.estimate_count(tenant, q, per_page, c).await?;
+        let first_id = sink.head.first().map(String::as_str);
+        let (count, probes) = self
+            .estimate_count(tenant, q, per_page, first_id, c)
+            .await?;
         let parts = cuts::parts_for(count, per_page);
         let (lo, hi) = match part.created {
             Created::Range(lo, hi) => (lo, hi),
@@ -323,6 +339,7 @@ impl Syncer {
         tenant: &Tenant,
         q: &WindowQuery,
         per_page: usize,
+        first_id: Option<&str>,
         c: &mut Counters,
     ) -> Result<(usize, Vec<(Timestamp, Option<Timestamp>)>), SyncError> {
         let mut known = per_page;
@@ -338,6 +355,15 @@ impl Syncer {
             let mut sink = PageSink::probe(tenant);
             match self.read_page(tenant, &probe, &mut sink, None, c).await {
                 Ok(p) if p.count == 0 => return Ok((known * 2, probes)),
+                // a server that ignores $skip answers with the page's first alert again: what
+                // it says of ranks is worthless
+                Ok(_) if sink.head.first().map(String::as_str) == first_id => {
+                    tracing::warn!(
+                        skip = probe.skip,
+                        "a probe returned the first alert of the page again; the server seems to ignore $skip"
+                    );
+                    return Ok((known * 2, probes));
+                }
                 Ok(_) => {
                     known *= 2;
                     if let Some(&t) = sink.times.first() {
