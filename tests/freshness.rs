@@ -337,6 +337,47 @@ async fn a_server_ignoring_skip_or_capping_top_silently_loses_nothing(backend: B
     assert_eq!(o.health, Health::WindowHeld, "{o:?}");
 }
 
+/// A reload that switches a tenant to another source while its run is in progress ends the run
+/// at its next page boundary: no answer is parsed with the other API's model, no alert is
+/// refused for it, and the watermark never passes an alert that was not stored.
+async fn a_source_switched_while_a_run_is_in_progress_ends_it_and_passes_nothing(backend: Backend) {
+    use common::intercept::{Intercept, Step};
+    let clock = manual_clock();
+    let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 2_000)]);
+    cfg.max_lag = Duration::ZERO;
+    cfg.clock = Arc::new(clock.clone());
+    let env = start_with(
+        backend,
+        SourceKind::Mde,
+        "reroute",
+        cfg,
+        Arc::new(clock.clone()),
+        sync_settings(100, Duration::seconds(60)),
+    )
+    .await;
+    env.sim.set_changes_enabled(false);
+    let tenant = env.tenants[0].clone();
+    let switched = tenant.clone().with_source(SourceKind::Graph);
+    let sources = env.app.sources.clone();
+    let source = Arc::new(Intercept::new(env.app.sources.clone(), move |call| {
+        // the tenants file is reloaded with the tenant on Graph before the run's fifth request
+        if call.nth == 5 {
+            sources.set_tenants(std::slice::from_ref(&switched));
+        }
+        Step::Pass
+    }));
+    let syncer = mde_sync::sync::Syncer::new(
+        env.app.store.clone(),
+        source,
+        Arc::new(clock.clone()),
+        env.app.settings.sync.clone(),
+    );
+    let o = syncer.sync_tenant(&tenant).await;
+    assert_eq!(o.health, Health::Stopped, "{o:?}");
+    assert_eq!(o.alerts_rejected, 0, "{o:?}");
+    assert_watermark_invariant(&env).await;
+}
+
 on_both_backends_and_sources!(
     churn_under_indexing_lag_is_stored_within_the_lag_plus_two_ticks,
     an_instant_served_in_a_changing_order_is_stored_whole,
@@ -347,4 +388,5 @@ on_both_backends!(
     a_graph_burst_of_3000_on_one_instant_is_stored_whole_and_newer_alerts_keep_coming,
     a_newest_first_backfill_moves_the_watermark_on_every_run,
     a_server_ignoring_skip_or_capping_top_silently_loses_nothing,
+    a_source_switched_while_a_run_is_in_progress_ends_it_and_passes_nothing,
 );

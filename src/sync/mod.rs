@@ -245,7 +245,7 @@ use crate::{
     graph,
     health::{Health, Outcome},
     mde,
-    metrics::{Metrics, RunSample},
+    metrics::{Freshness, HeldWindow, Metrics, RunSample},
     model::AlertRow,
     source::SourceKind,
     store::{RunReport, SharedStore, StoreError},
@@ -603,6 +603,23 @@ impl Syncer {
     /// Whether `tenant` has a run in progress.
     pub fn is_running(&self, tenant: &TenantId) -> bool {
         self.running.lock().expect("running set").contains(tenant)
+    }
+
+    /// How current `tenant`'s data is, once it has a cursor.
+    pub fn freshness(&self, tenant: &TenantId) -> Option<Freshness> {
+        let cursors = self.cursors.lock().expect("cursors");
+        let k = cursors.get(tenant)?;
+        let std = |d: time::Duration| std::time::Duration::try_from(d).unwrap_or_default();
+        Some(Freshness {
+            fresh_at: k.next.plus_ticks(-1),
+            overlap: std(k.overlap),
+            needed: std(k.needed),
+            held: k.hold.as_ref().map(|h| HeldWindow {
+                at: h.at,
+                since: h.since,
+                reason: h.reason.clone(),
+            }),
+        })
     }
 
     /// How many tenants have a run in progress.

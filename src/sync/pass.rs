@@ -128,6 +128,7 @@ impl Syncer {
                 alerts_rejected: outcome.alerts_rejected,
                 duration: std::time::Duration::from_millis(outcome.duration_ms),
                 watermark: outcome.watermark,
+                freshness: self.freshness(&tenant.id),
             },
             self.now(),
         );
