@@ -44,10 +44,12 @@ pub enum Health {
     LeaseLost,
     /// The run stopped on a bug in mde-sync (a panic); the error carries its message.
     InternalError,
+    /// A window could not be read: the watermark waits at it while newer alerts keep syncing.
+    WindowHeld,
 }
 
 impl Health {
-    pub const ALL: [Health; 19] = [
+    pub const ALL: [Health; 20] = [
         Self::New,
         Self::Ok,
         Self::Skipped,
@@ -67,6 +69,7 @@ impl Health {
         Self::DatabaseError,
         Self::LeaseLost,
         Self::InternalError,
+        Self::WindowHeld,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +93,7 @@ impl Health {
             Self::DatabaseError => "database-error",
             Self::LeaseLost => "lease-lost",
             Self::InternalError => "internal-error",
+            Self::WindowHeld => "window-held",
         }
     }
 

@@ -163,6 +163,9 @@ pub struct AlertRow {
     pub evidence: Vec<EvidenceRow>,
     /// The alert's JSON exactly as received.
     pub raw: String,
+    /// Properties whose value had the wrong shape: their columns are NULL, the value is in
+    /// `raw` (one entry per property, "name: why").
+    pub coerced: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -186,25 +189,63 @@ pub fn column_index(cols: &[(&str, &str, Kind)], name: &str) -> usize {
         .expect("known column")
 }
 
-pub fn columns(obj: &Map<String, Value>, spec: &[(&str, &str, Kind)]) -> Result<Vec<Val>, String> {
+/// The columns of `spec` from `obj`. A value of the wrong shape becomes the column's NULL and is
+/// noted in `coerced` (prefixed with `at`, e.g. `evidence[2].`): the alert is stored whole in
+/// `raw` all the same, since refusing it would drop a version the watermark may already cover.
+pub fn columns(
+    obj: &Map<String, Value>,
+    spec: &[(&str, &str, Kind)],
+    at: &str,
+    coerced: &mut Vec<String>,
+) -> Vec<Val> {
     spec.iter()
         .map(|(_, prop, kind)| {
-            convert(obj.get(*prop).filter(|_| !prop.is_empty()), *kind)
-                .map_err(|e| format!("{prop}: {e}"))
+            convert_or_null(
+                obj.get(*prop).filter(|_| !prop.is_empty()),
+                *kind,
+                &format_args!("{at}{prop}"),
+                coerced,
+            )
         })
         .collect()
 }
 
+/// The NULL of a column kind.
+pub fn null(kind: Kind) -> Val {
+    match kind {
+        Kind::Text => Val::Text(None),
+        Kind::Int => Val::Int(None),
+        Kind::Time => Val::Time(None),
+        Kind::Json => Val::Json(None),
+    }
+}
+
+/// [`convert`], or the column's NULL with the problem noted in `coerced` as "`what`: why".
+pub fn convert_or_null(
+    v: Option<&Value>,
+    kind: Kind,
+    what: &dyn std::fmt::Display,
+    coerced: &mut Vec<String>,
+) -> Val {
+    convert(v, kind).unwrap_or_else(|e| {
+        coerced.push(format!("{what}: {e}"));
+        null(kind)
+    })
+}
+
+/// Evidence that is not a JSON object: kept as a row of NULL columns with its text in `raw`, so
+/// an alert keeps one evidence row per item whatever their shape.
+pub fn opaque_evidence(item: &Value, at: &str, coerced: &mut Vec<String>) -> EvidenceRow {
+    coerced.push(format!("{at}: not an object"));
+    EvidenceRow {
+        values: EVIDENCE_COLUMNS.iter().map(|(_, _, k)| null(*k)).collect(),
+        raw: item.to_string(),
+    }
+}
+
 pub fn convert(v: Option<&Value>, kind: Kind) -> Result<Val, String> {
     let v = match v {
-        None | Some(Value::Null) => {
-            return Ok(match kind {
-                Kind::Text => Val::Text(None),
-                Kind::Int => Val::Int(None),
-                Kind::Time => Val::Time(None),
-                Kind::Json => Val::Json(None),
-            });
-        }
+        None | Some(Value::Null) => return Ok(null(kind)),
         Some(v) => v,
     };
     Ok(match kind {

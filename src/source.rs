@@ -45,6 +45,15 @@ impl SourceKind {
             Self::Graph => 1_000,
         }
     }
+
+    /// The largest `$skip` the API answers: Graph's security API refuses more than 500
+    /// (graph-alerts-v2.md §4.4, answered 400); MDE documents no limit.
+    pub fn max_skip(self) -> Option<usize> {
+        match self {
+            Self::Mde => None,
+            Self::Graph => Some(500),
+        }
+    }
 }
 
 impl fmt::Display for SourceKind {

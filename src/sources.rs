@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     BoxFuture,
-    api::{AlertSink, AlertSource, ApiError, PageSummary, WindowQuery},
+    api::{AlertSink, AlertSource, ApiError, PageSummary, Route, WindowQuery},
     graph::GraphClient,
     mde::MdeClient,
     source::SourceKind,
@@ -67,7 +67,24 @@ impl AlertSource for Sources {
         q: &'a WindowQuery,
         sink: &'a mut dyn AlertSink,
     ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
+        if self.route(tenant) != q.route {
+            return Box::pin(async { Err(ApiError::Rerouted) });
+        }
         self.pick(tenant).fetch(tenant, q, sink)
+    }
+}
+
+impl Sources {
+    /// Where `tenant` is read from now.
+    fn route(&self, tenant: &TenantId) -> Route {
+        let source = self.kind(tenant);
+        Route {
+            source,
+            api_url: match source {
+                SourceKind::Mde => self.mde.tenant_api_url(tenant),
+                SourceKind::Graph => None,
+            },
+        }
     }
 }
 

@@ -340,12 +340,16 @@ async fn garbage_alerts_are_refused_one_by_one(backend: Backend) {
         Reply::alerts(
             &[
                 alert("da-good_1", serde_json::json!({})),
-                // wrong types
+                // wrong types: stored whole, those columns NULL
                 alert(
                     "da-types_2",
                     serde_json::json!({"incidentId": {"nested": true}}),
                 ),
                 alert("da-types_3", serde_json::json!({"evidence": "not a list"})),
+                alert(
+                    "da-types_7",
+                    serde_json::json!({"firstEventTime": "2026-01-01T00:00:00", "evidence": [{"entityType": "File"}, 42]}),
+                ),
                 // another tenant's alert
                 alert(
                     "da-foreign_4",
@@ -362,6 +366,11 @@ async fn garbage_alerts_are_refused_one_by_one(backend: Backend) {
                 ),
                 // no lastUpdateTime: skipped, as the README says
                 alert("da-notime_6", serde_json::json!({"lastUpdateTime": null})),
+                // stamped outside the window asked for: it would win "newer wins" for good
+                alert(
+                    "da-future_8",
+                    serde_json::json!({"lastUpdateTime": "2999-01-01T00:00:00Z"}),
+                ),
                 // not even an object
                 "[1,2,3]".to_string(),
             ],
@@ -372,16 +381,59 @@ async fn garbage_alerts_are_refused_one_by_one(backend: Backend) {
     let env = env_for(backend, "garbage", &api.base_url(), |_| {}).await;
     let o = env.sync().await;
     assert_eq!(o.ok(), Some(true), "{o:?}");
-    assert_eq!(o.alerts_received, 8);
-    assert_eq!(o.alerts_rejected, 5, "{o:?}");
+    assert_eq!(o.alerts_received, 10);
+    assert_eq!(o.alerts_rejected, 4, "{o:?}");
+    assert_eq!(o.alerts_coerced, 3, "{o:?}");
     let stored = env.stored().await;
     assert_eq!(
         stored.keys().cloned().collect::<Vec<_>>(),
-        vec!["da-dup_5".to_string(), "da-good_1".to_string()]
+        [
+            "da-dup_5",
+            "da-good_1",
+            "da-types_2",
+            "da-types_3",
+            "da-types_7"
+        ]
     );
     let dup: serde_json::Value = serde_json::from_str(&stored["da-dup_5"]).unwrap();
     assert_eq!(dup["status"], "Resolved");
+    let kept: serde_json::Value = serde_json::from_str(&stored["da-types_7"]).unwrap();
+    assert_eq!(
+        kept["evidence"][1], 42,
+        "raw keeps what the columns could not"
+    );
+    let evidence = env.store().evidence_raws(&env.tenant.id).await.unwrap();
+    assert_eq!(evidence.len(), 2, "one evidence row per item: {evidence:?}");
     assert!(env.watermark().await.is_some());
+}
+
+/// A 200 whose body is a JSON object but no collection (a gateway's `{}` or `{"error": …}`)
+/// proves nothing: the run fails quoting the body, and a first run's watermark stays unset
+/// (read as an empty page it would have skipped the whole initial lookback).
+async fn a_200_that_is_not_a_collection_fails_and_keeps_the_watermark(backend: Backend) {
+    for (label, body, quoted) in [
+        ("empty-object", "{}", r#"begins "{}""#),
+        (
+            "error-member",
+            r#"{"error":{"code":"GatewayTimeout","message":"upstream did not answer"}}"#,
+            "GatewayTimeout",
+        ),
+    ] {
+        let api = HostileServer::start(move |req, _| {
+            if req.is_token() {
+                return Reply::token();
+            }
+            Reply::json(200, body)
+        })
+        .await;
+        let env = env_for(backend, label, &api.base_url(), |_| {}).await;
+        let o = env.sync().await;
+        assert_eq!(o.ok(), Some(false), "{o:?}");
+        let err = o.error.unwrap();
+        assert!(err.contains("not a collection"), "{err}");
+        assert!(err.contains(quoted), "quotes the body: {err}");
+        assert_eq!(env.watermark().await, None);
+    }
 }
 
 async fn unreadable_and_slow_bodies_fail_the_run_and_keep_the_watermark(backend: Backend) {
@@ -575,6 +627,7 @@ on_both_backends!(
     endless_next_links_stop_at_max_pages_per_run,
     nul_in_an_alert_blocks_nothing,
     garbage_alerts_are_refused_one_by_one,
+    a_200_that_is_not_a_collection_fails_and_keeps_the_watermark,
     unreadable_and_slow_bodies_fail_the_run_and_keep_the_watermark,
     retry_after_survives_a_restart,
     retry_after_is_honoured_by_the_next_run_when_a_call_gives_up,
@@ -847,14 +900,21 @@ async fn postgres_lock_waits_are_bounded_and_an_outage_names_its_cause() {
     let proxy = Proxy::start(0, target.clone()).await;
     let mut via_proxy = real.clone();
     via_proxy.set_port(Some(proxy.port)).unwrap();
-    // every call brings a new alert, so every run has something to write
+    // every call brings a new alert, so every run has something to write; it was updated two
+    // minutes ago, inside the window every run asks for
     let api = HostileServer::start(|req, me| {
         if req.is_token() {
             return Reply::token();
         }
         let n = me.api_calls();
+        let lut = (OffsetDateTime::now_utc() - Duration::minutes(2))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
         Reply::alerts(
-            &[alert(&format!("da-lock_{n}"), serde_json::json!({}))],
+            &[alert(
+                &format!("da-lock_{n}"),
+                serde_json::json!({"lastUpdateTime": lut}),
+            )],
             None,
         )
     })

@@ -78,6 +78,7 @@ async fn faults_are_ridden_out(source: SourceKind) {
         // the API's own limit, scaled down so the test does not take minutes
         limit: Some((LIMIT, WINDOW)),
         rate_short_page: 0.1,
+        ..Faults::default()
     };
     let db = TestDb::new(Backend::Sqlite, "faults").await;
     let sim = Simulator::new(cfg.clone());

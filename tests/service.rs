@@ -487,6 +487,15 @@ async fn healthz_and_metrics_answer_while_running_and_the_listener_closes_on_exi
     );
     let lag = value(&text, &t("mde_sync_watermark_lag_seconds", "", &good));
     assert!((0.0..120.0).contains(&lag), "lag {lag}");
+    // the tenant's data is as current as its last run, and no window is held
+    let fresh = value(&text, &t("mde_sync_freshness_lag_seconds", "", &good));
+    assert!((0.0..60.0).contains(&fresh), "freshness lag {fresh}");
+    assert_eq!(
+        value(&text, &t("mde_sync_window_held_seconds", "", &good)),
+        0.0
+    );
+    let overlap = value(&text, &t("mde_sync_cursor_overlap_seconds", "", &good));
+    assert!(overlap > 0.0, "overlap {overlap}");
     assert!(
         value(
             &text,
@@ -517,6 +526,8 @@ async fn healthz_and_metrics_answer_while_running_and_the_listener_closes_on_exi
         ("mde_sync_api_retries_total", "counter"),
         ("mde_sync_api_throttled_total", "counter"),
         ("mde_sync_config_reloads_total", "counter"),
+        ("mde_sync_cursor_overlap_seconds", "gauge"),
+        ("mde_sync_freshness_lag_seconds", "gauge"),
         ("mde_sync_last_pass_duration_seconds", "gauge"),
         ("mde_sync_last_pass_timestamp_seconds", "gauge"),
         ("mde_sync_last_success_timestamp_seconds", "gauge"),
@@ -529,7 +540,9 @@ async fn healthz_and_metrics_answer_while_running_and_the_listener_closes_on_exi
         ("mde_sync_tenants", "gauge"),
         ("mde_sync_token_renewals_total", "counter"),
         ("mde_sync_token_requests_total", "counter"),
+        ("mde_sync_visibility_delay_seconds", "gauge"),
         ("mde_sync_watermark_lag_seconds", "gauge"),
+        ("mde_sync_window_held_seconds", "gauge"),
     ]
     .into();
     assert_eq!(families, expected, "the /metrics families changed:\n{text}");
@@ -545,6 +558,11 @@ async fn healthz_and_metrics_answer_while_running_and_the_listener_closes_on_exi
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["scheduler"], "ok");
     assert_eq!(health["database"], "ok");
+    assert_eq!(health["windows_held"], serde_json::json!([]), "{health}");
+    assert!(
+        health["freshness_lag_seconds_max"].as_f64().is_some(),
+        "{health}"
+    );
     assert_eq!(
         health["tenants_failing"], 1,
         "a failing tenant is not a sick service"

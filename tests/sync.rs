@@ -192,6 +192,54 @@ async fn small_pages_split_windows_until_each_fits_and_the_watermark_follows(
     assert_eq!(o.alerts_written, 0, "re-reading the overlap writes nothing");
 }
 
+/// The count probes of a full window (`$top=1`, read without evidence) never write: an alert a
+/// probe returned keeps its stored version and evidence rows even when the run ends
+/// (`sync.max_pages_per_run`) before the part of the window holding it is read again.
+async fn count_probes_never_replace_an_alert_or_drop_its_evidence(
+    backend: Backend,
+    source: SourceKind,
+) {
+    let clock = manual_clock();
+    let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 400)]);
+    cfg.max_lag = Duration::ZERO;
+    cfg.clock = Arc::new(clock.clone());
+    let mut settings = sync_settings(20, Duration::seconds(60));
+    settings.max_pages_per_run = 3;
+    let env = start_with(
+        backend,
+        source,
+        "probes",
+        cfg,
+        Arc::new(clock.clone()),
+        settings,
+    )
+    .await;
+    let o = env.app.sync_once().await.remove(0);
+    assert_eq!(o.ok(), Some(true), "{:?}", o.error);
+    assert!(
+        o.pages >= 3,
+        "the full first page was probed: {} pages",
+        o.pages
+    );
+    let tenant = &env.tenants[0].id;
+    let truth = env.truth(tenant.as_str());
+    let stored = env.store().alert_raws(tenant).await.unwrap();
+    assert!(!stored.is_empty());
+    let mut evidence: std::collections::HashMap<String, usize> = Default::default();
+    for (alert, _, _) in env.store().evidence_raws(tenant).await.unwrap() {
+        *evidence.entry(alert).or_default() += 1;
+    }
+    for (id, raw) in &stored {
+        assert!(
+            same_raw(env.db.backend, raw, &truth[id]),
+            "alert {id} stored as a probe read it, not as served with its evidence"
+        );
+        let v: serde_json::Value = serde_json::from_str(&truth[id]).unwrap();
+        let want = v["evidence"].as_array().map_or(0, |a| a.len());
+        assert_eq!(evidence.get(id).copied().unwrap_or(0), want, "alert {id}");
+    }
+}
+
 fn clock_now(c: &mde_sync::clock::ManualClock) -> time::OffsetDateTime {
     use mde_sync::clock::Clock;
     c.now()
@@ -247,8 +295,12 @@ async fn malformed_and_foreign_alerts_are_refused_alone_and_unknown_fields_survi
         "one bad alert must not fail the tenant: {:?}",
         o.error
     );
-    assert_eq!(o.alerts_rejected, 2);
-    assert_converged(&env, &["da000000000000000001_1", "da000000000000000002_2"]).await;
+    assert_eq!(o.alerts_rejected, 1, "the other tenant's alert");
+    assert_eq!(
+        o.alerts_coerced, 1,
+        "the alert with a malformed incidentId, kept"
+    );
+    assert_converged(&env, &["da000000000000000002_2"]).await;
 
     let stored = env.store().alert_raws(&env.tenants[0].id).await.unwrap();
     assert!(
@@ -536,6 +588,7 @@ on_both_backends_and_sources!(
     a_stalled_tenant_does_not_delay_the_others_and_is_not_started_twice,
     tokens_are_reused_renewed_ahead_of_expiry_and_replaced_after_a_401,
     an_instant_bigger_than_a_page_is_read_whole_while_its_alerts_keep_changing,
+    count_probes_never_replace_an_alert_or_drop_its_evidence,
 );
 
 /// A tenant read from MDE for a while, then switched to Graph (its tenants-file entry edited and

@@ -16,20 +16,80 @@ use crate::{
     auth::AuthError,
     health::Health,
     odata::{ReadError, Summary},
+    source::SourceKind,
     tenant::TenantId,
     timestamp::Timestamp,
 };
 
 pub use crate::odata::{Abort, Collect, ItemSink as AlertSink};
 
-/// One request for alerts by last update time, as a half-open window `[from, to)`.
+/// One request for alerts by last update time, as a half-open window `[from, to)`, optionally
+/// narrowed to a cell of creation times (an instant shared by more alerts than a page).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowQuery {
     pub from: Timestamp,
     pub to: Timestamp,
+    pub created: Created,
     pub top: usize,
     pub skip: usize,
     pub expand_evidence: bool,
+    /// Where the run asking was started to read from: its tenant's source and own API host.
+    /// A source that now routes the tenant elsewhere (a reload) refuses the query
+    /// ([`ApiError::Rerouted`]), so a run never parses one API's answers as the other's.
+    pub route: Route,
+}
+
+/// A tenant's source and own API host (MDE's geo hosts), as a run saw them when it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    pub source: SourceKind,
+    pub api_url: Option<url::Url>,
+}
+
+/// Which alerts a query holds by creation time (`alertCreationTime`, `createdDateTime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// Any creation time, or none.
+    Any,
+    /// No creation time (`eq null`).
+    Null,
+    /// `ge lo` (when given) and `lt hi` (when given): both open is every alert with one.
+    Range(Option<Timestamp>, Option<Timestamp>),
+}
+
+impl Created {
+    /// The `$filter` terms for `property`, each starting with " and ", or nothing for `Any`.
+    pub fn filter(self, property: &str) -> String {
+        match self {
+            Self::Any => String::new(),
+            Self::Null => format!(" and {property} eq null"),
+            Self::Range(lo, hi) => {
+                let mut f = String::new();
+                if let Some(lo) = lo {
+                    f.push_str(&format!(" and {property} ge {}", lo.odata()));
+                }
+                if let Some(hi) = hi {
+                    f.push_str(&format!(" and {property} lt {}", hi.odata()));
+                }
+                if lo.is_none() && hi.is_none() {
+                    f.push_str(&format!(" and {property} ne null"));
+                }
+                f
+            }
+        }
+    }
+
+    /// Whether an alert created at `t` (`None`: no creation time) belongs to this cell.
+    pub fn holds(self, t: Option<Timestamp>) -> bool {
+        match (self, t) {
+            (Self::Any, _) => true,
+            (Self::Null, t) => t.is_none(),
+            (Self::Range(..), None) => false,
+            (Self::Range(lo, hi), Some(t)) => {
+                lo.is_none_or(|lo| t >= lo) && hi.is_none_or(|hi| t < hi)
+            }
+        }
+    }
 }
 
 /// What a response said besides its alerts, which went to the [`AlertSink`] as they arrived.
@@ -139,6 +199,12 @@ pub enum ApiError {
     /// The caller's sink ended the read; the caller knows why.
     #[error("the read was ended by its caller")]
     Aborted,
+    /// The tenant's source or API host changed (a reload) since its run started: the run ends
+    /// at this page boundary and the next one reads from the new entry.
+    #[error(
+        "the tenant's source changed while its run was in progress; the next run uses the new one"
+    )]
+    Rerouted,
 }
 
 /// `, correlation id X` when the API gave one (MDE's `error.target`, Graph's `request-id`), for
@@ -203,6 +269,7 @@ impl ApiError {
             Self::BadRequest { .. } => Health::BadRequest,
             Self::Redirected { .. } => Health::Redirected,
             Self::TooLarge { .. } | Self::Aborted => Health::Degraded,
+            Self::Rerouted => Health::Stopped,
         }
     }
 }
@@ -222,10 +289,12 @@ pub fn read_error(status: u16, e: ReadError) -> ApiError {
             limit_mib: mib(limit),
         },
         ReadError::Aborted => ApiError::Aborted,
-        e @ (ReadError::Malformed(_) | ReadError::Truncated) => ApiError::Decode {
-            status,
-            detail: e.to_string(),
-        },
+        e @ (ReadError::Malformed(_) | ReadError::Truncated | ReadError::NotACollection { .. }) => {
+            ApiError::Decode {
+                status,
+                detail: e.to_string(),
+            }
+        }
     }
 }
 

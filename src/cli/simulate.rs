@@ -77,6 +77,7 @@ pub async fn simulate(args: SimulateArgs) -> Result<(), Failure> {
             .enforce_limit
             .then_some((100, time::Duration::minutes(1))),
         rate_short_page: 0.0,
+        ..Default::default()
     };
     cfg.latency = Duration::from_millis(args.latency_ms);
     if args.write {

@@ -56,6 +56,10 @@ pub const EX_CONFIG: i32 = 78;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/mde-sync/config.toml";
 pub const MAX_PAGE_SIZE: usize = 10_000;
 
+/// The smallest `sync.page_size`: the pages of a crowded instant overlap by a tenth of a page,
+/// and the continuity check needs a few ids in a row to mean anything (see `src/sync/mod.rs`).
+pub const MIN_PAGE_SIZE: usize = 50;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Things that work but should be fixed (a secret file any local user can read); `load`'s

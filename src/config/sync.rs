@@ -4,10 +4,10 @@
 use url::Url;
 
 use super::{
-    MAX_PAGE_SIZE, Problems,
+    MAX_PAGE_SIZE, MIN_PAGE_SIZE, Problems,
     cloud::is_loopback,
     raw::RawSync,
-    values::{count, duration, duration_within, std_millis},
+    values::{count, duration, duration_within, std_millis, within},
 };
 use crate::source::{ServiceSources, SourceKind};
 
@@ -126,14 +126,18 @@ pub(super) fn validate_sync(
             ),
         );
     }
-    let page_size = count(
-        problems,
-        "sync.page_size",
-        raw.page_size,
-        d.page_size,
-        MAX_PAGE_SIZE as i64,
-        &format!("the API's $top allows 1 to {MAX_PAGE_SIZE}"),
-    );
+    let page_size = raw.page_size.map_or(d.page_size, |n| {
+        within(
+            problems,
+            "sync.page_size",
+            n,
+            MIN_PAGE_SIZE as i64..=MAX_PAGE_SIZE as i64,
+            &format!(
+                "{n} is out of range: use {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE} (the API's $top allows at most {MAX_PAGE_SIZE}, and pages of fewer than {MIN_PAGE_SIZE} alerts cannot overlap by enough to prove that an instant shared by more alerts than a page was read whole)"
+            ),
+        )
+        .map_or(d.page_size, |n| n as usize)
+    });
     let initial_lookback = duration_within(
         problems,
         "sync.initial_lookback",

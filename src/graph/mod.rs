@@ -40,9 +40,10 @@ pub fn alerts_url(base: &Url) -> Url {
 /// with unquoted seven-digit DateTimeOffset literals (`ge`/`lt`, never `gt` on a truncated value).
 pub fn window_filter(q: &WindowQuery, services: ServiceSources) -> String {
     let time = format!(
-        "lastUpdateDateTime ge {} and lastUpdateDateTime lt {}",
+        "lastUpdateDateTime ge {} and lastUpdateDateTime lt {}{}",
         q.from.odata(),
-        q.to.odata()
+        q.to.odata(),
+        q.created.filter("createdDateTime")
     );
     match services {
         ServiceSources::Endpoint => {
@@ -82,9 +83,11 @@ mod tests {
         let q = WindowQuery {
             from: Timestamp::parse("2026-08-01T00:00:00Z").unwrap(),
             to: Timestamp::parse("2026-08-01T00:00:00.5Z").unwrap(),
+            created: crate::api::Created::Any,
             top: 5_000,
             skip: 20,
             expand_evidence: true,
+            route: Default::default(),
         };
         let base = Url::parse("https://graph.microsoft.com").unwrap();
         let url = window_url(&base, &q, ServiceSources::Endpoint);
@@ -103,5 +106,21 @@ mod tests {
         );
         let all = window_url(&base, &q, ServiceSources::All);
         assert!(!all.as_str().contains("serviceSource"), "{all}");
+        let cell = WindowQuery {
+            created: crate::api::Created::Range(Some(q.from), None),
+            ..q.clone()
+        };
+        let filter = window_filter(&cell, ServiceSources::All);
+        assert!(
+            filter.ends_with(" and createdDateTime ge 2026-08-01T00:00:00.0000000Z"),
+            "{filter}"
+        );
+        let null = WindowQuery {
+            created: crate::api::Created::Null,
+            ..q
+        };
+        assert!(
+            window_filter(&null, ServiceSources::All).ends_with(" and createdDateTime eq null")
+        );
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! Like the MDE model it is lenient: every property is optional, unknown enum values and unknown
 //! evidence types are kept (as themselves, or with only the first letter raised), and `raw` is
-//! the alert's text exactly as received. Only an alert without a string `id`, or with a time or
-//! number that does not parse, is malformed, and it is refused alone.
+//! the alert's text exactly as received. Only an alert without a string `id` is malformed, and it
+//! is refused alone; a property of the wrong shape leaves its column NULL (noted in
+//! [`AlertRow::coerced`]) and the alert is kept.
 
 use std::collections::HashMap;
 
@@ -13,7 +14,7 @@ use serde_json::{Map, Value, value::RawValue};
 
 use crate::model::{
     ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, EvidenceRow, Kind, Malformed, Val, column_index,
-    convert,
+    convert_or_null, null, opaque_evidence,
 };
 
 /// `(column, property)` read as is from a Graph alert (`kind` from [`ALERT_COLUMNS`]).
@@ -164,14 +165,10 @@ pub fn parse_alert(raw: &RawValue) -> Result<AlertRow, Malformed> {
             });
         }
     };
-    let bad = |reason: String| Malformed {
-        id: Some(id.clone()),
-        reason,
-    };
+    let mut coerced = Vec::new();
     let mut cols: HashMap<&str, Val> = HashMap::new();
     for (col, prop) in ALERT_PROPERTIES {
-        let v =
-            convert(obj.get(*prop), alert_kind(col)).map_err(|e| bad(format!("{prop}: {e}")))?;
+        let v = convert_or_null(obj.get(*prop), alert_kind(col), prop, &mut coerced);
         cols.insert(col, v);
     }
     for (col, prop, map) in ALERT_ENUMS {
@@ -187,14 +184,18 @@ pub fn parse_alert(raw: &RawValue) -> Result<AlertRow, Malformed> {
     let items: &[Value] = match obj.get("evidence") {
         None | Some(Value::Null) => &[],
         Some(Value::Array(items)) => items,
-        Some(_) => return Err(bad("\"evidence\" is not an array".into())),
+        Some(_) => {
+            coerced.push("evidence: not an array".into());
+            &[]
+        }
     };
     let mut evidence = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let Value::Object(e) = item else {
-            return Err(bad(format!("evidence[{i}] is not an object")));
-        };
-        evidence.push(map_evidence(e).map_err(|r| bad(format!("evidence[{i}]: {r}")))?);
+        let at = format!("evidence[{i}]");
+        evidence.push(match item {
+            Value::Object(e) => map_evidence(e, &at, &mut coerced),
+            other => opaque_evidence(other, &at, &mut coerced),
+        });
     }
     // Graph has no device or user at the top level; MDE's columns come from the first device
     // and user evidence (the configure-siem mapping).
@@ -204,7 +205,7 @@ pub fn parse_alert(raw: &RawValue) -> Result<AlertRow, Malformed> {
             ("computer_dns_name", "deviceDnsName"),
             ("rbac_group_name", "rbacGroupName"),
         ] {
-            let v = convert(device.get(prop), Kind::Text).map_err(bad)?;
+            let v = convert_or_null(device.get(prop), Kind::Text, &prop, &mut coerced);
             cols.insert(col, v);
         }
     }
@@ -238,12 +239,14 @@ pub fn parse_alert(raw: &RawValue) -> Result<AlertRow, Malformed> {
         values,
         evidence,
         raw: text.to_owned(),
+        coerced,
     })
 }
 
 /// One evidence item: its type in `odata_type` and, MDE-style, in `entity_type`; the common
-/// columns from the type's own properties; `raw` as received.
-pub fn map_evidence(e: &Map<String, Value>) -> Result<EvidenceRow, String> {
+/// columns from the type's own properties; `raw` as received. A property of the wrong shape is
+/// NULL and noted in `coerced` as `at.property: why`.
+pub fn map_evidence(e: &Map<String, Value>, at: &str, coerced: &mut Vec<String>) -> EvidenceRow {
     let mut cols: HashMap<&str, Val> = HashMap::new();
     for (col, paths) in EVIDENCE_PATHS {
         let found = paths
@@ -252,7 +255,7 @@ pub fn map_evidence(e: &Map<String, Value>) -> Result<EvidenceRow, String> {
             .find(|v| !matches!(v, None | Some(Value::Null)))
             .flatten();
         let kind = evidence_kind(col);
-        let v = convert(found, kind).map_err(|err| format!("{}: {err}", paths[0]))?;
+        let v = convert_or_null(found, kind, &format_args!("{at}.{}", paths[0]), coerced);
         cols.insert(col, v);
     }
     let entity = e
@@ -269,10 +272,10 @@ pub fn map_evidence(e: &Map<String, Value>) -> Result<EvidenceRow, String> {
         .iter()
         .map(|(c, _, kind)| cols.remove(c).unwrap_or_else(|| null(*kind)))
         .collect();
-    Ok(EvidenceRow {
+    EvidenceRow {
         values,
         raw: Value::Object(e.clone()).to_string(),
-    })
+    }
 }
 
 /// `#microsoft.graph.security.processEvidence` -> `Process`: the MDE `entityType` vocabulary.
@@ -311,15 +314,6 @@ fn alert_kind(col: &str) -> Kind {
 
 fn evidence_kind(col: &str) -> Kind {
     EVIDENCE_COLUMNS[column_index(EVIDENCE_COLUMNS, col)].2
-}
-
-fn null(kind: Kind) -> Val {
-    match kind {
-        Kind::Text => Val::Text(None),
-        Kind::Int => Val::Int(None),
-        Kind::Time => Val::Time(None),
-        Kind::Json => Val::Json(None),
-    }
 }
 
 /// `inProgress` -> `InProgress`: Graph's camelCase enum members in MDE's PascalCase.
@@ -445,14 +439,34 @@ mod tests {
     }
 
     #[test]
-    fn malformed_graph_alerts_name_their_id_and_reason() {
+    fn graph_fields_of_the_wrong_shape_are_null_and_noted_only_a_missing_id_refuses() {
         let raw =
             RawValue::from_string(r#"{"id":"da3_3","lastUpdateDateTime":"yesterday"}"#.into())
                 .unwrap();
-        let e = parse_alert(&raw).unwrap_err();
-        assert!(e.reason.contains("lastUpdateDateTime"), "{e}");
-        let raw = RawValue::from_string(r#"{"id":"da4_4","incidentId":"x"}"#.into()).unwrap();
-        assert!(parse_alert(&raw).unwrap_err().reason.contains("incidentId"));
+        let a = parse_alert(&raw).unwrap();
+        assert!(a.last_update.is_none(), "the sync refuses it for that");
+        assert!(
+            a.coerced[0].starts_with("lastUpdateDateTime:"),
+            "{:?}",
+            a.coerced
+        );
+        let text = r##"{"id":"da4_4","incidentId":"x","lastUpdateDateTime":"2026-01-01T00:00:00Z","evidence":[7,{"@odata.type":"#microsoft.graph.security.processEvidence","processId":"p"}]}"##;
+        let a = parse_alert(&RawValue::from_string(text.into()).unwrap()).unwrap();
+        assert_eq!(a.raw, text);
+        assert_eq!(a.evidence.len(), 2);
+        assert_eq!(
+            a.values[column_index(ALERT_COLUMNS, "incident_id")],
+            Val::Int(None)
+        );
+        let names: Vec<&str> = a
+            .coerced
+            .iter()
+            .map(|c| c.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["incidentId", "evidence[0]", "evidence[1].processId"]
+        );
         let raw = RawValue::from_string(r#"{"severity":"high"}"#.into()).unwrap();
         assert!(parse_alert(&raw).unwrap_err().id.is_none());
     }

@@ -100,6 +100,15 @@ impl MdeClient {
     }
 
     /// The API base a tenant's requests go to.
+    /// The tenant's own API host, if its entry names one.
+    pub fn tenant_api_url(&self, tenant: &TenantId) -> Option<Url> {
+        self.tenant_api_urls
+            .read()
+            .expect("api url map")
+            .get(tenant)
+            .cloned()
+    }
+
     pub fn base_url(&self, tenant: &TenantId) -> Url {
         self.tenant_api_urls
             .read()
@@ -138,9 +147,10 @@ impl MdeClient {
             pairs.append_pair(
                 "$filter",
                 &format!(
-                    "lastUpdateTime ge {} and lastUpdateTime lt {}",
+                    "lastUpdateTime ge {} and lastUpdateTime lt {}{}",
                     q.from.odata(),
-                    q.to.odata()
+                    q.to.odata(),
+                    q.created.filter("alertCreationTime")
                 ),
             );
             pairs.append_pair("$top", &q.top.to_string());

@@ -3,13 +3,15 @@
 //!
 //! Every property is optional (older payloads lack newer fields), enums are open strings (unknown
 //! values are stored as they come), and unknown properties survive in `raw`. Only an alert we
-//! cannot key or order — no string `id`, or a timestamp or number that does not parse — is
-//! malformed; it is refused alone, never the page it came in.
+//! cannot key — not a JSON object, no string `id` — is malformed; one whose other properties have
+//! the wrong shape is kept whole in `raw` with those columns NULL (noted in
+//! [`AlertRow::coerced`]), and the sync refuses one without a usable `lastUpdateTime`.
 
 use serde_json::{Value, value::RawValue};
 
 use crate::model::{
     ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, EvidenceRow, Malformed, Val, column_index, columns,
+    opaque_evidence,
 };
 
 /// Parses one MDE alert from its exact JSON text.
@@ -34,11 +36,8 @@ pub fn parse_alert(raw: &RawValue) -> Result<AlertRow, Malformed> {
             });
         }
     };
-    let bad = |reason: String| Malformed {
-        id: Some(id.clone()),
-        reason,
-    };
-    let mut values = columns(&obj, ALERT_COLUMNS).map_err(bad)?;
+    let mut coerced = Vec::new();
+    let mut values = columns(&obj, ALERT_COLUMNS, "", &mut coerced);
     values[column_index(ALERT_COLUMNS, "source")] = Val::Text(Some("mde".into()));
     let last_update = match &values[column_index(ALERT_COLUMNS, "last_update_time")] {
         Val::Time(t) => *t,
@@ -50,22 +49,24 @@ pub fn parse_alert(raw: &RawValue) -> Result<AlertRow, Malformed> {
     };
     let evidence = match obj.get("evidence") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => {
-            let mut out = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                let Value::Object(e) = item else {
-                    return Err(bad(format!("evidence[{i}] is not an object")));
-                };
-                let values =
-                    columns(e, EVIDENCE_COLUMNS).map_err(|r| bad(format!("evidence[{i}]: {r}")))?;
-                out.push(EvidenceRow {
-                    values,
-                    raw: item.to_string(),
-                });
-            }
-            out
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let at = format!("evidence[{i}]");
+                match item {
+                    Value::Object(e) => EvidenceRow {
+                        values: columns(e, EVIDENCE_COLUMNS, &format!("{at}."), &mut coerced),
+                        raw: item.to_string(),
+                    },
+                    other => opaque_evidence(other, &at, &mut coerced),
+                }
+            })
+            .collect(),
+        Some(_) => {
+            coerced.push("evidence: not an array".into());
+            Vec::new()
         }
-        Some(_) => return Err(bad("\"evidence\" is not an array".into())),
     };
     Ok(AlertRow {
         id,
@@ -74,6 +75,7 @@ pub fn parse_alert(raw: &RawValue) -> Result<AlertRow, Malformed> {
         values,
         evidence,
         raw: text.to_owned(),
+        coerced,
     })
 }
 
@@ -141,15 +143,50 @@ mod tests {
     }
 
     #[test]
-    fn malformed_alerts_name_their_id_and_reason() {
-        let e = parse_alert(&raw(r#"{"id":"x2","lastUpdateTime":"yesterday"}"#)).unwrap_err();
-        assert_eq!(e.id.as_deref(), Some("x2"));
-        assert!(e.reason.contains("lastUpdateTime"), "{e}");
+    fn only_alerts_without_an_id_are_malformed() {
         let e = parse_alert(&raw(r#"{"severity":"High"}"#)).unwrap_err();
         assert!(e.id.is_none());
-        let e = parse_alert(&raw(r#"{"id":"x3","incidentId":"twelve"}"#)).unwrap_err();
-        assert!(e.reason.contains("incidentId"));
         let e = parse_alert(&raw(r#"[1,2]"#)).unwrap_err();
         assert!(e.reason.contains("object"));
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_shape_is_null_and_noted_and_the_alert_kept_whole() {
+        let text = r#"{"id":"x3","incidentId":"twelve","lastUpdateTime":"2021-01-26T20:33:59.2Z","firstEventTime":"2021-01-26T20:31:32","evidence":[{"entityType":"File","processId":"x"},"oops"]}"#;
+        let a = parse_alert(&raw(text)).unwrap();
+        assert_eq!(a.raw, text);
+        assert_eq!(
+            a.values[column_index(ALERT_COLUMNS, "incident_id")],
+            Val::Int(None)
+        );
+        assert_eq!(
+            a.values[column_index(ALERT_COLUMNS, "first_event_time")],
+            Val::Time(None)
+        );
+        assert!(a.last_update.is_some());
+        assert_eq!(a.evidence.len(), 2, "one row per evidence item");
+        assert_eq!(a.evidence[1].raw, "\"oops\"");
+        assert_eq!(
+            a.evidence[0].values[column_index(EVIDENCE_COLUMNS, "entity_type")],
+            Val::Text(Some("File".into()))
+        );
+        let names: Vec<&str> = a
+            .coerced
+            .iter()
+            .map(|c| c.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "incidentId",
+                "firstEventTime",
+                "evidence[0].processId",
+                "evidence[1]"
+            ]
+        );
+        // an unusable lastUpdateTime is NULL too: the sync refuses the alert for it
+        let a = parse_alert(&raw(r#"{"id":"x2","lastUpdateTime":"yesterday"}"#)).unwrap();
+        assert!(a.last_update.is_none());
+        assert_eq!(a.coerced.len(), 1);
     }
 }

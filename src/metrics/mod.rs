@@ -23,6 +23,11 @@ use crate::{
     timestamp::Timestamp,
 };
 
+/// Seconds from `a` to `b`.
+fn seconds_between(a: Timestamp, b: Timestamp) -> f64 {
+    (b.ticks() - a.ticks()) as f64 / 1e7
+}
+
 /// One tenant run as the metrics see it: who, how it ended, and its counts.
 #[derive(Debug, Clone)]
 pub struct RunSample<'a> {
@@ -35,6 +40,30 @@ pub struct RunSample<'a> {
     pub alerts_rejected: u64,
     pub duration: Duration,
     pub watermark: Option<Timestamp>,
+    /// How current the tenant's data is, when it has a cursor (see [`Freshness`]).
+    pub freshness: Option<Freshness>,
+}
+
+/// How current a tenant's data is after a run (the proof's "Freshness" in `src/sync/mod.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Freshness {
+    /// Changes visible in the API before this moment are stored, unless their visibility delay
+    /// exceeded `overlap`: the start of the last run that read everything since the one before.
+    pub fresh_at: Timestamp,
+    /// How far back each run re-reads, sized from the delays measured.
+    pub overlap: Duration,
+    /// The largest recent visibility delay the overlap had to cover (decaying).
+    pub needed: Duration,
+    /// A window the watermark waits at: its instant, since when, and why.
+    pub held: Option<HeldWindow>,
+}
+
+/// A window that could not be read (health `window-held`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldWindow {
+    pub at: Timestamp,
+    pub since: Timestamp,
+    pub reason: String,
 }
 
 /// Upper bounds (seconds) of the run duration histogram's buckets.
@@ -93,6 +122,7 @@ struct TenantGauges {
     health: Health,
     last_success: Option<Timestamp>,
     watermark: Option<Timestamp>,
+    freshness: Option<Freshness>,
 }
 
 impl Default for TenantGauges {
@@ -102,6 +132,7 @@ impl Default for TenantGauges {
             health: Health::New,
             last_success: None,
             watermark: None,
+            freshness: None,
         }
     }
 }
@@ -269,6 +300,28 @@ impl Metrics {
         if o.watermark.is_some() {
             g.watermark = o.watermark;
         }
+        if o.freshness.is_some() {
+            g.freshness.clone_from(&o.freshness);
+        }
+    }
+
+    /// The windows held now, by tenant, for `/healthz`.
+    pub fn held_windows(&self) -> Vec<(TenantId, HeldWindow)> {
+        self.lock()
+            .tenants
+            .iter()
+            .filter_map(|(id, g)| Some((id.clone(), g.freshness.as_ref()?.held.clone()?)))
+            .collect()
+    }
+
+    /// The least current tenant's freshness lag at `now`, in seconds, for `/healthz`.
+    pub fn worst_freshness_lag(&self, now: Timestamp) -> Option<f64> {
+        self.lock()
+            .tenants
+            .values()
+            .filter_map(|g| g.freshness.as_ref())
+            .map(|f| seconds_between(f.fresh_at, now))
+            .reduce(f64::max)
     }
 
     /// The write-back outbox as counted after an apply pass (replaces the previous counts).
@@ -428,6 +481,7 @@ mod tests {
                 alerts_rejected: 1,
                 duration: Duration::from_millis(ms),
                 watermark: Some(Timestamp::parse("2024-01-01T00:00:00Z").unwrap()),
+                freshness: None,
             },
             at,
         );

@@ -73,6 +73,40 @@ impl Metrics {
         );
         per_tenant(
             &mut out,
+            "mde_sync_freshness_lag_seconds",
+            "Now minus the start of the tenant's last run that read everything changed since the run before it: changes the API showed before then are stored, unless their visibility delay exceeded the cursor's overlap.",
+            &|g| {
+                g.freshness
+                    .as_ref()
+                    .map(|f| super::seconds_between(f.fresh_at, now))
+            },
+        );
+        per_tenant(
+            &mut out,
+            "mde_sync_cursor_overlap_seconds",
+            "How far back each run re-reads, sized from the visibility delays measured (at most sync.lag_allowance).",
+            &|g| g.freshness.as_ref().map(|f| f.overlap.as_secs_f64()),
+        );
+        per_tenant(
+            &mut out,
+            "mde_sync_visibility_delay_seconds",
+            "The largest recent visibility delay the cursor's overlap had to cover (halving every two minutes without a new one).",
+            &|g| g.freshness.as_ref().map(|f| f.needed.as_secs_f64()),
+        );
+        per_tenant(
+            &mut out,
+            "mde_sync_window_held_seconds",
+            "How long a window of the tenant's alerts has been held (the watermark waits at it while newer alerts keep syncing); 0 when none is.",
+            &|g| {
+                g.freshness.as_ref().map(|f| {
+                    f.held
+                        .as_ref()
+                        .map_or(0.0, |h| super::seconds_between(h.since, now))
+                })
+            },
+        );
+        per_tenant(
+            &mut out,
             "mde_sync_tenant_ok",
             "1 if the tenant's last run succeeded, 0 if it failed (absent before its first run).",
             &|g| g.ok().map(|ok| if ok { 1.0 } else { 0.0 }),

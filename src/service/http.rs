@@ -155,6 +155,19 @@ async fn health(state: &AdminState) -> (bool, String) {
         }
     };
     let (ok, failing) = state.metrics.tenant_counts();
+    let held: Vec<serde_json::Value> = state
+        .metrics
+        .held_windows()
+        .into_iter()
+        .map(|(tenant, h)| {
+            serde_json::json!({
+                "tenant": tenant.as_str(),
+                "instant": h.at.to_db(),
+                "since": h.since.to_db(),
+                "why": h.reason,
+            })
+        })
+        .collect();
     let healthy = scheduler == "ok" && database == "ok";
     let mut body = serde_json::json!({
         "status": if healthy { "ok" } else { "unhealthy" },
@@ -163,6 +176,12 @@ async fn health(state: &AdminState) -> (bool, String) {
         "database": database,
         "tenants_ok": ok,
         "tenants_failing": failing,
+        "freshness_lag_seconds_max": state
+            .metrics
+            .worst_freshness_lag(crate::timestamp::Timestamp::from_datetime(
+                state.syncer.clock.now()
+            )),
+        "windows_held": held,
     });
     if let Some(r) = &state.replica {
         body["replica"] = r.health();

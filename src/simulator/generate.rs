@@ -100,7 +100,7 @@ pub(crate) struct Alert {
     threat_family_name: Option<&'static str>,
     title: String,
     description: String,
-    alert_creation_time: String,
+    pub(super) alert_creation_time: String,
     first_event_time: String,
     last_event_time: String,
     last_update_time: String,

@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::odata::{Op, parse_count, parse_filter_on};
+use super::odata::{Filter, parse_count, parse_filter_on};
 use crate::timestamp::Timestamp;
 
 /// Graph's page-size clamp for the security API: a larger `$top` is served as this many.
@@ -20,16 +20,13 @@ pub(crate) const GRAPH_MAX_TOP: usize = 1_000;
 pub(crate) struct GraphQuery {
     pub top: usize,
     pub skip: usize,
-    pub filter: Vec<(Op, Timestamp)>,
-    /// `serviceSource eq '…'`, if the filter names one.
-    pub service_source: Option<String>,
+    /// The filter, with `serviceSource eq '…'` if it names one.
+    pub filter: Filter,
 }
 
 impl GraphQuery {
-    pub fn matches(&self, last_update: Timestamp) -> bool {
-        self.filter
-            .iter()
-            .all(|&(op, lit)| op.holds(last_update, lit))
+    pub fn matches(&self, last_update: Timestamp, created: Option<Timestamp>) -> bool {
+        self.filter.matches(last_update, created)
     }
 }
 
@@ -39,8 +36,7 @@ pub(crate) fn parse_graph_query(raw: Option<&str>) -> Result<GraphQuery, String>
     let mut q = GraphQuery {
         top: GRAPH_MAX_TOP,
         skip: 0,
-        filter: Vec::new(),
-        service_source: None,
+        filter: Filter::default(),
     };
     for (key, value) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match &*key {
@@ -48,9 +44,8 @@ pub(crate) fn parse_graph_query(raw: Option<&str>) -> Result<GraphQuery, String>
             "$skip" => q.skip = parse_count("$skip", &value)?,
             "$count" => {}
             "$filter" => {
-                let (filter, service) = parse_filter_on(&value, "lastUpdateDateTime", true)?;
-                q.filter = filter;
-                q.service_source = service;
+                q.filter =
+                    parse_filter_on(&value, ["lastUpdateDateTime", "createdDateTime"], true)?;
             }
             k if k.starts_with('$') => {
                 return Err(format!("Query option '{k}' is not supported."));
@@ -422,10 +417,10 @@ mod tests {
         assert_eq!(q.top, GRAPH_MAX_TOP);
         assert_eq!(q.skip, 3);
         assert_eq!(
-            q.service_source.as_deref(),
+            q.filter.service_source.as_deref(),
             Some("microsoftDefenderForEndpoint")
         );
-        assert_eq!(q.filter.len(), 1);
+        assert_eq!(q.filter.time.len(), 1);
         assert!(parse_graph_query(Some("$filter=lastUpdateTime+ge+2026-01-01T00:00:00Z")).is_err());
         assert!(parse_graph_query(Some("$orderby=x")).is_err());
     }

@@ -7,6 +7,9 @@ use hyper::StatusCode;
 use super::http::Answer;
 use super::{Endpoint, Simulator, key};
 
+/// Graph's documented `$skip` limit on the security API: a larger one is answered 400.
+pub(crate) const GRAPH_MAX_SKIP: usize = 500;
+
 /// A Graph error body: `{"error":{"code","message","innerError":{"date","request-id"}}}`.
 fn graph_error(status: StatusCode, code: &str, message: &str, tenant: Option<String>) -> Answer {
     let body = serde_json::json!({
@@ -91,7 +94,17 @@ impl Simulator {
                 );
             }
         };
+        // graph-alerts-v2.md §4.4: "If you need to use $skip, it has a limit of 500 alerts"
+        if q.skip > GRAPH_MAX_SKIP {
+            return graph_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("The $skip query parameter has a limit of {GRAPH_MAX_SKIP}."),
+                Some(info.tenant),
+            );
+        }
         self.churn_on_request(&mut st, &info.tenant, now);
+        let st = &mut *st;
         let short = st.rng.f64() < self.cfg.faults.rate_short_page;
         // half of the short pages are empty: the hardest case, and one a test can count on
         let short_len = if st.rng.bool() {
@@ -103,13 +116,9 @@ impl Simulator {
             .tenants
             .get_mut(&key(&info.tenant))
             .expect("tokens are only issued for simulated tenants");
-        let mut items: Vec<String> = Vec::new();
-        let mut matched = 0usize;
-        let mut more = false;
-        for rec in ts.alerts.values_mut() {
-            let Some(v) = rec.shown(now) else { continue };
-            if !q.matches(v.last_update) {
-                continue;
+        let keys = ts.matching(now, self.cfg.faults.order, &mut st.rng, |v| {
+            if !q.matches(v.last_update, v.created) {
+                return false;
             }
             let mut text = String::new();
             v.write(true, &mut text);
@@ -120,20 +129,25 @@ impl Simulator {
             } else {
                 Some("microsoftDefenderForEndpoint".to_owned())
             };
-            if q.service_source
+            q.filter
+                .service_source
                 .as_deref()
-                .is_some_and(|wanted| service.as_deref() != Some(wanted))
-            {
-                continue;
-            }
-            matched += 1;
-            if matched <= q.skip {
-                continue;
-            }
-            if items.len() >= q.top {
-                more = true;
-                break;
-            }
+                .is_none_or(|wanted| service.as_deref() == Some(wanted))
+        });
+        let skip = if self.cfg.faults.ignore_skip {
+            0
+        } else {
+            q.skip
+        };
+        let mut more = keys.len() > skip + q.top;
+        let mut items: Vec<String> = Vec::new();
+        for k in keys.iter().skip(skip).take(q.top) {
+            let mut text = String::new();
+            ts.alerts
+                .get_mut(k)
+                .and_then(|r| r.shown(now))
+                .expect("listed just now")
+                .write(true, &mut text);
             items.push(to_graph(&text).unwrap_or(text));
         }
         if short && short_len < items.len() {

@@ -1,5 +1,6 @@
 //! The MDE alerts endpoint (`GET /api/alerts`): bearer token checks, the OData slice of
-//! [`super::odata`], and a page of the visible versions in the simulator's arbitrary order.
+//! [`super::odata`], and a page of the visible versions in the order [`super::Faults::order`]
+//! names (by default the simulator's stable arbitrary order).
 
 use hyper::StatusCode;
 
@@ -61,28 +62,28 @@ impl Simulator {
             }
         };
         self.churn_on_request(&mut st, &info.tenant, now);
+        let st = &mut *st;
         let ts = st
             .tenants
             .get_mut(&key(&info.tenant))
             .expect("tokens are only issued for simulated tenants");
+        let faults = &self.cfg.faults;
+        let keys = ts.matching(now, faults.order, &mut st.rng, |v| {
+            q.matches(v.last_update, v.created)
+        });
+        let skip = if faults.ignore_skip { 0 } else { q.skip };
+        let top = faults.silent_top_cap.map_or(q.top, |cap| q.top.min(cap));
         let mut body = String::with_capacity(64 * 1024);
         body.push_str("{\"@odata.context\":\"");
         body.push_str(ODATA_CONTEXT);
         body.push_str("\",\"value\":[");
-        let mut matched = 0usize;
         let mut returned = 0usize;
-        for rec in ts.alerts.values_mut() {
-            if returned >= q.top {
-                break;
-            }
-            let Some(v) = rec.shown(now) else { continue };
-            if !q.matches(v.last_update) {
-                continue;
-            }
-            matched += 1;
-            if matched <= q.skip {
-                continue;
-            }
+        for k in keys.iter().skip(skip).take(top) {
+            let v = ts
+                .alerts
+                .get_mut(k)
+                .and_then(|r| r.shown(now))
+                .expect("listed just now");
             if returned > 0 {
                 body.push(',');
             }

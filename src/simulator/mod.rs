@@ -96,6 +96,24 @@ pub struct Faults {
     /// Graph only: a page cut short (to a random length, possibly empty) that still carries
     /// `@odata.nextLink`, as Graph may serve.
     pub rate_short_page: f64,
+    /// The order results come in. Neither API documents one.
+    pub order: ServedOrder,
+    /// MDE only: a `$top` above this is served as this many, silently (no error, no link).
+    pub silent_top_cap: Option<usize>,
+    /// `$skip` is ignored: every page starts at the first match.
+    pub ignore_skip: bool,
+}
+
+/// The order in which the simulated APIs serve the alerts matching a query.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ServedOrder {
+    /// An arbitrary order that stays put across requests (a hash of the tenant and the id).
+    #[default]
+    Stable,
+    /// A new random order on every request, as a load balancer over two backends may give.
+    Shuffled,
+    /// By last-update time, newest first.
+    NewestFirst,
 }
 
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
 //! The slice of OData that `/api/alerts` needs: `$top`, `$skip`, `$expand=evidence`, and `$filter`
-//! on `lastUpdateTime`. Anything outside that slice is refused with a message naming the problem,
+//! on `lastUpdateTime` and `alertCreationTime` (which may be compared with `null`). Anything outside that slice is refused with a message naming the problem,
 //! so a client that depends on something the simulator does not model fails loudly instead of
 //! silently getting unfiltered data.
 
@@ -48,15 +48,13 @@ pub(crate) struct Query {
     pub top: usize,
     pub skip: usize,
     pub expand_evidence: bool,
-    /// Conjunction of `lastUpdateTime <op> <literal>`.
-    pub filter: Vec<(Op, Timestamp)>,
+    /// Conjunction of `lastUpdateTime <op> <literal>` and `alertCreationTime <op> <literal>`.
+    pub filter: Filter,
 }
 
 impl Query {
-    pub fn matches(&self, last_update: Timestamp) -> bool {
-        self.filter
-            .iter()
-            .all(|&(op, lit)| op.holds(last_update, lit))
+    pub fn matches(&self, last_update: Timestamp, created: Option<Timestamp>) -> bool {
+        self.filter.matches(last_update, created)
     }
 }
 
@@ -66,7 +64,7 @@ pub(crate) fn parse_query(raw: Option<&str>) -> Result<Query, String> {
         top: MAX_TOP,
         skip: 0,
         expand_evidence: false,
-        filter: Vec::new(),
+        filter: Filter::default(),
     };
     let mut seen: Vec<String> = Vec::new();
     for (key, value) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
@@ -122,26 +120,48 @@ pub(crate) fn parse_count(name: &str, value: &str) -> Result<usize, String> {
         .map_err(|_| format!("The value '{value}' of {name} is too large."))
 }
 
-fn parse_filter(text: &str) -> Result<Vec<(Op, Timestamp)>, String> {
-    parse_filter_on(text, "lastUpdateTime", false).map(|(f, _)| f)
+fn parse_filter(text: &str) -> Result<Filter, String> {
+    parse_filter_on(text, ["lastUpdateTime", "alertCreationTime"], false)
 }
 
-/// Time comparisons and the `serviceSource` a filter names.
-pub(crate) type Filter = (Vec<(Op, Timestamp)>, Option<String>);
+/// A parsed `$filter`: comparisons of the last-update time, of the creation time (`None`: the
+/// `null` literal), and the `serviceSource` it names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Filter {
+    pub time: Vec<(Op, Timestamp)>,
+    pub created: Vec<(Op, Option<Timestamp>)>,
+    pub service_source: Option<String>,
+}
 
-/// A conjunction of `<time_field> <op> <DateTimeOffset>` terms and, when `service` is allowed
-/// (Graph), one `serviceSource eq '<value>'` term.
+impl Filter {
+    /// OData's semantics: `eq null` and `ne null` test for a value; any other comparison with a
+    /// missing value is false.
+    pub fn matches(&self, last_update: Timestamp, created: Option<Timestamp>) -> bool {
+        self.time
+            .iter()
+            .all(|&(op, lit)| op.holds(last_update, lit))
+            && self.created.iter().all(|&(op, lit)| match (created, lit) {
+                (Some(c), Some(lit)) => op.holds(c, lit),
+                (c, None) => (op == Op::Eq) == c.is_none(),
+                (None, Some(_)) => false,
+            })
+    }
+}
+
+/// A conjunction of `<time field> <op> <DateTimeOffset>` terms on `fields` (the last-update
+/// time, then the creation time, which may also be compared `eq`/`ne` with `null`) and, when
+/// `service` is allowed (Graph), one `serviceSource eq '<value>'` term.
 pub(crate) fn parse_filter_on(
     text: &str,
-    time_field: &str,
+    fields: [&str; 2],
     service: bool,
 ) -> Result<Filter, String> {
+    let [time_field, created_field] = fields;
     let tokens: Vec<&str> = text.split_whitespace().collect();
     if tokens.is_empty() {
         return Err("The $filter expression is empty.".to_owned());
     }
-    let mut out = Vec::new();
-    let mut service_source = None;
+    let mut out = Filter::default();
     let mut i = 0;
     loop {
         let Some(&field) = tokens.get(i) else {
@@ -160,9 +180,9 @@ pub(crate) fn parse_filter_on(
                     "Syntax error in '{text}': expected serviceSource eq '<value>'."
                 ));
             };
-            service_source = Some(lit.trim_matches('\'').to_owned());
+            out.service_source = Some(lit.trim_matches('\'').to_owned());
             match tokens.get(i + 3) {
-                None => return Ok((out, service_source)),
+                None => return Ok(out),
                 Some(&"and") => {
                     i += 4;
                     continue;
@@ -174,9 +194,9 @@ pub(crate) fn parse_filter_on(
                 }
             }
         }
-        if field != time_field {
+        if field != time_field && field != created_field {
             return Err(format!(
-                "Unsupported property '{field}' in $filter: the simulator filters only on '{time_field}'."
+                "Unsupported property '{field}' in $filter: the simulator filters only on '{time_field}' and '{created_field}'."
             ));
         }
         let Some(op_text) = tokens.get(i + 1) else {
@@ -195,9 +215,20 @@ pub(crate) fn parse_filter_on(
                 "Syntax error: expected a DateTimeOffset literal after '{op_text}' in '{text}'."
             ));
         };
-        out.push((op, parse_literal(lit, op_text)?));
+        if field == time_field {
+            out.time.push((op, parse_literal(lit, op_text)?));
+        } else if *lit == "null" {
+            if !matches!(op, Op::Eq | Op::Ne) {
+                return Err(format!(
+                    "Operator '{op_text}' cannot compare '{field}' with null: use eq or ne."
+                ));
+            }
+            out.created.push((op, None));
+        } else {
+            out.created.push((op, Some(parse_literal(lit, op_text)?)));
+        }
         match tokens.get(i + 3) {
-            None => return Ok((out, service_source)),
+            None => return Ok(out),
             Some(&"and") => i += 4,
             Some(&"or") => {
                 return Err(
@@ -248,7 +279,7 @@ mod tests {
     fn defaults_without_options() {
         let q = parse_query(None).unwrap();
         assert_eq!((q.top, q.skip, q.expand_evidence), (MAX_TOP, 0, false));
-        assert!(q.filter.is_empty());
+        assert_eq!(q.filter, Filter::default());
     }
 
     #[test]
@@ -263,7 +294,7 @@ mod tests {
         .unwrap();
         assert_eq!(a, b);
         assert_eq!(
-            a.filter,
+            a.filter.time,
             vec![
                 (Op::Ge, ts("2021-01-26T20:33:59.2Z")),
                 (Op::Lt, ts("2021-01-27T00:00:00Z"))
@@ -275,8 +306,31 @@ mod tests {
     #[test]
     fn compares_instants_not_strings() {
         let q = parse_query(Some("$filter=lastUpdateTime gt 2021-01-26T20:33:59.13Z")).unwrap();
-        assert!(q.matches(ts("2021-01-26T20:33:59.2Z")));
-        assert!(!q.matches(ts("2021-01-26T20:33:59.1Z")));
+        assert!(q.matches(ts("2021-01-26T20:33:59.2Z"), None));
+        assert!(!q.matches(ts("2021-01-26T20:33:59.1Z"), None));
+    }
+
+    #[test]
+    fn the_creation_time_filters_too_and_null_is_tested_with_eq_or_ne() {
+        let t = ts("2021-01-26T20:33:59.2Z");
+        let c = Some(ts("2021-01-26T20:00:00Z"));
+        let q = |f: &str| {
+            parse_query(Some(&format!(
+                "$filter=lastUpdateTime ge {} and {f}",
+                t.odata()
+            )))
+            .unwrap()
+        };
+        assert!(q("alertCreationTime lt 2021-01-26T21:00:00Z").matches(t, c));
+        assert!(!q("alertCreationTime ge 2021-01-26T21:00:00Z").matches(t, c));
+        assert!(
+            !q("alertCreationTime lt 2021-01-26T21:00:00Z").matches(t, None),
+            "a missing value compares false"
+        );
+        assert!(q("alertCreationTime eq null").matches(t, None));
+        assert!(!q("alertCreationTime eq null").matches(t, c));
+        assert!(q("alertCreationTime ne null").matches(t, c));
+        assert!(parse_query(Some("$filter=alertCreationTime gt null")).is_err());
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub(super) enum Plain {
 #[derive(Debug)]
 pub(super) struct Version {
     pub(super) last_update: Timestamp,
+    /// The alert's creation time (`alertCreationTime`), which `$filter` can test.
+    pub(super) created: Option<Timestamp>,
     pub(super) visible_at: Timestamp,
     /// The text served with `$expand=evidence`.
     pub(super) full: String,
@@ -143,6 +145,31 @@ pub(super) fn key(tenant: &str) -> String {
 }
 
 impl TenantState {
+    /// The keys of the alerts whose version shown at `now` passes `keep`, in the order `order`
+    /// serves them.
+    pub(super) fn matching(
+        &mut self,
+        now: Timestamp,
+        order: super::ServedOrder,
+        rng: &mut Rng,
+        mut keep: impl FnMut(&Version) -> bool,
+    ) -> Vec<(u64, String)> {
+        let mut keys: Vec<((u64, String), Timestamp)> = Vec::new();
+        for (k, rec) in self.alerts.iter_mut() {
+            if let Some(v) = rec.shown(now)
+                && keep(v)
+            {
+                keys.push((k.clone(), v.last_update));
+            }
+        }
+        match order {
+            super::ServedOrder::Stable => {}
+            super::ServedOrder::Shuffled => rng.shuffle(&mut keys),
+            super::ServedOrder::NewestFirst => keys.sort_by_key(|k| std::cmp::Reverse(k.1)),
+        }
+        keys.into_iter().map(|(k, _)| k).collect()
+    }
+
     pub(super) fn store_model(
         &mut self,
         model: AlertModel,
@@ -157,6 +184,7 @@ impl TenantState {
             .or_default();
         rec.insert(Version {
             last_update,
+            created: Timestamp::parse(&model.alert.alert_creation_time).ok(),
             visible_at,
             full: rendered.text,
             plain: Plain::Span(rendered.evidence_span.0, rendered.evidence_span.1),
@@ -299,6 +327,10 @@ impl State {
                 format!("sim-raw-{}", self.raw_counter)
             }
         };
+        let created = alert
+            .get("alertCreationTime")
+            .and_then(|v| v.as_str())
+            .and_then(|t| Timestamp::parse(t).ok());
         let full = serde_json::to_string(&alert).expect("json value serialises");
         let plain = match alert {
             serde_json::Value::Object(mut map) if map.contains_key("evidence") => {
@@ -314,6 +346,7 @@ impl State {
             .or_default();
         rec.insert(Version {
             last_update,
+            created,
             // raw inserts model data that is already indexed: no lag
             visible_at: now.min(last_update),
             full,

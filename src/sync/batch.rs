@@ -3,6 +3,10 @@
 //! only what the algorithm needs to know about the page kept.
 
 use super::*;
+use crate::{
+    api::Created,
+    model::{ALERT_COLUMNS, Val, column_index},
+};
 
 /// Receives one response's alerts as they arrive: parses and checks each, hands full batches to
 /// the writer, and keeps what the algorithm needs to know about the page — how many alerts, their
@@ -22,7 +26,15 @@ pub(super) struct PageSink {
     /// Alerts in the current attempt.
     pub(super) count: usize,
     pub(super) times: Vec<Timestamp>,
+    /// The creation times of the page's alerts that have one (kept with `times`).
+    pub(super) created_times: Vec<Timestamp>,
     pub(super) keep_times: bool,
+    /// The first `tail_len` ids, in the order served.
+    pub(super) head: Vec<String>,
+    /// The cell of creation times asked for: an alert created outside it is refused.
+    pub(super) cell: Created,
+    /// Every version read, as (hash of id and time, time), to find late arrivals (freshness).
+    pub(super) track: Option<Vec<(u64, Timestamp)>>,
     /// The last `tail_len` ids.
     pub(super) tail: VecDeque<String>,
     pub(super) tail_len: usize,
@@ -31,11 +43,24 @@ pub(super) struct PageSink {
     pub(super) found: bool,
     pub(super) received: u64,
     pub(super) rejected: u64,
+    /// Alerts kept with some columns NULL (a property of the wrong shape).
+    pub(super) coerced: u64,
+    /// The window asked for: an alert whose `lastUpdateTime` lies outside it is refused, since
+    /// no window vouches for it and, stamped in the future, it would win "newer wins" for good.
+    pub(super) window: Option<(Timestamp, Timestamp)>,
     /// Why the read was ended, if the sink ended it.
     pub(super) error: Option<SyncError>,
 }
 
 impl PageSink {
+    /// A sink for a probe: it counts what arrives and writes nothing (a probe is read without
+    /// evidence, so writing its alert would replace the stored version's evidence).
+    pub(super) fn probe(tenant: &Tenant) -> Self {
+        let mut sink = Self::new(tenant, Some(1), 1, true);
+        sink.write = false;
+        sink
+    }
+
     pub(super) fn new(
         tenant: &Tenant,
         top: Option<usize>,
@@ -52,13 +77,19 @@ impl PageSink {
             batch_bytes: 0,
             count: 0,
             times: Vec::new(),
+            created_times: Vec::new(),
             keep_times,
+            head: Vec::new(),
+            cell: Created::Any,
+            track: None,
             tail: VecDeque::new(),
             tail_len,
             expect: HashSet::new(),
             found: false,
             received: 0,
             rejected: 0,
+            coerced: 0,
+            window: None,
             error: None,
         }
     }
@@ -82,6 +113,9 @@ impl PageSink {
         if !self.found && self.expect.contains(id) {
             self.found = true;
         }
+        if self.head.len() < self.tail_len {
+            self.head.push(id.to_owned());
+        }
         if self.tail_len > 0 {
             if self.tail.len() == self.tail_len {
                 self.tail.pop_front();
@@ -91,12 +125,88 @@ impl PageSink {
     }
 }
 
+/// Where `alert_creation_time` sits in a parsed row.
+fn created_column() -> usize {
+    static AT: std::sync::LazyLock<usize> =
+        std::sync::LazyLock::new(|| column_index(ALERT_COLUMNS, "alert_creation_time"));
+    *AT
+}
+
+/// A version's identity within this process: its id and last-update time, hashed.
+pub(super) fn version_hash(id: &str, t: Timestamp) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    t.ticks().hash(&mut h);
+    h.finish()
+}
+
+impl PageSink {
+    /// Checks one parsed alert and adds it to the batch, or refuses it (counted and logged).
+    fn take(&mut self, row: AlertRow, bytes: usize) {
+        self.note_id(&row.id);
+        let Some(t) = row.last_update else {
+            // Without it no version can be ordered against another, and no window or watermark
+            // covers the alert.
+            self.rejected += 1;
+            tracing::warn!(alert_id = %row.id, reason = "no lastUpdateTime", problems = %row.coerced.join("; "), "malformed alert skipped");
+            return;
+        };
+        if let Some((from, to)) = self.window
+            && (t < from || t >= to)
+        {
+            self.rejected += 1;
+            tracing::warn!(alert_id = %row.id, last_update = %t, window_from = %from, window_to = %to, "the API sent an alert outside the window asked for, refused");
+            return;
+        }
+        let created = match &row.values[created_column()] {
+            Val::Time(c) => *c,
+            _ => None,
+        };
+        if let Some(ct) = created
+            && !self.cell.holds(Some(ct))
+        {
+            self.rejected += 1;
+            tracing::warn!(alert_id = %row.id, created = %ct, "the API sent an alert created outside the cell asked for, refused");
+            return;
+        }
+        if self.keep_times {
+            self.times.push(t);
+            self.created_times.extend(created);
+        }
+        if let Some(track) = &mut self.track {
+            track.push((version_hash(&row.id, t), t));
+        }
+        if !self.write {
+            return;
+        }
+        if let Some(aad) = &row.aad_tenant_id
+            && !aad.eq_ignore_ascii_case(self.tenant.as_str())
+        {
+            self.rejected += 1;
+            tracing::error!(alert_id = %row.id, aad_tenant_id = %aad, "alert belongs to another tenant, refused");
+            return;
+        }
+        if !row.coerced.is_empty() {
+            self.coerced += 1;
+            tracing::warn!(alert_id = %row.id, problems = %row.coerced.join("; "), "alert stored with the columns of malformed properties NULL; raw holds them as received");
+        }
+        self.batch_bytes += bytes;
+        self.batch.push(row);
+    }
+}
+
 impl AlertSink for PageSink {
     fn begin(&mut self) {
         self.count = 0;
         self.times.clear();
+        self.created_times.clear();
         self.tail.clear();
+        self.head.clear();
         self.found = false;
+        if let Some(track) = &mut self.track {
+            track.clear();
+        }
     }
 
     fn item<'a>(&'a mut self, raw: &'a RawValue) -> BoxFuture<'a, Result<(), Abort>> {
@@ -116,7 +226,7 @@ impl AlertSink for PageSink {
                 });
                 return Err(Abort);
             }
-            if !self.write {
+            if !self.write && !self.keep_times {
                 return Ok(());
             }
             let parsed = match self.source {
@@ -124,30 +234,7 @@ impl AlertSink for PageSink {
                 SourceKind::Graph => graph::model::parse_alert(raw),
             };
             match parsed {
-                Ok(row) if row.last_update.is_none() => {
-                    // Without it no version can be ordered against another, and no window or
-                    // watermark covers the alert.
-                    self.note_id(&row.id);
-                    self.rejected += 1;
-                    tracing::warn!(alert_id = %row.id, reason = "no lastUpdateTime", "malformed alert skipped");
-                }
-                Ok(row) => {
-                    self.note_id(&row.id);
-                    if self.keep_times
-                        && let Some(t) = row.last_update
-                    {
-                        self.times.push(t);
-                    }
-                    if let Some(aad) = &row.aad_tenant_id
-                        && !aad.eq_ignore_ascii_case(self.tenant.as_str())
-                    {
-                        self.rejected += 1;
-                        tracing::error!(alert_id = %row.id, aad_tenant_id = %aad, "alert belongs to another tenant, refused");
-                        return Ok(());
-                    }
-                    self.batch_bytes += raw.get().len();
-                    self.batch.push(row);
-                }
+                Ok(row) => self.take(row, raw.get().len()),
                 Err(e) => {
                     if let Some(id) = &e.id {
                         self.note_id(id);

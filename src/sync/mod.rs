@@ -12,22 +12,28 @@
 //!   is not documented, so the algorithm never relies on one (step 5).
 //!
 //! On both, changes become visible some time after their last-update time (indexing lag), alerts
-//! change while we page, and a bulk action can give more alerts one identical last-update time
-//! than fit in a page. Timestamps carry 0 to 7 fractional digits (Graph's too); we compare them as
+//! change while we page, a bulk action can give more alerts one identical last-update time
+//! than fit in a page, and Graph refuses a `$skip` above 500. Timestamps carry 0 to 7 fractional digits (Graph's too); we compare them as
 //! instants ([`Timestamp`]), never as text. Below, `lastUpdateTime` means the source's property.
 //! An alert without one lies in no window and has no version order, so it is refused (counted as
 //! rejected), never stored.
 //!
-//! # Assumptions (A1–A3)
+//! # Assumptions (A1–A4)
 //! - **A1** A response is a snapshot: every alert matching the filter at that moment whose rank
-//!   lies in `[skip, skip + top)` is in it.
+//!   lies in `[skip, skip + top)` is in it. A server may serve fewer than `$top` and say so with a
+//!   nextLink (Graph), or cut a page silently (a cap below what was asked); the first is a full
+//!   page by step 5, the second is caught by a probe (step 2).
 //! - **A2** Every alert version has a `lastUpdateTime` no later than the moment it becomes visible,
 //!   and becomes visible at most `L = sync.lag_allowance` after it (L also absorbs clock skew).
 //!   A change made at time `c` therefore carries a `lastUpdateTime` of about `c`, which is later
 //!   than any moment before `c`.
-//! - **A3** For a fixed filter, the order results come in is stable while the matching set does
-//!   not change (it is arbitrary, but `$skip` is meaningful). Only the rare single-instant burst
-//!   relies on A3, and even there a violation is detected, not silently absorbed.
+//! - **A3** Nothing is assumed of the order results come in. Only the last resort of step 4
+//!   (`$skip` pages inside one cell) needs the order to stay put while it pages, and there a
+//!   changed order is detected, not absorbed: the check cannot pass by chance.
+//! - **A4** Both APIs filter on a second time, the alert's creation time (`alertCreationTime`,
+//!   `createdDateTime`), with the same operators, and `eq null` finds the alerts without one.
+//!   Each alert version has exactly one creation time or none, so the cells of step 4 partition
+//!   an instant.
 //!
 //! # The watermark
 //! Each tenant has a watermark `W` in the store, meaning: *every alert whose current version has
@@ -36,13 +42,20 @@
 //!
 //! # Reading a response
 //! A response is never held whole. Its alerts go into the store in batches (at most
-//! [`WRITE_BATCH`] alerts and about [`WRITE_BATCH_BYTES`] of alert text) as the body arrives (see [`crate::odata`]); what the algorithm needs to know about the page — how
-//! many alerts, their `lastUpdateTime`s, its last ids — is noted on the way. Writing the alerts
-//! of a page that later turns out to be full, cut off or refused is harmless: each is a real
-//! version, and the store keeps the newer of two (see the last section). Only the watermark waits
-//! until a window is known to be complete, and it is then committed with (or after) the last
-//! batch of that window, never before one of its alerts. A response with more alerts than the
-//! `$top` asked for proves nothing (A1 is broken): the run fails at that alert, and `W` stays.
+//! [`WRITE_BATCH`] alerts and about [`WRITE_BATCH_BYTES`] of alert text) as the body arrives
+//! (see [`crate::odata`]); what the algorithm needs to know about the page — how many alerts,
+//! their times, its first and last ids — is noted on the way. Writing the alerts of a page that
+//! later turns out to be full, cut off or refused is harmless: each is a real version, and the
+//! store keeps the newer of two (see the last section). Only the watermark waits until a window
+//! is known to be complete, and it is then committed with (or after) the last batch of that
+//! window, never before one of its alerts. A response with more alerts than the `$top` asked
+//! for proves nothing (A1 is broken): the run fails at that alert, and `W` stays. A body that is
+//! not a collection (no `value`, or an `error` member) proves nothing either: the call fails.
+//! An alert whose `lastUpdateTime` lies outside the window asked for is refused: no window
+//! vouches for it, and one stamped in the future would otherwise win "newer wins" for good.
+//! An alert with an id and a time but another property of the wrong shape is stored (that
+//! column NULL, `raw` whole): only an alert without an id or a time lies in no window and may
+//! be dropped.
 //!
 //! # One run (the classic run)
 //! 1. Note the run's start `q0` (now) and the run's ceiling `C = q0 − L`. Read the window
@@ -50,54 +63,87 @@
 //!    `[W, q0 + 1 tick)`.
 //! 2. Fetch a window `[a, b)` with `$top = P`. If fewer than `P` alerts come back, the response is
 //!    the whole window (A1): its alerts are stored, and `W = min(b, C)` is committed with the
-//!    last batch.
+//!    last batch. A page of at least `P/2` alerts may have been cut by a server that caps `$top`
+//!    below `P`: one `$top=1` probe at `$skip` = the page's length decides; if it finds an alert
+//!    the window is full (step 3), else `W` moves as above.
 //! 3. If the page is full, the window holds at least `P` alerts and we cannot know which are
 //!    missing. Nothing from it is trusted for the watermark. A few one-alert probes (`$top=1` at
-//!    `$skip` = 2P−1, 4P−1, …) bound how many alerts the window holds; the window is then cut at
-//!    quantiles of the page's `lastUpdateTime`s into parts expected to hold ¾ of a page each, and
-//!    the parts are processed depth first, earliest first — so windows complete in time order
-//!    and `W` can advance after each. (The page is a sample of the window when the order is
-//!    arbitrary; if it is not, a part that is still full is simply split again.)
-//! 4. A full window that is a single 100 ns instant (a bulk update of more than `P` alerts) cannot
-//!    be split: it is paged with `$skip` in steps of `P − K`, so consecutive pages overlap by `K`
-//!    alerts. Each new page must contain one of the previous page's last `K` ids; that proves no
-//!    alert slid past the page boundary (under A3 the set can only shrink while we page, see
-//!    below). If the check fails the instant is paged again from the start, a few times at most,
-//!    and otherwise the run fails without moving `W`.
+//!    `$skip` = 2P−1, 4P−1, …; never past 500 on Graph) bound how many alerts the window holds;
+//!    the window is then cut at quantiles of the times of the page and of the probes into parts
+//!    expected to hold ¾ of a page each (of the page the server actually serves), and the parts
+//!    are processed depth first, earliest first — so windows complete in time order and `W` can
+//!    advance after each. With an arbitrary order the page is a sample of the window; with an
+//!    ordered one (newest first, oldest first) the probes' times are the window's quantiles by
+//!    rank, and an end of the window the page left untouched is halved as well, so the earliest
+//!    part shrinks geometrically and every run completes windows and moves `W` whatever the
+//!    order. A part that is still full is simply split again.
+//! 4. A full window that is a single 100 ns instant (a bulk update of more than `P` alerts) is
+//!    partitioned by creation time (A4): the cells `created eq null`, `created < c1`,
+//!    `c1 ≤ created < c2`, …, `created ≥ ck`, cut at quantiles of the page's creation times,
+//!    are read like windows (a full cell is cut again; no page boundary depends on the order).
+//!    The instant is complete when its last cell is, and only then may `W` pass it. Only a cell
+//!    that is one instant of both times and still full is paged with `$skip` in steps of
+//!    `P − K`, so consecutive pages overlap by `K` alerts. The next page's first ids must equal
+//!    the previous page's last ids in order, allowing a shift of at most `K/2` positions
+//!    (alerts that left the instant or entered it): that proves no alert slid past the page
+//!    boundary, and an order that changed between requests cannot pass it by chance (it would
+//!    have to repeat `K/2` or more ids in the same positions). If the check fails the cell is
+//!    paged again from the start, a few times at most. On Graph `$skip` never passes 500: a
+//!    cell that would need more is held (see "Held windows").
 //! 5. A `@odata.nextLink` is never followed: it only says the window holds more than this
 //!    response, i.e. the window is treated as full (step 3, or step 4 for an instant). Every
-//!    window that moves `W` was therefore answered by one nextLink-free response (or, for an
-//!    instant, by overlap-checked `$skip` pages), which A1 covers on both sources; a nextLink
-//!    chain over a set that changes while it is followed could skip alerts, and nothing in the
-//!    Graph documentation says it cannot. A server that sends links forever can therefore hold a
-//!    run only until `sync.max_pages_per_run`, and never moves `W`.
+//!    window that moves `W` was therefore answered by nextLink-free responses that each hold
+//!    fewer alerts than asked (or, inside one cell, by overlap-checked `$skip` pages), which A1
+//!    covers on both sources; a nextLink chain over a set that changes while it is followed
+//!    could skip alerts, and nothing in the Graph documentation says it cannot. A server that
+//!    sends links forever can therefore hold a run only until `sync.max_pages_per_run`, which
+//!    counts every request, inside instants and cells too, and never moves `W`.
+//!
+//! # Held windows: no window holds the rest hostage
+//! A window that cannot be read (a persistent 400, a cell beyond Graph's `$skip` limit, an
+//! instant whose order keeps changing, more alerts than `$top`) is *held*: `W` stays at its
+//! start, and the run reads every later window all the same, storing alerts and moving no
+//! watermark — exactly what a cursor does, so the argument below is untouched. The run ends
+//! `failed` with health `window_held`, naming the instant, since when and why; the tenant's
+//! cursor is set as after a complete run, so newer alerts keep arriving every tick; the held
+//! window is read again by the sweep with a backoff (one tick, doubling up to `L`), and `W`
+//! moves on as soon as it completes. A window the cursor cannot read is skipped the same way
+//! (the sweep is the backstop for it).
 //!
 //! # Steady state: a cursor every run, a sweep once per lag allowance
 //! Re-reading `[W, q0]` every run would download each alert version about `L / tick` times (ten
 //! with the defaults). Instead, once a classic run has completed in this process, a tenant has a
-//! cursor `F` (the end of what the last run read, `q0 + 1 tick`) and the time `S` of its last sweep:
-//! - **cursor** (every run): read `[F, q0 + 1 tick)` with steps 2–5, storing alerts but moving no
-//!   watermark; then `F = q0 + 1 tick` (or the end of the windows completed, if the run stopped
-//!   early). Consecutive cursor windows touch without overlapping.
-//! - **sweep** (when `q0 − S ≥ L`): read `[W, C)` with steps 2–5, moving `W` up to `C` as before;
-//!   then `S = q0`. Consecutive sweep windows touch without overlapping too.
-//! - a run whose cursor has fallen behind the ceiling (`F ≤ C`), or with no cursor (a new
+//! cursor `F` (the end of what the last run read, `q0 + 1 tick`), an overlap `o` and the time
+//! `S` of its last sweep:
+//! - **cursor** (every run): read `[F − o, q0 + 1 tick)` with steps 2–5, storing alerts but moving
+//!   no watermark; then `F = q0 + 1 tick` (or the end of the windows completed, if the run
+//!   stopped early).
+//! - **sweep** (when `q0 − S ≥ L`, or when a held window's backoff has passed): read `[W, C)`
+//!   with steps 2–5, moving `W` up to `C` as before; then `S = q0`.
+//! - a run whose cursor has fallen behind the ceiling (`F − o ≤ C`), or with no cursor (a new
 //!   process, a new tenant), is a classic run, which sets the cursor.
 //!
-//! So each alert version is read about twice — once by the cursor that first sees it and once by
-//! the sweep whose window holds its `lastUpdateTime` (if it is still current then) — plus the
-//! few probes of full windows. Freshness: a version visible in the API at a run's start whose
-//! `lastUpdateTime` is at or after the previous run's start is stored by that run (the cursor
-//! window holds it), which covers every change made between two runs and visible by the second
-//! one; one that becomes visible later than that (indexing lag) is stored by the first sweep whose
-//! ceiling passes it, at most `L` plus one sweep interval (`L`) after its `lastUpdateTime`. The
-//! cursor lives in memory: after a restart the first run is a classic run.
+//! **Freshness, and the measured overlap.** Let `δ` be a version's visibility delay (visible at
+//! `t + δ`). It is stored by the first run `i` with `q0_i ≥ t + δ`, provided its cursor window
+//! holds `t`: the previous run started at `q0_{i−1} < t + δ`, so `t > q0_{i−1} − δ`, and the
+//! window `[q0_{i−1} + 1 tick − o, …)` holds `t` whenever `o ≥ δ`. So every version whose delay
+//! is at most `o` is stored by the first run that starts after it is visible: within one tick
+//! of becoming visible. `o` follows the API, not the bound: each version first seen in the
+//! part of the cursor window the previous run had read already (a late arrival) gives the
+//! overlap it needed, `q0_{i−1} + 1 tick − t` (at most its `δ`); `o` is the largest recent need
+//! (halving every two minutes) with a quarter's margin, at least 5 s, at most `L`. A version whose delay exceeds `o` is not lost: the
+//! sweep stores it (within `2L` of `t`, as before), and a sweep that had to write anything the
+//! cursor missed doubles `o` (up to `L`), so the overlap grows to what the API does. Each
+//! version is read about `1 + (o + tick)/tick` times by cursors while current, once by the
+//! sweep if still current then, plus the probes of full windows. The cursor lives in memory:
+//! after a restart the first run is a classic run, and `o` starts at `min(L, 2 minutes)`.
 //!
 //! # Why no alert is lost
-//! Only windows read with a ceiling (classic runs and sweeps) move `W`; the cursor only writes
-//! alerts, and writing never breaks the invariant below (the store keeps the newer version). So
-//! the argument is about those windows, and it is the same for both: each ends at most at
-//! `q0 + 1 tick` and `W` never passes `C = q0 − L` of the run that read it.
+//! Only windows read with a ceiling (classic runs and sweeps) move `W`; the cursor and the
+//! windows after a held one only write alerts, and writing never breaks the invariant below (the
+//! store keeps the newer version). So the argument is about those windows, and it is the same
+//! for both: each ends at most at `q0 + 1 tick` and `W` never passes `C = q0 − L` of the run that
+//! read it, nor the start of a window held in that run.
 //!
 //! Take any alert `x` and its current version `v` with `lastUpdateTime t`. We show that `x` is
 //! stored at `v` or newer once a run has completed with `W > t`.
@@ -107,20 +153,23 @@
 //! - Otherwise `t` lies in some completed leaf window `[a, b)` with `b ≤ q0 + 1 tick`, and `W` only
 //!   passes `t` if `t < min(b, C) ≤ q0 − L`. So `v` was visible before the run started (A2), and it
 //!   was current when the leaf was read unless `x` changed meanwhile. If it did not change, the
-//!   leaf's response contained it (A1 for plain windows, the overlap check for instants) and it
-//!   was committed no later than `W`. If it did change at time `c ≥ q0`, its new version has
+//!   leaf's response contained it (A1 for plain windows and cells, the overlap check inside a
+//!   cell), or, for an instant, the one cell its creation time falls in did (A4), and it was
+//!   committed no later than `W`. If it did change at time `c ≥ q0`, its new version has
 //!   `lastUpdateTime ≈ c > C ≥ W`, so a later run reads it — and `v` was not the current version
 //!   after all.
 //! - Alerts that move out of a window while we page it (they were updated) can shift `$skip`
-//!   offsets and make later alerts slide into pages already read. Plain windows are read in one
-//!   request, so nothing can slide. Instants are the only place we page with `$skip`, and the
-//!   overlap check catches every slide (a slide of fewer than `K` positions keeps an overlap id on
-//!   the new page; a larger one loses all of them and triggers a re-read). Alerts *entering* an
-//!   instant while we page it are late-visible versions, so `t > q0 − L = C` and `W` stays below them.
+//!   offsets and make later alerts slide into pages already read. Plain windows and cells are
+//!   read in one request, so nothing can slide. Inside a cell paged with `$skip` the overlap
+//!   check catches every slide (a slide of at most `K/2` positions keeps a run of at least `K/2`
+//!   overlap ids at the new page's start; a larger one, or a reordering, loses it and triggers a
+//!   re-read). Alerts *entering* an instant while we page it are late-visible versions, so
+//!   `t > q0 − L = C` and `W` stays below them.
 //! - A kill at any moment loses at most the uncommitted batches; `W` only ever covers committed
 //!   alerts (it is committed with or after the last batch of its window), so the next run re-reads
-//!   from the last committed `W`. A response cut off mid-body, too large, or holding more than
-//!   `$top` alerts completes no window, so `W` stays; what was written of it is harmless.
+//!   from the last committed `W`. A response cut off mid-body, too large, not a collection, or
+//!   holding more than `$top` alerts completes no window, so `W` stays; what was written of it
+//!   is harmless.
 //!
 //! # Stopping
 //! [`Syncer::stop`] (shutdown) and [`Syncer::set_active_tenants`] (a tenant removed on reload)
@@ -155,6 +204,10 @@
 //! source being read (each of its versions is stored at its own time or newer), and an MDE row
 //! whose time is later than the Graph version's keeps its content until Graph reports a later
 //! change. A switch drops the tenant's cursor, so its first run on the new source is a classic run.
+//! A run reads with the source it started with: every request names the source and API host the
+//! run began with, and once a reload routes the tenant elsewhere the request is refused before it
+//! is sent and the run ends at that page boundary (`stopped`), so no answer of one API is ever
+//! parsed with the other's model.
 //!
 //! # Why nothing goes stale or doubles
 //! Rows are keyed by `(tenant_id, id)`, and the store writes a version only if its
@@ -178,8 +231,11 @@ use tokio::{
 use tracing::Instrument;
 
 mod batch;
+mod cell;
+mod cuts;
 mod pass;
 mod run;
+mod windows;
 
 use crate::{
     BoxFuture,
@@ -189,7 +245,7 @@ use crate::{
     graph,
     health::{Health, Outcome},
     mde,
-    metrics::{Metrics, RunSample},
+    metrics::{Freshness, HeldWindow, Metrics, RunSample},
     model::AlertRow,
     slot::Slot,
     source::SourceKind,
@@ -229,12 +285,48 @@ pub enum SyncError {
         "the API sent {count} or more alerts for $top={top}: a server that ignores $top cannot prove a window complete, so the watermark stays; report this to Microsoft with the correlation id"
     )]
     OverTop { top: usize, count: usize },
+    #[error(
+        "more than {limit} alerts share lastUpdateTime {instant} and one creation time, and Graph answers no $skip above {limit}: this cell cannot be read"
+    )]
+    CellTooLarge { instant: Timestamp, limit: usize },
+    #[error(
+        "reading the alerts that share lastUpdateTime {instant} and one creation time reached sync.max_pages_per_run ({pages}) before they were all read: raise sync.max_pages_per_run, or sync.page_size"
+    )]
+    CellOverPageLimit { instant: Timestamp, pages: u64 },
+    #[error(
+        "the run reached sync.max_pages_per_run ({pages} pages) without completing the window from {at}, so the next run would repeat it: raise sync.max_pages_per_run or sync.page_size, or check that the API honours $skip and $top"
+    )]
+    NoProgress { pages: u64, at: Timestamp },
+    #[error(
+        "the alerts at lastUpdateTime {at} and after could not all be read since {since} ({attempts} attempts): {reason}; newer alerts keep syncing, and the watermark waits at {at} until that window is read (it is retried with a backoff)"
+    )]
+    WindowHeld {
+        at: Timestamp,
+        since: Timestamp,
+        attempts: u32,
+        reason: String,
+    },
     #[error("the run was stopped at a page boundary (shutdown, or the tenant was removed)")]
     Stopped,
     #[error(
         "the run stopped on an internal error, a bug in mde-sync: {0}; the tenant is retried at the next tick (please report this message)"
     )]
     Panicked(String),
+}
+
+impl SyncError {
+    /// A failure of the window being read rather than of the tenant (see "Held windows"): the
+    /// watermark is held at that window and the run reads on.
+    fn holds_window(&self) -> bool {
+        matches!(
+            self,
+            Self::UnstableInstant { .. }
+                | Self::OverTop { .. }
+                | Self::CellTooLarge { .. }
+                | Self::CellOverPageLimit { .. }
+                | Self::Api(ApiError::BadRequest { .. } | ApiError::TooLarge { .. })
+        )
+    }
 }
 
 /// What a failed run says about the tenant, for scheduling its next attempt.
@@ -273,6 +365,9 @@ impl SyncError {
             Self::Store(StoreError::LeaseLost { .. }) => Health::LeaseLost,
             Self::Store(_) => Health::DatabaseError,
             Self::UnstableInstant { .. } | Self::OverTop { .. } => Health::Degraded,
+            Self::CellTooLarge { .. } | Self::CellOverPageLimit { .. } => Health::Degraded,
+            Self::NoProgress { .. } => Health::Degraded,
+            Self::WindowHeld { .. } => Health::WindowHeld,
             Self::Stopped => Health::Stopped,
             Self::Panicked(_) => Health::InternalError,
         }
@@ -290,6 +385,8 @@ pub struct RunOutcome {
     pub alerts_received: u64,
     pub alerts_written: u64,
     pub alerts_rejected: u64,
+    /// Alerts stored with the columns of malformed properties NULL (raw keeps them).
+    pub alerts_coerced: u64,
     pub pages: u64,
     pub duration_ms: u64,
     pub watermark: Option<Timestamp>,
@@ -302,6 +399,7 @@ struct Counters {
     received: u64,
     written: u64,
     rejected: u64,
+    coerced: u64,
     pages: u64,
     watermark: Option<Timestamp>,
 }
@@ -317,15 +415,40 @@ impl RunOutcome {
 type Batch = (Vec<AlertRow>, Option<Timestamp>);
 
 /// Where the cursor of a tenant stands (kept in memory: a process starts with a classic run).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Cursor {
-    /// The cursor's next window starts here; everything visible before the run that set it, at
-    /// or after the previous cursor start, is stored.
+    /// The cursor's next window starts `overlap` before this; everything visible before the run
+    /// that set it, at or after the previous cursor start, is stored.
     next: Timestamp,
     /// When the last sweep (or classic run) completed.
     last_sweep: Timestamp,
     /// The source the cursor followed.
     source: SourceKind,
+    /// How far before `next` the cursor re-reads (see "Freshness, and the measured overlap").
+    overlap: time::Duration,
+    /// The start of the last run, to size backoffs in ticks.
+    last_run: Timestamp,
+    /// The versions the last cursor read saw from `seen_from` on (hashes of id and time).
+    seen: HashSet<u64>,
+    seen_from: Timestamp,
+    /// The late arrival that needed the largest overlap in recent runs, halving every two
+    /// minutes.
+    needed: time::Duration,
+    /// Raised by sweeps that found what the cursor missed.
+    floor: time::Duration,
+    /// A window the watermark waits at.
+    hold: Option<Hold>,
+}
+
+/// A window that could not be read: the watermark waits at `at` (see "Held windows").
+#[derive(Debug, Clone)]
+struct Hold {
+    at: Timestamp,
+    since: Timestamp,
+    attempts: u32,
+    reason: String,
+    /// The sweep reads it again from then on.
+    retry_at: Timestamp,
 }
 
 /// Runs the algorithm for any number of tenants against one source and one store.
@@ -499,7 +622,11 @@ impl Syncer {
                 biased;
                 Ok(_) = stop.wait_for(|s| *s) => return Err(SyncError::Stopped),
                 // an answer already here is used: its commit is fenced anyway
-                r = &mut call => return Ok(r?),
+                r = &mut call => return match r {
+                    // the tenant's source changed on reload: end at this page boundary
+                    Err(ApiError::Rerouted) => Err(SyncError::Stopped),
+                    r => Ok(r?),
+                },
                 Ok(()) = active.changed() => self.may_continue(tenant)?,
             }
         }
@@ -512,6 +639,23 @@ impl Syncer {
     /// Whether `tenant` has a run in progress.
     pub fn is_running(&self, tenant: &TenantId) -> bool {
         self.running.lock().expect("running set").contains(tenant)
+    }
+
+    /// How current `tenant`'s data is, once it has a cursor.
+    pub fn freshness(&self, tenant: &TenantId) -> Option<Freshness> {
+        let cursors = self.cursors.lock().expect("cursors");
+        let k = cursors.get(tenant)?;
+        let std = |d: time::Duration| std::time::Duration::try_from(d).unwrap_or_default();
+        Some(Freshness {
+            fresh_at: k.next.plus_ticks(-1),
+            overlap: std(k.overlap),
+            needed: std(k.needed),
+            held: k.hold.as_ref().map(|h| HeldWindow {
+                at: h.at,
+                since: h.since,
+                reason: h.reason.clone(),
+            }),
+        })
     }
 
     /// How many tenants have a run in progress.

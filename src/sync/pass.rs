@@ -97,6 +97,7 @@ impl Syncer {
                 alerts_rejected: 0,
                 duration: std::time::Duration::ZERO,
                 watermark: None,
+                freshness: None,
             },
             self.now(),
         );
@@ -165,6 +166,7 @@ impl Syncer {
                 alerts_rejected: outcome.alerts_rejected,
                 duration: std::time::Duration::from_millis(outcome.duration_ms),
                 watermark: outcome.watermark,
+                freshness: self.freshness(&tenant.id),
             },
             self.now(),
         );
@@ -246,6 +248,7 @@ impl Syncer {
         outcome.alerts_received = c.received;
         outcome.alerts_written = c.written;
         outcome.alerts_rejected = c.rejected;
+        outcome.alerts_coerced = c.coerced;
         outcome.pages = c.pages;
         outcome.watermark = c.watermark;
         outcome.duration_ms = started.elapsed().as_millis() as u64;
@@ -293,6 +296,7 @@ impl Syncer {
                 alerts = c.received,
                 written = c.written,
                 rejected = c.rejected,
+                coerced = c.coerced,
                 pages = c.pages,
                 duration_ms = outcome.duration_ms,
                 watermark = %c.watermark.map(|w| w.to_db()).unwrap_or_default(),
@@ -396,6 +400,7 @@ fn skipped_outcome(t: &Tenant, why: &str) -> RunOutcome {
         alerts_received: 0,
         alerts_written: 0,
         alerts_rejected: 0,
+        alerts_coerced: 0,
         pages: 0,
         duration_ms: 0,
         watermark: None,

@@ -1,9 +1,18 @@
-//! One tenant's run, steps 1–5 and the steady state of the proof in [`super`]: the classic run
-//! over `[W, now]`, the cursor and the sweep, windows cut at quantiles when a page is full, an
-//! instant paged with overlapping `$skip` pages, and the watermark raised only over completed
-//! windows.
+//! One tenant's run, the steady state of the proof in [`super`]: the classic run over
+//! `[W, now]`, the cursor with its measured overlap and the sweep, held windows and their
+//! backoff; and reading one response into the store.
 
-use super::{batch::PageSink, *};
+use super::{batch::PageSink, windows::Span, *};
+
+/// The overlap a new cursor starts with, before anything was measured (capped at `L`).
+const FIRST_OVERLAP: time::Duration = time::Duration::minutes(2);
+
+/// The measured need halves every this long without a late arrival that needs as much.
+const NEED_HALF_LIFE: time::Duration = time::Duration::minutes(2);
+
+/// The overlap never shrinks below this: it absorbs a clock that differs from the API's by a
+/// little, and costs nothing when nothing changes.
+const MIN_OVERLAP: time::Duration = time::Duration::seconds(5);
 
 impl Syncer {
     pub(super) async fn begin(
@@ -17,8 +26,8 @@ impl Syncer {
     }
 
     /// One run: the classic run of steps 1–5 over `[W, now]` when the tenant has no cursor yet,
-    /// otherwise the cursor over what changed since the last run and, when due, a sweep of
-    /// `[W, now − L)` (see "Steady state" in the module documentation).
+    /// otherwise the cursor over what changed since the last run (with its overlap) and, when
+    /// due, a sweep of `[W, now − L)` (see "Steady state" in the module documentation).
     pub(super) async fn run(
         &self,
         tenant: &Tenant,
@@ -27,54 +36,123 @@ impl Syncer {
     ) -> Result<(), SyncError> {
         let q0 = self.now();
         let ceiling = q0.minus(self.settings.lag_allowance);
-        let to = q0.plus_ticks(1);
         let cursor = self
             .cursors
             .lock()
             .expect("cursors")
-            .get(&tenant.id)
-            .copied()
+            .remove(&tenant.id)
             // a tenant switched to another source starts over with a classic run
             .filter(|k| k.source == tenant.source);
         match (watermark, cursor) {
-            (Some(w), Some(cur)) if cur.next > ceiling => {
-                // The cursor first: what changed since the last run is stored now.
-                let mut covered = cur.next;
-                let result = self
-                    .read_windows(tenant, cur.next, to, None, c, &mut covered)
-                    .await;
-                self.set_cursor(&tenant.id, |k| k.next = k.next.max(covered));
-                result?;
-                // Then the sweep that moves the watermark, once per sweep interval.
-                let due = cur.last_sweep <= q0.minus(self.sweep_interval());
-                if due && w < ceiling {
-                    let mut swept = w;
-                    self.read_windows(tenant, w, ceiling, Some(ceiling), c, &mut swept)
-                        .await?;
-                    if swept >= ceiling {
-                        self.set_cursor(&tenant.id, |k| k.last_sweep = q0);
-                    }
-                }
-                Ok(())
+            (Some(w), Some(cur)) if cur.next.minus(cur.overlap) > ceiling => {
+                self.steady_run(tenant, w, cur, q0, c).await
             }
-            _ => {
-                let from = watermark.unwrap_or_else(|| q0.minus(self.settings.initial_lookback));
-                let mut covered = from;
-                self.read_windows(tenant, from, to, Some(ceiling), c, &mut covered)
-                    .await?;
-                if covered >= to {
-                    self.cursors.lock().expect("cursors").insert(
-                        tenant.id.clone(),
-                        Cursor {
-                            next: to,
-                            last_sweep: q0,
-                            source: tenant.source,
-                        },
-                    );
-                }
-                Ok(())
+            (_, cur) => {
+                let hold = cur.and_then(|k| k.hold);
+                self.classic_run(tenant, watermark, hold, q0, c).await
             }
         }
+    }
+
+    /// Steps 1–5 over `[W, q0]`; sets the cursor once every window was read.
+    async fn classic_run(
+        &self,
+        tenant: &Tenant,
+        watermark: Option<Timestamp>,
+        hold: Option<Hold>,
+        q0: Timestamp,
+        c: &mut Counters,
+    ) -> Result<(), SyncError> {
+        let ceiling = q0.minus(self.settings.lag_allowance);
+        let to = q0.plus_ticks(1);
+        let from = watermark.unwrap_or_else(|| q0.minus(self.settings.initial_lookback));
+        let span = self
+            .read_windows(tenant, from, to, Some(ceiling), Some(ceiling), c)
+            .await?;
+        let hold = self.update_hold(hold, &span, q0, q0);
+        if span.covered.is_some_and(|k| k >= to) {
+            let mut cursor = Cursor {
+                next: to,
+                last_sweep: q0,
+                source: tenant.source,
+                overlap: FIRST_OVERLAP.min(self.settings.lag_allowance),
+                last_run: q0,
+                seen: HashSet::new(),
+                seen_from: to,
+                needed: FIRST_OVERLAP.min(self.settings.lag_allowance) * 4 / 5,
+                floor: time::Duration::ZERO,
+                hold: hold.clone(),
+            };
+            remember(&mut cursor, span.versions, from.max(ceiling));
+            self.cursors
+                .lock()
+                .expect("cursors")
+                .insert(tenant.id.clone(), cursor);
+        }
+        held_result(hold)
+    }
+
+    /// The cursor over `[F − o, q0]`, then the sweep when due.
+    async fn steady_run(
+        &self,
+        tenant: &Tenant,
+        w: Timestamp,
+        mut cur: Cursor,
+        q0: Timestamp,
+        c: &mut Counters,
+    ) -> Result<(), SyncError> {
+        let ceiling = q0.minus(self.settings.lag_allowance);
+        let to = q0.plus_ticks(1);
+        let start = cur.next.minus(cur.overlap);
+        let tick = q0.ticks() - cur.last_run.ticks();
+        // The cursor first: what changed since the last run is stored now.
+        let read = self
+            .read_windows(tenant, start, to, None, Some(start.max(ceiling)), c)
+            .await;
+        let span = match read {
+            Ok(span) => span,
+            Err(e) => {
+                self.put_cursor(tenant, cur);
+                return Err(e);
+            }
+        };
+        if let Some(covered) = span.covered {
+            self.measure(&mut cur, span.versions, start, q0);
+            cur.next = cur.next.max(covered);
+        }
+        cur.last_run = q0;
+        // Then the sweep that moves the watermark, once per sweep interval or when a held
+        // window's backoff has passed.
+        let due = cur.last_sweep <= q0.minus(self.sweep_interval())
+            || cur.hold.as_ref().is_some_and(|h| h.retry_at <= q0);
+        if due && w < ceiling {
+            let written = c.written;
+            let swept = self
+                .read_windows(tenant, w, ceiling, Some(ceiling), None, c)
+                .await;
+            let swept = match swept {
+                Ok(span) => span,
+                Err(e) => {
+                    self.put_cursor(tenant, cur);
+                    return Err(e);
+                }
+            };
+            self.learn_from_sweep(&mut cur, c.written - written);
+            cur.hold = self.update_hold(cur.hold.take(), &swept, q0, q0.plus_ticks(tick));
+            if swept.covered.is_some_and(|k| k >= ceiling) && swept.held.is_none() {
+                cur.last_sweep = q0;
+            }
+        }
+        let hold = cur.hold.clone();
+        self.put_cursor(tenant, cur);
+        held_result(hold)
+    }
+
+    fn put_cursor(&self, tenant: &Tenant, cursor: Cursor) {
+        self.cursors
+            .lock()
+            .expect("cursors")
+            .insert(tenant.id.clone(), cursor);
     }
 
     /// How often the sweep runs: once per lag allowance.
@@ -82,90 +160,101 @@ impl Syncer {
         self.settings.lag_allowance
     }
 
-    fn set_cursor(&self, tenant: &TenantId, f: impl FnOnce(&mut Cursor)) {
-        if let Some(k) = self.cursors.lock().expect("cursors").get_mut(tenant) {
-            f(k);
-        }
-    }
-
-    /// Steps 2–5 over `[from, to)`. With a `ceiling`, each window that completes raises the
-    /// watermark to `min(end, ceiling)`; without one (the cursor) windows only store alerts.
-    /// `covered` follows the end of the windows completed so far, which complete in time order.
-    async fn read_windows(
+    /// A hold after a read that moved the watermark: kept (one more attempt, the next one
+    /// later) while a window is still held, dropped once none is. `tick_end` is when the next
+    /// run is expected, the unit of the backoff.
+    fn update_hold(
         &self,
-        tenant: &Tenant,
-        from: Timestamp,
-        to: Timestamp,
-        ceiling: Option<Timestamp>,
-        c: &mut Counters,
-        covered: &mut Timestamp,
-    ) -> Result<(), SyncError> {
-        let page_size = self.page_size(tenant);
-        let mut progress = Progress::new(from, to);
-
-        // Windows still to read, the earliest on top.
-        let mut stack = vec![(from, to)];
-        while let Some((a, b)) = stack.pop() {
-            let q = WindowQuery {
-                from: a,
-                to: b,
-                top: page_size,
-                skip: 0,
-                expand_evidence: self.settings.expand_evidence,
-            };
-            let mut sink = PageSink::new(tenant, Some(page_size), self.overlap(tenant), true);
-            let proves = ceiling.map(|ceiling| b.min(ceiling));
-            let page = self.read_page(tenant, &q, &mut sink, proves, c).await?;
-
-            // A nextLink is never followed (step 5): the window holds more than this response.
-            let complete = if page.next_link.is_none() && page.count < page_size {
-                // The response was the whole window (A1): its alerts are stored already.
-                true
-            } else if b.ticks() - a.ticks() <= 1 {
-                self.read_instant(tenant, a, page.count, sink.tail, c)
-                    .await?;
-                true
-            } else {
-                // Estimate how many alerts the window holds, then cut it at the page's quantiles
-                // into parts expected to fit three quarters of a page each: one full page and a
-                // few one-alert probes instead of a cascade of halvings.
-                let count = self.estimate_count(tenant, a, b, page_size, c).await?;
-                let parts = (count as f64 / (0.75 * page_size as f64))
-                    .ceil()
-                    .clamp(2.0, 4096.0) as usize;
-                let cuts = split_points(sink.times, a, b, parts);
-                tracing::debug!(from = %a, to = %b, count, parts = cuts.len() + 1, "window full, splitting");
-                let mut bounds = vec![a];
-                bounds.extend(cuts);
-                bounds.push(b);
-                for w in bounds.windows(2).rev() {
-                    stack.push((w[0], w[1]));
-                }
-                false
-            };
-            if complete {
-                // `[a, b)` is complete, and every window before it too.
-                *covered = b;
-                if let Some(ceiling) = ceiling {
-                    self.raise_watermark(tenant, b.min(ceiling), c).await?;
-                }
+        old: Option<Hold>,
+        span: &Span,
+        q0: Timestamp,
+        tick_end: Timestamp,
+    ) -> Option<Hold> {
+        let Some((at, e)) = &span.held else {
+            if let Some(h) = old {
+                tracing::info!(instant = %h.at, attempts = h.attempts, "a held window was read; the watermark moves on");
             }
-            progress.tick(c, stack.len(), b);
-            if c.pages >= self.settings.max_pages_per_run && !stack.is_empty() {
-                tracing::info!(pages = c.pages, windows_left = stack.len(), watermark = %c.watermark.map(|w| w.to_db()).unwrap_or_default(), "run reached sync.max_pages_per_run, continuing next tick");
-                break;
-            }
-        }
-        Ok(())
+            return None;
+        };
+        let (since, attempts) = old.map_or((q0, 1), |h| (h.since, h.attempts + 1));
+        let tick = (tick_end.ticks() - q0.ticks()).max(10_000_000);
+        let backoff = tick
+            .saturating_mul(1 << attempts.min(20))
+            .min((self.settings.lag_allowance.whole_nanoseconds() / 100) as i64);
+        Some(Hold {
+            at: *at,
+            since,
+            attempts,
+            reason: e.to_string(),
+            retry_at: q0.plus_ticks(backoff / 2),
+        })
     }
 
-    /// How many ids consecutive pages of an instant share.
-    fn overlap(&self, tenant: &Tenant) -> usize {
-        let page_size = self.page_size(tenant);
-        (page_size / 10)
-            .clamp(1, 500)
-            .min(page_size.saturating_sub(1))
-            .max(1)
+    /// Learns from one cursor read: versions first seen in the part of the window the last read
+    /// had covered already arrived late; the overlap follows what they needed (see "Freshness,
+    /// and the measured overlap").
+    fn measure(
+        &self,
+        cur: &mut Cursor,
+        versions: Option<Vec<(u64, Timestamp)>>,
+        start: Timestamp,
+        q0: Timestamp,
+    ) {
+        let mut needed = time::Duration::ZERO;
+        let mut late = 0u64;
+        if let Some(versions) = &versions {
+            for (h, t) in versions {
+                if *t >= cur.seen_from.max(start) && *t < cur.next && !cur.seen.contains(h) {
+                    late += 1;
+                    needed = needed.max(since(cur.next, *t));
+                }
+            }
+        }
+        // the largest recent need, halving every NEED_HALF_LIFE
+        let elapsed = since(q0, cur.last_run).as_seconds_f64();
+        let decay = 0.5f64.powf(elapsed / NEED_HALF_LIFE.as_seconds_f64());
+        cur.needed = (cur.needed * decay).max(needed);
+        self.size_overlap(cur);
+        if late > 0 {
+            tracing::debug!(
+                late,
+                needed_ms = needed.whole_milliseconds() as i64,
+                overlap_s = cur.overlap.whole_seconds(),
+                "late arrivals found by the cursor's overlap"
+            );
+        }
+        remember(
+            cur,
+            versions,
+            start.max(q0.minus(self.settings.lag_allowance)),
+        );
+    }
+
+    /// A sweep that stored versions the cursor missed (their delay exceeded the overlap)
+    /// doubles the overlap's floor; one that stored nothing halves it.
+    fn learn_from_sweep(&self, cur: &mut Cursor, missed: u64) {
+        if missed > 0 {
+            let doubled: time::Duration = cur.floor.max(cur.overlap) * 2;
+            cur.floor = doubled.min(self.settings.lag_allowance);
+            tracing::info!(
+                missed,
+                floor_s = cur.floor.whole_seconds(),
+                "the sweep stored changes the cursor missed; widening the cursor's overlap"
+            );
+        } else {
+            cur.floor /= 2;
+        }
+        self.size_overlap(cur);
+    }
+
+    /// The overlap: the recent need with a quarter's margin, at least the floor, within
+    /// `[MIN_OVERLAP, L]`.
+    fn size_overlap(&self, cur: &mut Cursor) {
+        let margin: time::Duration = cur.needed * 5 / 4;
+        cur.overlap = margin
+            .max(cur.floor)
+            .max(MIN_OVERLAP)
+            .min(self.settings.lag_allowance);
     }
 
     /// Reads one response into `sink`, writing its alerts in batches while the body is still
@@ -173,8 +262,9 @@ impl Syncer {
     /// never the page. A stop drops the request, but a commit in progress completes.
     ///
     /// `complete_watermark` is the watermark the window proves if this response turns out to
-    /// be all of it (fewer alerts than `$top`, no link): it is then committed with the last batch.
-    async fn read_page(
+    /// be all of it (fewer alerts than `$top`, no link, not possibly cut): it is then committed
+    /// with the last batch.
+    pub(super) async fn read_page(
         &self,
         tenant: &Tenant,
         q: &WindowQuery,
@@ -192,6 +282,7 @@ impl Syncer {
                 Ok(s) => {
                     let proven = complete_watermark
                         .filter(|_| sink.top.is_some_and(|top| s.count < top))
+                        .filter(|_| !self.may_be_cut(tenant, s.count, q.top))
                         .filter(|_| s.next_link.is_none())
                         .filter(|w| old_watermark.is_none_or(|old| *w > old));
                     sink.flush(proven).await.map(|()| s)
@@ -227,6 +318,7 @@ impl Syncer {
         }
         c.received += std::mem::take(&mut sink.received);
         c.rejected += std::mem::take(&mut sink.rejected);
+        c.coerced += std::mem::take(&mut sink.coerced);
         stored?;
         if let Some(e) = sink.error.take() {
             return Err(e);
@@ -242,301 +334,38 @@ impl Syncer {
         }
         Ok(page)
     }
-
-    /// An upper bound on the alerts in `[a, b)`, known to hold at least `page_size`: probes
-    /// `$top=1` at `$skip` = 2, 4, 8… pages until one comes back empty. Only an estimate (the
-    /// window may change meanwhile): it sizes the split, correctness never depends on it. A
-    /// server that refuses a large `$skip` ends the probing with what is known. Probes are read
-    /// without evidence, so they are counted, never written.
-    async fn estimate_count(
-        &self,
-        tenant: &Tenant,
-        a: Timestamp,
-        b: Timestamp,
-        page_size: usize,
-        c: &mut Counters,
-    ) -> Result<usize, SyncError> {
-        let mut known = page_size;
-        // Graph documents no $skip beyond 500 (graph-alerts-v2.md §4.4): no probe is sent that
-        // would only come back 400.
-        let max_skip = match tenant.source {
-            SourceKind::Mde => usize::MAX,
-            SourceKind::Graph => 500,
-        };
-        while known < 64 * page_size.max(1_000) && known * 2 - 1 <= max_skip {
-            let q = WindowQuery {
-                from: a,
-                to: b,
-                top: 1,
-                skip: known * 2 - 1,
-                expand_evidence: false,
-            };
-            let mut sink = PageSink::new(tenant, Some(1), 1, false);
-            let probe = self.read_page(tenant, &q, &mut sink, None, c).await;
-            match probe {
-                Ok(p) if p.count == 0 => return Ok(known * 2),
-                Ok(_) => known *= 2,
-                Err(SyncError::Api(ApiError::BadRequest { .. })) => return Ok(known * 2),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(known * 2)
-    }
-
-    /// Raises the watermark to `w` (if that is a raise) in a transaction of its own, for windows
-    /// completed by more than one response (links, an instant); their alerts were committed
-    /// before. A window read in one response committed it with its last batch already.
-    async fn raise_watermark(
-        &self,
-        tenant: &Tenant,
-        w: Timestamp,
-        c: &mut Counters,
-    ) -> Result<(), SyncError> {
-        if c.watermark.is_some_and(|old| w <= old) {
-            return Ok(());
-        }
-        self.store
-            .commit(&tenant.id, &[], Some(w), self.now())
-            .await?;
-        c.watermark = Some(w);
-        Ok(())
-    }
-
-    /// `$top` for a tenant: `sync.page_size`, within what its source serves.
-    fn page_size(&self, tenant: &Tenant) -> usize {
-        self.settings
-            .page_size
-            .min(tenant.source.max_page_size())
-            .max(1)
-    }
-
-    /// Step 4: pages a single instant holding more alerts than a page, with overlapping `$skip`
-    /// pages whose overlap proves continuity. The first page (already read and written) held
-    /// `first_count` alerts and left its last ids in `first_tail`. Writes what it reads; the
-    /// caller moves the watermark once this returns.
-    async fn read_instant(
-        &self,
-        tenant: &Tenant,
-        t: Timestamp,
-        first_count: usize,
-        first_tail: VecDeque<String>,
-        c: &mut Counters,
-    ) -> Result<(), SyncError> {
-        let page_size = self.page_size(tenant);
-        let overlap = self.overlap(tenant);
-        // How far the next page starts: past this page, less the ids both must share. A page of
-        // `n` alerts shares at most `n − 1`, so the offset always moves on.
-        let advance = |count: usize, tail: usize| {
-            count
-                .saturating_sub(tail.min(count.saturating_sub(1)))
-                .max(1)
-        };
-        let mut first = Some((first_count, first_tail));
-        let mut seen = 0usize;
-        let mut short_pages = 0usize;
-        for attempt in 0..=INSTANT_RESTARTS {
-            let mut skip = 0usize;
-            let mut tail: HashSet<String> = HashSet::new();
-            let mut continuous = true;
-            seen = 0;
-            loop {
-                if skip == 0
-                    && let Some((count, ft)) = first.take()
-                    && count >= 2
-                {
-                    seen = count;
-                    skip += advance(count, ft.len());
-                    tail = ft.into_iter().collect();
-                    continue;
-                }
-                let q = WindowQuery {
-                    from: t,
-                    to: t.plus_ticks(1),
-                    top: page_size,
-                    skip,
-                    expand_evidence: self.settings.expand_evidence,
-                };
-                let mut sink = PageSink::new(tenant, Some(page_size), overlap, false);
-                sink.expect = std::mem::take(&mut tail);
-                let page = self.read_page(tenant, &q, &mut sink, None, c).await?;
-                // Graph may answer short, even empty, and still say there is more. A page of
-                // fewer than two alerts cannot overlap the next one, so the same offset is asked
-                // again (a bounded number of times).
-                if page.count < 2 && page.next_link.is_some() {
-                    short_pages += 1;
-                    if short_pages > 4 * INSTANT_RESTARTS {
-                        continuous = false;
-                        break;
-                    }
-                    tail = sink.expect;
-                    continue;
-                }
-                if skip > 0 && !sink.found {
-                    continuous = false;
-                    tracing::warn!(instant = %t, skip, attempt, "alerts slid while paging an instant, reading it again");
-                    break;
-                }
-                seen = skip + page.count;
-                // Only a page without a nextLink that is shorter than asked ends the instant; a
-                // page the server shortened (Graph clamps $top) moves on by what it held.
-                if page.next_link.is_none() && page.count < page_size {
-                    break;
-                }
-                skip += advance(page.count, sink.tail.len());
-                tail = sink.tail.into_iter().collect();
-            }
-            if continuous {
-                tracing::info!(instant = %t, alerts = seen, "read an instant shared by more alerts than a page");
-                return Ok(());
-            }
-        }
-        Err(SyncError::UnstableInstant {
-            instant: t,
-            count: seen,
-            restarts: INSTANT_RESTARTS,
-        })
-    }
 }
 
-/// Where to cut a full window `[a, b)` into `parts`: at quantiles of the page's `lastUpdateTime`s,
-/// strictly inside the window and strictly increasing, so every part is non-empty and smaller
-/// than the window. With an arbitrary server order the page is a sample of the window, so the
-/// parts hold about equal shares of it; with any other order a part that is still full is simply
-/// split again.
-fn split_points(
-    mut times: Vec<Timestamp>,
-    a: Timestamp,
-    b: Timestamp,
-    parts: usize,
-) -> Vec<Timestamp> {
-    times.retain(|t| *t >= a && *t < b);
-    times.sort_unstable();
-    let inside = |t: Timestamp| t.max(a.plus_ticks(1)).min(b.plus_ticks(-1));
-    let mut cuts: Vec<Timestamp> = if times.is_empty() {
-        vec![Timestamp::from_ticks(
-            a.ticks() + (b.ticks() - a.ticks()) / 2,
-        )]
-    } else {
-        (1..parts.max(2))
-            .map(|i| times[i * times.len() / parts.max(2)])
-            .collect()
-    };
-    for t in &mut cuts {
-        *t = inside(*t);
-    }
-    cuts.dedup();
-    cuts.retain(|t| *t > a && *t < b);
-    if cuts.is_empty() {
-        cuts.push(inside(Timestamp::from_ticks(
-            a.ticks() + (b.ticks() - a.ticks()) / 2,
-        )));
-    }
-    cuts
+/// How long `later` is after `earlier` (at least zero).
+fn since(later: Timestamp, earlier: Timestamp) -> time::Duration {
+    time::Duration::nanoseconds((later.ticks() - earlier.ticks()).max(0).saturating_mul(100))
 }
 
-/// Logs progress of long runs (a backfill) at most every few seconds.
-struct Progress {
-    started: Instant,
-    last: Instant,
-    /// The run's whole window `[from, to)`.
-    from: Timestamp,
-    to: Timestamp,
-}
-
-impl Progress {
-    fn new(from: Timestamp, to: Timestamp) -> Self {
-        let now = Instant::now();
-        Self {
-            started: now,
-            last: now,
-            from,
-            to,
+/// Keeps the versions a read saw from `from` on (it read everything from there), to tell late
+/// arrivals next time.
+fn remember(cur: &mut Cursor, versions: Option<Vec<(u64, Timestamp)>>, from: Timestamp) {
+    cur.seen.clear();
+    match versions {
+        Some(v) => {
+            cur.seen
+                .extend(v.iter().filter(|(_, t)| *t >= from).map(|(h, _)| *h));
+            cur.seen_from = from;
         }
+        // too many to remember: nothing before the next window is known
+        None => cur.seen_from = Timestamp::from_ticks(i64::MAX),
     }
-
-    /// How much of the run's window the watermark has covered, in percent.
-    fn done_pct(&self, watermark: Option<Timestamp>) -> u64 {
-        let span = (self.to.ticks() - self.from.ticks()).max(1) as f64;
-        let done = watermark.map_or(0, |w| (w.ticks() - self.from.ticks()).max(0)) as f64;
-        ((done / span) * 100.0).clamp(0.0, 100.0) as u64
-    }
-
-    fn tick(&mut self, c: &Counters, windows_left: usize, reached: Timestamp) {
-        if self.last.elapsed().as_secs() < 5 {
-            return;
-        }
-        self.last = Instant::now();
-        let secs = self.started.elapsed().as_secs_f64().max(0.001);
-        tracing::info!(
-            pages = c.pages,
-            alerts = c.received,
-            written = c.written,
-            alerts_per_sec = (c.received as f64 / secs) as u64,
-            windows_left,
-            reached = %reached,
-            watermark = %c.watermark.map(|w| w.to_db()).unwrap_or_default(),
-            window_from = %self.from,
-            window_to = %self.to,
-            done_pct = self.done_pct(c.watermark),
-            "sync progress"
-        );
-    }
+    cur.seen.shrink_to_fit();
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn page(times: &[&str]) -> Vec<Timestamp> {
-        times.iter().map(|t| Timestamp::parse(t).unwrap()).collect()
-    }
-
-    #[test]
-    fn split_points_are_quantiles_inside_the_window() {
-        let a = Timestamp::parse("2024-01-01T00:00:00Z").unwrap();
-        let b = Timestamp::parse("2024-01-02T00:00:00Z").unwrap();
-        let p = page(&[
-            "2024-01-01T04:00:00Z",
-            "2024-01-01T01:00:00Z",
-            "2024-01-01T03:00:00Z",
-            "2024-01-01T02:00:00Z",
-        ]);
-        assert_eq!(
-            split_points(p.clone(), a, b, 4),
-            vec![
-                Timestamp::parse("2024-01-01T02:00:00Z").unwrap(),
-                Timestamp::parse("2024-01-01T03:00:00Z").unwrap(),
-                Timestamp::parse("2024-01-01T04:00:00Z").unwrap()
-            ]
-        );
-        // many alerts on the window's first instant: that instant becomes a part of its own
-        let p = page(&["2024-01-01T00:00:00Z"; 6]);
-        assert_eq!(split_points(p.clone(), a, b, 3), vec![a.plus_ticks(1)]);
-        // a two-tick window splits into its two instants
-        assert_eq!(
-            split_points(p.clone(), a, a.plus_ticks(2), 5),
-            vec![a.plus_ticks(1)]
-        );
-    }
-
-    #[test]
-    fn split_point_is_the_median_and_stays_inside_the_window() {
-        let split_point = |p: &Vec<Timestamp>, a, b| split_points(p.clone(), a, b, 2)[0];
-        let a = Timestamp::parse("2024-01-01T00:00:00Z").unwrap();
-        let b = Timestamp::parse("2024-01-02T00:00:00Z").unwrap();
-        let p = page(&[
-            "2024-01-01T01:00:00Z",
-            "2024-01-01T02:00:00Z",
-            "2024-01-01T03:00:00.5Z",
-        ]);
-        assert_eq!(
-            split_point(&p, a, b),
-            Timestamp::parse("2024-01-01T02:00:00Z").unwrap()
-        );
-        // everything at the window's start: split off that instant alone
-        let p = page(&["2024-01-01T00:00:00Z", "2024-01-01T00:00:00Z"]);
-        assert_eq!(split_point(&p, a, b), a.plus_ticks(1));
-        // a two-tick window splits into two instants
-        assert_eq!(split_point(&p, a, a.plus_ticks(2)), a.plus_ticks(1));
+/// A run that read everything it could ends `failed` while a window is held, naming it.
+fn held_result(hold: Option<Hold>) -> Result<(), SyncError> {
+    match hold {
+        None => Ok(()),
+        Some(h) => Err(SyncError::WindowHeld {
+            at: h.at,
+            since: h.since,
+            attempts: h.attempts,
+            reason: h.reason,
+        }),
     }
 }

@@ -59,7 +59,7 @@ fn hostile_values_are_refused_with_the_reason() {
         jail.create_file(
             "config.toml",
             &format!(
-                "[app]\nclient_id = \"{CLIENT}\"\nclient_secret = \"x\"\n[sync]\nrequest_timeout = \"0s\"\ncalls_per_minute = 101\ncalls_per_hour = 1501\n[log]\nlevel = \"verbose!!\"\n[database]\nlock_timeout = \"0s\"\n[service]\nlease_ttl = \"2h\"\nclaim_interval = \"50ms\"\n"
+                "[app]\nclient_id = \"{CLIENT}\"\nclient_secret = \"x\"\n[sync]\npage_size = 10\nrequest_timeout = \"0s\"\ncalls_per_minute = 101\ncalls_per_hour = 1501\n[log]\nlevel = \"verbose!!\"\n[database]\nlock_timeout = \"0s\"\n[service]\nlease_ttl = \"2h\"\nclaim_interval = \"50ms\"\n"
             ),
         )?;
         let path = jail.directory().join("config.toml");
@@ -67,6 +67,7 @@ fn hostile_values_are_refused_with_the_reason() {
         let text = err.to_string();
         for (key, says) in [
             ("sync.request_timeout", "more than 0s"),
+            ("sync.page_size", "use 50 to 10000"),
             ("sync.calls_per_minute", "above the API's limit of 100"),
             ("sync.calls_per_hour", "above the API's limit of 1500"),
             ("log.level", "off, error, warn, info, debug, trace"),
