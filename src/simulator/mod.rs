@@ -374,6 +374,30 @@ impl Simulator {
             .collect()
     }
 
+    /// Every version the simulator holds for `tenant`, as `(alert id, lastUpdateTime, visible
+    /// from)`, by alert and then by `lastUpdateTime`, ignoring visibility (so versions not yet
+    /// visible are listed). A version superseded by a newer one that has become visible is
+    /// forgotten once a request has been answered after that, since it can never be shown
+    /// again. Read only: the benchmark measures freshness against it.
+    pub fn versions(&self, tenant: &str) -> Vec<(String, Timestamp, Timestamp)> {
+        let st = self.lock();
+        let Some(ts) = st.tenants.get(&key(tenant)) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, Timestamp, Timestamp)> = ts
+            .alerts
+            .iter()
+            .flat_map(|((_, id), rec)| {
+                rec.versions
+                    .iter()
+                    .map(move |v| (id.clone(), v.last_update, v.visible_at))
+            })
+            .collect();
+        // the map is in served order; sorting by id makes the listing easy to read and compare
+        out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        out
+    }
+
     /// Alert id -> the JSON text of its newest version as `source` renders it: `/api/alerts` with
     /// `$expand=evidence` for MDE, `alerts_v2` for Graph.
     pub fn truth_as(

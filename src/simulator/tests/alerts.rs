@@ -157,6 +157,68 @@ async fn a_fresh_version_stays_invisible_until_its_lag_passes() {
 }
 
 #[tokio::test]
+async fn versions_lists_each_version_with_when_it_becomes_visible() {
+    let (mut cfg, clock) = config(vec![SimTenant::numbered(1, TenantKind::Good, 30)]);
+    cfg.max_lag = time::Duration::seconds(30);
+    let f = start(cfg, clock).await;
+    let t = tenant_id(1);
+    let start_at = Timestamp::from_datetime(f.clock.now());
+    let initial = f.sim.versions(&t);
+    assert_eq!(initial.len(), 30, "one version per initial alert");
+    assert!(
+        initial
+            .iter()
+            .all(|(_, lu, vis)| lu <= vis && *vis <= start_at),
+        "initial versions are visible at start, never before their time"
+    );
+    assert!(
+        f.sim
+            .versions("00000000-0000-4000-a000-000000000099")
+            .is_empty()
+    );
+
+    f.clock.advance(time::Duration::minutes(1));
+    let now = Timestamp::from_datetime(f.clock.now());
+    f.sim.change_random(&t, 10);
+    let after = f.sim.versions(&t);
+    let fresh: Vec<_> = after.iter().filter(|v| !initial.contains(v)).collect();
+    assert!(
+        (10..=11).contains(&fresh.len()),
+        "one new version per change (and perhaps a new alert): {}",
+        fresh.len()
+    );
+    for (id, lu, vis) in &fresh {
+        assert!(*lu > start_at && *lu <= now, "{id}: stamped now");
+        assert!(
+            *vis >= *lu && *vis <= lu.plus(time::Duration::seconds(30)),
+            "{id}: visible within max_lag of its time"
+        );
+    }
+    assert!(
+        initial.iter().all(|v| after.contains(v)),
+        "nothing is forgotten before a newer version is shown"
+    );
+    // the newest version of each alert is the truth
+    let newest: BTreeMap<String, Timestamp> =
+        after.iter().map(|(id, lu, _)| (id.clone(), *lu)).collect();
+    let truth: BTreeMap<String, Timestamp> = f
+        .sim
+        .truth(&t)
+        .iter()
+        .map(|(id, text)| (id.clone(), last_update(text)))
+        .collect();
+    assert_eq!(newest, truth);
+
+    // once the new versions are visible and served, the versions they replace are forgotten
+    f.clock.advance(time::Duration::seconds(31));
+    let token = f.token(&t).await;
+    f.alerts(&token, "").await;
+    let served = f.sim.versions(&t);
+    assert_eq!(served.len(), newest.len(), "one version per alert left");
+    assert!(served.iter().all(|(id, lu, _)| newest[id] == *lu));
+}
+
+#[tokio::test]
 async fn bulk_update_gives_a_burst_one_last_update_time() {
     let (mut cfg, clock) = config(vec![SimTenant::numbered(1, TenantKind::Good, 5)]);
     cfg.max_lag = time::Duration::ZERO;
