@@ -53,6 +53,7 @@ pub fn render_status(rows: &[TenantStatus], tenants: &[Tenant], now: Timestamp) 
         "SOURCE".into(),
         "HEALTH".into(),
         "LAST SUCCESS".into(),
+        "FRESH".into(),
         "LAG".into(),
         "ALERTS".into(),
         "OPEN".into(),
@@ -70,12 +71,20 @@ pub fn render_status(rows: &[TenantStatus], tenants: &[Tenant], now: Timestamp) 
             .iter()
             .find(|t| t.id.as_str() == r.tenant_id)
             .map_or("-", |t| t.source.as_str());
+        // how long ago the changes now stored were all shown by the API
+        let fresh = r
+            .fresh_as_of
+            .as_deref()
+            .and_then(|f| Timestamp::parse(f).ok())
+            .map(|f| human_duration(now.ticks().saturating_sub(f.ticks()) / 10_000_000))
+            .unwrap_or_else(|| "-".into());
         out.push(vec![
             r.tenant_id.clone(),
             r.tenant_name.clone(),
             source.to_owned(),
             r.health.clone(),
             r.last_success_at.clone().unwrap_or_else(|| "never".into()),
+            fresh,
             lag,
             r.alerts.to_string(),
             r.open_alerts.to_string(),

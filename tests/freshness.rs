@@ -74,6 +74,16 @@ async fn churn_under_indexing_lag_is_stored_within_the_lag_plus_two_ticks(
         sync_ok(&env).await;
     }
     assert_converged(&env, &[]).await;
+    // status says how current the tenant is: as of the last run, with the overlap it measured
+    let status = env.store().status().await.unwrap().remove(0);
+    let fresh = Timestamp::parse(status.fresh_as_of.as_deref().unwrap()).unwrap();
+    assert!(
+        now(&clock).minus(tick) <= fresh && fresh <= now(&clock),
+        "{status:?}"
+    );
+    // it started at 2 minutes and halves every 2 minutes towards what late arrivals need
+    let overlap = status.cursor_overlap_seconds.unwrap();
+    assert!((20.0..=120.0).contains(&overlap), "overlap {overlap} s");
 }
 
 /// A Graph bulk update of 3,000 alerts on one instant (three pages, `$skip` capped at 500 by
@@ -119,6 +129,53 @@ async fn a_graph_burst_of_3000_on_one_instant_is_stored_whole_and_newer_alerts_k
         o.watermark
     );
     assert_watermark_invariant(&env).await;
+    let over = env
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| skip_of(&r.path_and_query).is_some_and(|s| s > 500))
+        .count();
+    assert_eq!(over, 0, "requests with a $skip above Graph's 500");
+}
+
+/// A Graph server that serves 100 alerts a page however many `$top` asks (with a nextLink): a
+/// bulk update of 2,100 alerts on one instant is read by creation-time cells sized by what the
+/// server serves, within the page limit, never with a `$skip` above 500, and the run ends ok with
+/// every alert stored. (Paging the instant by `$skip` crawled one alert a request and then hit
+/// Graph's `$skip` limit.)
+async fn a_graph_server_serving_fewer_than_asked_reads_a_burst_whole_within_the_page_limit(
+    backend: Backend,
+) {
+    let clock = manual_clock();
+    let mut cfg = SimConfig::new(vec![SimTenant::numbered(1, TenantKind::Good, 100)]);
+    cfg.max_lag = Duration::ZERO;
+    cfg.clock = Arc::new(clock.clone());
+    cfg.graph_max_top = 100;
+    let mut settings = defaults(1_000);
+    settings.lag_allowance = Duration::seconds(30);
+    let env = start_with(
+        backend,
+        SourceKind::Graph,
+        "graph-short",
+        cfg,
+        Arc::new(clock.clone()),
+        settings,
+    )
+    .await;
+    let tenant = env.tenants[0].id.as_str().to_owned();
+    env.sim.set_changes_enabled(false);
+    sync_ok(&env).await;
+    let instant = env.sim.bulk_update(&tenant, 2_100);
+    clock.advance(Duration::minutes(2));
+    let o = env.app.sync_once().await.remove(0);
+    assert_eq!(o.ok(), Some(true), "{:?}", o.error);
+    assert!(o.pages < 200, "{} pages", o.pages);
+    assert!(
+        o.watermark.is_some_and(|w| w > instant),
+        "{:?}",
+        o.watermark
+    );
+    assert_converged(&env, &[]).await;
     let over = env
         .sim
         .requests()
@@ -386,6 +443,7 @@ on_both_backends_and_sources!(
 
 on_both_backends!(
     a_graph_burst_of_3000_on_one_instant_is_stored_whole_and_newer_alerts_keep_coming,
+    a_graph_server_serving_fewer_than_asked_reads_a_burst_whole_within_the_page_limit,
     a_newest_first_backfill_moves_the_watermark_on_every_run,
     a_server_ignoring_skip_or_capping_top_silently_loses_nothing,
     a_source_switched_while_a_run_is_in_progress_ends_it_and_passes_nothing,

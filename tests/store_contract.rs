@@ -230,6 +230,7 @@ async fn runs_are_recorded_and_health_follows_the_last_outcome(backend: Backend)
             watermark_before: None,
             watermark_after: None,
             error: (!ok).then(|| "the app is not consented".into()),
+            freshness: None,
         };
         for _ in 0..2 {
             let run = s.start_run(&t.id, now).await.unwrap();
@@ -272,6 +273,7 @@ async fn a_stopped_run_leaves_the_tenants_health_and_failure_count_alone(backend
             watermark_before: None,
             watermark_after: Some(ts("2024-04-01T00:00:00Z")),
             error: (!ok).then(|| "transient".into()),
+            freshness: None,
         };
         let run = s.start_run(&t.id, now).await.unwrap();
         s.finish_run(&report(run, false, Health::Degraded))

@@ -78,6 +78,9 @@ pub struct RunReport {
     pub watermark_before: Option<Timestamp>,
     pub watermark_after: Option<Timestamp>,
     pub error: Option<String>,
+    /// How current the tenant's alerts are after the run, when this process has a cursor for it:
+    /// `(fresh as of, the cursor's overlap in seconds)` (see `sync_state.fresh_as_of`).
+    pub freshness: Option<(Timestamp, f64)>,
 }
 
 /// One tenant's line in `status`.
@@ -93,6 +96,10 @@ pub struct TenantStatus {
     pub consecutive_failures: i64,
     pub alerts: i64,
     pub open_alerts: i64,
+    /// Changes the API showed before this are stored (unless their visibility delay exceeded
+    /// the overlap); `None` until a run of a process with a cursor for the tenant.
+    pub fresh_as_of: Option<String>,
+    pub cursor_overlap_seconds: Option<f64>,
 }
 
 /// `(alert_id, position, raw)` of one evidence row.

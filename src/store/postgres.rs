@@ -60,6 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/postgres/0007_actions.sql"),
     ),
     (
+        8,
+        "freshness",
+        include_str!("../../migrations/postgres/0008_freshness.sql"),
+    ),
+    (
         9,
         "fence key share",
         include_str!("../../migrations/postgres/0009_fence_key_share.sql"),
@@ -597,6 +602,16 @@ impl Store for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
             }
+            if let Some((fresh, overlap)) = r.freshness {
+                sqlx::query(
+                    "UPDATE sync_state SET fresh_as_of = $1::timestamptz, cursor_overlap_seconds = $2 WHERE tenant_id = $3",
+                )
+                .bind(fresh.floor_micros().to_db())
+                .bind(overlap)
+                .bind(r.tenant.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
             Ok(())
         }))
@@ -650,11 +665,13 @@ impl Store for PostgresStore {
             let sql = format!(
                 "SELECT s.tenant_id, s.tenant_name, s.health, (EXTRACT(EPOCH FROM s.watermark) * 1000000)::int8 AS watermark, \
                         {} AS last_success_at, s.last_error, {} AS last_error_at, s.consecutive_failures::int8 AS consecutive_failures, \
+                        {} AS fresh_as_of, s.cursor_overlap_seconds, \
                         (SELECT COUNT(*) FROM alerts a WHERE a.tenant_id = s.tenant_id) AS alerts, \
                         (SELECT COUNT(*) FROM alerts a WHERE a.tenant_id = s.tenant_id AND {}) AS open_alerts \
                  FROM sync_state s ORDER BY s.tenant_name, s.tenant_id",
                 ts_sql("s.last_success_at"),
                 ts_sql("s.last_error_at"),
+                ts_sql("s.fresh_as_of"),
                 open_alert_sql!(),
             );
             let rows = sqlx::query(AssertSqlSafe(sql))
@@ -673,6 +690,8 @@ impl Store for PostgresStore {
                         consecutive_failures: r.try_get("consecutive_failures")?,
                         alerts: r.try_get("alerts")?,
                         open_alerts: r.try_get("open_alerts")?,
+                        fresh_as_of: r.try_get("fresh_as_of")?,
+                        cursor_overlap_seconds: r.try_get("cursor_overlap_seconds")?,
                     })
                 })
                 .collect()

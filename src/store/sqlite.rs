@@ -60,6 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0007_actions.sql"),
     ),
     (
+        8,
+        "freshness",
+        include_str!("../../migrations/sqlite/0008_freshness.sql"),
+    ),
+    (
         9,
         "fence key share",
         include_str!("../../migrations/sqlite/0009_fence_key_share.sql"),
@@ -501,6 +506,16 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
             }
+            if let Some((fresh, overlap)) = r.freshness {
+                sqlx::query(
+                    "UPDATE sync_state SET fresh_as_of = ?, cursor_overlap_seconds = ? WHERE tenant_id = ?",
+                )
+                .bind(fresh.to_db())
+                .bind(overlap)
+                .bind(r.tenant.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
             Ok(())
         })
@@ -581,7 +596,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let rows = sqlx::query(concat!(
                 "SELECT s.tenant_id, s.tenant_name, s.health, s.watermark, s.last_success_at, s.last_error, \
-                        s.last_error_at, s.consecutive_failures, \
+                        s.last_error_at, s.consecutive_failures, s.fresh_as_of, s.cursor_overlap_seconds, \
                         (SELECT COUNT(*) FROM alerts a WHERE a.tenant_id = s.tenant_id) AS alerts, \
                         (SELECT COUNT(*) FROM alerts a WHERE a.tenant_id = s.tenant_id AND ",
                 open_alert_sql!(),
@@ -603,6 +618,8 @@ impl Store for SqliteStore {
                         consecutive_failures: r.try_get("consecutive_failures")?,
                         alerts: r.try_get("alerts")?,
                         open_alerts: r.try_get("open_alerts")?,
+                        fresh_as_of: r.try_get("fresh_as_of")?,
+                        cursor_overlap_seconds: r.try_get("cursor_overlap_seconds")?,
                     })
                 })
                 .collect()

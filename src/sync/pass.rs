@@ -267,6 +267,9 @@ impl Syncer {
                 watermark_before: before,
                 watermark_after: c.watermark,
                 error: outcome.error.clone(),
+                freshness: self
+                    .freshness(&tenant.id)
+                    .map(|f| (f.fresh_at, f.overlap.as_secs_f64())),
             };
             if let Err(e) = self.record(&report, stopped).await {
                 // kept, and recorded before the tenant's next run
