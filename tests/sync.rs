@@ -214,8 +214,16 @@ async fn count_probes_never_replace_an_alert_or_drop_its_evidence(
         settings,
     )
     .await;
+    // the run ends at the page limit right after probing, without completing a window, and
+    // says so (it would repeat itself next time)
     let o = env.app.sync_once().await.remove(0);
-    assert_eq!(o.ok(), Some(true), "{:?}", o.error);
+    assert!(
+        o.error
+            .as_deref()
+            .is_none_or(|e| e.contains("sync.max_pages_per_run")),
+        "{:?}",
+        o.error
+    );
     assert!(
         o.pages >= 3,
         "the full first page was probed: {} pages",
