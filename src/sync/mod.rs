@@ -288,6 +288,8 @@ pub struct RunOutcome {
     pub watermark: Option<Timestamp>,
     /// Set when the run failed.
     pub scope: Option<FaultScope>,
+    /// How current the tenant's alerts are after the run, when this process has a cursor.
+    pub freshness: Option<Freshness>,
 }
 
 #[derive(Debug, Default)]

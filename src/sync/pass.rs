@@ -166,7 +166,7 @@ impl Syncer {
                 alerts_rejected: outcome.alerts_rejected,
                 duration: std::time::Duration::from_millis(outcome.duration_ms),
                 watermark: outcome.watermark,
-                freshness: self.freshness(&tenant.id),
+                freshness: outcome.freshness.clone(),
             },
             self.now(),
         );
@@ -251,6 +251,7 @@ impl Syncer {
         outcome.alerts_coerced = c.coerced;
         outcome.pages = c.pages;
         outcome.watermark = c.watermark;
+        outcome.freshness = self.freshness(&tenant.id);
         outcome.duration_ms = started.elapsed().as_millis() as u64;
 
         if let Some(run_id) = run_id {
@@ -267,8 +268,9 @@ impl Syncer {
                 watermark_before: before,
                 watermark_after: c.watermark,
                 error: outcome.error.clone(),
-                freshness: self
-                    .freshness(&tenant.id)
+                freshness: outcome
+                    .freshness
+                    .as_ref()
                     .map(|f| (f.fresh_at, f.overlap.as_secs_f64())),
             };
             if let Err(e) = self.record(&report, stopped).await {
@@ -408,5 +410,6 @@ fn skipped_outcome(t: &Tenant, why: &str) -> RunOutcome {
         duration_ms: 0,
         watermark: None,
         scope: None,
+        freshness: None,
     }
 }

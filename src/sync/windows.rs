@@ -227,6 +227,24 @@ impl Syncer {
         }
     }
 
+    /// How a full part is to be cut (steps 3 and 4): the alerts it holds about, how many parts,
+    /// and the probed alerts' `(last-update, creation)` times.
+    async fn size_split(
+        &self,
+        tenant: &Tenant,
+        q: &WindowQuery,
+        sink: &PageSink,
+        served: &Served,
+        c: &mut Counters,
+    ) -> Result<(usize, usize, Vec<(Timestamp, Option<Timestamp>)>), SyncError> {
+        let per_page = served.per_page();
+        let first_id = sink.head.first().map(String::as_str);
+        let (count, probes) = self
+            .estimate_count(tenant, q, per_page, first_id, c)
+            .await?;
+        Ok((count, cuts::parts_for(count, per_page), probes))
+    }
+
     /// Step 3: a full window, cut at quantiles of the times of its page and probes.
     async fn split_by_time(
         &self,
@@ -237,12 +255,7 @@ impl Syncer {
         served: &Served,
         c: &mut Counters,
     ) -> Result<Read, SyncError> {
-        let per_page = served.per_page();
-        let first_id = sink.head.first().map(String::as_str);
-        let (count, probes) = self
-            .estimate_count(tenant, q, per_page, first_id, c)
-            .await?;
-        let parts = cuts::parts_for(count, per_page);
+        let (count, parts, probes) = self.size_split(tenant, q, &sink, served, c).await?;
         let probe_times: Vec<Timestamp> = probes.iter().map(|p| p.0).collect();
         let bounds = cuts::by_time(sink.times, &probe_times, part.from, part.to, parts);
         tracing::debug!(from = %part.from, to = %part.to, count, parts = bounds.len() - 1, "window full, splitting");
@@ -265,12 +278,7 @@ impl Syncer {
         served: &Served,
         c: &mut Counters,
     ) -> Result<Read, SyncError> {
-        let per_page = served.per_page();
-        let first_id = sink.head.first().map(String::as_str);
-        let (count, probes) = self
-            .estimate_count(tenant, q, per_page, first_id, c)
-            .await?;
-        let parts = cuts::parts_for(count, per_page);
+        let (count, parts, probes) = self.size_split(tenant, q, &sink, served, c).await?;
         let (lo, hi) = match part.created {
             Created::Range(lo, hi) => (lo, hi),
             Created::Any | Created::Null => (None, None),
