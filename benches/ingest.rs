@@ -309,6 +309,7 @@ async fn steady_state(dir: &Path, tenants: usize) -> (f64, f64) {
             api_url: None,
             source: Default::default(),
             write: false,
+            incidents: false,
         })
         .collect();
     let settings = Settings::for_endpoints(

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod budget;
 pub mod cli;
 pub mod clock;
+pub mod collection;
 pub mod config;
 pub mod demo;
 pub mod graph;

@@ -152,13 +152,36 @@ pub const EVIDENCE_COLUMNS: &[(&str, &str, Kind)] = &[
     ("country_letter_code", "", Kind::Text),
 ];
 
-/// One alert, parsed.
+/// `(column, JSON property, kind)` of every `incidents` column but `id` and `raw` (migration
+/// 0010), filled from a Graph incident by `graph::incident`. The enum columns hold the values
+/// the alert columns use (`High`, `InProgress`, `TruePositive`, ...), so one query can join both.
+pub const INCIDENT_COLUMNS: &[(&str, &str, Kind)] = &[
+    ("display_name", "displayName", Kind::Text),
+    ("description", "description", Kind::Text),
+    ("status", "status", Kind::Text),
+    ("severity", "severity", Kind::Text),
+    ("classification", "classification", Kind::Text),
+    ("determination", "determination", Kind::Text),
+    ("assigned_to", "assignedTo", Kind::Text),
+    ("custom_tags", "customTags", Kind::Json),
+    ("system_tags", "systemTags", Kind::Json),
+    ("comments", "comments", Kind::Json),
+    ("creation_time", "createdDateTime", Kind::Time),
+    ("last_update_time", "lastUpdateDateTime", Kind::Time),
+    ("redirect_incident_id", "redirectIncidentId", Kind::Text),
+    ("incident_web_url", "incidentWebUrl", Kind::Text),
+    ("summary", "summary", Kind::Text),
+    ("last_modified_by", "lastModifiedBy", Kind::Text),
+    ("aad_tenant_id", "tenantId", Kind::Text),
+];
+
+/// One alert (or one incident: values in [`INCIDENT_COLUMNS`] order, no evidence), parsed.
 #[derive(Debug, Clone)]
 pub struct AlertRow {
     pub id: String,
     pub last_update: Option<Timestamp>,
     pub aad_tenant_id: Option<String>,
-    /// Values in [`ALERT_COLUMNS`] order.
+    /// Values in [`ALERT_COLUMNS`] order (an incident's in [`INCIDENT_COLUMNS`] order).
     pub values: Vec<Val>,
     pub evidence: Vec<EvidenceRow>,
     /// The alert's JSON exactly as received.

@@ -95,6 +95,57 @@ pub fn render_status(rows: &[TenantStatus], tenants: &[Tenant], now: Timestamp) 
     table(&out)
 }
 
+/// The table `status` prints for the collections synced beside alerts (incidents): one line per
+/// tenant and collection, with the incidents open (neither resolved nor merged), in progress and
+/// merged into another.
+pub fn render_collections(
+    rows: &[crate::store::collections::CollectionStatus],
+    tenants: &[TenantStatus],
+    now: Timestamp,
+) -> String {
+    let mut out = vec![vec![
+        "TENANT".to_string(),
+        "NAME".into(),
+        "COLLECTION".into(),
+        "HEALTH".into(),
+        "LAST SUCCESS".into(),
+        "FRESH".into(),
+        "ITEMS".into(),
+        "OPEN".into(),
+        "IN PROGRESS".into(),
+        "MERGED".into(),
+        "FAILURES".into(),
+        "LAST ERROR".into(),
+    ]];
+    for r in rows {
+        let name = tenants
+            .iter()
+            .find(|t| t.tenant_id == r.tenant_id)
+            .map_or("-", |t| t.tenant_name.as_str());
+        let fresh = r
+            .fresh_as_of
+            .as_deref()
+            .and_then(|f| Timestamp::parse(f).ok())
+            .map(|f| human_duration(now.ticks().saturating_sub(f.ticks()) / 10_000_000))
+            .unwrap_or_else(|| "-".into());
+        out.push(vec![
+            r.tenant_id.clone(),
+            name.to_owned(),
+            r.collection.clone(),
+            r.health.clone(),
+            r.last_success_at.clone().unwrap_or_else(|| "never".into()),
+            fresh,
+            r.items.to_string(),
+            r.open.to_string(),
+            r.in_progress.to_string(),
+            r.redirected.to_string(),
+            r.consecutive_failures.to_string(),
+            r.last_error.clone().unwrap_or_default(),
+        ]);
+    }
+    table(&out)
+}
+
 pub fn human_duration(secs: i64) -> String {
     match secs {
         s if s < 120 => format!("{s}s"),
@@ -163,12 +214,59 @@ pub async fn check(
 ) -> Vec<CheckLine> {
     let mut out = Vec::new();
     for t in tenants {
-        out.push(match t.source {
+        let mut line = match t.source {
             SourceKind::Mde => check_one(app_tokens, client, t).await,
             SourceKind::Graph => check_one_graph(graph_tokens, graph, t).await,
-        });
+        };
+        if t.incidents {
+            match check_incidents(graph_tokens, graph, t).await {
+                Ok(note) => line.detail.push_str(&format!("; incidents: {note}")),
+                Err((problem, detail)) => {
+                    if line.ok {
+                        line.ok = false;
+                        line.problem = problem.into();
+                    }
+                    line.detail.push_str(&format!("; incidents: {detail}"));
+                }
+            }
+        }
+        out.push(line);
     }
     out
+}
+
+/// The incidents half of a tenant's check (`incidents = true`): a Graph token with
+/// `SecurityIncident.Read.All`, and one `$top=1` probe of `/security/incidents`. Tells apart the
+/// missing incidents permission (`incidents-missing-role`) from the rest.
+async fn check_incidents(
+    tokens: &TokenProvider,
+    client: &GraphClient,
+    t: &Tenant,
+) -> Result<String, (&'static str, String)> {
+    let token = tokens
+        .fetch(&t.id)
+        .await
+        .map_err(|e| ("incidents-token-error", format!("no Graph token: {e}")))?;
+    let claims = tenant_claims(t, token.expose_secret())?;
+    let has_role = claims.roles.as_ref().is_some_and(|r| {
+        r.iter()
+            .any(|r| crate::graph::INCIDENT_ROLES.contains(&r.as_str()))
+    });
+    if !has_role {
+        return Err((
+            "incidents-missing-role",
+            "the Graph token carries no SecurityIncident.Read.All role: add the application permission Microsoft Graph > SecurityIncident.Read.All to the app registration, then have a Privileged Role Administrator or Global Administrator consent again (mde-sync consent-url --incidents); the alerts keep syncing meanwhile".into(),
+        ));
+    }
+    match client.probe_incidents(&t.id).await {
+        Ok(n) => Ok(format!(
+            "role SecurityIncident.Read.All, Graph answered ({n} incident on a $top=1 probe)"
+        )),
+        Err(e @ crate::api::ApiError::IncidentsForbidden { .. }) => {
+            Err(("incidents-missing-role", e.to_string()))
+        }
+        Err(e) => Err(("incidents-error", e.to_string())),
+    }
 }
 
 /// The claims of `t`'s token, or the check's problem and detail when the token cannot be read or

@@ -10,6 +10,7 @@ use std::{
 use crate::{
     BoxFuture,
     api::{AlertSink, AlertSource, ApiError, PageSummary, Route, WindowQuery},
+    collection::Collection,
     graph::GraphClient,
     mde::MdeClient,
     source::SourceKind,
@@ -67,17 +68,21 @@ impl AlertSource for Sources {
         q: &'a WindowQuery,
         sink: &'a mut dyn AlertSink,
     ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
-        if self.route(tenant) != q.route {
+        if self.route(tenant, q.collection) != q.route {
             return Box::pin(async { Err(ApiError::Rerouted) });
         }
-        self.pick(tenant).fetch(tenant, q, sink)
+        match q.collection {
+            Collection::Alerts => self.pick(tenant).fetch(tenant, q, sink),
+            // incidents come from Graph whatever the tenant's alerts are read from
+            Collection::Incidents => self.graph.fetch(tenant, q, sink),
+        }
     }
 }
 
 impl Sources {
-    /// Where `tenant` is read from now.
-    fn route(&self, tenant: &TenantId) -> Route {
-        let source = self.kind(tenant);
+    /// Where `tenant`'s `collection` is read from now.
+    pub fn route(&self, tenant: &TenantId, collection: Collection) -> Route {
+        let source = collection.source_for(self.kind(tenant));
         Route {
             source,
             api_url: match source {

@@ -58,6 +58,9 @@ pub struct Tenant {
     /// Changes requested in the `actions` table may be written back to this tenant's Defender
     /// (`write = true` on its entry, or `actions.write`).
     pub write: bool,
+    /// The tenant's Microsoft Graph security incidents are synced beside its alerts
+    /// (`incidents = true` on its entry, or `sync.incidents`).
+    pub incidents: bool,
 }
 
 impl Tenant {
@@ -70,7 +73,14 @@ impl Tenant {
             api_url: None,
             source: SourceKind::Mde,
             write: false,
+            incidents: false,
         }
+    }
+
+    /// The same tenant, with its incidents synced (or not).
+    pub fn with_incidents(mut self, incidents: bool) -> Self {
+        self.incidents = incidents;
+        self
     }
 
     /// The same tenant, allowed (or not) to receive writes.

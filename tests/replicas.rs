@@ -706,6 +706,7 @@ async fn the_fence_admits_only_the_current_holder_and_a_takeover_bumps_the_epoch
                 api_url: None,
                 source: mde_sync::source::SourceKind::Mde,
                 write: false,
+                incidents: false,
             },
             now,
         )

@@ -441,9 +441,9 @@ async fn healthz_and_metrics_answer_while_running_and_the_listener_closes_on_exi
         if let Ok(resp) = http().get(url("/metrics")).send().await {
             let text = resp.text().await.unwrap();
             if text.contains(&format!(
-                "mde_sync_runs_total{{tenant=\"{good}\",outcome=\"ok\"}}"
+                "mde_sync_runs_total{{tenant=\"{good}\",collection=\"alerts\",outcome=\"ok\"}}"
             )) && text.contains(&format!(
-                "mde_sync_runs_total{{tenant=\"{unconsented}\",outcome=\"failed\"}}"
+                "mde_sync_runs_total{{tenant=\"{unconsented}\",collection=\"alerts\",outcome=\"failed\"}}"
             )) {
                 break text;
             }
@@ -458,7 +458,14 @@ async fn healthz_and_metrics_answer_while_running_and_the_listener_closes_on_exi
     };
     let t = |name: &str, extra: &str, tenant: &str| format!("{name}{{tenant=\"{tenant}\"{extra}}}");
     assert_eq!(
-        value(&text, &t("mde_sync_alerts_written_total", "", &good)),
+        value(
+            &text,
+            &t(
+                "mde_sync_alerts_written_total",
+                ",collection=\"alerts\"",
+                &good
+            )
+        ),
         75.0
     );
     assert!(
@@ -528,6 +535,9 @@ async fn healthz_and_metrics_answer_while_running_and_the_listener_closes_on_exi
         ("mde_sync_api_requests_total", "counter"),
         ("mde_sync_api_retries_total", "counter"),
         ("mde_sync_api_throttled_total", "counter"),
+        ("mde_sync_collection_freshness_lag_seconds", "gauge"),
+        ("mde_sync_collection_ok", "gauge"),
+        ("mde_sync_collection_watermark_lag_seconds", "gauge"),
         ("mde_sync_config_reloads_total", "counter"),
         ("mde_sync_cursor_overlap_seconds", "gauge"),
         ("mde_sync_freshness_lag_seconds", "gauge"),

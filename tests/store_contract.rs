@@ -220,6 +220,7 @@ async fn runs_are_recorded_and_health_follows_the_last_outcome(backend: Backend)
         let report = |run_id, ok: bool| RunReport {
             run_id,
             tenant: t.id.clone(),
+            collection: mde_sync::collection::Collection::Alerts,
             finished_at: now,
             ok,
             health: if ok { Health::Ok } else { Health::NeedsConsent },
@@ -263,6 +264,7 @@ async fn a_stopped_run_leaves_the_tenants_health_and_failure_count_alone(backend
         let report = |run_id, ok: bool, health: Health| RunReport {
             run_id,
             tenant: t.id.clone(),
+            collection: mde_sync::collection::Collection::Alerts,
             finished_at: now,
             ok,
             health,

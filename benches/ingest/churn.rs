@@ -162,6 +162,7 @@ impl Bench {
                 api_url: None,
                 source: Default::default(),
                 write: false,
+                incidents: false,
             }],
             format!("sqlite://{}", dir.join("churn.db").display()),
             cfg.client_id.clone(),

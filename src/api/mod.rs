@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::{
     BoxFuture,
     auth::AuthError,
+    collection::Collection,
     health::Health,
     odata::{ReadError, Summary},
     source::SourceKind,
@@ -37,6 +38,9 @@ pub struct WindowQuery {
     /// A source that now routes the tenant elsewhere (a reload) refuses the query
     /// ([`ApiError::Rerouted`]), so a run never parses one API's answers as the other's.
     pub route: Route,
+    /// What is read: alerts, or the tenant's Graph incidents (windowed by their own last-update
+    /// and creation times exactly like alerts).
+    pub collection: Collection,
 }
 
 /// A tenant's source and own API host (MDE's geo hosts), as a run saw them when it started.
@@ -155,6 +159,15 @@ pub enum ApiError {
         target: Option<String>,
     },
     #[error(
+        "the Graph API answered 403 {code}{} reading incidents: the app lacks the SecurityIncident.Read.All application permission in this tenant; add it under API permissions > Microsoft Graph, then have a Privileged Role Administrator or Global Administrator consent again (mde-sync consent-url --incidents); the tenant's alerts keep syncing meanwhile",
+        correlation(.target)
+    )]
+    IncidentsForbidden {
+        code: String,
+        message: String,
+        target: Option<String>,
+    },
+    #[error(
         "the API is throttling (HTTP 429{}{})",
         retry_after_text(.retry_after),
         correlation(.target)
@@ -242,6 +255,7 @@ impl ApiError {
             Self::Unauthorized { target }
             | Self::Forbidden { target, .. }
             | Self::GraphForbidden { target, .. }
+            | Self::IncidentsForbidden { target, .. }
             | Self::RateLimited { target, .. }
             | Self::Server { target, .. }
             | Self::BadRequest { target, .. } => target.as_deref(),
@@ -262,7 +276,9 @@ impl ApiError {
     pub fn label(&self) -> Health {
         match self {
             Self::Token(e) => e.fault().label(),
-            Self::Forbidden { .. } | Self::GraphForbidden { .. } => Health::MissingRole,
+            Self::Forbidden { .. }
+            | Self::GraphForbidden { .. }
+            | Self::IncidentsForbidden { .. } => Health::MissingRole,
             Self::Unauthorized { .. } => Health::Unauthorized,
             Self::RateLimited { .. } => Health::Degraded,
             Self::Server { .. } | Self::Network(_) | Self::Decode { .. } => Health::Degraded,

@@ -4,6 +4,7 @@
 
 pub mod act;
 mod backup;
+mod consent;
 mod simulate;
 mod validate;
 
@@ -135,6 +136,11 @@ pub struct ConsentArgs {
     /// SecurityAlert.ReadWrite.All with --source graph).
     #[arg(long)]
     pub write: bool,
+    /// Also ask for what syncing incidents needs: the Microsoft Graph application permission
+    /// SecurityIncident.Read.All (SecurityIncident.ReadWrite.All with --write), whatever the
+    /// alerts' source. On by default when sync.incidents = true.
+    #[arg(long)]
+    pub incidents: bool,
 }
 
 #[derive(Debug, Args)]
@@ -414,57 +420,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 ))),
             }
         }
-        Command::ConsentUrl(args) => {
-            let s = load(&cli.config, Needs::DATABASE_ONLY)?;
-            if let Some(t) = &args.tenant
-                && crate::tenant::TenantId::parse(t).is_err()
-            {
-                return Err(Failure::Usage(format!(
-                    "--tenant {t:?} is not a tenant GUID"
-                )));
-            }
-            let source = SourceKind::parse(&args.source).unwrap_or_default();
-            println!(
-                "Cloud {} (login host {}). Send one of these links to the customer's Global Administrator (or Privileged Role Administrator).",
-                s.cloud.name,
-                s.cloud.login_url.host_str().unwrap_or("?")
-            );
-            if source == SourceKind::Graph {
-                println!(
-                    "Source graph: the app needs the Microsoft Graph application permission SecurityAlert.Read.All. Only a Privileged Role Administrator or a Global Administrator can grant Microsoft Graph application permissions; a Cloud Application Administrator or Application Administrator cannot. Consent given before SecurityAlert.Read.All was added to the app does not include it: the customer must consent again."
-                );
-            }
-            if matches!(
-                s.cloud.name,
-                config::CloudName::GccHigh | config::CloudName::Dod
-            ) {
-                println!(
-                    "The app must be registered in the US Government cloud (https://portal.azure.us); a commercial app registration cannot be consented there."
-                );
-            }
-            if args.write {
-                let permission = match source {
-                    SourceKind::Mde => "WindowsDefenderATP > Alert.ReadWrite.All",
-                    SourceKind::Graph => "Microsoft Graph > SecurityAlert.ReadWrite.All",
-                };
-                println!(
-                    "Write-back: the app registration must list the application permission {permission} (API permissions > Add a permission) before the links are sent; consent covers the permissions the app lists at that moment, so a customer who consented before must consent again. Then set write = true on the tenant's entry; `mde-sync check` says whether the tenant's token can write."
-                );
-            }
-            println!(
-                "After consent, add the customer's tenant id to {} and run `mde-sync check`.\n",
-                s.tenants_file.display()
-            );
-            for (label, url) in report::consent_urls(
-                &s,
-                args.tenant.as_deref(),
-                args.redirect_uri.as_deref(),
-                source,
-            ) {
-                println!("{label}:\n  {url}\n");
-            }
-            Ok(())
-        }
+        Command::ConsentUrl(args) => consent::consent_url(&cli.config, args),
         Command::Status => {
             let s = load(&cli.config, Needs::DATABASE_ONLY)?;
             telemetry::init(s.log.format, "warn", Target::Stderr);
@@ -483,6 +439,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                     Timestamp::from_datetime(time::OffsetDateTime::now_utc())
                 )
             );
+            print_collections(store.as_ref(), &rows).await?;
             // Several replicas (Postgres): who holds each tenant, and who is alive.
             if let Some(leases) = store.leases() {
                 match leases.status().await {
@@ -634,5 +591,33 @@ fn cert_thumbprint(config_path: &Path, args: CertThumbprintArgs) -> Result<(), F
         date(info.not_before),
         date(info.not_after)
     );
+    Ok(())
+}
+
+/// `status`'s second table: each tenant's incidents, when any tenant syncs them.
+async fn print_collections(
+    store: &dyn store::Store,
+    tenants: &[store::TenantStatus],
+) -> Result<(), Failure> {
+    match store.collection_status().await {
+        Ok(rows) if rows.is_empty() => {}
+        Ok(rows) => print!(
+            "\n{}",
+            report::render_collections(
+                &rows,
+                tenants,
+                Timestamp::from_datetime(time::OffsetDateTime::now_utc())
+            )
+        ),
+        // A role that may read only the alert and sync tables (docs/postgres.md).
+        Err(store::StoreError::Database(sqlx::Error::Database(d)))
+            if d.code().as_deref() == Some("42501") =>
+        {
+            println!(
+                "\n(incidents not shown: this role may not read collection_state and incidents; GRANT SELECT ON collection_state, incidents to show them)"
+            );
+        }
+        Err(e) => return Err(anyhow::Error::new(e).into()),
+    }
     Ok(())
 }

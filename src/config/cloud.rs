@@ -146,6 +146,8 @@ pub struct ApiHosts {
     pub default_source: SourceKind,
     /// Whether entries that do not say may receive writes (`actions.write`).
     pub default_write: bool,
+    /// Whether entries that do not say also sync their incidents (`sync.incidents`).
+    pub default_incidents: bool,
 }
 
 impl ApiHosts {
@@ -155,6 +157,7 @@ impl ApiHosts {
             configured: None,
             default_source: SourceKind::Mde,
             default_write: false,
+            default_incidents: false,
         }
     }
 

@@ -233,6 +233,7 @@ fn validate(
             .map(str::to_owned),
         default_source: sources.0,
         default_write: raw.actions.write.unwrap_or(false),
+        default_incidents: raw.sync.incidents.unwrap_or(false),
     };
     let tenants = if needs.tenants {
         load_tenants(&tenants_file, &hosts, problems)

@@ -123,6 +123,7 @@ pub(super) struct RawSync {
     pub(super) run_retention: Option<String>,
     pub(super) source: Option<String>,
     pub(super) graph_service_sources: Option<String>,
+    pub(super) incidents: Option<bool>,
     pub(super) max_response_mib: Option<i64>,
     pub(super) max_alert_mib: Option<i64>,
 }
@@ -174,6 +175,7 @@ pub(super) struct RawTenant {
     pub(super) force_api_url: Option<bool>,
     pub(super) source: Option<String>,
     pub(super) write: Option<bool>,
+    pub(super) incidents: Option<bool>,
 }
 
 /// Builds the figment: file, then `MDE_SYNC_SECTION__KEY` variables on top.

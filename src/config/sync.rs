@@ -45,6 +45,8 @@ pub struct SyncSettings {
     /// send; past either the tenant's run fails, having held no more than the limit.
     pub max_response_bytes: usize,
     pub max_alert_bytes: usize,
+    /// Whether tenants whose entry does not say also sync their incidents.
+    pub incidents: bool,
 }
 
 impl Default for SyncSettings {
@@ -69,6 +71,7 @@ impl Default for SyncSettings {
             graph_service_sources: ServiceSources::Endpoint,
             max_response_bytes: 256 << 20,
             max_alert_bytes: 4 << 20,
+            incidents: false,
         }
     }
 }
@@ -290,6 +293,7 @@ pub(super) fn validate_sync(
         graph_service_sources,
         max_response_bytes,
         max_alert_bytes,
+        incidents: raw.incidents.unwrap_or(d.incidents),
     }
 }
 

@@ -168,6 +168,7 @@ pub fn parse_tenants(
             api_url,
             source,
             write: t.write.unwrap_or(hosts.default_write),
+            incidents: t.incidents.unwrap_or(hosts.default_incidents),
         });
     }
     if tenants.is_empty() && problems.is_empty() {

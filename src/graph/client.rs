@@ -13,6 +13,7 @@ use crate::{
     api::{AlertSink, AlertSource, ApiError, Collect, PageSummary, WindowQuery, call::Caller},
     auth::TokenProvider,
     budget::Budget,
+    collection::Collection,
     metrics::Metrics,
     odata::Limits,
     source::{ServiceSources, SourceKind},
@@ -124,6 +125,18 @@ impl GraphClient {
             .await
             .map(|p| p.count)
     }
+
+    /// `GET incidents?$top=1`, for `check`: a 403 is the missing incidents permission.
+    pub async fn probe_incidents(&self, tenant: &TenantId) -> Result<usize, ApiError> {
+        let mut url = super::incidents_url(&self.graph_url);
+        url.query_pairs_mut().append_pair("$top", "1");
+        let mut sink = Collect::default();
+        self.caller
+            .get(tenant, &url, &mut sink)
+            .await
+            .map(|p| p.count)
+            .map_err(incidents_error)
+    }
 }
 
 impl AlertSource for GraphClient {
@@ -135,7 +148,27 @@ impl AlertSource for GraphClient {
     ) -> BoxFuture<'a, Result<PageSummary, ApiError>> {
         Box::pin(async move {
             let url = self.window_url(q);
-            self.caller.get(tenant, &url, sink).await
+            let got = self.caller.get(tenant, &url, sink).await;
+            match q.collection {
+                Collection::Alerts => got,
+                Collection::Incidents => got.map_err(incidents_error),
+            }
         })
+    }
+}
+
+/// A 403 on incidents names the incidents permission, not the alerts one.
+fn incidents_error(e: ApiError) -> ApiError {
+    match e {
+        ApiError::GraphForbidden {
+            code,
+            message,
+            target,
+        } => ApiError::IncidentsForbidden {
+            code,
+            message,
+            target,
+        },
+        e => e,
     }
 }

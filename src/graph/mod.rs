@@ -11,11 +11,12 @@
 //! `SecurityAlert.Read.All` or a tenant without Defender XDR.
 
 pub mod client;
+pub mod incident;
 pub mod model;
 
 use url::Url;
 
-use crate::{api::WindowQuery, source::ServiceSources};
+use crate::{api::WindowQuery, collection::Collection, source::ServiceSources};
 
 pub use client::GraphClient;
 
@@ -26,11 +27,26 @@ pub const PREFER: &str = "include-unknown-enum-members";
 /// The application permission the Graph source needs.
 pub const ALERT_ROLES: &[&str] = &["SecurityAlert.Read.All", "SecurityAlert.ReadWrite.All"];
 
+/// The application permission incidents need (`SecurityIncident.Read.All`, or the write role).
+pub const INCIDENT_ROLES: &[&str] = &[
+    "SecurityIncident.Read.All",
+    "SecurityIncident.ReadWrite.All",
+];
+
 /// `{graph}/v1.0/security/alerts_v2`.
 pub fn alerts_url(base: &Url) -> Url {
+    security_url(base, "alerts_v2")
+}
+
+/// `{graph}/v1.0/security/incidents`.
+pub fn incidents_url(base: &Url) -> Url {
+    security_url(base, "incidents")
+}
+
+fn security_url(base: &Url, collection: &str) -> Url {
     let mut url = base.clone();
     url.set_path(&format!(
-        "{}/v1.0/security/alerts_v2",
+        "{}/v1.0/security/{collection}",
         base.path().trim_end_matches('/')
     ));
     url
@@ -46,6 +62,8 @@ pub fn window_filter(q: &WindowQuery, services: ServiceSources) -> String {
         q.created.filter("createdDateTime")
     );
     match services {
+        // incidents have no service source: an incident groups alerts of every product
+        _ if q.collection == Collection::Incidents => time,
         ServiceSources::Endpoint => {
             format!("serviceSource eq 'microsoftDefenderForEndpoint' and {time}")
         }
@@ -53,19 +71,20 @@ pub fn window_filter(q: &WindowQuery, services: ServiceSources) -> String {
     }
 }
 
-/// The request URL for a window. `$top` is capped at Graph's 1,000; evidence is always inline,
-/// so `expand_evidence` has nothing to ask for.
+/// The request URL for a window. `$top` is capped at Graph's 1,000 for alerts and 50 for
+/// incidents; evidence is always inline, so `expand_evidence` has nothing to ask for; incidents
+/// are read without `$expand=alerts` (it fails with HTTP 500 on large tenants; an incident's alerts
+/// are the alerts whose `incident_id` names it).
 pub fn window_url(base: &Url, q: &WindowQuery, services: ServiceSources) -> Url {
-    let mut url = alerts_url(base);
+    let mut url = match q.collection {
+        Collection::Alerts => alerts_url(base),
+        Collection::Incidents => incidents_url(base),
+    };
     {
         let mut pairs = url.query_pairs_mut();
         pairs.append_pair("$filter", &window_filter(q, services));
-        pairs.append_pair(
-            "$top",
-            &q.top
-                .min(crate::source::SourceKind::Graph.max_page_size())
-                .to_string(),
-        );
+        let max = q.collection.max_page_size(crate::source::SourceKind::Graph);
+        pairs.append_pair("$top", &q.top.min(max).to_string());
         if q.skip > 0 {
             pairs.append_pair("$skip", &q.skip.to_string());
         }
@@ -88,6 +107,7 @@ mod tests {
             skip: 20,
             expand_evidence: true,
             route: Default::default(),
+            collection: Collection::Alerts,
         };
         let base = Url::parse("https://graph.microsoft.com").unwrap();
         let url = window_url(&base, &q, ServiceSources::Endpoint);
@@ -121,6 +141,34 @@ mod tests {
         };
         assert!(
             window_filter(&null, ServiceSources::All).ends_with(" and createdDateTime eq null")
+        );
+    }
+
+    #[test]
+    fn incidents_are_read_from_their_own_path_in_pages_of_50_for_every_service_source() {
+        let q = WindowQuery {
+            from: Timestamp::parse("2026-08-01T00:00:00Z").unwrap(),
+            to: Timestamp::parse("2026-08-02T00:00:00Z").unwrap(),
+            created: crate::api::Created::Null,
+            top: 1_000,
+            skip: 0,
+            expand_evidence: true,
+            route: Default::default(),
+            collection: Collection::Incidents,
+        };
+        let base = Url::parse("https://graph.microsoft.com").unwrap();
+        let url = window_url(&base, &q, ServiceSources::Endpoint);
+        assert_eq!(url.path(), "/v1.0/security/incidents");
+        let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (
+                    "$filter".into(),
+                    "lastUpdateDateTime ge 2026-08-01T00:00:00.0000000Z and lastUpdateDateTime lt 2026-08-02T00:00:00.0000000Z and createdDateTime eq null".into()
+                ),
+                ("$top".into(), "50".into()),
+            ]
         );
     }
 }

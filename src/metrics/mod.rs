@@ -18,6 +18,7 @@ mod render;
 use std::{collections::BTreeMap, sync::Mutex, time::Duration};
 
 use crate::{
+    collection::Collection,
     health::{Health, Outcome},
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
@@ -33,6 +34,8 @@ fn seconds_between(a: Timestamp, b: Timestamp) -> f64 {
 pub struct RunSample<'a> {
     pub tenant: &'a TenantId,
     pub tenant_name: &'a str,
+    /// What the run synced (the `collection` label); `alerts_*` count its items.
+    pub collection: Collection,
     pub outcome: Outcome,
     pub health: Health,
     pub alerts_received: u64,
@@ -183,6 +186,8 @@ type Labels = Vec<(&'static str, String)>;
 struct Inner {
     counters: BTreeMap<(&'static str, Labels), u64>,
     tenants: BTreeMap<TenantId, TenantGauges>,
+    /// The same gauges for each tenant's collections other than alerts (its incidents).
+    collections: BTreeMap<(TenantId, Collection), TenantGauges>,
     run_duration: Histogram,
     last_pass: Option<(Timestamp, Duration)>,
     /// The last `systemctl reload` was rejected: the running configuration is not the file's.
@@ -274,9 +279,11 @@ impl Metrics {
     pub fn run_finished(&self, o: &RunSample<'_>, at: Timestamp) {
         let mut st = self.lock();
         let mut labels = tenant_label(o.tenant);
-        labels.push(("outcome", o.outcome.as_str().to_owned()));
+        labels.push(("collection", o.collection.as_str().to_owned()));
+        let mut runs = labels.clone();
+        runs.push(("outcome", o.outcome.as_str().to_owned()));
         *st.counters
-            .entry(("mde_sync_runs_total", labels))
+            .entry(("mde_sync_runs_total", runs))
             .or_default() += 1;
         if o.outcome.ok().is_none() {
             return;
@@ -286,12 +293,13 @@ impl Metrics {
             ("mde_sync_alerts_written_total", o.alerts_written),
             ("mde_sync_alerts_rejected_total", o.alerts_rejected),
         ] {
-            *st.counters
-                .entry((name, tenant_label(o.tenant)))
-                .or_default() += n;
+            *st.counters.entry((name, labels.clone())).or_default() += n;
         }
         st.run_duration.observe(o.duration.as_secs_f64());
-        let g = st.tenants.entry(o.tenant.clone()).or_default();
+        let g = match o.collection {
+            Collection::Alerts => st.tenants.entry(o.tenant.clone()).or_default(),
+            c => st.collections.entry((o.tenant.clone(), c)).or_default(),
+        };
         o.tenant_name.clone_into(&mut g.name);
         g.health = o.health;
         if o.outcome == Outcome::Ok {
@@ -307,18 +315,21 @@ impl Metrics {
 
     /// The windows held now, by tenant, for `/healthz`.
     pub fn held_windows(&self) -> Vec<(TenantId, HeldWindow)> {
-        self.lock()
-            .tenants
-            .iter()
+        let st = self.lock();
+        let alerts = st.tenants.iter();
+        let others = st.collections.iter().map(|((id, _), g)| (id, g));
+        alerts
+            .chain(others)
             .filter_map(|(id, g)| Some((id.clone(), g.freshness.as_ref()?.held.clone()?)))
             .collect()
     }
 
     /// The least current tenant's freshness lag at `now`, in seconds, for `/healthz`.
     pub fn worst_freshness_lag(&self, now: Timestamp) -> Option<f64> {
-        self.lock()
-            .tenants
+        let st = self.lock();
+        st.tenants
             .values()
+            .chain(st.collections.values())
             .filter_map(|g| g.freshness.as_ref())
             .map(|f| seconds_between(f.fresh_at, now))
             .reduce(f64::max)
@@ -355,6 +366,8 @@ impl Metrics {
             .map(|t| (&t.id, t))
             .collect();
         st.tenants.retain(|id, _| keep.contains_key(id));
+        st.collections
+            .retain(|(id, _), _| keep.get(id).is_some_and(|t| t.incidents));
         for (id, t) in keep {
             st.tenants
                 .entry(id.clone())
@@ -474,6 +487,7 @@ mod tests {
             &RunSample {
                 tenant: &t,
                 tenant_name: &name,
+                collection: Collection::Alerts,
                 outcome,
                 health,
                 alerts_received: 10,
@@ -498,6 +512,7 @@ mod tests {
                 api_url: None,
                 source: Default::default(),
                 write: false,
+                incidents: false,
             },
             Tenant {
                 id: tenant(2),
@@ -506,6 +521,7 @@ mod tests {
                 api_url: None,
                 source: Default::default(),
                 write: false,
+                incidents: false,
             },
         ]);
         m.api_request(&tenant(1), Some(200));
@@ -535,8 +551,10 @@ mod tests {
             format!("mde_sync_api_retries_total{{tenant=\"{t1}\"}} 1"),
             format!("mde_sync_token_requests_total{{tenant=\"{t1}\",result=\"ok\"}} 1"),
             format!("mde_sync_token_renewals_total{{tenant=\"{t1}\"}} 1"),
-            format!("mde_sync_runs_total{{tenant=\"{t1}\",outcome=\"ok\"}} 2"),
-            format!("mde_sync_alerts_written_total{{tenant=\"{t1}\"}} 14"),
+            format!(
+                "mde_sync_runs_total{{tenant=\"{t1}\",collection=\"alerts\",outcome=\"ok\"}} 2"
+            ),
+            format!("mde_sync_alerts_written_total{{tenant=\"{t1}\",collection=\"alerts\"}} 14"),
             format!("mde_sync_watermark_lag_seconds{{tenant=\"{t1}\"}} 100"),
             format!("mde_sync_tenant_ok{{tenant=\"{t1}\"}} 1"),
             format!("mde_sync_tenant_info{{tenant=\"{t1}\",tenant_name=\"tenant \\\"1\\\"\"}} 1"),
@@ -552,7 +570,7 @@ mod tests {
         }
         let t2 = tenant(2);
         assert!(text.contains(&format!(
-            "mde_sync_runs_total{{tenant=\"{t2}\",outcome=\"skipped\"}} 1"
+            "mde_sync_runs_total{{tenant=\"{t2}\",collection=\"alerts\",outcome=\"skipped\"}} 1"
         )));
         assert!(text.contains(&format!("mde_sync_tenant_ok{{tenant=\"{t2}\"}} 0")));
         // every sample line is NAME[{labels}] VALUE with a parseable value
@@ -576,6 +594,7 @@ mod tests {
             api_url: None,
             source: Default::default(),
             write: false,
+            incidents: false,
         };
         m.set_tenants(&[t(1), t(2)]);
         finish(&m, outcome(1, Some(true), 1), Timestamp::from_ticks(0));

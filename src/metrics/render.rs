@@ -111,6 +111,42 @@ impl Metrics {
             "1 if the tenant's last run succeeded, 0 if it failed (absent before its first run).",
             &|g| g.ok().map(|ok| if ok { 1.0 } else { 0.0 }),
         );
+        let per_collection =
+            |out: &mut String,
+             name: &str,
+             help: &str,
+             value: &dyn Fn(&TenantGauges) -> Option<f64>| {
+                header(out, name, help, "gauge");
+                for ((id, c), g) in &st.collections {
+                    if let Some(v) = value(g) {
+                        let mut labels = tenant_label(id);
+                        labels.push(("collection", c.as_str().to_owned()));
+                        sample(out, name, &labels, v);
+                    }
+                }
+            };
+        per_collection(
+            &mut out,
+            "mde_sync_collection_ok",
+            "1 if the last run of a tenant's collection other than alerts (incidents) succeeded, 0 if it failed (absent before its first run).",
+            &|g| g.ok().map(|ok| if ok { 1.0 } else { 0.0 }),
+        );
+        per_collection(
+            &mut out,
+            "mde_sync_collection_watermark_lag_seconds",
+            "Now minus the watermark of a tenant's collection other than alerts (incidents).",
+            &|g| g.watermark.map(|w| unix_seconds(now) - unix_seconds(w)),
+        );
+        per_collection(
+            &mut out,
+            "mde_sync_collection_freshness_lag_seconds",
+            "mde_sync_freshness_lag_seconds for a tenant's collection other than alerts (incidents).",
+            &|g| {
+                g.freshness
+                    .as_ref()
+                    .map(|f| super::seconds_between(f.fresh_at, now))
+            },
+        );
         header(
             &mut out,
             "mde_sync_tenant_info",

@@ -19,6 +19,7 @@ macro_rules! open_alert_sql {
 }
 
 pub mod actions;
+pub mod collections;
 pub mod lease;
 mod pg_connect;
 pub mod postgres;
@@ -67,6 +68,8 @@ pub enum StoreError {
 pub struct RunReport {
     pub run_id: i64,
     pub tenant: TenantId,
+    /// What the run synced; `alerts_*` count its items.
+    pub collection: crate::collection::Collection,
     pub finished_at: Timestamp,
     pub ok: bool,
     /// `ok`, or what failed (`needs-consent`, `missing-role`, `degraded`, …).
@@ -111,9 +114,10 @@ pub type SeverityCount = (String, String, i64);
 /// Rows as text: `(alerts, alert_evidence)`.
 pub type Dump = (Vec<Vec<Option<String>>>, Vec<Vec<Option<String>>>);
 
-/// What the sync needs from a database (and, through [`actions::ActionStore`], the outbox of
-/// write-back requests).
-pub trait Store: actions::ActionStore + Send + Sync {
+/// What the sync needs from a database (through [`collections::CollectionStore`], for the
+/// collections beside alerts; through [`actions::ActionStore`], the outbox of write-back
+/// requests).
+pub trait Store: actions::ActionStore + collections::CollectionStore + Send + Sync {
     fn backend(&self) -> &'static str;
 
     /// Applies pending migrations and marks runs left `running` by a dead process `abandoned`.

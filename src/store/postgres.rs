@@ -69,6 +69,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fence key share",
         include_str!("../../migrations/postgres/0009_fence_key_share.sql"),
     ),
+    (
+        10,
+        "incidents",
+        include_str!("../../migrations/postgres/0010_incidents.sql"),
+    ),
 ];
 
 /// The staging table's COPY, in the column order of `alerts`.
@@ -130,7 +135,7 @@ pub fn copy_field(out: &mut String, v: Option<&str>) {
 }
 
 /// Text without the NUL character Postgres cannot store (an API's error message may carry one).
-fn without_nul(s: &str) -> String {
+pub(super) fn without_nul(s: &str) -> String {
     s.replace('\0', "\\u0000")
 }
 
@@ -185,7 +190,7 @@ async fn copy_in(
 }
 
 /// A timestamptz column as the canonical seven-digit text (the seventh digit is always 0 here).
-fn ts_sql(col: &str) -> String {
+pub(super) fn ts_sql(col: &str) -> String {
     format!("to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"0Z\"')")
 }
 
@@ -268,7 +273,7 @@ impl PostgresStore {
 
     /// A run whose replica lost the tenant's lease: only its own `sync_runs` row is written, as
     /// `fenced`; its end stays where a claimer put it (the lease's expiry), if one did.
-    async fn record_fenced(
+    pub(super) async fn record_fenced(
         &self,
         r: &RunReport,
         at: &str,
@@ -304,7 +309,7 @@ impl PostgresStore {
     /// refused, authentication, DNS) and the error names it with the server's address. A
     /// connection lost while in use (the server stopped or restarted mid-run: "connection reset
     /// by peer") is named with the server's address too.
-    async fn explained<T>(
+    pub(super) async fn explained<T>(
         &self,
         work: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
@@ -335,7 +340,7 @@ impl PostgresStore {
     }
 }
 
-fn micros_to_text(v: Option<i64>) -> Option<String> {
+pub(super) fn micros_to_text(v: Option<i64>) -> Option<String> {
     v.map(|m| Timestamp::from_micros(m).to_db())
 }
 

@@ -69,6 +69,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fence key share",
         include_str!("../../migrations/sqlite/0009_fence_key_share.sql"),
     ),
+    (
+        10,
+        "incidents",
+        include_str!("../../migrations/sqlite/0010_incidents.sql"),
+    ),
 ];
 
 /// The alert upsert. A row is replaced only by a version that is newer, or equally new with

@@ -5,7 +5,7 @@
 use super::*;
 use crate::{
     api::Created,
-    model::{ALERT_COLUMNS, Val, column_index},
+    model::{ALERT_COLUMNS, INCIDENT_COLUMNS, Val, column_index},
 };
 
 /// Receives one response's alerts as they arrive: parses and checks each, hands full batches to
@@ -16,6 +16,8 @@ pub(super) struct PageSink {
     pub(super) tenant: TenantId,
     /// The tenant's source: whose alert model parses what arrives.
     pub(super) source: SourceKind,
+    /// What arrives: alerts, or incidents (Graph's incident model).
+    pub(super) collection: Collection,
     /// The `$top` asked for: a response with more alerts than that is refused.
     pub(super) top: Option<usize>,
     /// Whether alerts are written (a probe only counts).
@@ -55,21 +57,17 @@ pub(super) struct PageSink {
 impl PageSink {
     /// A sink for a probe: it counts what arrives and writes nothing (a probe is read without
     /// evidence, so writing its alert would replace the stored version's evidence).
-    pub(super) fn probe(tenant: &Tenant) -> Self {
+    pub(super) fn probe(tenant: &Job) -> Self {
         let mut sink = Self::new(tenant, Some(1), 1, true);
         sink.write = false;
         sink
     }
 
-    pub(super) fn new(
-        tenant: &Tenant,
-        top: Option<usize>,
-        tail_len: usize,
-        keep_times: bool,
-    ) -> Self {
+    pub(super) fn new(tenant: &Job, top: Option<usize>, tail_len: usize, keep_times: bool) -> Self {
         Self {
             tenant: tenant.id.clone(),
             source: tenant.source,
+            collection: tenant.collection,
             top,
             write: true,
             tx: None,
@@ -125,11 +123,16 @@ impl PageSink {
     }
 }
 
-/// Where `alert_creation_time` sits in a parsed row.
-fn created_column() -> usize {
-    static AT: std::sync::LazyLock<usize> =
+/// Where the creation time (A4's second time) sits in a parsed row of `collection`.
+fn created_column(collection: Collection) -> usize {
+    static ALERT: std::sync::LazyLock<usize> =
         std::sync::LazyLock::new(|| column_index(ALERT_COLUMNS, "alert_creation_time"));
-    *AT
+    static INCIDENT: std::sync::LazyLock<usize> =
+        std::sync::LazyLock::new(|| column_index(INCIDENT_COLUMNS, "creation_time"));
+    match collection {
+        Collection::Alerts => *ALERT,
+        Collection::Incidents => *INCIDENT,
+    }
 }
 
 /// A version's identity within this process: its id and last-update time, hashed.
@@ -159,7 +162,7 @@ impl PageSink {
             tracing::warn!(alert_id = %row.id, last_update = %t, window_from = %from, window_to = %to, "the API sent an alert outside the window asked for, refused");
             return;
         }
-        let created = match &row.values[created_column()] {
+        let created = match &row.values[created_column(self.collection)] {
             Val::Time(c) => *c,
             _ => None,
         };
@@ -229,9 +232,10 @@ impl AlertSink for PageSink {
             if !self.write && !self.keep_times {
                 return Ok(());
             }
-            let parsed = match self.source {
-                SourceKind::Mde => mde::model::parse_alert(raw),
-                SourceKind::Graph => graph::model::parse_alert(raw),
+            let parsed = match (self.collection, self.source) {
+                (Collection::Alerts, SourceKind::Mde) => mde::model::parse_alert(raw),
+                (Collection::Alerts, SourceKind::Graph) => graph::model::parse_alert(raw),
+                (Collection::Incidents, _) => graph::incident::parse_incident(raw),
             };
             match parsed {
                 Ok(row) => self.take(row, raw.get().len()),

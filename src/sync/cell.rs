@@ -10,7 +10,7 @@ impl Syncer {
     /// moves the watermark once this returns `Complete`.
     pub(super) async fn read_cell(
         &self,
-        tenant: &Tenant,
+        tenant: &Job,
         q: &WindowQuery,
         first_count: usize,
         first: PageSink,

@@ -89,9 +89,11 @@ impl SyncError {
                 }
                 _ => FaultScope::Transient,
             },
-            Self::Api(ApiError::Forbidden { .. } | ApiError::GraphForbidden { .. }) => {
-                FaultScope::Onboarding
-            }
+            Self::Api(
+                ApiError::Forbidden { .. }
+                | ApiError::GraphForbidden { .. }
+                | ApiError::IncidentsForbidden { .. },
+            ) => FaultScope::Onboarding,
             _ => FaultScope::Transient,
         }
     }

@@ -5,60 +5,42 @@
 use super::*;
 
 impl Syncer {
-    /// One run for every enabled tenant, at most `sync.max_concurrent_tenants` at a time. A tenant
-    /// whose previous run is still going is skipped, never started twice; one tenant's failure or
-    /// slowness does not hold up the others beyond the concurrency limit.
+    /// One run for every enabled tenant's collections (its alerts, and its incidents when it
+    /// syncs them), at most `sync.max_concurrent_tenants` at a time. A tenant's collections run
+    /// one after the other in its own task, so a tenant never has two runs at once and its
+    /// collections share its call budget; a tenant whose previous run is still going is
+    /// skipped, never started twice; one tenant's failure or slowness does not hold up the
+    /// others beyond the concurrency limit. Outcomes come in tenant order, alerts first.
     pub async fn sync_all(self: &Arc<Self>, tenants: &[Tenant]) -> Vec<RunOutcome> {
-        let now = tokio::time::Instant::now();
-        let enabled: Vec<Tenant> = tenants.iter().filter(|t| t.enabled).cloned().collect();
-        let mut skipped: Vec<(usize, RunOutcome)> = Vec::new();
-        let mut to_run: Vec<(usize, Tenant)> = Vec::new();
-        {
-            let retry_at = self.retry_at.lock().expect("retry map");
-            for (i, t) in enabled.into_iter().enumerate() {
-                match retry_at.get(&t.id) {
-                    Some(at) if *at > now => skipped.push((
-                        i,
-                        skipped_outcome(&t, "waiting to retry an onboarding fault"),
-                    )),
-                    _ => to_run.push((i, t)),
-                }
+        let (skipped, to_run) = self.due_jobs(tenants);
+        let mut by_tenant: Vec<Vec<(usize, Job)>> = Vec::new();
+        for (i, job) in to_run {
+            match by_tenant.last_mut() {
+                Some(jobs) if jobs[0].1.id == job.id => jobs.push((i, job)),
+                _ => by_tenant.push(vec![(i, job)]),
             }
         }
-        // While the app's credential is refused, only one tenant probes it now and then.
-        let fault = self
-            .credential_fault
-            .lock()
-            .expect("credential fault")
-            .clone();
-        if let Some((why, probe_at)) = fault {
-            let probe = if now >= probe_at && !to_run.is_empty() {
-                1
-            } else {
-                0
-            };
-            for (i, t) in to_run.drain(probe..) {
-                let mut o = skipped_outcome(&t, &why);
-                o.health = Health::CredentialError;
-                skipped.push((i, o));
-            }
-        }
-
         let mut set = JoinSet::new();
         let mut tasks = HashMap::new();
-        for (i, tenant) in to_run {
+        for jobs in by_tenant {
             let this = Arc::clone(self);
-            let t = tenant.clone();
-            let task = set.spawn(async move { (i, this.sync_tenant(&t).await) });
-            tasks.insert(task.id(), (i, tenant));
+            let first = jobs[0].clone();
+            let task = set.spawn(async move {
+                let mut out = Vec::with_capacity(jobs.len());
+                for (i, job) in &jobs {
+                    out.push((*i, this.sync_job(job).await));
+                }
+                out
+            });
+            tasks.insert(task.id(), first);
         }
         let mut out = skipped;
         while let Some(res) = set.join_next_with_id().await {
             match res {
-                Ok((_, r)) => out.push(r),
+                Ok((_, r)) => out.extend(r),
                 Err(e) => {
-                    if let Some((i, tenant)) = tasks.remove(&e.id()) {
-                        out.push((i, self.panicked_outcome(&tenant, e)));
+                    if let Some((i, job)) = tasks.remove(&e.id()) {
+                        out.push((i, self.panicked_outcome(&job, e)));
                     }
                 }
             }
@@ -73,15 +55,56 @@ impl Syncer {
         out.into_iter().map(|(_, r)| r).collect()
     }
 
+    /// The enabled tenants' jobs, numbered in order: those that wait (a slow retry of an
+    /// onboarding fault, the app's credential refused) as skipped outcomes, and those to run.
+    /// While the app's credential is refused, only one job probes it now and then.
+    #[allow(clippy::type_complexity)]
+    fn due_jobs(&self, tenants: &[Tenant]) -> (Vec<(usize, RunOutcome)>, Vec<(usize, Job)>) {
+        let now = tokio::time::Instant::now();
+        let jobs = tenants.iter().filter(|t| t.enabled).flat_map(Job::all);
+        let mut skipped: Vec<(usize, RunOutcome)> = Vec::new();
+        let mut to_run: Vec<(usize, Job)> = Vec::new();
+        {
+            let retry_at = self.retry_at.lock().expect("retry map");
+            for (i, job) in jobs.enumerate() {
+                match retry_at.get(&job.key()) {
+                    Some(at) if *at > now => skipped.push((
+                        i,
+                        skipped_outcome(&job, "waiting to retry an onboarding fault"),
+                    )),
+                    _ => to_run.push((i, job)),
+                }
+            }
+        }
+        let fault = self
+            .credential_fault
+            .lock()
+            .expect("credential fault")
+            .clone();
+        if let Some((why, probe_at)) = fault {
+            let probe = if now >= probe_at && !to_run.is_empty() {
+                1
+            } else {
+                0
+            };
+            for (i, job) in to_run.drain(probe..) {
+                let mut o = skipped_outcome(&job, &why);
+                o.health = Health::CredentialError;
+                skipped.push((i, o));
+            }
+        }
+        (skipped, to_run)
+    }
+
     /// The outcome of a tenant whose task panicked outside its run (the run itself catches its
     /// panics): failed, with the panic's message, and counted in the metrics as a failure.
-    fn panicked_outcome(&self, tenant: &Tenant, e: tokio::task::JoinError) -> RunOutcome {
+    fn panicked_outcome(&self, tenant: &Job, e: tokio::task::JoinError) -> RunOutcome {
         let why = match e.try_into_panic() {
             Ok(payload) => panic_message(payload.as_ref()),
             Err(e) => e.to_string(),
         };
         let error = SyncError::Panicked(why).to_string();
-        tracing::error!(tenant = %tenant.id, tenant_name = %tenant.name, error = %error, "tenant sync failed");
+        tracing::error!(tenant = %tenant.id, tenant_name = %tenant.name, collection = %tenant.collection, error = %error, "tenant sync failed");
         let mut o = skipped_outcome(tenant, &error);
         o.outcome = Outcome::Failed;
         o.health = Health::InternalError;
@@ -90,6 +113,7 @@ impl Syncer {
             &RunSample {
                 tenant: &o.tenant,
                 tenant_name: &o.tenant_name,
+                collection: o.collection,
                 outcome: o.outcome,
                 health: o.health,
                 alerts_received: 0,
@@ -113,7 +137,10 @@ impl Syncer {
         };
         match (o.ok(), scope) {
             (Some(true), _) => {
-                self.retry_at.lock().expect("retry map").remove(&o.tenant);
+                self.retry_at
+                    .lock()
+                    .expect("retry map")
+                    .remove(&(o.tenant.clone(), o.collection));
                 if self
                     .credential_fault
                     .lock()
@@ -143,22 +170,28 @@ impl Syncer {
                 self.retry_at
                     .lock()
                     .expect("retry map")
-                    .insert(o.tenant.clone(), now + retry);
-                tracing::warn!(tenant = %o.tenant, tenant_name = %o.tenant_name, health = %o.health, retry_in_s = retry.as_secs(), "tenant needs its admin; retrying slowly");
+                    .insert((o.tenant.clone(), o.collection), now + retry);
+                tracing::warn!(tenant = %o.tenant, tenant_name = %o.tenant_name, collection = %o.collection, health = %o.health, retry_in_s = retry.as_secs(), "tenant needs its admin; retrying slowly");
             }
             _ => {}
         }
     }
 
-    /// One run for one tenant, recorded in `sync_runs` and `sync_state`.
+    /// One run of one tenant's alerts, recorded in `sync_runs` and `sync_state`.
     pub async fn sync_tenant(&self, tenant: &Tenant) -> RunOutcome {
-        let span =
-            tracing::info_span!("tenant_run", tenant = %tenant.id, tenant_name = %tenant.name);
+        self.sync_job(&Job::new(tenant, Collection::Alerts)).await
+    }
+
+    /// One run of one tenant's collection, recorded in `sync_runs` and its state
+    /// (`sync_state` for alerts, `collection_state` for the others).
+    pub async fn sync_job(&self, tenant: &Job) -> RunOutcome {
+        let span = tracing::info_span!("tenant_run", tenant = %tenant.id, tenant_name = %tenant.name, collection = %tenant.collection);
         let outcome = self.sync_tenant_inner(tenant).instrument(span).await;
         self.metrics.run_finished(
             &RunSample {
                 tenant: &outcome.tenant,
                 tenant_name: &outcome.tenant_name,
+                collection: outcome.collection,
                 outcome: outcome.outcome,
                 health: outcome.health,
                 alerts_received: outcome.alerts_received,
@@ -173,7 +206,7 @@ impl Syncer {
         outcome
     }
 
-    async fn sync_tenant_inner(&self, tenant: &Tenant) -> RunOutcome {
+    async fn sync_tenant_inner(&self, tenant: &Job) -> RunOutcome {
         let mut outcome = skipped_outcome(tenant, "the previous run is still in progress");
         if self.may_continue(&tenant.id).is_err() {
             outcome.outcome = Outcome::Stopped;
@@ -211,7 +244,7 @@ impl Syncer {
         };
         let started = Instant::now();
 
-        self.record_unrecorded(&tenant.id).await;
+        self.record_unrecorded(&tenant.key()).await;
         let mut c = Counters::default();
         let (before, run_id, result) = match self.begin(tenant).await {
             Ok((before, run_id)) => {
@@ -251,13 +284,14 @@ impl Syncer {
         outcome.alerts_coerced = c.coerced;
         outcome.pages = c.pages;
         outcome.watermark = c.watermark;
-        outcome.freshness = self.freshness(&tenant.id);
+        outcome.freshness = self.freshness_of(&tenant.key());
         outcome.duration_ms = started.elapsed().as_millis() as u64;
 
         if let Some(run_id) = run_id {
             let report = RunReport {
                 run_id,
                 tenant: tenant.id.clone(),
+                collection: tenant.collection,
                 finished_at: self.now(),
                 ok: result.is_ok(),
                 health: outcome.health,
@@ -279,7 +313,7 @@ impl Syncer {
                 self.unrecorded
                     .lock()
                     .expect("unrecorded runs")
-                    .insert(tenant.id.clone(), (report, stopped));
+                    .insert(tenant.key(), (report, stopped));
             } else {
                 self.prune_runs(&tenant.id).await;
             }
@@ -288,6 +322,7 @@ impl Syncer {
             None if stopped => tracing::info!(
                 tenant = %tenant.id,
                 tenant_name = %tenant.name,
+                collection = %tenant.collection,
                 alerts = c.received,
                 written = c.written,
                 pages = c.pages,
@@ -298,6 +333,7 @@ impl Syncer {
             None => tracing::info!(
                 tenant = %tenant.id,
                 tenant_name = %tenant.name,
+                collection = %tenant.collection,
                 alerts = c.received,
                 written = c.written,
                 rejected = c.rejected,
@@ -310,6 +346,7 @@ impl Syncer {
             Some(e) => tracing::error!(
                 tenant = %tenant.id,
                 tenant_name = %tenant.name,
+                collection = %tenant.collection,
                 health = %outcome.health,
                 error = %e,
                 alerts = c.received,
@@ -334,15 +371,15 @@ impl Syncer {
     }
 
     async fn record(&self, report: &RunReport, stopped: bool) -> Result<(), StoreError> {
-        if stopped {
-            self.store.stop_run(report).await
-        } else {
-            self.store.finish_run(report).await
+        match (stopped, report.collection) {
+            (true, _) => self.store.stop_run(report).await,
+            (false, Collection::Alerts) => self.store.finish_run(report).await,
+            (false, _) => self.store.finish_collection_run(report).await,
         }
     }
 
-    /// Records the outcome of the tenant's last run if the store refused it then.
-    async fn record_unrecorded(&self, tenant: &TenantId) {
+    /// Records the outcome of the collection's last run if the store refused it then.
+    async fn record_unrecorded(&self, tenant: &JobKey) {
         let pending = self
             .unrecorded
             .lock()
@@ -395,9 +432,10 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
-fn skipped_outcome(t: &Tenant, why: &str) -> RunOutcome {
+fn skipped_outcome(t: &Job, why: &str) -> RunOutcome {
     RunOutcome {
         tenant: t.id.clone(),
+        collection: t.collection,
         tenant_name: t.name.clone(),
         outcome: Outcome::Skipped,
         health: Health::Skipped,

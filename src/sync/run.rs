@@ -15,14 +15,21 @@ const NEED_HALF_LIFE: time::Duration = time::Duration::minutes(2);
 const MIN_OVERLAP: time::Duration = time::Duration::seconds(5);
 
 impl Syncer {
-    pub(super) async fn begin(
-        &self,
-        tenant: &Tenant,
-    ) -> Result<(Option<Timestamp>, i64), StoreError> {
+    pub(super) async fn begin(&self, tenant: &Job) -> Result<(Option<Timestamp>, i64), StoreError> {
         let now = self.now();
-        let before = self.store.prepare_tenant(tenant, now).await?;
-        let run_id = self.store.start_run(&tenant.id, now).await?;
-        Ok((before, run_id))
+        Ok(match tenant.collection {
+            Collection::Alerts => {
+                let before = self.store.prepare_tenant(tenant, now).await?;
+                (before, self.store.start_run(&tenant.id, now).await?)
+            }
+            c => {
+                let before = self.store.prepare_collection(tenant, c, now).await?;
+                (
+                    before,
+                    self.store.start_collection_run(&tenant.id, c, now).await?,
+                )
+            }
+        })
     }
 
     /// One run: the classic run of steps 1–5 over `[W, now]` when the tenant has no cursor yet,
@@ -30,7 +37,7 @@ impl Syncer {
     /// due, a sweep of `[W, now − L)` (see "Steady state" in the module documentation).
     pub(super) async fn run(
         &self,
-        tenant: &Tenant,
+        tenant: &Job,
         watermark: Option<Timestamp>,
         c: &mut Counters,
     ) -> Result<(), SyncError> {
@@ -40,7 +47,7 @@ impl Syncer {
             .cursors
             .lock()
             .expect("cursors")
-            .remove(&tenant.id)
+            .remove(&tenant.key())
             // a tenant switched to another source starts over with a classic run
             .filter(|k| k.source == tenant.source);
         match (watermark, cursor) {
@@ -57,7 +64,7 @@ impl Syncer {
     /// Steps 1–5 over `[W, q0]`; sets the cursor once every window was read.
     async fn classic_run(
         &self,
-        tenant: &Tenant,
+        tenant: &Job,
         watermark: Option<Timestamp>,
         hold: Option<Hold>,
         q0: Timestamp,
@@ -87,7 +94,7 @@ impl Syncer {
             self.cursors
                 .lock()
                 .expect("cursors")
-                .insert(tenant.id.clone(), cursor);
+                .insert(tenant.key(), cursor);
         }
         held_result(hold)
     }
@@ -95,7 +102,7 @@ impl Syncer {
     /// The cursor over `[F − o, q0]`, then the sweep when due.
     async fn steady_run(
         &self,
-        tenant: &Tenant,
+        tenant: &Job,
         w: Timestamp,
         mut cur: Cursor,
         q0: Timestamp,
@@ -148,11 +155,11 @@ impl Syncer {
         held_result(hold)
     }
 
-    fn put_cursor(&self, tenant: &Tenant, cursor: Cursor) {
+    fn put_cursor(&self, tenant: &Job, cursor: Cursor) {
         self.cursors
             .lock()
             .expect("cursors")
-            .insert(tenant.id.clone(), cursor);
+            .insert(tenant.key(), cursor);
     }
 
     /// How often the sweep runs: once per lag allowance.
@@ -266,7 +273,7 @@ impl Syncer {
     /// with the last batch.
     pub(super) async fn read_page(
         &self,
-        tenant: &Tenant,
+        tenant: &Job,
         q: &WindowQuery,
         sink: &mut PageSink,
         complete_watermark: Option<Timestamp>,
@@ -299,7 +306,7 @@ impl Syncer {
             let mut written = 0u64;
             let mut watermark = None;
             while let Some((rows, wm)) = rx.recv().await {
-                match self.store.commit(&tenant.id, &rows, wm, self.now()).await {
+                match self.commit(tenant, &rows, wm).await {
                     Ok(n) => {
                         written += n;
                         watermark = wm.or(watermark);

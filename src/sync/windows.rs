@@ -83,7 +83,7 @@ impl Syncer {
     /// every version read from then on is noted in the span (up to a bound).
     pub(super) async fn read_windows(
         &self,
-        tenant: &Tenant,
+        tenant: &Job,
         from: Timestamp,
         to: Timestamp,
         mut ceiling: Option<Timestamp>,
@@ -152,7 +152,7 @@ impl Syncer {
     #[allow(clippy::too_many_arguments)]
     async fn read_part(
         &self,
-        tenant: &Tenant,
+        tenant: &Job,
         part: Part,
         ceiling: Option<Timestamp>,
         served: &mut Served,
@@ -172,6 +172,7 @@ impl Syncer {
                 source: tenant.source,
                 api_url: tenant.api_url.clone(),
             },
+            collection: tenant.collection,
         };
         let mut sink = PageSink::new(
             tenant,
@@ -231,7 +232,7 @@ impl Syncer {
     /// and the probed alerts' `(last-update, creation)` times.
     async fn size_split(
         &self,
-        tenant: &Tenant,
+        tenant: &Job,
         q: &WindowQuery,
         sink: &PageSink,
         served: &Served,
@@ -248,7 +249,7 @@ impl Syncer {
     /// Step 3: a full window, cut at quantiles of the times of its page and probes.
     async fn split_by_time(
         &self,
-        tenant: &Tenant,
+        tenant: &Job,
         part: Part,
         q: &WindowQuery,
         sink: PageSink,
@@ -271,7 +272,7 @@ impl Syncer {
     /// last cell completes the instant.
     async fn split_by_creation(
         &self,
-        tenant: &Tenant,
+        tenant: &Job,
         part: Part,
         q: &WindowQuery,
         sink: PageSink,
@@ -307,14 +308,14 @@ impl Syncer {
 
     /// A page of at least half the `$top` asked for, shorter than it and without a link, may
     /// have been cut by a server that caps `$top` silently (MDE; Graph says so with a link).
-    pub(super) fn may_be_cut(&self, tenant: &Tenant, count: usize, top: usize) -> bool {
+    pub(super) fn may_be_cut(&self, tenant: &Job, count: usize, top: usize) -> bool {
         tenant.source == SourceKind::Mde && count < top && count >= (top / 2).max(2)
     }
 
     /// Whether an alert lies past the `count` alerts a page held: one `$top=1` probe.
     async fn probe_finds_more(
         &self,
-        tenant: &Tenant,
+        tenant: &Job,
         q: &WindowQuery,
         count: usize,
         c: &mut Counters,
@@ -344,7 +345,7 @@ impl Syncer {
     /// server they are the window's quantiles by rank. Probes write nothing.
     async fn estimate_count(
         &self,
-        tenant: &Tenant,
+        tenant: &Job,
         q: &WindowQuery,
         per_page: usize,
         first_id: Option<&str>,
@@ -390,26 +391,43 @@ impl Syncer {
     /// before. A window read in one response committed it with its last batch already.
     async fn raise_watermark(
         &self,
-        tenant: &Tenant,
+        tenant: &Job,
         w: Timestamp,
         c: &mut Counters,
     ) -> Result<(), SyncError> {
         if c.watermark.is_some_and(|old| w <= old) {
             return Ok(());
         }
-        self.store
-            .commit(&tenant.id, &[], Some(w), self.now())
-            .await?;
+        self.commit(tenant, &[], Some(w)).await?;
         c.watermark = Some(w);
         Ok(())
     }
 
-    /// `$top` for a tenant: `sync.page_size`, within what its source serves.
-    pub(super) fn page_size(&self, tenant: &Tenant) -> usize {
+    /// `$top` for a tenant's collection: `sync.page_size`, within what its source serves for
+    /// that collection (50 for Graph incidents).
+    pub(super) fn page_size(&self, tenant: &Job) -> usize {
         self.settings
             .page_size
-            .min(tenant.source.max_page_size())
+            .min(tenant.collection.max_page_size(tenant.source))
             .max(1)
+    }
+
+    /// Writes a batch of the run's collection and, if given, the watermark, in one transaction.
+    pub(super) async fn commit(
+        &self,
+        tenant: &Job,
+        rows: &[AlertRow],
+        watermark: Option<Timestamp>,
+    ) -> Result<u64, StoreError> {
+        let now = self.now();
+        match tenant.collection {
+            Collection::Alerts => self.store.commit(&tenant.id, rows, watermark, now).await,
+            Collection::Incidents => {
+                self.store
+                    .commit_incidents(&tenant.id, rows, watermark, now)
+                    .await
+            }
+        }
     }
 }
 

@@ -17,11 +17,13 @@ use std::{
 use mde_sync::{
     BoxFuture,
     api::{AlertSink, AlertSource, ApiError, Collect, PageSummary, WindowQuery},
+    collection::Collection,
     model::AlertRow,
     store::{
         Dump, EvidenceRaw, RunReport, SavedBudget, SeverityCount, SharedStore, Store, StoreError,
         TenantStatus,
         actions::{Action, ActionCount, ActionStore, Finish, NewAction},
+        collections::{CollectionStatus, CollectionStore},
     },
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
@@ -250,6 +252,59 @@ impl ActionStore for Observed {
     }
     fn prune_actions(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
         self.inner.prune_actions(before)
+    }
+}
+
+/// Incident commits are shown to the closure like alert commits; the rest goes to the wrapped
+/// store.
+impl CollectionStore for Observed {
+    fn prepare_collection<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        collection: Collection,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Option<Timestamp>, StoreError>> {
+        self.inner.prepare_collection(tenant, collection, now)
+    }
+    fn start_collection_run<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        collection: Collection,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<i64, StoreError>> {
+        self.inner.start_collection_run(tenant, collection, now)
+    }
+    fn commit_incidents<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        incidents: &'a [AlertRow],
+        watermark: Option<Timestamp>,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            (self.on_commit)(Moment::Before, tenant, incidents);
+            let r = self
+                .inner
+                .commit_incidents(tenant, incidents, watermark, now)
+                .await;
+            (self.on_commit)(Moment::After, tenant, incidents);
+            r
+        })
+    }
+    fn finish_collection_run<'a>(
+        &'a self,
+        r: &'a RunReport,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.finish_collection_run(r)
+    }
+    fn incident_raws<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, StoreError>> {
+        self.inner.incident_raws(tenant)
+    }
+    fn collection_status(&self) -> BoxFuture<'_, Result<Vec<CollectionStatus>, StoreError>> {
+        self.inner.collection_status()
     }
 }
 

@@ -204,12 +204,25 @@ pub async fn start_with(
     clock: SharedClock,
     sync: SyncSettings,
 ) -> TestEnv {
+    start_with_tenants(backend, source, label, cfg, clock, sync, |t| t).await
+}
+
+/// Like [`start_with`], each tenant's entry passed through `entry` (to sync its incidents, say).
+pub async fn start_with_tenants(
+    backend: Backend,
+    source: SourceKind,
+    label: &str,
+    cfg: SimConfig,
+    clock: SharedClock,
+    sync: SyncSettings,
+    entry: impl Fn(Tenant) -> Tenant,
+) -> TestEnv {
     let db = TestDb::new(backend, label).await;
     let sim = Simulator::new(cfg.clone());
     let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let tenants: Vec<Tenant> = tenants_of(&cfg.tenants)
         .into_iter()
-        .map(|t| t.with_source(source))
+        .map(|t| entry(t.with_source(source)))
         .collect();
     let mut settings = Settings::for_endpoints(
         &server.base_url(),
@@ -336,6 +349,25 @@ pub async fn assert_watermark_invariant(env: &TestEnv) -> usize {
         }
     }
     covered
+}
+
+/// One number a query of the test's database returns (`SELECT COUNT(*) ...`), on either backend.
+pub async fn scalar(db: &TestDb, sql: &str) -> i64 {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    match db.backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+            let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            n
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+            let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            n
+        }
+    }
 }
 
 /// Whether a stored `raw` is what was served: byte for byte on SQLite (TEXT), as JSON values on

@@ -129,6 +129,7 @@ fn tenant_api_urls_must_be_known_hosts_of_the_cloud_unless_forced() {
         configured: None,
         default_source: SourceKind::Mde,
         default_write: false,
+        default_incidents: false,
     };
     let (_, p) = parse(&entry("https://eu.api.security.microsoft.com", ""), &gov);
     assert!(p[0].message.contains("gcc-high"), "{p:?}");
