@@ -1195,3 +1195,95 @@ async fn a_tenant_added_to_every_replicas_file_and_reloaded_is_synced_by_exactly
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mde_pg_tests),
+    ignore = "set MDE_SYNC_TEST_POSTGRES_URL to run the Postgres tests"
+)]
+async fn a_sync_beside_a_running_replica_writes_no_tenant_the_replica_holds() {
+    let dir = TempDir::new("replicas-sync");
+    let db = TestDb::new(Backend::Postgres, "replicas_sync").await;
+    let mut cfg = SimConfig::new(
+        (1..=3)
+            .map(|n| SimTenant::numbered(n, TenantKind::Good, 30))
+            .collect(),
+    );
+    cfg.history_days = 2;
+    cfg.max_lag = time::Duration::seconds(1);
+    let sim = Simulator::new(cfg.clone());
+    let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    write_sim_config(
+        &dir.0,
+        &server.base_url(),
+        &cfg,
+        &SimCredentialFiles {
+            cloud: CloudName::Commercial,
+            certificate: None,
+            private_key: None,
+        },
+    )
+    .unwrap();
+    let sync = || {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(dir.0.join("config.toml"))
+            .arg("sync")
+            .env("MDE_SYNC_DATABASE__URL", &db.url)
+            .env("MDE_SYNC_SYNC__INITIAL_LOOKBACK", "3d")
+            .env("MDE_SYNC_SERVICE__LEASE_TTL", format!("{LEASE_TTL_S}s"))
+            .env(
+                "MDE_SYNC_SERVICE__CLAIM_INTERVAL",
+                format!("{}ms", (CLAIM_INTERVAL_S * 1000.0) as u64),
+            )
+            .output()
+            .unwrap()
+    };
+    // alone, a sync claims every tenant, syncs it, and frees its leases at the end
+    let out = sync();
+    assert!(out.status.success(), "{out:?}");
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    assert!(owners(&pool).await.is_empty(), "the sync freed its leases");
+    let by_sync: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT tenant_id) FROM sync_runs WHERE replica_id LIKE 'sync-%' AND outcome = 'ok'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(by_sync, 3);
+
+    // beside a replica that holds every tenant, a sync writes none of them and says so
+    let a = spawn(&dir.0, &db.url, "replica-a", 1);
+    wait_for(
+        Duration::from_secs(20),
+        "the replica holds all three",
+        || async { (owners(&pool).await.len() == 3).then_some(()) },
+    )
+    .await;
+    let runs_before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sync_runs WHERE replica_id LIKE 'sync-%'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let out = sync();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stdout
+            .matches("another replica holds this tenant's lease")
+            .count(),
+        3,
+        "{stdout}"
+    );
+    let runs_after: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sync_runs WHERE replica_id LIKE 'sync-%'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        runs_after, runs_before,
+        "the sync ran no tenant the replica holds"
+    );
+    let o = owners(&pool).await;
+    assert!(o.values().all(|v| v == "replica-a"), "{o:?}");
+    drop(a);
+}

@@ -6,6 +6,7 @@ pub mod act;
 mod backup;
 mod consent;
 mod simulate;
+mod sync;
 mod validate;
 
 pub use simulate::{SimCredentialFiles, write_sim_config};
@@ -26,7 +27,6 @@ use crate::{
     auth::{self, Credential},
     clock,
     config::{self, EX_CONFIG, Environment, Needs, Settings},
-    health::Outcome,
     report,
     service::{self, Integration, Notifier},
     source::SourceKind,
@@ -370,25 +370,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             result?;
             Ok(())
         }
-        Command::Sync => {
-            let (s, credential) = load_for(&cli.config, Needs::ALL, Target::Stderr)?;
-            telemetry::init(s.log.format, sync_log_level(&s), Target::Stderr);
-            // Beside a running `run` on SQLite, a second writer is refused as a second `run` is.
-            let _sqlite_lock = lock_sqlite(&s)?;
-            let app = App::build_with(s, credential, clock::system()).await?;
-            // Requested changes first, so this sync brings them back.
-            app.apply_actions().await;
-            let outcomes = app.sync_once().await;
-            close_store(&app.store).await;
-            print!("{}", report::render_outcomes(&outcomes));
-            match outcomes.iter().filter(|o| o.outcome != Outcome::Ok).count() {
-                0 => Ok(()),
-                failed => Err(Failure::Tenants(format!(
-                    "{failed} of {} tenant(s) did not sync",
-                    outcomes.len()
-                ))),
-            }
-        }
+        Command::Sync => sync::sync(&cli.config).await,
         Command::Check => {
             let (s, credential) = load_for(&cli.config, Needs::ALL, Target::Stderr)?;
             telemetry::init(s.log.format, "warn", Target::Stderr);
