@@ -1,5 +1,6 @@
 //! The HTTP face of the simulator: the accept loop, routing, the request log and the MDE error
-//! envelope. The endpoints themselves live in `token`, `mde_alerts` and `graph_alerts`, and
+//! envelope. The endpoints themselves live in `token`, `mde_alerts`, `graph_alerts`,
+//! `graph_incidents` and `writes`, and
 //! `faults` may replace their answer. Handlers compute the whole answer under the state lock and
 //! never await while holding it.
 
@@ -141,6 +142,30 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Option<Response<Full
                 sim.graph_alerts(auth.as_deref(), query.as_deref(), &base),
                 at,
             );
+            if let Some((clock, by)) = &sim.cfg.advance_per_request {
+                clock.advance(*by);
+            }
+            answer
+        }
+        (&Method::GET, ["", "v1.0" | "beta", "security", api])
+            if api.eq_ignore_ascii_case("incidents") =>
+        {
+            if !sim.cfg.latency.is_zero() {
+                tokio::time::sleep(sim.cfg.latency).await;
+            }
+            let auth = authorization(&req);
+            let prefer = req
+                .headers()
+                .get_all("prefer")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| {
+                    v.to_ascii_lowercase()
+                        .contains("include-unknown-enum-members")
+                });
+            let base = format!("http://{}{path}", host.as_deref().unwrap_or("127.0.0.1"));
+            let answer = sim.graph_incidents(auth.as_deref(), query.as_deref(), &base, prefer);
+            let answer = sim.inject(answer, at);
             if let Some((clock, by)) = &sim.cfg.advance_per_request {
                 clock.advance(*by);
             }

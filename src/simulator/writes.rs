@@ -242,6 +242,8 @@ impl Simulator {
         );
         let written = Value::Object(alert.clone());
         st.insert_raw(&tenant, written.clone(), at, now);
+        let (rng, ts) = st.tenant(&tenant);
+        ts.settle_incidents(rng, self.cfg.max_lag, None);
         if comment {
             let comments = super::graph::to_graph(&written.to_string())
                 .and_then(|g| serde_json::from_str::<Value>(&g).ok())
