@@ -190,7 +190,8 @@ impl IncidentModel {
             if let Some(d) = &facts.determination {
                 self.determination = determination(d);
             }
-        } else if self.status == "resolved" {
+        } else if self.status == "resolved" && facts.status != "Resolved" {
+            // new activity on one of its alerts reopens it
             self.status = "active";
             self.classification = "unknown".to_owned();
             self.determination = "unknown".to_owned();

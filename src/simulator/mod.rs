@@ -35,6 +35,7 @@ mod graph_alerts;
 mod graph_incidents;
 mod http;
 mod incident_model;
+mod incident_writes;
 mod incidents;
 mod mde_alerts;
 mod odata;

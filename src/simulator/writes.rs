@@ -39,14 +39,14 @@ const MDE_DETERMINATION: &[&str] = &[
     "InsufficientData",
 ];
 const GRAPH_STATUS: &[&str] = &["new", "inProgress", "resolved"];
-const GRAPH_CLASSIFICATION: &[&str] = &[
+pub(super) const GRAPH_CLASSIFICATION: &[&str] = &[
     "unknown",
     "falsePositive",
     "truePositive",
     "informationalExpectedActivity",
 ];
 /// `alertDetermination` as the alert resource documents it (not the incident page's names).
-const GRAPH_DETERMINATION: &[&str] = &[
+pub(super) const GRAPH_DETERMINATION: &[&str] = &[
     "unknown",
     "apt",
     "malware",

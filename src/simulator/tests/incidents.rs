@@ -38,21 +38,21 @@ fn graph_page(body: &str) -> GraphPage {
     }
 }
 
-fn json(text: &str) -> serde_json::Value {
+pub(super) fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap()
 }
 
-fn graph_time(text: &str) -> Timestamp {
+pub(super) fn graph_time(text: &str) -> Timestamp {
     Timestamp::parse(json(text)["lastUpdateDateTime"].as_str().unwrap()).unwrap()
 }
 
 impl Fixture {
-    async fn graph_token(&self, tenant: &str) -> String {
+    pub(super) async fn graph_token(&self, tenant: &str) -> String {
         self.token_with_scope(tenant, GRAPH).await
     }
 
     /// GET `url` (a path and query, or a next link) with the Graph client's `Prefer` if asked.
-    async fn graph_get(&self, token: &str, url: &str, prefer: bool) -> (u16, String) {
+    pub(super) async fn graph_get(&self, token: &str, url: &str, prefer: bool) -> (u16, String) {
         let url = if url.starts_with("http") {
             url.to_owned()
         } else {
@@ -67,7 +67,7 @@ impl Fixture {
     }
 
     /// Every incident matching `query`, following next links; asserts each page is 200.
-    async fn all_incidents(&self, token: &str, query: &str) -> Vec<(String, String)> {
+    pub(super) async fn all_incidents(&self, token: &str, query: &str) -> Vec<(String, String)> {
         let mut url = format!("/v1.0/security/incidents{query}");
         let mut out = Vec::new();
         loop {
