@@ -29,6 +29,12 @@ impl Simulator {
         let Some(tenant) = a.tenant.clone() else {
             return a;
         };
+        // an injected answer is logged as the incidents endpoint's own; anything else as alerts
+        let endpoint = if a.endpoint == Endpoint::Incidents {
+            Endpoint::Incidents
+        } else {
+            Endpoint::Alerts
+        };
         if let Some((limit, window)) = f.limit {
             let calls = st.calls.entry(key(&tenant)).or_default();
             let window_ticks = window.whole_nanoseconds() as i64 / 100;
@@ -45,6 +51,7 @@ impl Simulator {
                     ((oldest.ticks() + window_ticks - at.ticks()) / 10_000_000 + 1).max(1) as u64;
                 drop(st);
                 return throttled(
+                    endpoint,
                     tenant,
                     wait,
                     &format!(
@@ -67,6 +74,7 @@ impl Simulator {
             drop(st);
             let wait = f.retry_after_secs.max(1);
             return throttled(
+                endpoint,
                 tenant,
                 wait,
                 &format!(
@@ -83,7 +91,7 @@ impl Simulator {
             } else {
                 (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError")
             };
-            let mut e = mde_error(Endpoint::Alerts, status, code, "");
+            let mut e = mde_error(endpoint, status, code, "");
             e.tenant = Some(tenant);
             if unavailable {
                 e.retry_after = Some(1);
@@ -104,13 +112,8 @@ impl Simulator {
 }
 
 /// A 429 the way the real API sends one: the status, `Retry-After`, and `code` "429".
-fn throttled(tenant: String, wait: u64, message: &str) -> Answer {
-    let mut a = mde_error(
-        Endpoint::Alerts,
-        StatusCode::TOO_MANY_REQUESTS,
-        "429",
-        message,
-    );
+fn throttled(endpoint: Endpoint, tenant: String, wait: u64, message: &str) -> Answer {
+    let mut a = mde_error(endpoint, StatusCode::TOO_MANY_REQUESTS, "429", message);
     a.tenant = Some(tenant);
     a.retry_after = Some(wait);
     a

@@ -8,6 +8,7 @@ mod catalog;
 use fastrand::Rng;
 use serde::Serialize;
 
+use super::incident_model::AlertFacts;
 use crate::timestamp::Timestamp;
 use catalog::{
     BINARIES, CLASSIFICATIONS, CLOSED_STATES, COMMENTS, Kind, OPEN_STATES, PARENTS, SEVERITIES,
@@ -161,6 +162,29 @@ pub(crate) struct Rendered {
 }
 
 impl AlertModel {
+    /// What this version tells its incident.
+    pub fn facts(&self) -> AlertFacts {
+        let a = &self.alert;
+        AlertFacts {
+            incident: a.incident_id.to_string(),
+            status: a.status.to_owned(),
+            severity: a.severity.to_owned(),
+            assigned_to: a.assigned_to.clone(),
+            classification: a.classification.map(str::to_owned),
+            determination: a.determination.map(str::to_owned),
+            title: a.title.clone(),
+            created: Timestamp::parse(&a.alert_creation_time)
+                .ok()
+                .map(|t| (t, a.alert_creation_time.clone())),
+        }
+    }
+
+    /// Moves the alert to incident `id` as of `last_update`.
+    pub fn move_to(&mut self, id: u64, last_update: &str) {
+        self.alert.incident_id = id;
+        self.alert.last_update_time = last_update.to_owned();
+    }
+
     pub fn render(&self) -> Rendered {
         let head = serde_json::to_string(&self.alert).expect("alert serialises");
         let evidence = serde_json::to_string(&self.evidence).expect("evidence serialises");
@@ -266,6 +290,19 @@ impl World {
         }
     }
 
+    /// A new incident number, after every one handed out so far.
+    pub fn fresh_incident(&mut self, rng: &mut Rng) -> u64 {
+        self.next_incident += rng.u64(1..5);
+        self.next_incident
+    }
+
+    /// New alerts stop joining incident `id` (it was merged into another).
+    pub fn retire_incident(&mut self, id: &str) {
+        if id.parse::<u64>().ok() == Some(self.next_incident) {
+            self.next_incident += 1;
+        }
+    }
+
     fn incident(&mut self, rng: &mut Rng) -> u64 {
         // related alerts share an incident, so only sometimes open a new one
         if rng.u8(0..3) != 0 {
@@ -274,7 +311,7 @@ impl World {
         self.next_incident
     }
 
-    fn analyst(&self, rng: &mut Rng) -> String {
+    pub fn analyst(&self, rng: &mut Rng) -> String {
         self.analysts[rng.usize(0..self.analysts.len())].clone()
     }
 }

@@ -57,7 +57,7 @@ pub(crate) fn parse_graph_query(raw: Option<&str>) -> Result<GraphQuery, String>
 }
 
 /// `InProgress` -> `inProgress`.
-fn camel(s: &str) -> String {
+pub(crate) fn camel(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
         Some(f) => f.to_lowercase().chain(c).collect(),
@@ -80,7 +80,7 @@ fn severity(s: &str) -> String {
     }
 }
 
-fn determination(s: &str) -> String {
+pub(crate) fn determination(s: &str) -> String {
     match s {
         "CompromisedUser" => "compromisedAccount".into(),
         "Clean" => "notMalicious".into(),

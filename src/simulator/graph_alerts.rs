@@ -5,13 +5,20 @@
 use hyper::StatusCode;
 
 use super::http::Answer;
-use super::{Endpoint, Simulator, key};
+use super::{Endpoint, Simulator, State, TokenInfo, key};
+use crate::timestamp::Timestamp;
 
 /// Graph's documented `$skip` limit on the security API: a larger one is answered 400.
 pub(crate) const GRAPH_MAX_SKIP: usize = 500;
 
 /// A Graph error body: `{"error":{"code","message","innerError":{"date","request-id"}}}`.
-fn graph_error(status: StatusCode, code: &str, message: &str, tenant: Option<String>) -> Answer {
+pub(super) fn graph_error(
+    endpoint: Endpoint,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    tenant: Option<String>,
+) -> Answer {
     let body = serde_json::json!({
         "error": {
             "code": code,
@@ -22,8 +29,53 @@ fn graph_error(status: StatusCode, code: &str, message: &str, tenant: Option<Str
             }
         }
     });
-    let mut a = Answer::new(Endpoint::Alerts, status, body.to_string());
+    let mut a = Answer::new(endpoint, status, body.to_string());
     a.tenant = tenant;
+    a
+}
+
+/// The `@odata.nextLink` of a page: the request's own query with `$skip` = `skip`.
+pub(super) fn next_link(base: &str, query: Option<&str>, skip: usize) -> String {
+    let mut next = url::Url::parse(base).expect("simulator base url");
+    {
+        let mut pairs = next.query_pairs_mut();
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            if k != "$skip" {
+                pairs.append_pair(&k, &v);
+            }
+        }
+        pairs.append_pair("$skip", &skip.to_string());
+    }
+    next.into()
+}
+
+/// A Graph collection page of `items` (JSON texts), with its next link if there is one.
+pub(super) fn page_body(context: &str, items: &[String], next: Option<String>) -> String {
+    let mut body = String::with_capacity(64 * 1024);
+    body.push_str("{\"@odata.context\":");
+    body.push_str(&serde_json::to_string(context).expect("string serialises"));
+    body.push_str(",\"value\":[");
+    body.push_str(&items.join(","));
+    body.push(']');
+    if let Some(next) = next {
+        body.push_str(",\"@odata.nextLink\":");
+        body.push_str(&serde_json::to_string(&next).expect("string serialises"));
+    }
+    body.push('}');
+    body
+}
+
+/// A Graph page answer for `tenant` holding `count` items.
+pub(super) fn page_answer(
+    endpoint: Endpoint,
+    body: String,
+    tenant: String,
+    count: usize,
+) -> Answer {
+    let mut a = Answer::new(endpoint, StatusCode::OK, body);
+    a.content_type = "application/json; odata.metadata=minimal; odata.streaming=true; IEEE754Compatible=false; charset=utf-8";
+    a.tenant = Some(tenant);
+    a.alerts = count;
     a
 }
 
@@ -41,45 +93,10 @@ impl Simulator {
         use super::graph::{parse_graph_query, to_graph};
         let now = self.now();
         let mut st = self.lock();
-        let info = st.bearer(auth);
-        let unauthorized = |tenant: Option<String>, msg: &str| {
-            let mut a = graph_error(
-                StatusCode::UNAUTHORIZED,
-                "InvalidAuthenticationToken",
-                msg,
-                tenant,
-            );
-            a.www_authenticate = true;
-            a
+        let info = match self.graph_reader(&st, auth, now, Endpoint::Alerts) {
+            Ok(info) => info,
+            Err(a) => return a,
         };
-        let Some(info) = info else {
-            return unauthorized(None, "Access token is empty or invalid.");
-        };
-        if info.exp <= now {
-            return unauthorized(
-                Some(info.tenant),
-                "Lifetime validation failed, the token is expired.",
-            );
-        }
-        if !info.graph {
-            return unauthorized(Some(info.tenant), "Invalid audience.");
-        }
-        if !info.has_role {
-            return graph_error(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                "Missing application roles. API required roles: SecurityAlert.Read.All, SecurityAlert.ReadWrite.All. Application roles: .",
-                Some(info.tenant),
-            );
-        }
-        if !info.licensed {
-            return graph_error(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                "The tenant is not onboarded to Microsoft Defender XDR.",
-                Some(info.tenant),
-            );
-        }
         let q = match parse_graph_query(query) {
             Ok(mut q) => {
                 q.top = q.top.min(self.cfg.graph_max_top.max(1));
@@ -87,6 +104,7 @@ impl Simulator {
             }
             Err(msg) => {
                 return graph_error(
+                    Endpoint::Alerts,
                     StatusCode::BAD_REQUEST,
                     "BadRequest",
                     &msg,
@@ -97,6 +115,7 @@ impl Simulator {
         // graph-alerts-v2.md §4.4: "If you need to use $skip, it has a limit of 500 alerts"
         if q.skip > GRAPH_MAX_SKIP {
             return graph_error(
+                Endpoint::Alerts,
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
                 &format!("The $skip query parameter has a limit of {GRAPH_MAX_SKIP}."),
@@ -154,31 +173,76 @@ impl Simulator {
             items.truncate(short_len);
             more = true;
         }
-        let mut body = String::with_capacity(64 * 1024);
-        body.push_str(
-            "{\"@odata.context\":\"https://graph.microsoft.com/v1.0/$metadata#security/alerts_v2\",\"value\":[",
+        let next = more.then(|| next_link(base, query, q.skip + items.len()));
+        let body = page_body(
+            "https://graph.microsoft.com/v1.0/$metadata#security/alerts_v2",
+            &items,
+            next,
         );
-        body.push_str(&items.join(","));
-        body.push(']');
-        if more {
-            let mut next = url::Url::parse(base).expect("simulator base url");
-            {
-                let mut pairs = next.query_pairs_mut();
-                for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-                    if k != "$skip" {
-                        pairs.append_pair(&k, &v);
-                    }
-                }
-                pairs.append_pair("$skip", &(q.skip + items.len()).to_string());
-            }
-            body.push_str(",\"@odata.nextLink\":");
-            body.push_str(&serde_json::to_string(next.as_str()).expect("string serialises"));
+        let n = items.len();
+        page_answer(Endpoint::Alerts, body, info.tenant, n)
+    }
+
+    /// Graph's checks of a bearer token reading `endpoint` (alerts or incidents): the token's
+    /// tenant, or Graph's 401 or 403. Incidents need `SecurityIncident.Read.All`.
+    pub(super) fn graph_reader(
+        &self,
+        st: &State,
+        auth: Option<&str>,
+        now: Timestamp,
+        endpoint: Endpoint,
+    ) -> Result<TokenInfo, Answer> {
+        let unauthorized = |tenant: Option<String>, msg: &str| {
+            let mut a = graph_error(
+                endpoint,
+                StatusCode::UNAUTHORIZED,
+                "InvalidAuthenticationToken",
+                msg,
+                tenant,
+            );
+            a.www_authenticate = true;
+            a
+        };
+        let Some(info) = st.bearer(auth) else {
+            return Err(unauthorized(None, "Access token is empty or invalid."));
+        };
+        if info.exp <= now {
+            return Err(unauthorized(
+                Some(info.tenant),
+                "Lifetime validation failed, the token is expired.",
+            ));
         }
-        body.push('}');
-        let mut a = Answer::new(Endpoint::Alerts, StatusCode::OK, body);
-        a.content_type = "application/json; odata.metadata=minimal; odata.streaming=true; IEEE754Compatible=false; charset=utf-8";
-        a.tenant = Some(info.tenant);
-        a.alerts = items.len();
-        a
+        if !info.graph {
+            return Err(unauthorized(Some(info.tenant), "Invalid audience."));
+        }
+        let forbidden = |msg: &str| {
+            let tenant = Some(info.tenant.clone());
+            Err(graph_error(
+                endpoint,
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                msg,
+                tenant,
+            ))
+        };
+        if endpoint == Endpoint::Incidents && !info.incident_role {
+            let granted = if info.has_role {
+                "SecurityAlert.Read.All"
+            } else {
+                ""
+            };
+            return forbidden(&format!(
+                "Missing application roles. API required roles: SecurityIncident.Read.All, SecurityIncident.ReadWrite.All. Application roles: {granted}."
+            ));
+        }
+        if !info.has_role {
+            return forbidden(
+                "Missing application roles. API required roles: SecurityAlert.Read.All, SecurityAlert.ReadWrite.All. Application roles: .",
+            );
+        }
+        if !info.licensed {
+            return forbidden("The tenant is not onboarded to Microsoft Defender XDR.");
+        }
+        Ok(info)
     }
 }

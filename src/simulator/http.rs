@@ -1,5 +1,6 @@
 //! The HTTP face of the simulator: the accept loop, routing, the request log and the MDE error
-//! envelope. The endpoints themselves live in `token`, `mde_alerts` and `graph_alerts`, and
+//! envelope. The endpoints themselves live in `token`, `mde_alerts`, `graph_alerts`,
+//! `graph_incidents` and `writes`, and
 //! `faults` may replace their answer. Handlers compute the whole answer under the state lock and
 //! never await while holding it.
 
@@ -146,6 +147,22 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Option<Response<Full
             }
             answer
         }
+        (&Method::GET, ["", "v1.0" | "beta", "security", api])
+            if api.eq_ignore_ascii_case("incidents") =>
+        {
+            if !sim.cfg.latency.is_zero() {
+                tokio::time::sleep(sim.cfg.latency).await;
+            }
+            let auth = authorization(&req);
+            let prefer = prefers_unknown(&req);
+            let base = format!("http://{}{path}", host.as_deref().unwrap_or("127.0.0.1"));
+            let answer = sim.graph_incidents(auth.as_deref(), query.as_deref(), &base, prefer);
+            let answer = sim.inject(answer, at);
+            if let Some((clock, by)) = &sim.cfg.advance_per_request {
+                clock.advance(*by);
+            }
+            answer
+        }
         (&Method::GET, ["", api, "alerts", id]) if api.eq_ignore_ascii_case("api") => {
             let auth = authorization(&req);
             sim.inject(sim.get_alert(auth.as_deref(), id, false), at)
@@ -198,6 +215,31 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Option<Response<Full
                 }
                 sim.inject(applied, at)
             }
+        }
+        (&Method::PATCH, ["", "v1.0" | "beta", "security", api, id])
+            if api.eq_ignore_ascii_case("incidents") =>
+        {
+            let (id, prefer) = ((*id).to_owned(), prefers_unknown(&req));
+            let auth = authorization(&req);
+            let body = body_of(req).await;
+            let applied = sim.incident_write(auth.as_deref(), &id, &body, false, prefer);
+            // applied already: a client killed now has written without hearing so
+            if !sim.cfg.latency.is_zero() {
+                tokio::time::sleep(sim.cfg.latency).await;
+            }
+            sim.inject(applied, at)
+        }
+        (&Method::POST, ["", "v1.0" | "beta", "security", api, id, "comments"])
+            if api.eq_ignore_ascii_case("incidents") =>
+        {
+            let (id, prefer) = ((*id).to_owned(), prefers_unknown(&req));
+            let auth = authorization(&req);
+            let body = body_of(req).await;
+            let applied = sim.incident_write(auth.as_deref(), &id, &body, true, prefer);
+            if !sim.cfg.latency.is_zero() {
+                tokio::time::sleep(sim.cfg.latency).await;
+            }
+            sim.inject(applied, at)
         }
         (&Method::GET, ["", "_sim", "truth", tenant]) => {
             if sim.lock().tenants.contains_key(&key(tenant)) {
@@ -264,6 +306,18 @@ fn authorization(req: &Request<Incoming>) -> Option<String> {
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+/// Whether the request sent Graph's `Prefer: include-unknown-enum-members`.
+fn prefers_unknown(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.to_ascii_lowercase()
+                .contains("include-unknown-enum-members")
+        })
 }
 
 /// A request's body (empty if it broke off: the endpoint then refuses it as malformed).

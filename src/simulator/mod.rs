@@ -19,7 +19,8 @@
 //! [`SimServer`]); `state` the data behind the mutex; `http` the accept loop and routing; `token`
 //! the Entra token endpoint; `mde_alerts` and `graph_alerts` the two alerts endpoints; `faults`
 //! the injected failures and the call limit; `generate` the alert bodies, `graph` their Graph
-//! form and `odata` the query slice both APIs accept.
+//! form and `odata` the query slice both APIs accept; `incident_model`, `incidents` and
+//! `graph_incidents` the Graph incidents that group the alerts, and their endpoint.
 //!
 //! It sits in the top layer and imports two modules of lower layers beyond the leaves, each for
 //! one thing only: `auth`, because verifying a client assertion is cryptography and all of the
@@ -31,7 +32,11 @@ mod faults;
 mod generate;
 mod graph;
 mod graph_alerts;
+mod graph_incidents;
 mod http;
+mod incident_model;
+mod incident_writes;
+mod incidents;
 mod mde_alerts;
 mod odata;
 mod state;
@@ -74,6 +79,10 @@ pub enum TenantKind {
     /// The token endpoint refuses the app's secret for this tenant only (AADSTS7000215), as if the
     /// secret were wrong: a credential fault as mde-sync sees it.
     BadSecret,
+    /// Like `Good`, but `SecurityIncident.Read.All` was never consented (a permission added after
+    /// the consent): Graph tokens carry the alert roles only, so `alerts_v2` answers and
+    /// `security/incidents` answers 403.
+    NoIncidentRole,
 }
 
 /// Transient faults the simulator injects, each at its own rate (0.0 to 1.0), and the API's own
@@ -190,8 +199,12 @@ pub struct SimConfig {
     /// Graph's `$top` clamp: a larger `$top` is served as this many (with a nextLink).
     pub graph_max_top: usize,
     /// Tenants whose administrator also consented to the write permissions
-    /// (`Alert.ReadWrite.All`, `SecurityAlert.ReadWrite.All`): only their tokens may write.
+    /// (`Alert.ReadWrite.All`, `SecurityAlert.ReadWrite.All`, and `SecurityIncident.ReadWrite.All`
+    /// where the incident role is granted): only their tokens may write.
     pub write_tenants: Vec<String>,
+    /// `security/incidents?$expand=alerts` works on a tenant with at most this many incidents
+    /// and answers a persistent 500 above it, as reported on large tenants (graph-incidents.md).
+    pub incidents_expand_limit: usize,
 }
 
 impl SimConfig {
@@ -227,6 +240,7 @@ impl SimConfig {
             latency: std::time::Duration::ZERO,
             graph_max_top: graph::GRAPH_MAX_TOP,
             write_tenants: Vec::new(),
+            incidents_expand_limit: 100,
         }
     }
 }
@@ -279,11 +293,7 @@ impl Simulator {
             let mut rng =
                 Rng::with_seed(cfg.seed ^ (n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let world = World::new(&mut rng, &t.id, &t.name);
-            let mut ts = TenantState {
-                cfg: t.clone(),
-                world,
-                alerts: BTreeMap::new(),
-            };
+            let mut ts = TenantState::new(t.clone(), world);
             for _ in 0..t.alerts {
                 let at = start.plus_ticks(-rng.i64(0..=span));
                 let lu = generate::stamp(&mut rng, at);
@@ -300,6 +310,7 @@ impl Simulator {
                 let visible_at = lu.0.plus_ticks(lag_ticks(&mut rng, cfg.max_lag)).min(start);
                 ts.store_model(model, lu.0, visible_at);
             }
+            ts.settle_incidents(&mut rng, cfg.max_lag, Some(start));
             tenants.insert(key(&t.id), ts);
         }
         Arc::new(Simulator {
@@ -343,7 +354,12 @@ impl Simulator {
         let now = self.now();
         let max_lag = self.cfg.max_lag;
         let mut st = self.lock();
-        (0..n).map(|_| st.add_alert(tenant, now, max_lag)).collect()
+        let ids = (0..n)
+            .map(|_| st.add_alert(tenant, now, max_lag, false))
+            .collect();
+        let (rng, ts) = st.tenant(tenant);
+        ts.settle_incidents(rng, max_lag, None);
+        ids
     }
 
     /// Resolves `n` alerts (creating more if the tenant has fewer) with one shared
@@ -358,7 +374,11 @@ impl Simulator {
     /// synthetic key when it has none), visible immediately and filtered by `last_update`.
     pub fn insert_raw(&self, tenant: &str, alert: serde_json::Value, last_update: Timestamp) {
         let now = self.now();
-        self.lock().insert_raw(tenant, alert, last_update, now);
+        let mut st = self.lock();
+        st.insert_raw(tenant, alert, last_update, now);
+        // like the alert, its incident's version is already indexed
+        let (rng, ts) = st.tenant(tenant);
+        ts.settle_incidents(rng, self.cfg.max_lag, Some(now));
     }
 
     /// Alert id -> the JSON text of its newest version, ignoring visibility, exactly as

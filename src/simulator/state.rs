@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use fastrand::Rng;
 
 use super::generate::{self, AlertModel, Start, World};
+use super::incident_model::{AlertFacts, IncidentModel, facts_from_json};
 use super::{RequestRecord, SimTenant};
 use crate::timestamp::Timestamp;
 
@@ -14,6 +15,7 @@ use crate::timestamp::Timestamp;
 pub(super) enum Endpoint {
     Token,
     Alerts,
+    Incidents,
     Other,
 }
 
@@ -24,6 +26,8 @@ pub(super) enum Plain {
     Span(usize, usize),
     /// A separately rendered text (raw inserts).
     Text(String),
+    /// Nothing to leave out: the plain form is the full text (incidents).
+    Same,
 }
 
 #[derive(Debug)]
@@ -47,10 +51,12 @@ impl Version {
                 out.push_str(&self.full[*end..]);
             }
             (Plain::Text(text), false) => out.push_str(text),
+            (Plain::Same, false) => out.push_str(&self.full),
         }
     }
 }
 
+/// The versions of one alert, or of one incident (whose records have no `model`).
 #[derive(Debug, Default)]
 pub(super) struct AlertRecord {
     /// Sorted by `last_update`; equal instants keep insertion order.
@@ -61,11 +67,11 @@ pub(super) struct AlertRecord {
 }
 
 impl AlertRecord {
-    fn newest(&self) -> Option<Timestamp> {
+    pub(super) fn newest(&self) -> Option<Timestamp> {
         self.versions.last().map(|v| v.last_update)
     }
 
-    fn insert(&mut self, v: Version) {
+    pub(super) fn insert(&mut self, v: Version) {
         let at = self
             .versions
             .partition_point(|x| x.last_update <= v.last_update);
@@ -89,6 +95,15 @@ pub(super) struct TenantState {
     pub(super) world: World,
     /// Keyed by (order hash, id): iteration order is the stable arbitrary order the API serves.
     pub(super) alerts: BTreeMap<(u64, String), AlertRecord>,
+    /// The Graph incidents, keyed and served like the alerts (`super::incidents`).
+    pub(super) incidents: BTreeMap<(u64, String), AlertRecord>,
+    /// The state behind each incident's newest version, by incident id.
+    pub(super) incident_models: BTreeMap<String, IncidentModel>,
+    /// Alert id -> the incident its newest version names.
+    pub(super) alert_home: HashMap<String, String>,
+    /// Alert versions stored since their incidents last took them in: (alert id, what the
+    /// version says, its `lastUpdateTime`).
+    pub(super) pending: Vec<(String, AlertFacts, Timestamp)>,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +113,8 @@ pub(super) struct TokenInfo {
     pub(super) has_role: bool,
     /// The write permission (`Alert.ReadWrite.All` / `SecurityAlert.ReadWrite.All`) too.
     pub(super) write: bool,
+    /// Graph only: `SecurityIncident.Read.All`, and with `write` `SecurityIncident.ReadWrite.All`.
+    pub(super) incident_role: bool,
     /// Issued for Microsoft Graph (any other audience is the MDE API).
     pub(super) graph: bool,
     /// Defender is provisioned and licensed in the tenant.
@@ -144,30 +161,53 @@ pub(super) fn key(tenant: &str) -> String {
     tenant.to_ascii_lowercase()
 }
 
+/// The keys of the records whose version shown at `now` passes `keep`, in the order `order`
+/// serves them.
+pub(super) fn matching_in(
+    records: &mut BTreeMap<(u64, String), AlertRecord>,
+    now: Timestamp,
+    order: super::ServedOrder,
+    rng: &mut Rng,
+    mut keep: impl FnMut(&Version) -> bool,
+) -> Vec<(u64, String)> {
+    let mut keys: Vec<((u64, String), Timestamp)> = Vec::new();
+    for (k, rec) in records.iter_mut() {
+        if let Some(v) = rec.shown(now)
+            && keep(v)
+        {
+            keys.push((k.clone(), v.last_update));
+        }
+    }
+    match order {
+        super::ServedOrder::Stable => {}
+        super::ServedOrder::Shuffled => rng.shuffle(&mut keys),
+        super::ServedOrder::NewestFirst => keys.sort_by_key(|k| std::cmp::Reverse(k.1)),
+    }
+    keys.into_iter().map(|(k, _)| k).collect()
+}
+
 impl TenantState {
-    /// The keys of the alerts whose version shown at `now` passes `keep`, in the order `order`
-    /// serves them.
+    pub(super) fn new(cfg: SimTenant, world: World) -> Self {
+        Self {
+            cfg,
+            world,
+            alerts: BTreeMap::new(),
+            incidents: BTreeMap::new(),
+            incident_models: BTreeMap::new(),
+            alert_home: HashMap::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// The keys of the alerts whose version shown at `now` passes `keep`, in served order.
     pub(super) fn matching(
         &mut self,
         now: Timestamp,
         order: super::ServedOrder,
         rng: &mut Rng,
-        mut keep: impl FnMut(&Version) -> bool,
+        keep: impl FnMut(&Version) -> bool,
     ) -> Vec<(u64, String)> {
-        let mut keys: Vec<((u64, String), Timestamp)> = Vec::new();
-        for (k, rec) in self.alerts.iter_mut() {
-            if let Some(v) = rec.shown(now)
-                && keep(v)
-            {
-                keys.push((k.clone(), v.last_update));
-            }
-        }
-        match order {
-            super::ServedOrder::Stable => {}
-            super::ServedOrder::Shuffled => rng.shuffle(&mut keys),
-            super::ServedOrder::NewestFirst => keys.sort_by_key(|k| std::cmp::Reverse(k.1)),
-        }
-        keys.into_iter().map(|(k, _)| k).collect()
+        matching_in(&mut self.alerts, now, order, rng, keep)
     }
 
     pub(super) fn store_model(
@@ -178,6 +218,7 @@ impl TenantState {
     ) {
         let rendered = model.render();
         let id = model.alert.id.clone();
+        self.pending.push((id.clone(), model.facts(), last_update));
         let rec = self
             .alerts
             .entry((order_hash(&key(&self.cfg.id), &id), id))
@@ -221,7 +262,7 @@ impl State {
         self.tokens.get(token.trim()).cloned()
     }
 
-    fn tenant(&mut self, tenant: &str) -> (&mut Rng, &mut TenantState) {
+    pub(super) fn tenant(&mut self, tenant: &str) -> (&mut Rng, &mut TenantState) {
         let ts = self
             .tenants
             .get_mut(&key(tenant))
@@ -229,17 +270,22 @@ impl State {
         (&mut self.rng, ts)
     }
 
+    /// Creates an alert at `now`, in an incident of its own if `fresh_incident`.
     pub(super) fn add_alert(
         &mut self,
         tenant: &str,
         now: Timestamp,
         max_lag: time::Duration,
+        fresh_incident: bool,
     ) -> String {
         let (rng, ts) = self.tenant(tenant);
         loop {
             let lu = generate::next_last_update(rng, now, None);
             let created = now.plus_ticks(-rng.i64(20_000_000..1_200_000_000));
-            let model = generate::new_alert(rng, &mut ts.world, created, &lu, Start::New);
+            let mut model = generate::new_alert(rng, &mut ts.world, created, &lu, Start::New);
+            if fresh_incident {
+                model.move_to(ts.world.fresh_incident(rng), &lu.1);
+            }
             let id = model.alert.id.clone();
             if ts
                 .alerts
@@ -274,8 +320,10 @@ impl State {
         }
         // new alerts keep arriving while clients page, too
         if rng.u8(0..5) == 0 {
-            self.add_alert(tenant, now, max_lag);
+            self.add_alert(tenant, now, max_lag, false);
         }
+        let (rng, ts) = self.tenant(tenant);
+        ts.settle_incidents(rng, max_lag, None);
     }
 
     pub(super) fn bulk_update(
@@ -289,7 +337,7 @@ impl State {
         let mut keys = ts.pick_changeable(rng, n);
         let missing = n - keys.len();
         for _ in 0..missing {
-            let id = self.add_alert(tenant, now, max_lag);
+            let id = self.add_alert(tenant, now, max_lag, false);
             keys.push((order_hash(&key(tenant), &id), id));
         }
         let (rng, ts) = self.tenant(tenant);
@@ -310,6 +358,7 @@ impl State {
             let visible_at = at.plus_ticks(lag_ticks(rng, max_lag));
             ts.store_model(model, at, visible_at);
         }
+        ts.settle_incidents(rng, max_lag, None);
         at
     }
 
@@ -331,6 +380,7 @@ impl State {
             .get("alertCreationTime")
             .and_then(|v| v.as_str())
             .and_then(|t| Timestamp::parse(t).ok());
+        let facts = alert.as_object().and_then(facts_from_json);
         let full = serde_json::to_string(&alert).expect("json value serialises");
         let plain = match alert {
             serde_json::Value::Object(mut map) if map.contains_key("evidence") => {
@@ -342,7 +392,7 @@ impl State {
         let (_, ts) = self.tenant(tenant);
         let rec = ts
             .alerts
-            .entry((order_hash(&key(&ts.cfg.id), &id), id))
+            .entry((order_hash(&key(&ts.cfg.id), &id), id.clone()))
             .or_default();
         rec.insert(Version {
             last_update,
@@ -354,6 +404,10 @@ impl State {
         });
         if rec.newest() == Some(last_update) {
             rec.model = None;
+            // only the alert's newest version says which incident it is in
+            if let Some(facts) = facts {
+                ts.pending.push((id, facts, last_update));
+            }
         }
     }
 }

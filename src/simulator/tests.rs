@@ -12,6 +12,8 @@ use crate::clock::Clock;
 
 mod alerts;
 mod assertions;
+mod incident_writes;
+mod incidents;
 mod tokens;
 mod writes;
 

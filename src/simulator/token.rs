@@ -17,6 +17,26 @@ const ROLE: &str = "Alert.Read.All";
 const GRAPH_ROLE: &str = "SecurityAlert.Read.All";
 const WRITE_ROLE: &str = "Alert.ReadWrite.All";
 const GRAPH_WRITE_ROLE: &str = "SecurityAlert.ReadWrite.All";
+const INCIDENT_ROLE: &str = "SecurityIncident.Read.All";
+const INCIDENT_WRITE_ROLE: &str = "SecurityIncident.ReadWrite.All";
+
+/// The application roles a token carries: the alert roles of its API, and on Graph the incident
+/// roles where they were consented.
+fn roles(graph: bool, write: bool, incident_role: bool) -> Vec<&'static str> {
+    let mut roles = match (graph, write) {
+        (false, false) => vec![ROLE],
+        (false, true) => vec![ROLE, WRITE_ROLE],
+        (true, false) => vec![GRAPH_ROLE],
+        (true, true) => vec![GRAPH_ROLE, GRAPH_WRITE_ROLE],
+    };
+    if graph && incident_role {
+        roles.push(INCIDENT_ROLE);
+        if write {
+            roles.push(INCIDENT_WRITE_ROLE);
+        }
+    }
+    roles
+}
 
 /// The Entra error body, keys in the order Entra writes them.
 #[derive(Serialize)]
@@ -396,6 +416,7 @@ impl Simulator {
                 .write_tenants
                 .iter()
                 .any(|t| t.eq_ignore_ascii_case(tenant));
+        let incident_role = has_role && kind != TenantKind::NoIncidentRole;
         let lifetime = self.cfg.token_lifetime.whole_seconds();
         let iat = now_dt.unix_timestamp();
         let exp = iat + lifetime;
@@ -416,12 +437,7 @@ impl Simulator {
             idp: format!("https://sts.windows.net/{tenant}/"),
             idtyp: "app",
             oid: &sp,
-            roles: has_role.then(|| match (graph, write) {
-                (false, false) => vec![ROLE],
-                (false, true) => vec![ROLE, WRITE_ROLE],
-                (true, false) => vec![GRAPH_ROLE],
-                (true, true) => vec![GRAPH_ROLE, GRAPH_WRITE_ROLE],
-            }),
+            roles: has_role.then(|| roles(graph, write, incident_role)),
             sub: &sp,
             tid: tenant,
             uti,
@@ -441,6 +457,7 @@ impl Simulator {
                 ),
                 has_role,
                 write,
+                incident_role,
                 graph,
                 licensed: kind != TenantKind::NotProvisioned,
             },

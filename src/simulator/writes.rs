@@ -39,14 +39,14 @@ const MDE_DETERMINATION: &[&str] = &[
     "InsufficientData",
 ];
 const GRAPH_STATUS: &[&str] = &["new", "inProgress", "resolved"];
-const GRAPH_CLASSIFICATION: &[&str] = &[
+pub(super) const GRAPH_CLASSIFICATION: &[&str] = &[
     "unknown",
     "falsePositive",
     "truePositive",
     "informationalExpectedActivity",
 ];
 /// `alertDetermination` as the alert resource documents it (not the incident page's names).
-const GRAPH_DETERMINATION: &[&str] = &[
+pub(super) const GRAPH_DETERMINATION: &[&str] = &[
     "unknown",
     "apt",
     "malware",
@@ -242,6 +242,8 @@ impl Simulator {
         );
         let written = Value::Object(alert.clone());
         st.insert_raw(&tenant, written.clone(), at, now);
+        let (rng, ts) = st.tenant(&tenant);
+        ts.settle_incidents(rng, self.cfg.max_lag, None);
         if comment {
             let comments = super::graph::to_graph(&written.to_string())
                 .and_then(|g| serde_json::from_str::<Value>(&g).ok())

@@ -3,7 +3,7 @@
 use super::*;
 
 impl Fixture {
-    async fn send(
+    pub(super) async fn send(
         &self,
         method: reqwest::Method,
         token: &str,
@@ -22,7 +22,7 @@ impl Fixture {
         (status, resp.json().await.unwrap_or_default())
     }
 
-    async fn token_with_scope(&self, tenant: &str, scope: &str) -> String {
+    pub(super) async fn token_with_scope(&self, tenant: &str, scope: &str) -> String {
         let (status, body) = self
             .token_response(
                 tenant,
@@ -136,7 +136,12 @@ async fn graph_writes_take_the_alert_pages_spelling_and_comments_answer_the_list
         .await;
     assert_eq!(
         claims(&token)["roles"],
-        serde_json::json!(["SecurityAlert.Read.All", "SecurityAlert.ReadWrite.All"])
+        serde_json::json!([
+            "SecurityAlert.Read.All",
+            "SecurityAlert.ReadWrite.All",
+            "SecurityIncident.Read.All",
+            "SecurityIncident.ReadWrite.All"
+        ])
     );
     let id = f.sim.truth(&tenant_id(1)).into_keys().next().unwrap();
     let path = format!("/v1.0/security/alerts_v2/{id}");
