@@ -1,6 +1,7 @@
 //! `mde-sync demo`: the simulator and a sync in one process, so a new user sees the whole path —
 //! tokens, paging, upserts, evidence rows — work on their machine in seconds, with no tenant. One
-//! more tenant beside the MDE ones is read from the simulated Microsoft Graph `alerts_v2`.
+//! more tenant beside the MDE ones is read from the simulated Microsoft Graph `alerts_v2`, and
+//! every tenant's incidents are synced from the simulated Graph `security/incidents`.
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -9,10 +10,12 @@ use secrecy::SecretString;
 use crate::{
     app::App,
     clock,
+    collection::Collection,
     config::{LogFormat, Settings},
     report,
     simulator::{SimConfig, SimTenant, Simulator, TenantKind},
     source::SourceKind,
+    sync::RunOutcome,
     telemetry::{self, Target},
     tenant::{Tenant, TenantId},
 };
@@ -64,6 +67,7 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> anyhow::Re
             } else {
                 SourceKind::Graph
             })
+            .with_incidents(true)
         })
         .collect();
     let settings = Settings::for_endpoints(
@@ -74,7 +78,7 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> anyhow::Re
         SecretString::from(cfg.client_secret.clone()),
     );
     println!(
-        "mde-sync demo: simulator on {} with {} tenant(s), the last one read from Microsoft Graph alerts_v2; syncing into {}\n",
+        "mde-sync demo: simulator on {} with {} tenant(s), the last one read from Microsoft Graph alerts_v2, incidents from Graph for all; syncing into {}\n",
         server.base_url(),
         tenants.len(),
         database.display()
@@ -96,7 +100,8 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> anyhow::Re
         "RESULT".into(),
     ]];
     let mut all_good = true;
-    for (t, o) in tenants.iter().zip(&outcomes) {
+    for t in &tenants {
+        let o = outcome_of(&outcomes, t, Collection::Alerts);
         let served = sim.truth_as(t.id.as_str(), t.source);
         let stored = app.store.alert_raws(&t.id).await.unwrap_or_default();
         let evidence = app
@@ -121,6 +126,7 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> anyhow::Re
     }
     println!("Per tenant (served = alerts the simulator holds; stored = rows in `alerts`):");
     print!("{}", report::table(&rows));
+    all_good &= print_incidents(&app, &sim, &tenants, &outcomes).await;
 
     let counts = app.store.severity_counts().await.unwrap_or_default();
     let severities = ["High", "Medium", "Low", "Informational", "UnSpecified"];
@@ -148,7 +154,7 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> anyhow::Re
     println!("\nPer severity:");
     print!("{}", report::table(&rows));
     println!(
-        "\nsynced in {:.1}s. Look inside: sqlite3 {} \"SELECT * FROM open_alerts_by_tenant\" (more queries: docs/tables.md)",
+        "\nsynced in {:.1}s. Look inside: sqlite3 {} \"SELECT * FROM open_alerts_by_tenant\" or \"SELECT * FROM incidents_overview\" (more queries: docs/tables.md)",
         elapsed.as_secs_f64(),
         database.display()
     );
@@ -160,4 +166,53 @@ pub async fn run(database: PathBuf, tenants: usize, alerts: usize) -> anyhow::Re
         "the database does not match what the simulator served"
     );
     Ok(())
+}
+
+/// The incidents table of the demo: served, stored, identical, open and merged per tenant;
+/// whether every tenant's incidents match the simulator's.
+async fn print_incidents(
+    app: &App,
+    sim: &Simulator,
+    tenants: &[Tenant],
+    outcomes: &[RunOutcome],
+) -> bool {
+    let mut rows = vec![vec![
+        "NAME".to_string(),
+        "SERVED".into(),
+        "STORED".into(),
+        "IDENTICAL".into(),
+        "OPEN".into(),
+        "MERGED".into(),
+        "RESULT".into(),
+    ]];
+    let status = app.store.collection_status().await.unwrap_or_default();
+    let mut all_good = true;
+    for t in tenants {
+        let served = sim.incident_truth(t.id.as_str());
+        let stored = app.store.incident_raws(&t.id).await.unwrap_or_default();
+        let o = outcome_of(outcomes, t, Collection::Incidents);
+        let identical = served == stored;
+        all_good &= identical && o.ok() == Some(true);
+        let s = status.iter().find(|s| s.tenant_id == t.id.as_str());
+        rows.push(vec![
+            t.name.clone(),
+            served.len().to_string(),
+            stored.len().to_string(),
+            if identical { "yes".into() } else { "NO".into() },
+            s.map_or(0, |s| s.open).to_string(),
+            s.map_or(0, |s| s.redirected).to_string(),
+            o.error.clone().unwrap_or_else(|| "ok".into()),
+        ]);
+    }
+    println!("\nIncidents (Microsoft Graph; open = neither resolved nor merged):");
+    print!("{}", report::table(&rows));
+    all_good
+}
+
+/// The outcome of `t`'s run of `c` in this pass.
+fn outcome_of<'a>(outcomes: &'a [RunOutcome], t: &Tenant, c: Collection) -> &'a RunOutcome {
+    outcomes
+        .iter()
+        .find(|o| o.tenant == t.id && o.collection == c)
+        .expect("every tenant's collections ran")
 }
