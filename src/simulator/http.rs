@@ -216,6 +216,13 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Option<Response<Full
                 sim.inject(applied, at)
             }
         }
+        (&Method::GET, ["", "v1.0" | "beta", "security", api, id])
+            if api.eq_ignore_ascii_case("incidents") =>
+        {
+            let auth = authorization(&req);
+            let answer = sim.get_incident(auth.as_deref(), id, prefers_unknown(&req));
+            sim.inject(answer, at)
+        }
         (&Method::PATCH, ["", "v1.0" | "beta", "security", api, id])
             if api.eq_ignore_ascii_case("incidents") =>
         {

@@ -1,6 +1,7 @@
 //! The incident side of Graph write-back: `PATCH /v1.0/security/incidents/{id}` (`status`,
-//! `classification`, `determination`, `assignedTo`, `customTags`) and
-//! `POST /v1.0/security/incidents/{id}/comments`, mirroring the `alerts_v2` writes of
+//! `classification`, `determination`, `assignedTo`, `customTags`),
+//! `POST /v1.0/security/incidents/{id}/comments`, and the `GET` of one incident a writer reads
+//! first (the version shown now), mirroring the `alerts_v2` writes of
 //! [`super::writes`]: the token must carry `SecurityIncident.ReadWrite.All`, values are the
 //! documented ones spelled exactly (the determination is the alert resource's
 //! `alertDetermination`, as the incident resource declares it), and an applied write is a new
@@ -145,6 +146,51 @@ impl TenantState {
 }
 
 impl Simulator {
+    /// `GET /security/incidents/{id}`: the version shown now, hiding the evolvable status
+    /// unless `prefer_unknown`.
+    pub(super) fn get_incident(
+        &self,
+        auth: Option<&str>,
+        id: &str,
+        prefer_unknown: bool,
+    ) -> Answer {
+        let now = self.now();
+        let mut st = self.lock();
+        let info = match self.graph_reader(&st, auth, now, Endpoint::Incidents) {
+            Ok(i) => i,
+            Err(mut a) => {
+                a.endpoint = Endpoint::Other;
+                return a;
+            }
+        };
+        let k = (super::order_hash(&key(&info.tenant), id), id.to_owned());
+        let shown = st
+            .tenants
+            .get_mut(&key(&info.tenant))
+            .and_then(|ts| ts.incidents.get_mut(&k))
+            .and_then(|r| r.shown(now))
+            .map(|v| v.full.clone());
+        let Some(text) = shown else {
+            let msg = format!("Incident {id} was not found");
+            let tenant = Some(info.tenant);
+            return graph_error(
+                Endpoint::Other,
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &msg,
+                tenant,
+            );
+        };
+        let body = if prefer_unknown {
+            text
+        } else {
+            hide_unknown_members(&text)
+        };
+        let mut a = Answer::new(Endpoint::Other, StatusCode::OK, body);
+        a.tenant = Some(info.tenant);
+        a
+    }
+
     /// Graph's checks for an incident write: the reader's, then `SecurityIncident.ReadWrite.All`.
     fn incident_writer(&self, st: &super::State, auth: Option<&str>) -> Result<TokenInfo, Answer> {
         let info = self

@@ -42,16 +42,13 @@ fn one_instant(rng: &mut Rng, now: Timestamp, latest: Option<Timestamp>) -> (Tim
 }
 
 impl TenantState {
-    fn incident_key(&self, id: &str) -> (u64, String) {
-        (order_hash(&key(&self.cfg.id), id), id.to_owned())
-    }
-
-    fn alert_key(&self, id: &str) -> (u64, String) {
+    /// The map key of alert or incident `id` in this tenant (served order, then id).
+    fn record_key(&self, id: &str) -> (u64, String) {
         (order_hash(&key(&self.cfg.id), id), id.to_owned())
     }
 
     pub(super) fn incident_newest(&self, id: &str) -> Option<Timestamp> {
-        self.incidents.get(&self.incident_key(id))?.newest()
+        self.incidents.get(&self.record_key(id))?.newest()
     }
 
     /// Gives the incidents of the pending alert versions (and `extra`) a new version each.
@@ -116,7 +113,7 @@ impl TenantState {
         text: &str,
         visible_at: Timestamp,
     ) {
-        let k = self.incident_key(id);
+        let k = self.record_key(id);
         let Some(model) = self.incident_models.get_mut(id) else {
             return;
         };
@@ -174,7 +171,7 @@ impl State {
         };
         let mut latest = ts.incident_newest(from).max(ts.incident_newest(into));
         for a in &members {
-            latest = latest.max(ts.alerts.get(&ts.alert_key(a)).and_then(|r| r.newest()));
+            latest = latest.max(ts.alerts.get(&ts.record_key(a)).and_then(|r| r.newest()));
         }
         let (at, text) = one_instant(rng, now, latest);
         if let Some(m) = ts.incident_models.get_mut(from) {
@@ -183,7 +180,7 @@ impl State {
         ts.world.retire_incident(from);
         let mut raw = Vec::new();
         for a in members {
-            let Some(rec) = ts.alerts.get(&ts.alert_key(&a)) else {
+            let Some(rec) = ts.alerts.get(&ts.record_key(&a)) else {
                 continue;
             };
             match rec.model.clone() {

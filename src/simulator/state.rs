@@ -1,6 +1,7 @@
-//! The simulator's state behind its one mutex: every tenant's alert versions (with the instant
-//! each becomes visible), issued tokens, used assertion ids, the request log and the per-tenant
-//! call counts. Only plain data and the rules that change it live here; nothing awaits or does I/O.
+//! The simulator's state behind its one mutex: every tenant's alert and incident versions (with
+//! the instant each becomes visible), issued tokens, used assertion ids, the request log and the
+//! per-tenant call counts. Only plain data and the rules that change it live here; nothing awaits
+//! or does I/O.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -12,6 +12,7 @@ use crate::clock::Clock;
 
 mod alerts;
 mod assertions;
+mod incident_alerts;
 mod incident_writes;
 mod incidents;
 mod tokens;

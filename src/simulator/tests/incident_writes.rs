@@ -112,6 +112,13 @@ async fn incident_patch_needs_the_write_role_and_exact_values_and_is_served_at_o
     let served = f.all_incidents(&token, &filter).await;
     assert_eq!(served, vec![(id.clone(), truth[&id].clone())]);
 
+    let (status, one) = f.graph_get(&token, &path, true).await;
+    assert_eq!(
+        (status, one),
+        (200, truth[&id].clone()),
+        "GET one: the version shown"
+    );
+
     // the evolvable member is accepted only from a client that asked for it
     let waiting = serde_json::json!({"status": "awaitingAction"});
     let (status, answer) = f.send_preferring(patch, &token, &path, waiting).await;
@@ -121,6 +128,16 @@ async fn incident_patch_needs_the_write_role_and_exact_values_and_is_served_at_o
         graph_time(&f.sim.incident_truth(&t)[&id]) > now,
         "a newer version"
     );
+    let (_, hidden) = f.graph_get(&token, &path, false).await;
+    assert_eq!(
+        json(&hidden)["status"],
+        "unknownFutureValue",
+        "GET one without Prefer"
+    );
+    let (status, _) = f
+        .graph_get(&token, "/v1.0/security/incidents/1", true)
+        .await;
+    assert_eq!(status, 404);
 }
 
 #[tokio::test]
