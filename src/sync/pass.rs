@@ -242,14 +242,18 @@ impl Syncer {
             }
             s = Slot::acquire(self.permits.clone()) => s,
         };
-        let started = Instant::now();
+        self.run_in_slot(tenant, slot, outcome).await
+    }
 
+    /// The run itself, in its slot: opened in the store, run (a panic ends this run only, as
+    /// its failure with the message), then its outcome recorded and logged.
+    async fn run_in_slot(&self, tenant: &Job, slot: Slot, mut outcome: RunOutcome) -> RunOutcome {
+        let started = Instant::now();
         self.record_unrecorded(&tenant.key()).await;
         let mut c = Counters::default();
         let (before, run_id, result) = match self.begin(tenant).await {
             Ok((before, run_id)) => {
                 c.watermark = before;
-                // A panic ends this run only: it is recorded as the run's failure, with its message.
                 let run = slot.scope(self.run(tenant, before, &mut c));
                 let result = CatchPanic(Box::pin(run))
                     .await
@@ -259,34 +263,9 @@ impl Syncer {
             Err(e) => (None, None, Err(SyncError::Store(e))),
         };
         let stopped = matches!(result, Err(SyncError::Stopped));
-        outcome.outcome = match &result {
-            _ if stopped => Outcome::Stopped,
-            Ok(()) => Outcome::Ok,
-            Err(_) => Outcome::Failed,
-        };
-        outcome.health = match &result {
-            Ok(()) => Health::Ok,
-            Err(e) => e.label(),
-        };
-        outcome.error = result
-            .as_ref()
-            .err()
-            .filter(|_| !stopped)
-            .map(|e| e.to_string());
-        outcome.scope = result
-            .as_ref()
-            .err()
-            .filter(|_| !stopped)
-            .map(SyncError::scope);
-        outcome.alerts_received = c.received;
-        outcome.alerts_written = c.written;
-        outcome.alerts_rejected = c.rejected;
-        outcome.alerts_coerced = c.coerced;
-        outcome.pages = c.pages;
-        outcome.watermark = c.watermark;
+        fill_outcome(&mut outcome, &result, &c);
         outcome.freshness = self.freshness_of(&tenant.key());
         outcome.duration_ms = started.elapsed().as_millis() as u64;
-
         if let Some(run_id) = run_id {
             let report = RunReport {
                 run_id,
@@ -307,56 +286,24 @@ impl Syncer {
                     .as_ref()
                     .map(|f| (f.fresh_at, f.overlap.as_secs_f64())),
             };
-            if let Err(e) = self.record(&report, stopped).await {
-                // kept, and recorded before the tenant's next run
-                tracing::error!(error = %e, "cannot record the run's outcome");
-                self.unrecorded
-                    .lock()
-                    .expect("unrecorded runs")
-                    .insert(tenant.key(), (report, stopped));
-            } else {
-                self.prune_runs(&tenant.id).await;
-            }
+            self.record_or_keep(tenant, report, stopped).await;
         }
-        match &outcome.error {
-            None if stopped => tracing::info!(
-                tenant = %tenant.id,
-                tenant_name = %tenant.name,
-                collection = %tenant.collection,
-                alerts = c.received,
-                written = c.written,
-                pages = c.pages,
-                duration_ms = outcome.duration_ms,
-                watermark = %c.watermark.map(|w| w.to_db()).unwrap_or_default(),
-                "tenant run stopped at a page boundary"
-            ),
-            None => tracing::info!(
-                tenant = %tenant.id,
-                tenant_name = %tenant.name,
-                collection = %tenant.collection,
-                alerts = c.received,
-                written = c.written,
-                rejected = c.rejected,
-                coerced = c.coerced,
-                pages = c.pages,
-                duration_ms = outcome.duration_ms,
-                watermark = %c.watermark.map(|w| w.to_db()).unwrap_or_default(),
-                "tenant synced"
-            ),
-            Some(e) => tracing::error!(
-                tenant = %tenant.id,
-                tenant_name = %tenant.name,
-                collection = %tenant.collection,
-                health = %outcome.health,
-                error = %e,
-                alerts = c.received,
-                written = c.written,
-                pages = c.pages,
-                duration_ms = outcome.duration_ms,
-                "tenant sync failed"
-            ),
-        }
+        log_outcome(tenant, &outcome, &c, stopped);
         outcome
+    }
+
+    /// Records a finished run; one the store refuses (a full disk, the database away) is kept
+    /// and recorded before the collection's next run.
+    async fn record_or_keep(&self, tenant: &Job, report: RunReport, stopped: bool) {
+        if let Err(e) = self.record(&report, stopped).await {
+            tracing::error!(error = %e, "cannot record the run's outcome");
+            self.unrecorded
+                .lock()
+                .expect("unrecorded runs")
+                .insert(tenant.key(), (report, stopped));
+        } else {
+            self.prune_runs(&tenant.id).await;
+        }
     }
 
     /// Deletes the tenant's runs older than `sync.run_retention` from `sync_runs`. A failure
@@ -449,5 +396,71 @@ fn skipped_outcome(t: &Job, why: &str) -> RunOutcome {
         watermark: None,
         scope: None,
         freshness: None,
+    }
+}
+
+/// The outcome's result and counters from the run's `result` and counters.
+fn fill_outcome(outcome: &mut RunOutcome, result: &Result<(), SyncError>, c: &Counters) {
+    let stopped = matches!(result, Err(SyncError::Stopped));
+    outcome.outcome = match result {
+        _ if stopped => Outcome::Stopped,
+        Ok(()) => Outcome::Ok,
+        Err(_) => Outcome::Failed,
+    };
+    outcome.health = match result {
+        Ok(()) => Health::Ok,
+        Err(e) => e.label(),
+    };
+    let failure = result.as_ref().err().filter(|_| !stopped);
+    outcome.error = failure.map(|e| e.to_string());
+    outcome.scope = failure.map(SyncError::scope);
+    outcome.alerts_received = c.received;
+    outcome.alerts_written = c.written;
+    outcome.alerts_rejected = c.rejected;
+    outcome.alerts_coerced = c.coerced;
+    outcome.pages = c.pages;
+    outcome.watermark = c.watermark;
+}
+
+/// The run's log line: stopped, synced, or failed with its health and error.
+fn log_outcome(tenant: &Job, outcome: &RunOutcome, c: &Counters, stopped: bool) {
+    let watermark = c.watermark.map(|w| w.to_db()).unwrap_or_default();
+    match &outcome.error {
+        None if stopped => tracing::info!(
+            tenant = %tenant.id,
+            tenant_name = %tenant.name,
+            collection = %tenant.collection,
+            alerts = c.received,
+            written = c.written,
+            pages = c.pages,
+            duration_ms = outcome.duration_ms,
+            watermark = %watermark,
+            "tenant run stopped at a page boundary"
+        ),
+        None => tracing::info!(
+            tenant = %tenant.id,
+            tenant_name = %tenant.name,
+            collection = %tenant.collection,
+            alerts = c.received,
+            written = c.written,
+            rejected = c.rejected,
+            coerced = c.coerced,
+            pages = c.pages,
+            duration_ms = outcome.duration_ms,
+            watermark = %watermark,
+            "tenant synced"
+        ),
+        Some(e) => tracing::error!(
+            tenant = %tenant.id,
+            tenant_name = %tenant.name,
+            collection = %tenant.collection,
+            health = %outcome.health,
+            error = %e,
+            alerts = c.received,
+            written = c.written,
+            pages = c.pages,
+            duration_ms = outcome.duration_ms,
+            "tenant sync failed"
+        ),
     }
 }
