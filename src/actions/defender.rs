@@ -6,7 +6,7 @@
 use reqwest::Method;
 use serde_json::{Map, Value};
 
-use super::vocabulary::{Field, wire};
+use super::vocabulary::{Field, wire, wire_incident};
 use crate::{
     api::{ApiError, call::Caller},
     source::SourceKind,
@@ -129,6 +129,82 @@ impl Defender<'_> {
             }
         }
     }
+}
+
+impl Defender<'_> {
+    /// Defender's current version of the incident (always from Graph).
+    pub async fn current_incident(&self, tenant: &TenantId, id: &str) -> Result<Current, ApiError> {
+        let url = self.sources.graph.incident_url(id, None);
+        let incident = self
+            .sources
+            .graph
+            .caller()
+            .send(tenant, Method::GET, &url, None, self.attempts)
+            .await?
+            .unwrap_or_default();
+        Ok(read_current(&incident, SourceKind::Graph))
+    }
+
+    /// Sets `fields` on an incident (Graph `PATCH /security/incidents/{id}`: status,
+    /// classification, determination, assignedTo, customTags), then adds `comment` (`POST
+    /// …/comments`, sent once: its caller checks before a retry).
+    pub async fn write_incident(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        fields: &ActionFields,
+        comment: Option<&str>,
+    ) -> Result<Option<Timestamp>, ApiError> {
+        let caller = self.sources.graph.caller();
+        let body = incident_body(fields);
+        let mut last_update = None;
+        if !body.is_empty() {
+            let url = self.sources.graph.incident_url(id, None);
+            let answer = caller
+                .send(
+                    tenant,
+                    Method::PATCH,
+                    &url,
+                    Some(&Value::Object(body)),
+                    self.attempts,
+                )
+                .await?;
+            last_update = answer.and_then(|a| read_current(&a, SourceKind::Graph).last_update);
+        }
+        if let Some(c) = comment {
+            let url = self.sources.graph.incident_url(id, Some("comments"));
+            let body = serde_json::json!({
+                "@odata.type": "microsoft.graph.security.alertComment",
+                "comment": c,
+            });
+            caller
+                .send(tenant, Method::POST, &url, Some(&body), 1)
+                .await?;
+            last_update = None;
+        }
+        Ok(last_update)
+    }
+}
+
+/// The incident PATCH properties for `fields`, in the incident page's spelling.
+fn incident_body(fields: &ActionFields) -> Map<String, Value> {
+    let mut body = Map::new();
+    for (field, value) in [
+        (Field::Status, &fields.status),
+        (Field::Classification, &fields.classification),
+        (Field::Determination, &fields.determination),
+    ] {
+        if let Some(v) = value.as_deref().and_then(|v| wire_incident(field, v)) {
+            body.insert(field.name().into(), v.into());
+        }
+    }
+    if let Some(a) = &fields.assigned_to {
+        body.insert("assignedTo".into(), a.as_str().into());
+    }
+    if let Some(tags) = &fields.custom_tags {
+        body.insert("customTags".into(), tags.clone().into());
+    }
+    body
 }
 
 /// The PATCH properties for `fields`, in `source`'s names and spelling.

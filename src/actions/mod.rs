@@ -188,12 +188,7 @@ impl Applier {
                 tenant.id
             ));
         }
-        if row.kind == TargetKind::Incident {
-            return Some(
-                "incidents cannot be written back yet: change the incident's alerts (target_kind 'alert') instead".into(),
-            );
-        }
-        if row.fields.custom_tags.is_some() {
+        if row.kind == TargetKind::Alert && row.fields.custom_tags.is_some() {
             return Some(
                 "custom_tags apply to incidents only: remove them from the request".into(),
             );
@@ -228,10 +223,10 @@ impl Applier {
         };
         match state {
             ActionState::Applied => {
-                tracing::info!(tenant = %row.tenant_id, action_id = row.id, alert_id = %row.target_id, requested_by = %row.requested_by, outcome = %finish.outcome, "applied a requested change to Defender")
+                tracing::info!(tenant = %row.tenant_id, action_id = row.id, alert_id = %row.target_id, target_kind = row.kind.as_str(), requested_by = %row.requested_by, outcome = %finish.outcome, "applied a requested change to Defender")
             }
             _ => {
-                tracing::warn!(tenant = %row.tenant_id, action_id = row.id, alert_id = %row.target_id, requested_by = %row.requested_by, state = state.as_str(), outcome = %finish.outcome, "a requested change was not applied")
+                tracing::warn!(tenant = %row.tenant_id, action_id = row.id, alert_id = %row.target_id, target_kind = row.kind.as_str(), requested_by = %row.requested_by, state = state.as_str(), outcome = %finish.outcome, "a requested change was not applied")
             }
         }
         self.store.finish_action(row.id, &finish).await
@@ -261,7 +256,7 @@ impl Applier {
                     continue;
                 }
                 Err(Fault::Api(e)) => {
-                    let (state, why) = refused(&e, tenant.source);
+                    let (state, why) = refused(&e, tenant.source, row.kind);
                     (state, why, None)
                 }
             };
@@ -292,7 +287,14 @@ impl Applier {
         let mut comment = row.fields.comment.clone();
         let mut current = None;
         if check_conflict || (comment.is_some() && row.comment_sent_at.is_some()) {
-            let cur = defender.current(&tenant.id, &row.target_id).await?;
+            let cur = match row.kind {
+                TargetKind::Alert => defender.current(&tenant.id, &row.target_id).await?,
+                TargetKind::Incident => {
+                    defender
+                        .current_incident(&tenant.id, &row.target_id)
+                        .await?
+                }
+            };
             if let (true, Some(seen), Some(now)) =
                 (check_conflict, row.expected_last_update, cur.last_update)
                 && now.floor_micros() > seen.floor_micros()
@@ -314,7 +316,8 @@ impl Applier {
         let has_fields = row.fields.status.is_some()
             || row.fields.classification.is_some()
             || row.fields.determination.is_some()
-            || row.fields.assigned_to.is_some();
+            || row.fields.assigned_to.is_some()
+            || row.fields.custom_tags.is_some();
         if !has_fields && comment.is_none() {
             // only the comment was asked for, and it is there already
             let lu = current.and_then(|c| c.last_update);
@@ -328,9 +331,15 @@ impl Applier {
             .await?;
         row.attempts += 1;
         row.comment_sent_at = row.comment_sent_at.or(comment_at);
-        let lu = defender
-            .write(&tenant.id, &row.target_id, &row.fields, comment.as_deref())
-            .await?;
+        let (id, fields, comment_text) = (&row.target_id, &row.fields, comment.as_deref());
+        let lu = match row.kind {
+            TargetKind::Alert => defender.write(&tenant.id, id, fields, comment_text).await?,
+            TargetKind::Incident => {
+                defender
+                    .write_incident(&tenant.id, id, fields, comment_text)
+                    .await?
+            }
+        };
         Ok(Step::Applied(
             lu,
             describe(row, comment.is_some() || row.fields.comment.is_none()),
@@ -389,18 +398,22 @@ fn describe(row: &Action, comment_sent_now: bool) -> String {
 }
 
 /// A request Defender would not take: its state and outcome, with the fix.
-fn refused(e: &ApiError, source: SourceKind) -> (ActionState, String) {
-    let permission = match source {
-        SourceKind::Mde => {
+fn refused(e: &ApiError, source: SourceKind, kind: TargetKind) -> (ActionState, String) {
+    let permission = match (kind, source) {
+        (TargetKind::Incident, _) => {
+            "the SecurityIncident.ReadWrite.All application permission (API permissions > Microsoft Graph)"
+        }
+        (TargetKind::Alert, SourceKind::Mde) => {
             "the Alert.ReadWrite.All application permission (API permissions > WindowsDefenderATP)"
         }
-        SourceKind::Graph => {
+        (TargetKind::Alert, SourceKind::Graph) => {
             "the SecurityAlert.ReadWrite.All application permission (API permissions > Microsoft Graph)"
         }
     };
     match e {
         ApiError::Forbidden { code, message, .. }
-        | ApiError::GraphForbidden { code, message, .. } => (
+        | ApiError::GraphForbidden { code, message, .. }
+        | ApiError::IncidentsForbidden { code, message, .. } => (
             ActionState::Refused,
             format!(
                 "Defender refused the write (HTTP 403 {code}: {message}): the app needs {permission} in this tenant; add it, have the customer's administrator consent again (mde-sync consent-url --write) and request the change again; reads go on"
@@ -414,7 +427,8 @@ fn refused(e: &ApiError, source: SourceKind) -> (ActionState, String) {
         } => (
             ActionState::Refused,
             format!(
-                "Defender refused the change (HTTP {status} {code}: {message}): check the alert id and the values (mde-sync act --help lists them) and request the change again"
+                "Defender refused the change (HTTP {status} {code}: {message}): check the {} id and the values (mde-sync act --help lists them) and request the change again",
+                kind.as_str()
             ),
         ),
         other => (ActionState::Failed, format!("{other}")),

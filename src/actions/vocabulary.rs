@@ -130,6 +130,18 @@ pub fn accepted(field: Field) -> Vec<&'static str> {
     TABLE.iter().filter(|r| r.0 == field).map(|r| r.1).collect()
 }
 
+/// What Graph's incident resource accepts for the stored name `stored` (already normalized): its
+/// own status members (`active` for `New`), and for classification and determination the
+/// `alertClassification` and `alertDetermination` members its schema types them with
+/// (`compromisedAccount`, `notMalicious`), whatever spelling some incident pages show.
+pub fn wire_incident(field: Field, stored: &str) -> Option<&'static str> {
+    let row = TABLE.iter().find(|r| r.0 == field && r.1 == stored)?;
+    Some(match field {
+        Field::Status => row.3,
+        Field::Classification | Field::Determination => row.2,
+    })
+}
+
 /// What `source`'s alert API accepts for the stored name `stored` (already normalized).
 pub fn wire(field: Field, stored: &str, source: SourceKind) -> Option<&'static str> {
     let row = TABLE.iter().find(|r| r.0 == field && r.1 == stored)?;

@@ -21,14 +21,15 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub struct ActArgs {
-    /// What to change: alert (incidents are not written back yet).
+    /// What to change: an alert, or an incident (written through Microsoft Graph whatever the
+    /// tenant's alerts source; needs SecurityIncident.ReadWrite.All).
     #[arg(value_parser = ["alert", "incident"])]
     pub kind: String,
     /// The customer tenant (GUID), as in the tenants file.
     pub tenant: String,
-    /// The alert id, as in alerts.id.
+    /// The alert id (alerts.id) or incident id (incidents.id).
     pub id: String,
-    /// New status: New, InProgress, Resolved.
+    /// New status: New, InProgress, Resolved (an incident's Active is accepted as New).
     #[arg(long)]
     pub status: Option<String>,
     /// New classification: TruePositive, FalsePositive, InformationalExpectedActivity.
@@ -43,9 +44,13 @@ pub struct ActArgs {
     /// Assign the alert to this user (an e-mail address).
     #[arg(long)]
     pub assign_to: Option<String>,
-    /// Add this comment to the alert.
+    /// Add this comment to the alert or incident.
     #[arg(long)]
     pub comment: Option<String>,
+    /// Set the incident's custom tags (incidents only; repeat for several, or separate them with
+    /// commas).
+    #[arg(long = "tag", value_delimiter = ',')]
+    pub tags: Vec<String>,
     /// The alert's last update you looked at (alerts.last_update_time): if Defender's version is
     /// newer, the request is not applied and its outcome says what changed.
     #[arg(long)]
@@ -82,9 +87,10 @@ fn wait_limit(text: &str) -> Result<Duration, String> {
 /// something to change.
 pub fn request(args: &ActArgs, now: Timestamp) -> Result<NewAction, Failure> {
     let usage = Failure::Usage;
-    if args.kind == "incident" {
+    let kind = TargetKind::parse(&args.kind).unwrap_or(TargetKind::Alert);
+    if kind == TargetKind::Alert && !args.tags.is_empty() {
         return Err(usage(
-            "incidents cannot be written back yet: change the incident's alerts (mde-sync act alert ...) instead".into(),
+            "--tag sets an incident's custom tags: use it with mde-sync act incident".into(),
         ));
     }
     let tenant = TenantId::parse(&args.tenant)
@@ -101,11 +107,11 @@ pub fn request(args: &ActArgs, now: Timestamp) -> Result<NewAction, Failure> {
         determination: value(Field::Determination, &args.determination)?,
         assigned_to: args.assign_to.clone(),
         comment: args.comment.clone(),
-        custom_tags: None,
+        custom_tags: (!args.tags.is_empty()).then(|| args.tags.clone()),
     };
     if fields.is_empty() {
         return Err(usage(
-            "nothing to change: give --status, --classification, --determination, --assign-to or --comment".into(),
+            "nothing to change: give --status, --classification, --determination, --assign-to, --comment (or --tag for an incident)".into(),
         ));
     }
     let expected_last_update = args
@@ -124,7 +130,7 @@ pub fn request(args: &ActArgs, now: Timestamp) -> Result<NewAction, Failure> {
         .unwrap_or_else(|| "mde-sync act".into());
     Ok(NewAction {
         tenant,
-        kind: TargetKind::Alert,
+        kind,
         target_id: args.id.clone(),
         fields,
         requested_by,
@@ -333,5 +339,33 @@ mod tests {
             assert!(help.contains(stored), "--help lacks {stored}");
         }
         assert_eq!(accepted(Field::Status), ["New", "InProgress", "Resolved"]);
+    }
+
+    #[test]
+    fn an_incident_request_takes_tags_and_an_alert_request_refuses_them() {
+        use clap::Parser;
+        let parse = |args: &[&str]| match crate::cli::Cli::try_parse_from(args).unwrap().command {
+            crate::cli::Command::Act(a) => a,
+            _ => unreachable!(),
+        };
+        let tenant = "00000000-0000-4000-a000-000000000001";
+        let now = Timestamp::parse("2026-01-01T00:00:00Z").unwrap();
+        let a = parse(&[
+            "mde-sync", "act", "incident", tenant, "1001", "--status", "active", "--tag", "p1,soc",
+            "--tag", "x",
+        ]);
+        let r = request(&a, now).unwrap();
+        assert_eq!(r.kind, TargetKind::Incident);
+        assert_eq!(
+            r.fields.status.as_deref(),
+            Some("New"),
+            "an incident's Active is New"
+        );
+        assert_eq!(
+            r.fields.custom_tags,
+            Some(vec!["p1".into(), "soc".into(), "x".into()])
+        );
+        let a = parse(&["mde-sync", "act", "alert", tenant, "da1", "--tag", "p1"]);
+        assert!(matches!(request(&a, now), Err(Failure::Usage(m)) if m.contains("--tag")));
     }
 }

@@ -110,6 +110,16 @@ impl GraphClient {
         url
     }
 
+    /// `incidents/{id}`, and with `more` a path below it (`comments`).
+    pub fn incident_url(&self, id: &str, more: Option<&str>) -> Url {
+        let mut url = super::incidents_url(&self.graph_url);
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.push(id);
+            path.extend(more);
+        }
+        url
+    }
+
     /// The request URL for a window.
     pub fn window_url(&self, q: &WindowQuery) -> Url {
         window_url(&self.graph_url, q, self.services)
