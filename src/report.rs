@@ -258,9 +258,20 @@ async fn check_incidents(
             "the Graph token carries no SecurityIncident.Read.All role: add the application permission Microsoft Graph > SecurityIncident.Read.All to the app registration, then have a Privileged Role Administrator or Global Administrator consent again (mde-sync consent-url --incidents); the alerts keep syncing meanwhile".into(),
         ));
     }
+    let can_write = claims
+        .roles
+        .as_ref()
+        .is_some_and(|r| r.iter().any(|r| r == "SecurityIncident.ReadWrite.All"));
+    let write = match (t.write, can_write) {
+        (false, _) => "",
+        (true, true) => ", can write (SecurityIncident.ReadWrite.All)",
+        (true, false) => {
+            ", cannot write: no SecurityIncident.ReadWrite.All role (mde-sync consent-url --incidents --write)"
+        }
+    };
     match client.probe_incidents(&t.id).await {
         Ok(n) => Ok(format!(
-            "role SecurityIncident.Read.All, Graph answered ({n} incident on a $top=1 probe)"
+            "role SecurityIncident.Read.All, Graph answered ({n} incident on a $top=1 probe){write}"
         )),
         Err(e @ crate::api::ApiError::IncidentsForbidden { .. }) => {
             Err(("incidents-missing-role", e.to_string()))

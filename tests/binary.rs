@@ -234,6 +234,29 @@ fn consent_url_prints_both_forms() {
     assert!(text.contains(
         "https://login.microsoftonline.com/00000000-0000-4000-a000-000000000001/v2.0/adminconsent?client_id=00000000-0000-4000-8000-0000000000c1&scope=https%3A%2F%2Fapi.securitycenter.microsoft.com%2F.default"
     ));
+    assert!(!text.contains("SecurityIncident"), "{text}");
+    // with incidents, the Graph permission is named and a Graph v2 link is added for an MDE app
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.0.join("config.toml"))
+        .args([
+            "consent-url",
+            "--incidents",
+            "--write",
+            "--tenant",
+            "00000000-0000-4000-a000-000000000001",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("SecurityIncident.ReadWrite.All"), "{text}");
+    assert!(text.contains("Privileged Role Administrator"), "{text}");
+    assert!(
+        text.contains("for Microsoft Graph (incidents)")
+            && text.contains("scope=https%3A%2F%2Fgraph.microsoft.com%2F.default"),
+        "{text}"
+    );
 }
 
 fn fixture(name: &str) -> String {

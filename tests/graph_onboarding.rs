@@ -217,3 +217,53 @@ async fn graph_reads_defender_for_endpoint_alerts_only_unless_every_service_sour
         assert_eq!(stored, want, "{services:?}");
     }
 }
+
+/// With incidents on, `check` also probes incidents: a tenant whose consent lacks
+/// `SecurityIncident.Read.All` is told apart (`incidents-missing-role`, with the fix) while its
+/// alerts check ok, on both sources; a good tenant reads both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tells_apart_the_missing_incidents_permission() {
+    for source in [SourceKind::Mde, SourceKind::Graph] {
+        let mut cfg = SimConfig::new(vec![
+            SimTenant::numbered(1, TenantKind::Good, 30),
+            SimTenant::numbered(2, TenantKind::NoIncidentRole, 30),
+        ]);
+        cfg.max_lag = Duration::ZERO;
+        let env = start_with_tenants(
+            Backend::Sqlite,
+            source,
+            "incidents-check",
+            cfg,
+            mde_sync::clock::system(),
+            sync_settings(1_000, Duration::minutes(10)),
+            |t| t.with_incidents(true),
+        )
+        .await;
+        let lines = report::check(
+            &env.app.tokens,
+            &env.app.client,
+            &env.app.graph_tokens,
+            &env.app.graph,
+            &env.tenants,
+        )
+        .await;
+        let got: Vec<(bool, &str)> = lines.iter().map(|l| (l.ok, l.problem.as_str())).collect();
+        assert_eq!(
+            got,
+            [(true, "ok"), (false, "incidents-missing-role")],
+            "{source}: {lines:#?}"
+        );
+        assert!(
+            lines[0]
+                .detail
+                .contains("incidents: role SecurityIncident.Read.All"),
+            "{}",
+            lines[0].detail
+        );
+        let fix = &lines[1].detail;
+        assert!(
+            fix.contains("consent-url --incidents") && fix.contains("alerts keep syncing"),
+            "{fix}"
+        );
+    }
+}

@@ -33,12 +33,19 @@ pub(super) async fn sync(config_path: &Path) -> Result<(), Failure> {
     close_store(&app.store).await;
     let all: Vec<RunOutcome> = outcomes.iter().chain(&elsewhere).cloned().collect();
     print!("{}", report::render_outcomes(&all));
-    // a tenant another replica syncs is not this command's failure
-    match outcomes.iter().filter(|o| o.outcome != Outcome::Ok).count() {
+    // a tenant another replica syncs is not this command's failure; a tenant fails when one of
+    // its collections did not sync
+    let tenants: std::collections::HashSet<_> = outcomes.iter().map(|o| &o.tenant).collect();
+    let failed: std::collections::HashSet<_> = outcomes
+        .iter()
+        .filter(|o| o.outcome != Outcome::Ok)
+        .map(|o| &o.tenant)
+        .collect();
+    match failed.len() {
         0 => Ok(()),
-        failed => Err(Failure::Tenants(format!(
-            "{failed} of {} tenant run(s) did not sync",
-            outcomes.len()
+        n => Err(Failure::Tenants(format!(
+            "{n} of {} tenant(s) did not sync",
+            tenants.len()
         ))),
     }
 }
