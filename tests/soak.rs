@@ -165,11 +165,11 @@ async fn an_hour_of_faults_leaves_memory_flat_and_no_tenant_stuck() {
         );
         samples.push((at, rss_mib(pid)));
         // tokens revoked every five minutes: every tenant's token is renewed under faults
-        if samples.len() % 10 == 0 {
+        if samples.len().is_multiple_of(10) {
             sim.revoke_tokens();
         }
         // a SIGHUP every seven and a half minutes
-        if samples.len() % 15 == 0 {
+        if samples.len().is_multiple_of(15) {
             let ok = Command::new("kill")
                 .args(["-HUP", &pid.to_string()])
                 .status()
