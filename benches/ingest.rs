@@ -14,8 +14,8 @@
 //!    `mde-sync sync`: its peak RSS;
 //! 4. churn: one tenant changing for 10 simulated minutes (default lag allowance, up to 30 s of
 //!    visibility lag), synced every simulated minute (the default schedule), then every 20 s, each
-//!    on a fresh database, until everything is stored: alerts received per alert version changed
-//!    (the re-read factor) and freshness, the time from a version becoming visible to the first
+//!    on a fresh database, until everything is stored: for alerts and for their incidents, items
+//!    received per item version changed (the re-read factor) and freshness, the time from a version becoming visible to the first
 //!    run after which it was stored (`ingest/churn.rs`);
 //! 5. steady state: `MDE_SYNC_BENCH_TENANTS` (1,000) tenants with a few changes each and 50 ms of
 //!    API latency per call: the time and CPU of one full cycle;
@@ -441,31 +441,33 @@ fn print_script(alerts: usize, took: Duration, ours: &Backfill) {
 }
 
 fn print_churn(r: &churn::Churn, target: f64) {
-    println!(
-        "  tick {} s, lag up to {} s: {} alerts received ({} by the runs after the churn) for {} alert versions changed over {} runs: re-read factor {:.2} (target <= {target}: {})",
-        r.tick,
-        r.lag,
-        r.received,
-        r.received_after,
-        r.versions,
-        r.runs,
-        r.reread(),
-        if r.reread() <= target {
-            "met"
-        } else {
-            "missed"
-        }
-    );
-    println!(
-        "  tick {} s, lag up to {} s: freshness (first run storing it - visible) over {} versions: p50 {:.1} s  p99 {:.1} s  max {:.1} s; {} versions replaced by a newer one before a run stored them, not counted",
-        r.tick,
-        r.lag,
-        r.delays.len(),
-        r.quantile(0.50),
-        r.quantile(0.99),
-        r.quantile(1.0),
-        r.superseded
-    );
+    for (what, f) in [("alerts", &r.alerts), ("incidents", &r.incidents)] {
+        println!(
+            "  tick {} s, lag up to {} s, {what}: {} received ({} by the runs after the churn) for {} versions changed over {} runs: re-read factor {:.2} (target <= {target}: {})",
+            r.tick,
+            r.lag,
+            f.received,
+            f.received_after,
+            f.versions,
+            r.runs,
+            f.reread(),
+            if f.reread() <= target {
+                "met"
+            } else {
+                "missed"
+            }
+        );
+        println!(
+            "  tick {} s, lag up to {} s, {what}: freshness (first run storing it - visible) over {} versions: p50 {:.1} s  p99 {:.1} s  max {:.1} s; {} versions replaced by a newer one before a run stored them, not counted",
+            r.tick,
+            r.lag,
+            f.delays.len(),
+            f.quantile(0.50),
+            f.quantile(0.99),
+            f.quantile(1.0),
+            f.superseded
+        );
+    }
 }
 
 fn main() {
@@ -557,7 +559,7 @@ fn main() {
         }
         if part("churn") {
             println!(
-                "churn: 5,000 alerts, 50 changes every 10 s for 10 simulated minutes, visibility lag up to 30 s, default lag allowance; each schedule on a fresh database…"
+                "churn: 5,000 alerts and their incidents, 50 alert changes every 10 s for 10 simulated minutes, visibility lag up to 30 s, default lag allowance; each schedule on a fresh database…"
             );
             // (tick, lag, the re-read target)
             for (tick, lag, target) in [(60, 30, 2.0), (20, 30, 3.0)] {

@@ -1,12 +1,13 @@
-//! The churn part: one tenant of 5,000 alerts, 50 alert changes every 10 simulated seconds for 10
-//! minutes, up to `lag` of visibility lag, the default lag allowance, a run every `tick`; runs go
-//! on after the churn until every version is stored and the watermark has passed the churn.
+//! The churn part: one tenant of 5,000 alerts (and their incidents), 50 alert changes every 10
+//! simulated seconds for 10 minutes (each also a new version of its incident), up to `lag` of
+//! visibility lag, the default lag allowance, a run every `tick`; runs go on after the churn
+//! until every version of both collections is stored and both watermarks have passed the churn.
 //!
-//! It measures two things:
-//! - the re-read factor: alerts received per alert version changed;
+//! It measures, for alerts and for incidents alike:
+//! - the re-read factor: items received per item version changed;
 //! - freshness: for each version the churn made, the simulated time of the first run after which
-//!   the store held that version or a newer one of its alert, minus the moment the version became
-//!   visible in the API. A version that a newer version of its alert had replaced in the API by
+//!   the store held that version or a newer one of its item, minus the moment the version became
+//!   visible in the API. A version that a newer version of its item had replaced in the API by
 //!   then (so it was never there to be stored) is counted apart, not in the figures.
 
 use std::{
@@ -18,6 +19,7 @@ use std::{
 use mde_sync::{
     app::App,
     clock::{self, Clock},
+    collection::Collection,
     config::Settings,
     simulator::{SimConfig, SimServer, SimTenant, Simulator, TenantKind},
     tenant::{Tenant, TenantId},
@@ -34,24 +36,30 @@ const CHURN: i64 = 600;
 /// How long the quiet runs after the churn may take to converge, in simulated seconds.
 const QUIET: i64 = 40 * 60;
 
-/// One configuration's figures.
+/// One configuration's figures, per collection.
 pub struct Churn {
     pub tick: i64,
     pub lag: i64,
-    /// Alerts the runs received after the backfill.
-    pub received: u64,
-    /// Of those, the alerts the quiet runs after the churn received.
-    pub received_after: u64,
-    /// Alert versions the churn changed (as the truth moved).
-    pub versions: u64,
     pub runs: usize,
+    pub alerts: Figures,
+    pub incidents: Figures,
+}
+
+/// One collection's figures.
+pub struct Figures {
+    /// Items the runs received after the backfill.
+    pub received: u64,
+    /// Of those, the items the quiet runs after the churn received.
+    pub received_after: u64,
+    /// Item versions the churn changed (as the truth moved).
+    pub versions: u64,
     /// Seconds from visible to stored, one per version counted, sorted.
     pub delays: Vec<f64>,
-    /// Versions replaced in the API by a newer version of their alert before a run stored them.
+    /// Versions replaced in the API by a newer version of their item before a run stored them.
     pub superseded: usize,
 }
 
-impl Churn {
+impl Figures {
     pub fn reread(&self) -> f64 {
         self.received as f64 / self.versions.max(1) as f64
     }
@@ -74,16 +82,24 @@ struct Made {
     stored_at: Option<Timestamp>,
 }
 
-/// What one configuration runs with: the simulator, the app and what is known of the versions.
+/// One collection as the benchmark follows it: what is known of its versions.
+struct Track {
+    collection: Collection,
+    known: HashSet<(String, Timestamp)>,
+    made: Vec<Made>,
+    received: u64,
+    versions: u64,
+    truth: BTreeMap<String, String>,
+}
+
+/// What one configuration runs with: the simulator, the app and both collections' tracks.
 struct Bench {
     sim: Arc<Simulator>,
     server: SimServer,
     app: App,
     clock: clock::ManualClock,
     id: TenantId,
-    known: HashSet<(String, Timestamp)>,
-    made: Vec<Made>,
-    received: u64,
+    tracks: [Track; 2],
     runs: usize,
 }
 
@@ -91,53 +107,74 @@ struct Bench {
 pub async fn churn(dir: &Path, tick: i64, lag: i64) -> Churn {
     assert!(tick % STEP == 0 && CHURN % tick == 0, "ticks fit the churn");
     let mut b = Bench::start(dir, lag).await;
-    let mut versions = 0u64;
-    let mut truth = b.sim.truth(b.id.as_str());
     for step in 1..=CHURN / STEP {
         b.sim.change_random(b.id.as_str(), CHANGES);
         b.note_versions();
-        let now = b.sim.truth(b.id.as_str());
-        versions += now
-            .iter()
-            .filter(|(k, v)| truth.get(*k) != Some(*v))
-            .count() as u64;
-        truth = now;
         b.clock.advance(time::Duration::seconds(STEP));
         if step * STEP % tick == 0 {
             b.tick().await;
         }
     }
-    // quiet ticks until the store holds every version and the watermark has passed the churn,
-    // so every read the design makes of these versions (cursor and sweep) is counted
+    // quiet ticks until the store holds every version and both watermarks have passed the
+    // churn, so every read the design makes of these versions (cursor and sweep) is counted
     let churn_end = Timestamp::from_datetime(b.clock.now());
-    let received_in_churn = b.received;
+    let in_churn: Vec<u64> = b.tracks.iter().map(|t| t.received).collect();
     for _ in 0..QUIET / tick {
         b.clock.advance(time::Duration::seconds(tick));
-        let stored = b.tick().await;
-        let wm = b.app.store.status().await.unwrap()[0]
-            .watermark
-            .as_deref()
-            .map(|w| Timestamp::parse(w).unwrap());
-        if stored == truth && wm >= Some(churn_end) {
+        if b.tick().await && b.watermarks_passed(churn_end).await {
             break;
         }
     }
-    assert_eq!(
-        b.app.store.alert_raws(&b.id).await.unwrap(),
-        truth,
-        "the churn converged"
-    );
+    for t in &b.tracks {
+        assert_eq!(
+            stored(&b.app, &b.id, t.collection).await,
+            t.truth,
+            "the churn of {} converged",
+            t.collection
+        );
+    }
     b.server.shutdown();
-    let (delays, superseded) = delays(&b.made);
+    let [alerts, incidents] = b.tracks;
+    let figures = |t: Track, before: u64| {
+        let (delays, superseded) = delays(&t.made);
+        Figures {
+            received: t.received,
+            received_after: t.received - before,
+            versions: t.versions,
+            delays,
+            superseded,
+        }
+    };
     Churn {
         tick,
         lag,
-        received: b.received,
-        received_after: b.received - received_in_churn,
-        versions,
         runs: b.runs,
-        delays,
-        superseded,
+        alerts: figures(alerts, in_churn[0]),
+        incidents: figures(incidents, in_churn[1]),
+    }
+}
+
+/// What the simulator holds now of `c`.
+fn truth(sim: &Simulator, id: &TenantId, c: Collection) -> BTreeMap<String, String> {
+    match c {
+        Collection::Alerts => sim.truth(id.as_str()),
+        Collection::Incidents => sim.incident_truth(id.as_str()),
+    }
+}
+
+/// Every version of `c` the simulator made: `(id, last update, visible at)`.
+fn versions(sim: &Simulator, id: &TenantId, c: Collection) -> Vec<(String, Timestamp, Timestamp)> {
+    match c {
+        Collection::Alerts => sim.versions(id.as_str()),
+        Collection::Incidents => sim.incident_versions(id.as_str()),
+    }
+}
+
+/// What the store holds of `c`.
+async fn stored(app: &App, id: &TenantId, c: Collection) -> BTreeMap<String, String> {
+    match c {
+        Collection::Alerts => app.store.alert_raws(id).await.unwrap(),
+        Collection::Incidents => app.store.incident_raws(id).await.unwrap(),
     }
 }
 
@@ -155,15 +192,7 @@ impl Bench {
         let id = TenantId::parse(&mde_sync::simulator::tenant_id(1)).unwrap();
         let settings = Settings::for_endpoints(
             &server.base_url(),
-            vec![Tenant {
-                id: id.clone(),
-                name: "tenant-1".into(),
-                enabled: true,
-                api_url: None,
-                source: Default::default(),
-                write: false,
-                incidents: false,
-            }],
+            vec![Tenant::new(id.clone(), "tenant-1").with_incidents(true)],
             format!("sqlite://{}", dir.join("churn.db").display()),
             cfg.client_id.clone(),
             SecretString::from(cfg.client_secret.clone()),
@@ -172,70 +201,111 @@ impl Bench {
         let app = App::build(settings, Arc::new(clock.clone())).await.unwrap();
         // the backfill is not part of the steady state
         assert!(app.sync_once().await.iter().all(|o| o.ok() == Some(true)));
-        let known = sim
-            .versions(id.as_str())
-            .into_iter()
-            .map(|(id, lu, _)| (id, lu))
-            .collect();
+        let tracks = Collection::ALL.map(|c| Track {
+            collection: c,
+            known: versions(&sim, &id, c)
+                .into_iter()
+                .map(|(id, lu, _)| (id, lu))
+                .collect(),
+            made: Vec::new(),
+            received: 0,
+            versions: 0,
+            truth: truth(&sim, &id, c),
+        });
         Bench {
             sim,
             server,
             app,
             clock,
             id,
-            known,
-            made: Vec::new(),
-            received: 0,
+            tracks,
             runs: 0,
         }
     }
 
-    /// Notes the versions the last changes made (read before any request, so none is forgotten).
-    /// A version is visible from its `visible_at`, but not before it was made: a time stamped
-    /// with fewer digits can lie a little before the change, and so can its `visible_at`.
+    /// Notes the versions the last changes made (read before any request, so none is
+    /// forgotten), and counts the items whose current version changed. A version is visible
+    /// from its `visible_at`, but not before it was made: a time stamped with fewer digits can
+    /// lie a little before the change, and so can its `visible_at`.
     fn note_versions(&mut self) {
         let now = Timestamp::from_datetime(self.clock.now());
-        for (id, lu, vis) in self.sim.versions(self.id.as_str()) {
-            if self.known.insert((id.clone(), lu)) {
-                self.made.push(Made {
-                    id,
-                    last_update: lu,
-                    visible_at: vis.max(now),
-                    stored_at: None,
-                });
+        for t in &mut self.tracks {
+            for (id, lu, vis) in versions(&self.sim, &self.id, t.collection) {
+                if t.known.insert((id.clone(), lu)) {
+                    t.made.push(Made {
+                        id,
+                        last_update: lu,
+                        visible_at: vis.max(now),
+                        stored_at: None,
+                    });
+                }
             }
+            let current = truth(&self.sim, &self.id, t.collection);
+            t.versions += current
+                .iter()
+                .filter(|(k, v)| t.truth.get(*k) != Some(*v))
+                .count() as u64;
+            t.truth = current;
         }
     }
 
-    /// One run at the clock's time; then marks the versions the store now holds (or has newer
-    /// versions of) as stored at that time. Returns what is stored.
-    async fn tick(&mut self) -> BTreeMap<String, String> {
-        let o = self.app.sync_once().await.remove(0);
-        assert_eq!(o.ok(), Some(true), "{:?}", o.error);
-        self.received += o.alerts_received;
+    /// One run of both collections at the clock's time; then marks the versions the store now
+    /// holds (or has newer versions of) as stored at that time. Returns whether the store holds
+    /// exactly the simulator's items of both.
+    async fn tick(&mut self) -> bool {
+        let outcomes = self.app.sync_once().await;
+        assert_eq!(outcomes.len(), 2);
         self.runs += 1;
         let at = Timestamp::from_datetime(self.clock.now());
-        let stored = self.app.store.alert_raws(&self.id).await.unwrap();
-        for m in self.made.iter_mut().filter(|m| m.stored_at.is_none()) {
-            if stored_time(&stored, &m.id) >= m.last_update {
-                m.stored_at = Some(at);
+        let mut converged = true;
+        for t in &mut self.tracks {
+            let o = outcomes
+                .iter()
+                .find(|o| o.collection == t.collection)
+                .unwrap();
+            assert_eq!(o.ok(), Some(true), "{:?}", o.error);
+            t.received += o.alerts_received;
+            let stored = stored(&self.app, &self.id, t.collection).await;
+            for m in t.made.iter_mut().filter(|m| m.stored_at.is_none()) {
+                if stored_time(&stored, &m.id) >= m.last_update {
+                    m.stored_at = Some(at);
+                }
             }
+            converged &= stored == t.truth;
         }
-        stored
+        converged
+    }
+
+    /// Whether both collections' watermarks have passed `at`.
+    async fn watermarks_passed(&self, at: Timestamp) -> bool {
+        let parse = |w: Option<&str>| w.map(|w| Timestamp::parse(w).unwrap());
+        let alerts = parse(
+            self.app.store.status().await.unwrap()[0]
+                .watermark
+                .as_deref(),
+        );
+        let incidents = self.app.store.collection_status().await.unwrap();
+        let incidents = parse(incidents.first().and_then(|s| s.watermark.as_deref()));
+        alerts >= Some(at) && incidents >= Some(at)
     }
 }
 
-/// The `lastUpdateTime` of the stored version of `id` (the first instant if none is stored).
+/// The last-update time of the stored version of `id` (the first instant if none is stored).
 fn stored_time(stored: &BTreeMap<String, String>, id: &str) -> Timestamp {
     let Some(raw) = stored.get(id) else {
         return Timestamp::MIN_TICK;
     };
     let v: serde_json::Value = serde_json::from_str(raw).unwrap();
-    Timestamp::parse(v["lastUpdateTime"].as_str().unwrap()).unwrap()
+    let t = v
+        .get("lastUpdateTime")
+        .or(v.get("lastUpdateDateTime"))
+        .and_then(|t| t.as_str())
+        .unwrap();
+    Timestamp::parse(t).unwrap()
 }
 
 /// The sorted delays (seconds from visible to stored) of the versions that were the API's
-/// current version of their alert when stored, and how many were replaced before that.
+/// current version of their item when stored, and how many were replaced before that.
 fn delays(made: &[Made]) -> (Vec<f64>, usize) {
     let mut newer: BTreeMap<&str, Vec<(Timestamp, Timestamp)>> = BTreeMap::new();
     for m in made {
