@@ -293,7 +293,91 @@ async fn a_stopped_run_leaves_the_tenants_health_and_failure_count_alone(backend
     }
 }
 
+/// One Graph incident version.
+fn incident(id: &str, last_update: &str, status: &str) -> AlertRow {
+    let raw = format!(
+        r#"{{"id":"{id}","status":"{status}","severity":"high","lastUpdateDateTime":"{last_update}","tenantId":"{TENANT}","createdDateTime":"2024-04-01T00:00:00Z"}}"#
+    );
+    mde_sync::graph::incident::parse_incident(&RawValue::from_string(raw).unwrap()).unwrap()
+}
+
+/// Incidents keep the alerts' invariants in their own table and state: an older version never
+/// overwrites a newer one (to the 100 ns, on Postgres too), the incidents' watermark only moves
+/// forward and is separate from the alerts', and a run of the incidents is recorded with its
+/// collection and its own health.
+async fn incidents_are_newer_wins_with_a_watermark_and_health_of_their_own(backend: Backend) {
+    use mde_sync::collection::Collection::Incidents;
+    let (s, _db) = fresh(backend, "incidents").await;
+    let t = tenant();
+    let now = ts("2024-05-01T00:00:00Z");
+    assert_eq!(
+        s.prepare_collection(&t, Incidents, now).await.unwrap(),
+        None
+    );
+    let newer = incident("7", "2024-04-01T10:00:00.0000002Z", "resolved");
+    let older = incident("7", "2024-04-01T10:00:00.0000001Z", "active");
+    let w1 = ts("2024-04-02T00:00:00Z");
+    assert_eq!(
+        s.commit_incidents(&t.id, &[newer.clone()], Some(w1), now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.commit_incidents(&t.id, &[older], None, now)
+            .await
+            .unwrap(),
+        0
+    );
+    let raws = s.incident_raws(&t.id).await.unwrap();
+    assert!(same_raw(backend, &raws["7"], &newer.raw), "{raws:?}");
+    // the watermark moves only forward, and the alerts' is untouched
+    s.commit_incidents(&t.id, &[], Some(ts("2024-04-01T00:00:00Z")), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.prepare_collection(&t, Incidents, now).await.unwrap(),
+        Some(w1)
+    );
+    assert_eq!(s.prepare_tenant(&t, now).await.unwrap(), None);
+    // a failed run: the incidents' health, not the tenant's alerts'
+    let run_id = s.start_collection_run(&t.id, Incidents, now).await.unwrap();
+    s.finish_collection_run(&RunReport {
+        run_id,
+        tenant: t.id.clone(),
+        collection: Incidents,
+        finished_at: now,
+        ok: false,
+        health: Health::MissingRole,
+        alerts_received: 1,
+        alerts_written: 0,
+        alerts_rejected: 0,
+        pages: 1,
+        watermark_before: Some(w1),
+        watermark_after: Some(w1),
+        error: Some("no SecurityIncident.Read.All".into()),
+        freshness: None,
+    })
+    .await
+    .unwrap();
+    let c = s.collection_status().await.unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        (
+            c[0].collection.as_str(),
+            c[0].health.as_str(),
+            c[0].items,
+            c[0].open
+        ),
+        ("incidents", "missing-role", 1, 0)
+    );
+    assert_eq!(c[0].consecutive_failures, 1);
+    let alerts = s.status().await.unwrap();
+    assert_eq!(alerts[0].health, "new", "the alerts' health is their own");
+}
+
 on_both_backends!(
+    incidents_are_newer_wins_with_a_watermark_and_health_of_their_own,
     an_older_version_never_overwrites_a_newer_one_and_evidence_follows_its_alert,
     versions_from_either_source_compare_as_instants_whatever_their_digits,
     the_watermark_moves_only_forward_and_with_its_alerts,
