@@ -318,7 +318,7 @@ async fn incidents_are_newer_wins_with_a_watermark_and_health_of_their_own(backe
     let older = incident("7", "2024-04-01T10:00:00.0000001Z", "active");
     let w1 = ts("2024-04-02T00:00:00Z");
     assert_eq!(
-        s.commit_incidents(&t.id, &[newer.clone()], Some(w1), now)
+        s.commit_incidents(&t.id, std::slice::from_ref(&newer), Some(w1), now)
             .await
             .unwrap(),
         1
