@@ -11,7 +11,7 @@ use crate::{
     app,
     config::Needs,
     store::{
-        Store, StoreError,
+        Store,
         actions::{Action, ActionCount, ActionFields, ActionState, NewAction, TargetKind},
     },
     telemetry::{self, Target},
@@ -227,19 +227,13 @@ pub async fn list(config: &Path, args: ActionsArgs) -> Result<(), Failure> {
 pub async fn print_counts(store: &dyn Store) -> Result<(), Failure> {
     let counts = match store.action_counts().await {
         Ok(c) => c,
-        Err(StoreError::Database(sqlx::Error::Database(d)))
-            if d.code().as_deref() == Some("42501") =>
-        {
+        Err(e) if e.is_permission_denied() => {
             println!(
                 "\n(write-back requests not shown: this role may not read the actions table; GRANT SELECT ON actions to show them)"
             );
             return Ok(());
         }
-        Err(StoreError::Database(sqlx::Error::Database(d)))
-            if d.code().as_deref() == Some("42P01") || d.message().contains("no such table") =>
-        {
-            return Ok(());
-        }
+        Err(e) if e.is_missing_table() => return Ok(()),
         Err(e) => return Err(anyhow::Error::new(e).into()),
     };
     if counts.is_empty() {

@@ -428,9 +428,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                     Ok((l, r)) => print!("\n{}", report::render_leases(&l, &r)),
                     // The analyst role of docs/postgres.md may read only the alert and sync tables: the
                     // tenants' lines above are what it asked for.
-                    Err(store::StoreError::Database(sqlx::Error::Database(d)))
-                        if d.code().as_deref() == Some("42501") =>
-                    {
+                    Err(e) if e.is_permission_denied() => {
                         println!(
                             "\n(replica leases not shown: this role may not read tenant_leases and sync_replicas; GRANT SELECT ON tenant_leases, sync_replicas to show them)"
                         );
@@ -592,9 +590,7 @@ async fn print_collections(
             )
         ),
         // A role that may read only the alert and sync tables (docs/postgres.md).
-        Err(store::StoreError::Database(sqlx::Error::Database(d)))
-            if d.code().as_deref() == Some("42501") =>
-        {
+        Err(e) if e.is_permission_denied() => {
             println!(
                 "\n(incidents not shown: this role may not read collection_state and incidents; GRANT SELECT ON collection_state, incidents to show them)"
             );

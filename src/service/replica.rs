@@ -185,7 +185,7 @@ impl Replica {
         // a database that does not answer must not hold the loop past the trust window
         match tokio::time::timeout(self.settings.lease_ttl / 3, f).await {
             Ok(r) => r,
-            Err(_) => Err(StoreError::Config(
+            Err(_) => Err(StoreError::Unavailable(
                 "the database did not answer the lease statement in time".into(),
             )),
         }

@@ -143,7 +143,7 @@ impl Leases {
     pub fn join(&self, replica_id: &str) -> Result<(), StoreError> {
         let owner = self.book.owner.get_or_init(|| replica_id.to_owned());
         if owner != replica_id {
-            return Err(StoreError::Config(format!(
+            return Err(StoreError::Internal(format!(
                 "this process already takes part as replica {owner:?}, not {replica_id:?}"
             )));
         }
@@ -152,7 +152,7 @@ impl Leases {
 
     fn me(&self) -> Result<&str, StoreError> {
         self.book.owner().ok_or_else(|| {
-            StoreError::Config("lease statements need a replica id: call join first".into())
+            StoreError::Internal("lease statements need a replica id: call join first".into())
         })
     }
 

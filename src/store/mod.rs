@@ -61,6 +61,30 @@ pub enum StoreError {
     /// The database cannot be reached; says where and why.
     #[error("{0}")]
     Unavailable(String),
+    /// What this backend cannot do, with what to do instead.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A value stored in the database that cannot be read back (edited by hand, say).
+    #[error("{0}")]
+    Corrupt(String),
+    /// A part of this process the store relies on stopped or was misused (a bug).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// The database refused the statement for lack of a privilege (Postgres SQLSTATE 42501): a
+    /// read-only role asked for a table it may not read.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, Self::Database(sqlx::Error::Database(d)) if d.code().as_deref() == Some("42501"))
+    }
+
+    /// A table this statement needs does not exist: a database older than the command, or not
+    /// migrated yet (Postgres SQLSTATE 42P01, SQLite "no such table").
+    pub fn is_missing_table(&self) -> bool {
+        matches!(self, Self::Database(sqlx::Error::Database(d))
+            if d.code().as_deref() == Some("42P01") || d.message().contains("no such table"))
+    }
 }
 
 /// How one sync run ended, for `sync_runs` and `sync_state`.
@@ -202,7 +226,7 @@ pub trait Store: actions::ActionStore + collections::CollectionStore + Send + Sy
     fn backup<'a>(&'a self, to: &'a std::path::Path) -> BoxFuture<'a, Result<(), StoreError>> {
         let _ = to;
         Box::pin(async {
-            Err(StoreError::Config(
+            Err(StoreError::Unsupported(
                 "backup copies a SQLite database; for Postgres use the server's tools: pg_dump --format=custom --file=FILE DATABASE_URL (restore with pg_restore)".into(),
             ))
         })

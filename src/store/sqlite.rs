@@ -203,7 +203,7 @@ fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
         Ok(_) => Ok(()),
         // created meanwhile by another process: SQLite opens it as it is
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StoreError::Config(format!(
+        Err(e) => Err(StoreError::Unavailable(format!(
             "cannot create the database file {}: {e}; check that its directory exists and the mde-sync user may write there",
             path.display()
         ))),
@@ -270,7 +270,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(30));
         let file = opts.get_filename().to_path_buf();
         if !file.exists() {
-            return Err(StoreError::Config(format!(
+            return Err(StoreError::Unavailable(format!(
                 "the database {} does not exist: start the service (it creates the database) or run `mde-sync migrate`, or point database.url at the service's database; read-only commands never create one",
                 file.display()
             )));
@@ -572,7 +572,7 @@ impl Store for SqliteStore {
                 .await?;
             self.pool.close().await;
             if busy != 0 {
-                return Err(StoreError::Config(
+                return Err(StoreError::Unavailable(
                     "the write-ahead log could not be moved into the database file, as another process is reading it: copy the database with `mde-sync backup FILE`, not by copying the file".into(),
                 ));
             }

@@ -101,7 +101,7 @@ impl PageSink {
         self.batch_bytes = 0;
         match &self.tx {
             Some(tx) => tx.send((rows, watermark)).await.map_err(|_| {
-                SyncError::Store(StoreError::Config("the database writer stopped".into()))
+                SyncError::Store(StoreError::Internal("the database writer stopped".into()))
             }),
             None => Ok(()),
         }

@@ -199,12 +199,12 @@ pub trait ActionStore: Send + Sync {
 /// Decodes a stored state; the table's CHECK allows no other.
 fn state_of(text: &str) -> Result<ActionState, StoreError> {
     ActionState::parse(text)
-        .ok_or_else(|| StoreError::Config(format!("actions.state {text:?} is not a known state")))
+        .ok_or_else(|| StoreError::Corrupt(format!("actions.state {text:?} is not a known state")))
 }
 
 fn kind_of(text: &str) -> Result<TargetKind, StoreError> {
     TargetKind::parse(text).ok_or_else(|| {
-        StoreError::Config(format!(
+        StoreError::Corrupt(format!(
             "actions.target_kind {text:?} is not alert or incident"
         ))
     })
@@ -213,7 +213,7 @@ fn kind_of(text: &str) -> Result<TargetKind, StoreError> {
 fn time_of(text: Option<String>) -> Result<Option<Timestamp>, StoreError> {
     text.map(|t| {
         Timestamp::parse(&t)
-            .map_err(|_| StoreError::Config(format!("actions: {t:?} is not a timestamp")))
+            .map_err(|_| StoreError::Corrupt(format!("actions: {t:?} is not a timestamp")))
     })
     .transpose()
 }

@@ -21,7 +21,7 @@ fn action(r: &SqliteRow) -> Result<Action, StoreError> {
     let custom_tags = tags
         .map(|t| {
             serde_json::from_str::<Vec<String>>(&t).map_err(|_| {
-                StoreError::Config(format!(
+                StoreError::Corrupt(format!(
                     "actions.custom_tags {t:?} is not a JSON array of strings"
                 ))
             })
