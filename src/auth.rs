@@ -195,11 +195,19 @@ pub enum AuthError {
         "the token endpoint answered HTTP {status} redirecting to {location}; the redirect was not followed (the secret is never sent elsewhere): check cloud.login_url and any proxy in between"
     )]
     Redirected { status: u16, location: String },
+    /// No token was asked for this tenant: the app's credential was refused for other tenants
+    /// just before, and token requests pause for `sync.credential_retry` (or until a token is
+    /// issued to any tenant).
+    #[error(
+        "{0} (refused for other tenants; token requests pause until sync.credential_retry has passed or a token is issued)"
+    )]
+    Paused(Box<AuthError>),
 }
 
 impl AuthError {
     pub fn fault(&self) -> TokenFault {
         match self {
+            Self::Paused(e) => e.fault(),
             Self::Refused { fault, .. } => *fault,
             Self::Network(_) => TokenFault::Transient,
             Self::Decode { status, .. } if *status >= 500 => TokenFault::Transient,

@@ -730,3 +730,72 @@ async fn a_slow_writer_does_not_time_out_a_large_page(backend: common::Backend) 
 }
 
 on_both_backends!(a_slow_writer_does_not_time_out_a_large_page);
+
+/// Tenants whose own secret is refused (a per-tenant mix-up) pause token requests for a while,
+/// as the app's credential would; a healthy tenant that ran into that pause had no token asked
+/// for it and must not be put on the slow retry of a tenant that needs its admin: once any tenant
+/// got a token, it syncs on the very next pass. (Found by the soak: five refused tenants first
+/// in the file put 160 healthy ones on the hour-long onboarding retry.)
+async fn a_pause_after_other_tenants_refusals_never_sends_healthy_tenants_to_the_slow_retry(
+    backend: common::Backend,
+) {
+    use mde_sync::{
+        health::Health,
+        simulator::{SimConfig, SimTenant, TenantKind},
+    };
+    let mut cfg = SimConfig::new(
+        (1..=20)
+            .map(|n| {
+                let kind = if n <= 3 {
+                    TenantKind::BadSecret
+                } else {
+                    TenantKind::Good
+                };
+                SimTenant::numbered(n, kind, 3)
+            })
+            .collect(),
+    );
+    cfg.max_lag = time::Duration::ZERO;
+    let mut sync = common::sync_settings(100, time::Duration::minutes(10));
+    sync.max_concurrent_tenants = 2;
+    sync.credential_retry = time::Duration::seconds(1);
+    let env = common::start_on(backend, "paused", cfg, mde_sync::clock::system(), sync).await;
+    let healthy = &env.tenants[3..];
+    // Passes a second apart (the credential retry): two refusals first pause every token
+    // request, then the app's credential looks refused and one tenant probes it per pass, the
+    // probes going round the tenants until one gets a token.
+    let mut synced = std::collections::HashSet::new();
+    for pass in 0..12 {
+        for o in env.app.sync_once().await {
+            let good = healthy.iter().any(|t| t.id == o.tenant);
+            if good && o.ok() == Some(true) {
+                synced.insert(o.tenant.clone());
+            }
+            assert!(
+                !(good
+                    && o.error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("onboarding fault"))),
+                "pass {pass}: healthy tenant {} was put on the slow retry",
+                o.tenant
+            );
+        }
+        if synced.len() == healthy.len() {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(1_100)).await;
+    }
+    assert_eq!(synced.len(), healthy.len(), "every healthy tenant synced");
+    // the refused tenants are the ones waiting on their slow retry now
+    let last = env.app.sync_once().await;
+    for o in &last[..3] {
+        assert_eq!(o.health, Health::Skipped, "{:?}", o.error);
+    }
+    for o in &last[3..] {
+        assert_eq!(o.ok(), Some(true), "{} {:?}", o.tenant, o.error);
+    }
+}
+
+on_both_backends!(
+    a_pause_after_other_tenants_refusals_never_sends_healthy_tenants_to_the_slow_retry
+);

@@ -227,7 +227,9 @@ impl TokenProvider {
     fn pause_in_force(&self) -> Result<(), AuthError> {
         let state = self.credential_state.lock().expect("credential");
         match &state.paused {
-            Some((e, until)) if *until > self.clock.now() => Err(e.clone()),
+            Some((e, until)) if *until > self.clock.now() => {
+                Err(AuthError::Paused(Box::new(e.clone())))
+            }
             _ => Ok(()),
         }
     }

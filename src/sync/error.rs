@@ -76,12 +76,17 @@ pub enum FaultScope {
     Onboarding,
     /// Anything else: retry on the next tick.
     Transient,
+    /// No token was asked for this tenant while the app's credential was paused after other
+    /// tenants' refusals: the app's fault if no tenant succeeded in the pass, else nobody's (the
+    /// tenant runs again next tick, never on the slow retry of a tenant that needs its admin).
+    Paused,
 }
 
 impl SyncError {
     pub fn scope(&self) -> FaultScope {
         use crate::auth::TokenFault as F;
         match self {
+            Self::Api(ApiError::Token(crate::auth::AuthError::Paused(_))) => FaultScope::Paused,
             Self::Api(ApiError::Token(e)) => match e.fault() {
                 f if f.is_global() => FaultScope::Global,
                 F::NotConsented | F::NotProvisioned | F::TenantNotFound | F::ConditionalAccess => {

@@ -398,6 +398,8 @@ pub struct Syncer {
     retry_at: Mutex<HashMap<JobKey, tokio::time::Instant>>,
     /// The app's credential was refused: why, and when one tenant may probe it again.
     credential_fault: Mutex<Option<(String, tokio::time::Instant)>>,
+    /// Which tenant probes the refused credential next (they take turns).
+    probe_turn: std::sync::atomic::AtomicUsize,
     /// Set once by [`Syncer::stop`]; runs watch it between pages and while waiting on the API.
     stop: watch::Sender<bool>,
     /// When set, only these tenants may run; the others stop at their next page boundary.
@@ -445,6 +447,7 @@ impl Syncer {
             running: Mutex::new(HashSet::new()),
             retry_at: Mutex::new(HashMap::new()),
             credential_fault: Mutex::new(None),
+            probe_turn: Default::default(),
             stop: watch::Sender::new(false),
             active: Mutex::new(None),
             cursors: Mutex::new(HashMap::new()),

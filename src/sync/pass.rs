@@ -82,16 +82,20 @@ impl Syncer {
             .expect("credential fault")
             .clone();
         if let Some((why, probe_at)) = fault {
-            let probe = if now >= probe_at && !to_run.is_empty() {
-                1
-            } else {
-                0
-            };
-            for (i, job) in to_run.drain(probe..) {
+            // The probe goes round the tenants: a tenant whose own secret is refused must not be
+            // the only one ever asked, or the app would stay paused for good.
+            let probe = (now >= probe_at && !to_run.is_empty()).then(|| {
+                let turn = self
+                    .probe_turn
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                to_run.remove(turn % to_run.len())
+            });
+            for (i, job) in to_run.drain(..) {
                 let mut o = skipped_outcome(&job, &why);
                 o.health = Health::CredentialError;
                 skipped.push((i, o));
             }
+            to_run.extend(probe);
         }
         (skipped, to_run)
     }
@@ -133,6 +137,8 @@ impl Syncer {
         let now = tokio::time::Instant::now();
         let scope = match o.scope {
             Some(FaultScope::Global) if others_ok => Some(FaultScope::Onboarding),
+            Some(FaultScope::Paused) if others_ok => Some(FaultScope::Transient),
+            Some(FaultScope::Paused) => Some(FaultScope::Global),
             s => s,
         };
         match (o.ok(), scope) {
