@@ -389,6 +389,9 @@ EXPOSURE="$(ct systemd-analyze security --no-pager mde-sync | sed -n 's/.*Overal
 awk -v e="$EXPOSURE" 'BEGIN { exit !(e != "" && e + 0 <= 2.0) }' &&
     pass "systemd-analyze security mde-sync: $EXPOSURE (<= 2.0)" ||
     fail "systemd-analyze security mde-sync: '$EXPOSURE' (want <= 2.0)"
+check "the unit caps memory (MemoryMax=1G, MemoryHigh=768M)" \
+    sh_ct 'systemctl show -p MemoryMax --value mde-sync | grep -qx 1073741824 &&
+           systemctl show -p MemoryHigh --value mde-sync | grep -qx 805306368'
 
 echo "== remove and purge"
 check "sudo apt remove -y mde-sync stops the service and keeps configuration, data and user" \
