@@ -120,27 +120,8 @@ pub(super) fn validate_sync(
     problems: &mut Problems,
 ) -> SyncSettings {
     let d = SyncSettings::default();
-    let schedule = raw.schedule.unwrap_or(d.schedule);
-    if let Err(msg) = check_cron(&schedule) {
-        problems.push(
-            "sync.schedule",
-            format!(
-                "{schedule:?} is not a cron expression with a seconds field ({msg}): e.g. \"0 * * * * *\" for once a minute"
-            ),
-        );
-    }
-    let page_size = raw.page_size.map_or(d.page_size, |n| {
-        within(
-            problems,
-            "sync.page_size",
-            n,
-            MIN_PAGE_SIZE as i64..=MAX_PAGE_SIZE as i64,
-            &format!(
-                "{n} is out of range: use {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE} (the API's $top allows at most {MAX_PAGE_SIZE}, and pages of fewer than {MIN_PAGE_SIZE} alerts cannot overlap by enough to prove that an instant shared by more alerts than a page was read whole)"
-            ),
-        )
-        .map_or(d.page_size, |n| n as usize)
-    });
+    let schedule = validate_schedule(raw.schedule, d.schedule, problems);
+    let page_size = validate_page_size(raw.page_size, d.page_size, problems);
     let initial_lookback = duration_within(
         problems,
         "sync.initial_lookback",
@@ -219,34 +200,7 @@ pub(super) fn validate_sync(
         d.max_alert_bytes >> 20,
         1_024,
     ) << 20;
-    // The API refuses more than 100 calls a minute and 1,500 an hour per tenant: a higher budget
-    // only trades our own pacing for 429s. A loopback API (the simulator, benchmarks) may go
-    // faster.
-    if !api_url.is_some_and(is_loopback) {
-        for (key, value, api_limit, window) in [
-            (
-                "sync.calls_per_minute",
-                calls_per_minute,
-                API_CALLS_PER_MINUTE,
-                "minute",
-            ),
-            (
-                "sync.calls_per_hour",
-                calls_per_hour,
-                API_CALLS_PER_HOUR,
-                "hour",
-            ),
-        ] {
-            if value > api_limit {
-                problems.push(
-                    key,
-                    format!(
-                        "{value} is above the API's limit of {api_limit} calls a {window} per tenant, so the extra calls would only be refused with 429: use at most {api_limit}"
-                    ),
-                );
-            }
-        }
-    }
+    check_api_limits(calls_per_minute, calls_per_hour, api_url, problems);
     let max_retry_after = duration(
         problems,
         "sync.max_retry_after",
@@ -294,6 +248,73 @@ pub(super) fn validate_sync(
         max_response_bytes,
         max_alert_bytes,
         incidents: raw.incidents.unwrap_or(d.incidents),
+    }
+}
+
+/// `sync.schedule`: a cron expression with a seconds field.
+fn validate_schedule(raw: Option<String>, default: String, problems: &mut Problems) -> String {
+    let schedule = raw.unwrap_or(default);
+    if let Err(msg) = check_cron(&schedule) {
+        problems.push(
+            "sync.schedule",
+            format!(
+                "{schedule:?} is not a cron expression with a seconds field ({msg}): e.g. \"0 * * * * *\" for once a minute"
+            ),
+        );
+    }
+    schedule
+}
+
+/// `sync.page_size`: within what the API serves and what the proof needs.
+fn validate_page_size(raw: Option<i64>, default: usize, problems: &mut Problems) -> usize {
+    raw.map_or(default, |n| {
+        within(
+            problems,
+            "sync.page_size",
+            n,
+            MIN_PAGE_SIZE as i64..=MAX_PAGE_SIZE as i64,
+            &format!(
+                "{n} is out of range: use {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE} (the API's $top allows at most {MAX_PAGE_SIZE}, and pages of fewer than {MIN_PAGE_SIZE} alerts cannot overlap by enough to prove that an instant shared by more alerts than a page was read whole)"
+            ),
+        )
+        .map_or(default, |n| n as usize)
+    })
+}
+
+/// The call budget against the API's own limits: the API refuses more than 100 calls a minute
+/// and 1,500 an hour per tenant, so a higher budget only trades our own pacing for 429s. A
+/// loopback API (the simulator, benchmarks) may go faster.
+fn check_api_limits(
+    calls_per_minute: usize,
+    calls_per_hour: usize,
+    api_url: Option<&Url>,
+    problems: &mut Problems,
+) {
+    if api_url.is_some_and(is_loopback) {
+        return;
+    }
+    for (key, value, api_limit, window) in [
+        (
+            "sync.calls_per_minute",
+            calls_per_minute,
+            API_CALLS_PER_MINUTE,
+            "minute",
+        ),
+        (
+            "sync.calls_per_hour",
+            calls_per_hour,
+            API_CALLS_PER_HOUR,
+            "hour",
+        ),
+    ] {
+        if value > api_limit {
+            problems.push(
+                key,
+                format!(
+                    "{value} is above the API's limit of {api_limit} calls a {window} per tenant, so the extra calls would only be refused with 429: use at most {api_limit}"
+                ),
+            );
+        }
     }
 }
 
