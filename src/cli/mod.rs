@@ -581,6 +581,8 @@ async fn print_collections(
 ) -> Result<(), Failure> {
     match store.collection_status().await {
         Ok(rows) if rows.is_empty() => {}
+        // a database not migrated to incidents yet (read-only commands never migrate)
+        Err(e) if e.is_missing_table() => {}
         Ok(rows) => print!(
             "\n{}",
             report::render_collections(
