@@ -230,6 +230,66 @@ async fn an_expired_secret_costs_one_renewal_probe_per_credential_retry() {
     );
 }
 
+/// Tenants that never accepted the credential (each its own mix-up) never pause the others once
+/// the credential has worked: however many of them are refused, in a row, a tenant asking for
+/// its first token gets it. (Found by the soak: five such tenants retrying every few minutes
+/// paused token requests for everybody, again and again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_that_never_accepted_the_secret_do_not_pause_the_others() {
+    use mde_sync::simulator::{SimConfig, SimTenant, Simulator, TenantKind};
+    let kinds = [
+        TenantKind::Good,
+        TenantKind::BadSecret,
+        TenantKind::BadSecret,
+    ];
+    let mut cfg = SimConfig::new(
+        (1..=6)
+            .map(|n| {
+                SimTenant::numbered(n, kinds.get(n - 1).copied().unwrap_or(TenantKind::Good), 0)
+            })
+            .collect(),
+    );
+    cfg.faults = Default::default();
+    let sim = Simulator::new(cfg.clone());
+    let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let clock = common::manual_clock();
+    let tokens = TokenProvider::new(
+        mde_sync::auth::http_client(StdDuration::from_secs(30)),
+        server.base_url().parse().unwrap(),
+        cfg.client_id.clone(),
+        Some(SecretString::from(cfg.client_secret.clone())),
+        "https://api.securitycenter.microsoft.com/.default".into(),
+        Arc::new(clock.clone()),
+    );
+    tokens.token(&tenant(1)).await.unwrap();
+    for _ in 0..3 {
+        for n in [2, 3] {
+            let e = tokens.token(&tenant(n)).await.unwrap_err();
+            assert!(
+                !matches!(e, AuthError::Paused(_)),
+                "a request was made for tenant {n}: {e}"
+            );
+        }
+    }
+    for n in 4..=6 {
+        tokens
+            .token(&tenant(n))
+            .await
+            .unwrap_or_else(|e| panic!("tenant {n} was paused by the others' mix-ups: {e}"));
+    }
+    // the app's secret expiring is still the app's: two tenants that had tokens refused pause
+    sim.expire_secret();
+    sim.revoke_tokens();
+    for n in [1, 4] {
+        tokens.invalidate(&tenant(n));
+        assert!(tokens.token(&tenant(n)).await.is_err());
+    }
+    tokens.invalidate(&tenant(5));
+    let paused = tokens.token(&tenant(5)).await.unwrap_err();
+    assert!(matches!(paused, AuthError::Paused(_)), "{paused}");
+    server.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_renewal_backs_off_and_tokens_of_tenants_that_left_are_dropped() {
     // a token for each tenant's first request, then only 503s

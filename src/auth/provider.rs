@@ -32,7 +32,10 @@ pub const MAX_TOKEN_LIFETIME: Duration = Duration::hours(24);
 
 /// How many tenants must see the app's credential refused, with no token issued in between,
 /// before the refusal is taken as the app's: then no tenant asks again before
-/// `sync.credential_retry` has passed. Two, so that one tenant's own mix-up pauses nobody.
+/// `sync.credential_retry` has passed. Two, so that one tenant's own mix-up pauses nobody. Once
+/// any tenant was issued a token, only refusals of tenants that were issued one before count:
+/// a credential that worked for them and no longer does is the app's (an expired secret), while
+/// tenants that never accepted it are each their own mix-up, however many they are.
 const REFUSALS_TO_PAUSE: usize = 2;
 
 /// The first wait before renewing a token whose renewal failed; doubled after each failure, up
@@ -56,6 +59,8 @@ struct CredentialState {
     proven: bool,
     /// Tenants whose token request refused the credential since a token was last issued.
     refused_by: HashSet<TenantId>,
+    /// Tenants a token was issued to in this process (pruned with the tenant set).
+    issued_to: HashSet<TenantId>,
     /// The refusal, and until when no tenant asks for a token (once enough tenants saw it).
     paused: Option<(AuthError, OffsetDateTime)>,
 }
@@ -239,11 +244,20 @@ impl TokenProvider {
         let mut state = self.credential_state.lock().expect("credential");
         match result {
             Ok(_) => {
+                let mut issued_to = std::mem::take(&mut state.issued_to);
+                issued_to.insert(tenant.clone());
                 *state = CredentialState {
                     proven: true,
+                    issued_to,
                     ..CredentialState::default()
                 }
             }
+            // a tenant that never accepted the credential tells nothing about the app's, once
+            // others have
+            Err(e)
+                if e.fault().is_global()
+                    && !state.issued_to.is_empty()
+                    && !state.issued_to.contains(tenant) => {}
             Err(e) if e.fault().is_global() => {
                 state.proven = false;
                 state.refused_by.insert(tenant.clone());
@@ -272,6 +286,11 @@ impl TokenProvider {
             .lock()
             .expect("fetch locks")
             .retain(|t, _| keep.contains(t));
+        self.credential_state
+            .lock()
+            .expect("credential")
+            .issued_to
+            .retain(|t| keep.contains(t));
     }
 
     /// How many tokens are cached (for tests and the metrics).
