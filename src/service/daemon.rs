@@ -55,38 +55,9 @@ impl App {
         let tenants = watch::Sender::new(Arc::new(self.settings.tenants.clone()));
         // Several replicas (Postgres): claim a share of the tenants before the first pass.
         let (claimed_tx, mut claimed_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Tenant>>();
-        let mut held: Option<Arc<Replica>> = None;
-        let replica_loop = match self.store.leases() {
-            Some(leases) => {
-                let replica = Replica::new(leases, &self.settings.service.replica)
-                    .context("while joining as a replica")?;
-                // a tenant taken over keeps the calls and Retry-After its previous owner spent
-                replica.use_budget(vec![self.budget.clone(), self.graph_budget.clone()]);
-                held = Some(replica.clone());
-                self.syncer.set_gate(replica.gate());
-                replica.start(&self.settings.tenants, &self.syncer).await;
-                Some(replica.spawn(self.syncer.clone(), tenants.subscribe(), claimed_tx))
-            }
-            None => None,
-        };
+        let (held, replica_loop) = self.join_replicas(&tenants, claimed_tx).await?;
         self.apply_tenants(held.as_deref(), &self.settings.tenants);
-        match self.store.status().await {
-            Ok(rows) => {
-                for r in rows {
-                    let Ok(id) = TenantId::parse(&r.tenant_id) else {
-                        continue;
-                    };
-                    let time = |t: Option<&str>| t.and_then(|w| Timestamp::parse(w).ok());
-                    self.metrics.seed(
-                        &id,
-                        stored_health(&r.health),
-                        time(r.watermark.as_deref()),
-                        time(r.last_success_at.as_deref()),
-                    );
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot read the tenants' state for the metrics"),
-        }
+        self.seed_metrics().await;
         let heartbeat = Arc::new(Heartbeat::default());
 
         let listener = match self.settings.metrics.listen {
@@ -100,79 +71,11 @@ impl App {
             .await
             .context("while starting the scheduler")?;
 
-        let (syncer, actions, metrics, current, n, replica) = (
-            self.syncer.clone(),
-            self.actions.clone(),
-            self.metrics.clone(),
-            tenants.subscribe(),
-            notifier.clone(),
-            held.clone(),
-        );
-        sched
-            .add(
-                Job::new_async(self.settings.sync.schedule.as_str(), move |_, _| {
-                    // The tenants file as of this tick: a reload takes effect at the next one.
-                    let run = pass(
-                        syncer.clone(),
-                        actions.clone(),
-                        mine(replica.as_deref(), current.borrow().clone()),
-                        metrics.clone(),
-                        n.clone(),
-                    );
-                    Box::pin(async move {
-                        // Spawned so a long run never blocks the scheduler; sync_all skips
-                        // tenants whose previous run is still going.
-                        tokio::spawn(run);
-                    })
-                })
-                .context("while scheduling sync.schedule")?,
-            )
+        self.schedule_passes(&sched, &tenants, held.clone(), notifier.clone())
             .await?;
-
-        let tokens = self.tokens.clone();
-        let graph_tokens = self.graph_tokens.clone();
-        let budgets = [self.budget.clone(), self.graph_budget.clone()];
-        let (current, replica) = (tenants.subscribe(), held.clone());
-        sched
-            .add(
-                Job::new_async("*/30 * * * * *", move |_, _| {
-                    let tokens = tokens.clone();
-                    let graph_tokens = graph_tokens.clone();
-                    // Only the tenants this replica syncs keep their tokens: a removed or
-                    // handed-over tenant's token is dropped, not renewed forever.
-                    let keep: HashSet<TenantId> =
-                        mine(replica.as_deref(), current.borrow().clone())
-                            .iter()
-                            .map(|t| t.id.clone())
-                            .collect();
-                    for b in &budgets {
-                        b.forget_idle(&keep);
-                    }
-                    Box::pin(async move {
-                        tokens.retain(&keep);
-                        graph_tokens.retain(&keep);
-                        let n = tokens.renew_expiring().await + graph_tokens.renew_expiring().await;
-                        if n > 0 {
-                            tracing::info!(renewed = n, "tokens renewed ahead of expiry");
-                        }
-                    })
-                })
-                .context("while scheduling token renewal")?,
-            )
+        self.schedule_token_renewal(&sched, &tenants, held.clone())
             .await?;
-
-        // The heartbeat proves the scheduler itself ticks: health checks and the watchdog
-        // trust it, not the mere existence of the process.
-        let beat = heartbeat.clone();
-        sched
-            .add(
-                Job::new_async("* * * * * *", move |_, _| {
-                    beat.beat();
-                    Box::pin(async {})
-                })
-                .context("while scheduling the heartbeat")?,
-            )
-            .await?;
+        schedule_heartbeat(&sched, heartbeat.clone()).await?;
         sched
             .start()
             .await
@@ -266,6 +169,156 @@ impl App {
             }
         }
 
+        let tasks: Vec<tokio::task::JoinHandle<()>> = admin
+            .into_iter()
+            .chain(watchdog)
+            .chain(replica_loop)
+            .chain(db_watch)
+            .collect();
+        self.shut_down(sched, held.as_deref(), &notifier, &heartbeat, grace, tasks)
+            .await;
+        if let Some(why) = fatal {
+            return Err(anyhow::anyhow!(why));
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// Several replicas (Postgres): joins as a replica and claims a share of the tenants before
+    /// the first pass; returns the replica and its loop (claims, renewals), which sends the
+    /// tenants it claims later to `claimed`.
+    async fn join_replicas(
+        &self,
+        tenants: &watch::Sender<Arc<Vec<Tenant>>>,
+        claimed_tx: tokio::sync::mpsc::UnboundedSender<Vec<Tenant>>,
+    ) -> anyhow::Result<(Option<Arc<Replica>>, Option<tokio::task::JoinHandle<()>>)> {
+        let Some(leases) = self.store.leases() else {
+            return Ok((None, None));
+        };
+        let replica = Replica::new(leases, &self.settings.service.replica)
+            .context("while joining as a replica")?;
+        // a tenant taken over keeps the calls and Retry-After its previous owner spent
+        replica.use_budget(vec![self.budget.clone(), self.graph_budget.clone()]);
+        self.syncer.set_gate(replica.gate());
+        replica.start(&self.settings.tenants, &self.syncer).await;
+        let replica_loop = replica.spawn(self.syncer.clone(), tenants.subscribe(), claimed_tx);
+        Ok((Some(replica), Some(replica_loop)))
+    }
+
+    /// Seeds the tenants' gauges from the database, so a restart does not blank them.
+    async fn seed_metrics(&self) {
+        match self.store.status().await {
+            Ok(rows) => {
+                for r in rows {
+                    let Ok(id) = TenantId::parse(&r.tenant_id) else {
+                        continue;
+                    };
+                    let time = |t: Option<&str>| t.and_then(|w| Timestamp::parse(w).ok());
+                    self.metrics.seed(
+                        &id,
+                        stored_health(&r.health),
+                        time(r.watermark.as_deref()),
+                        time(r.last_success_at.as_deref()),
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the tenants' state for the metrics"),
+        }
+    }
+
+    /// A pass on every `sync.schedule` tick, over the tenants file as of that tick.
+    async fn schedule_passes(
+        &self,
+        sched: &JobScheduler,
+        tenants: &watch::Sender<Arc<Vec<Tenant>>>,
+        replica: Option<Arc<Replica>>,
+        notifier: Notifier,
+    ) -> anyhow::Result<()> {
+        let (syncer, actions, metrics, current, n) = (
+            self.syncer.clone(),
+            self.actions.clone(),
+            self.metrics.clone(),
+            tenants.subscribe(),
+            notifier,
+        );
+        sched
+            .add(
+                Job::new_async(self.settings.sync.schedule.as_str(), move |_, _| {
+                    // The tenants file as of this tick: a reload takes effect at the next one.
+                    let run = pass(
+                        syncer.clone(),
+                        actions.clone(),
+                        mine(replica.as_deref(), current.borrow().clone()),
+                        metrics.clone(),
+                        n.clone(),
+                    );
+                    Box::pin(async move {
+                        // Spawned so a long run never blocks the scheduler; sync_all skips
+                        // tenants whose previous run is still going.
+                        tokio::spawn(run);
+                    })
+                })
+                .context("while scheduling sync.schedule")?,
+            )
+            .await?;
+
+        Ok(())
+    }
+
+    /// Every 30 s: tokens renewed ahead of expiry, and those of tenants no longer synced here
+    /// dropped (with their idle call budgets).
+    async fn schedule_token_renewal(
+        &self,
+        sched: &JobScheduler,
+        tenants: &watch::Sender<Arc<Vec<Tenant>>>,
+        replica: Option<Arc<Replica>>,
+    ) -> anyhow::Result<()> {
+        let tokens = self.tokens.clone();
+        let graph_tokens = self.graph_tokens.clone();
+        let budgets = [self.budget.clone(), self.graph_budget.clone()];
+        let current = tenants.subscribe();
+        sched
+            .add(
+                Job::new_async("*/30 * * * * *", move |_, _| {
+                    let tokens = tokens.clone();
+                    let graph_tokens = graph_tokens.clone();
+                    // Only the tenants this replica syncs keep their tokens: a removed or
+                    // handed-over tenant's token is dropped, not renewed forever.
+                    let keep: HashSet<TenantId> =
+                        mine(replica.as_deref(), current.borrow().clone())
+                            .iter()
+                            .map(|t| t.id.clone())
+                            .collect();
+                    for b in &budgets {
+                        b.forget_idle(&keep);
+                    }
+                    Box::pin(async move {
+                        tokens.retain(&keep);
+                        graph_tokens.retain(&keep);
+                        let n = tokens.renew_expiring().await + graph_tokens.renew_expiring().await;
+                        if n > 0 {
+                            tracing::info!(renewed = n, "tokens renewed ahead of expiry");
+                        }
+                    })
+                })
+                .context("while scheduling token renewal")?,
+            )
+            .await?;
+
+        Ok(())
+    }
+
+    /// Shutdown: no new runs, runs in progress get `grace` to reach a page boundary (the
+    /// watchdog fed meanwhile), the daemon's tasks end, and a replica frees its leases.
+    async fn shut_down(
+        &self,
+        sched: JobScheduler,
+        held: Option<&Replica>,
+        notifier: &Notifier,
+        heartbeat: &Heartbeat,
+        grace: Duration,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    ) {
         let running = self.syncer.running_count();
         tracing::info!(
             runs_in_progress = running,
@@ -276,7 +329,7 @@ impl App {
             "stopping: {running} run(s) finishing their current page"
         ));
         self.syncer.stop();
-        if let Some(r) = &held {
+        if let Some(r) = held {
             // held leases stay renewed while runs finish; nothing new is claimed
             r.begin_stop();
         }
@@ -295,23 +348,13 @@ impl App {
                 "runs still in progress abandoned; they resume from their watermark"
             );
         }
-        for task in admin
-            .into_iter()
-            .chain(watchdog)
-            .chain(replica_loop)
-            .chain(db_watch)
-        {
+        for task in tasks {
             task.abort();
         }
-        if let Some(r) = &held {
+        if let Some(r) = held {
             // Other replicas take this one's tenants over at their next round, not after a ttl.
             r.release_all().await;
         }
-        if let Some(why) = fatal {
-            return Err(anyhow::anyhow!(why));
-        }
-        tracing::info!("stopped");
-        Ok(())
     }
 
     /// Points the syncer and the metrics at `tenants`: tenants not listed (or disabled) stop
@@ -508,4 +551,20 @@ fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str> {
     check("service", old.service != new.service);
     check("metrics", old.metrics != new.metrics);
     keys
+}
+
+/// A job every second proving the scheduler itself ticks: health checks and the watchdog trust
+/// it, not the mere existence of the process.
+async fn schedule_heartbeat(sched: &JobScheduler, heartbeat: Arc<Heartbeat>) -> anyhow::Result<()> {
+    let beat = heartbeat;
+    sched
+        .add(
+            Job::new_async("* * * * * *", move |_, _| {
+                beat.beat();
+                Box::pin(async {})
+            })
+            .context("while scheduling the heartbeat")?,
+        )
+        .await?;
+    Ok(())
 }
