@@ -23,6 +23,7 @@ pub mod lease;
 mod pg_connect;
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_span;
 mod sqlite_writer;
 
 use std::{collections::BTreeMap, sync::Arc};
