@@ -553,7 +553,7 @@ impl Store for PostgresStore {
         });
         Box::pin(self.explained(async move {
             task.await
-                .map_err(|e| StoreError::Config(format!("the database task failed: {e}")))?
+                .map_err(|e| StoreError::Internal(format!("the database task failed: {e}")))?
         }))
     }
 

@@ -295,10 +295,41 @@ impl SqliteStore {
         })
     }
 
-    /// One batch of alerts and the watermark in one transaction on the writer (see
-    /// [`Store::commit`]).
+    /// One batch of alerts and the watermark on the writer: in a transaction of its own, or on
+    /// a database file in the transaction the writer keeps open while a response streams in,
+    /// committed with the watermark at the latest ([`super::sqlite_span`]).
     async fn write_batch(
-        conn: &mut SqliteConnection,
+        &self,
+        tenant: &TenantId,
+        alerts: &[AlertRow],
+        watermark: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let mut w = self.writer.lock().await?;
+        if !w.spans() {
+            let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+            let written = Self::write_rows(&mut tx, tenant, alerts, watermark, now).await?;
+            tx.commit().await?;
+            // otherwise (a full disk, a connection whose thread died) the next batch starts on
+            // a new connection
+            w.done();
+            return Ok(written);
+        }
+        if w.enter(tenant) {
+            w.done();
+            return Err(StoreError::Config(format!(
+                "the database writer's transaction failed after alerts of tenant {tenant} were written into it: they were not stored, and this run stops so that no watermark passes them; the next run reads them again"
+            )));
+        }
+        w.begin().await?;
+        let written = Self::write_rows(&mut w, tenant, alerts, watermark, now).await?;
+        w.end_batch(tenant, alerts, watermark.is_some()).await?;
+        Ok(written)
+    }
+
+    /// The statements of one batch and its watermark, inside the caller's transaction.
+    async fn write_rows(
+        tx: &mut SqliteConnection,
         tenant: &TenantId,
         alerts: &[AlertRow],
         watermark: Option<Timestamp>,
@@ -306,7 +337,6 @@ impl SqliteStore {
     ) -> Result<u64, StoreError> {
         let now_text = now.to_db();
         let batch = super::newest_per_id(alerts);
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         // Multi-row statements of fixed shapes: a batch costs a few dozen prepared statements,
         // not several per alert, and no statement is ever built twice.
         let mut written_ids: Vec<&str> = Vec::new();
@@ -373,7 +403,6 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
         Ok(written)
     }
 
@@ -457,16 +486,7 @@ impl Store for SqliteStore {
         watermark: Option<Timestamp>,
         now: Timestamp,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async move {
-            let mut w = self.writer.lock().await?;
-            let written = Self::write_batch(&mut w, tenant, alerts, watermark, now).await;
-            if written.is_ok() {
-                // otherwise (a full disk, a connection whose thread died) the next batch starts on
-                // a new connection
-                w.done();
-            }
-            written
-        })
+        Box::pin(async move { self.write_batch(tenant, alerts, watermark, now).await })
     }
 
     fn finish_run<'a>(&'a self, r: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {
@@ -764,6 +784,10 @@ impl Store for SqliteStore {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "sqlite_span_tests.rs"]
+mod span_tests;
 
 #[cfg(test)]
 mod tests {

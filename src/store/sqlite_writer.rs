@@ -17,7 +17,10 @@
 //! connection whose thread died) or was cancelled drops it when it lets go: closing it rolls back
 //! whatever it still held, and the next writer opens a new one.
 
-use std::ops::{Deref, DerefMut};
+use std::{
+    ops::{Deref, DerefMut},
+    sync::Arc,
+};
 
 use sqlx::{
     Connection, Sqlite, SqliteConnection, SqlitePool, pool::PoolConnection,
@@ -25,68 +28,208 @@ use sqlx::{
 };
 use tokio::sync::{Mutex, MutexGuard};
 
+use super::sqlite_span::{SPAN_IDLE, Span};
+use crate::tenant::TenantId;
+
 pub(super) enum Writer {
     /// A database file: a connection of its own, opened again after a batch that did not finish.
-    Own {
-        conn: Mutex<Option<SqliteConnection>>,
-        opts: Box<SqliteConnectOptions>,
-    },
+    Own(Arc<Own>),
     /// An in-memory database (one per connection, so reads must share it) or a read-only one:
     /// the read pool.
     Shared(SqlitePool),
+}
+
+pub(super) struct Own {
+    state: Mutex<State>,
+    opts: SqliteConnectOptions,
+}
+
+/// The writer's connection and the transaction it may hold open across batches
+/// ([`super::sqlite_span`]).
+pub(super) struct State {
+    conn: Option<SqliteConnection>,
+    pub(super) span: Span,
+    /// [`SPAN_IDLE`], longer in tests that look at a span while it is open.
+    idle: std::time::Duration,
 }
 
 /// The writer while it is held: dereferences to the connection; dropping it lets the next one in,
 /// on the same connection only if [`WriteConn::done`] was called.
 pub(super) enum WriteConn<'a> {
     Own {
-        conn: MutexGuard<'a, Option<SqliteConnection>>,
+        state: MutexGuard<'a, State>,
+        own: &'a Arc<Own>,
         done: bool,
+        /// The tenant whose batch this is ([`WriteConn::enter`]).
+        holder: Option<TenantId>,
     },
     Shared(PoolConnection<Sqlite>),
 }
 
+/// The writer's own connection: a page cache of 8 MiB (SQLite's default is 2 MiB) keeps more of
+/// the indexes between the statements of a span, and the statement journal of a multi-row
+/// statement stays in memory instead of spilling to a temporary file (measured in
+/// docs/performance.md).
+async fn connect(opts: &SqliteConnectOptions) -> Result<SqliteConnection, sqlx::Error> {
+    let opts = opts
+        .clone()
+        .pragma("cache_size", "-8192")
+        .pragma("temp_store", "memory");
+    SqliteConnection::connect_with(&opts).await
+}
+
 impl Writer {
     pub(super) async fn connect(opts: SqliteConnectOptions) -> Result<Self, sqlx::Error> {
-        let conn = SqliteConnection::connect_with(&opts).await?;
-        Ok(Self::Own {
-            conn: Mutex::new(Some(conn)),
-            opts: Box::new(opts),
-        })
+        let conn = connect(&opts).await?;
+        Ok(Self::Own(Arc::new(Own {
+            state: Mutex::new(State {
+                conn: Some(conn),
+                span: Span::default(),
+                idle: SPAN_IDLE,
+            }),
+            opts,
+        })))
     }
 
     /// Waits for the writer (writers are served in the order they asked).
     pub(super) async fn lock(&self) -> Result<WriteConn<'_>, sqlx::Error> {
         match self {
             Self::Shared(pool) => Ok(WriteConn::Shared(pool.acquire().await?)),
-            Self::Own { conn, opts } => {
-                let mut held = conn.lock().await;
-                if held.is_none() {
-                    *held = Some(SqliteConnection::connect_with(opts).await?);
+            Self::Own(own) => {
+                let mut state = own.state.lock().await;
+                if state.conn.is_none() {
+                    state.conn = Some(connect(&own.opts).await?);
                 }
                 Ok(WriteConn::Own {
-                    conn: held,
+                    state,
+                    own,
                     done: false,
+                    holder: None,
                 })
             }
+        }
+    }
+
+    /// Sets how long a span may stay idle before it is committed (tests).
+    #[cfg(test)]
+    pub(super) async fn set_idle(&self, idle: std::time::Duration) {
+        if let Self::Own(own) = self {
+            own.state.lock().await.idle = idle;
         }
     }
 }
 
 impl Writer {
-    /// Closes the writer's own connection (waiting for a batch in progress); the next
-    /// [`Writer::lock`] would open it again.
+    /// Commits the open transaction, if any, and closes the writer's own connection (waiting for
+    /// a batch in progress); the next [`Writer::lock`] would open it again.
     pub(super) async fn close(&self) -> Result<(), sqlx::Error> {
-        if let Self::Own { conn, .. } = self
-            && let Some(c) = conn.lock().await.take()
-        {
-            c.close().await?;
+        if let Self::Own(own) = self {
+            let mut state = own.state.lock().await;
+            state.commit_span().await?;
+            if let Some(c) = state.conn.take() {
+                c.close().await?;
+            }
         }
         Ok(())
     }
 }
 
+impl State {
+    /// Commits the open transaction, if any. If that fails, the connection is dropped (closing
+    /// it rolls back what is left) and the tenants in the transaction are told.
+    async fn commit_span(&mut self) -> Result<(), sqlx::Error> {
+        if self.span.open.is_none() {
+            return Ok(());
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            self.span.failed();
+            return Ok(());
+        };
+        match sqlx::query("COMMIT").execute(conn).await {
+            Ok(_) => {
+                self.span.committed();
+                Ok(())
+            }
+            Err(e) => {
+                self.conn = None;
+                self.span.failed();
+                Err(e)
+            }
+        }
+    }
+}
+
 impl WriteConn<'_> {
+    /// Whether batches may share a transaction here (the writer's own connection).
+    pub(super) fn spans(&self) -> bool {
+        matches!(self, Self::Own { .. })
+    }
+
+    /// Holds the writer for a batch of `tenant`, and says whether `tenant` had a batch in a
+    /// transaction that failed after that batch's commit returned: it is told once (see
+    /// [`Span::lost`]). If this batch fails or is cancelled, `tenant` learns it from its own
+    /// commit's error (or its run is gone), and only the other tenants in the span are told.
+    pub(super) fn enter(&mut self, tenant: &TenantId) -> bool {
+        match self {
+            Self::Own { state, holder, .. } => {
+                *holder = Some(tenant.clone());
+                state.span.lost(tenant)
+            }
+            Self::Shared(_) => false,
+        }
+    }
+
+    /// Opens the transaction the next batch is written into, unless one is open.
+    pub(super) async fn begin(&mut self) -> Result<(), sqlx::Error> {
+        if let Self::Own { state, .. } = self
+            && state.span.open.is_none()
+        {
+            let conn = state
+                .conn
+                .as_mut()
+                .expect("the writer is connected while held");
+            sqlx::query("BEGIN IMMEDIATE").execute(conn).await?;
+        }
+        Ok(())
+    }
+
+    /// After a batch of `tenant` was written into the open transaction: commits it if it is due
+    /// ([`Span::due`]), otherwise leaves it open and commits it if no batch follows within
+    /// [`SPAN_IDLE`]. Marks the batch finished either way.
+    pub(super) async fn end_batch(
+        &mut self,
+        tenant: &TenantId,
+        alerts: &[crate::model::AlertRow],
+        watermark: bool,
+    ) -> Result<(), sqlx::Error> {
+        let Self::Own {
+            state, own, done, ..
+        } = self
+        else {
+            return Ok(());
+        };
+        state.span.add(tenant, alerts.len());
+        if state.span.due(alerts, watermark) {
+            let r = state.commit_span().await;
+            // a failed COMMIT already dropped the connection and told the others
+            *done = r.is_ok();
+            return r;
+        }
+        let (generation, idle) = (state.span.generation, state.idle);
+        let own = Arc::clone(own);
+        tokio::spawn(async move {
+            tokio::time::sleep(idle).await;
+            let mut state = own.state.lock().await;
+            if state.span.generation == generation
+                && let Err(e) = state.commit_span().await
+            {
+                tracing::error!(error = %e, "the database writer could not commit alerts written in its open transaction; each tenant that had alerts in it fails its next commit and reads them again");
+            }
+        });
+        *done = true;
+        Ok(())
+    }
+
     /// The batch finished: the connection stays for the next writer. (A pool's connection goes
     /// back to the pool, whose release check decides.)
     pub(super) fn done(&mut self) {
@@ -98,8 +241,19 @@ impl WriteConn<'_> {
 
 impl Drop for WriteConn<'_> {
     fn drop(&mut self) {
-        if let Self::Own { conn, done: false } = self {
-            **conn = None;
+        if let Self::Own {
+            state,
+            done: false,
+            holder,
+            ..
+        } = self
+        {
+            // closing the connection rolls back the open transaction and every batch in it
+            state.conn = None;
+            state.span.failed();
+            if let Some(tenant) = holder {
+                state.span.forgive(tenant);
+            }
         }
     }
 }
@@ -109,7 +263,10 @@ impl Deref for WriteConn<'_> {
 
     fn deref(&self) -> &SqliteConnection {
         match self {
-            Self::Own { conn, .. } => conn.as_ref().expect("the writer is connected while held"),
+            Self::Own { state, .. } => state
+                .conn
+                .as_ref()
+                .expect("the writer is connected while held"),
             Self::Shared(c) => c,
         }
     }
@@ -118,7 +275,10 @@ impl Deref for WriteConn<'_> {
 impl DerefMut for WriteConn<'_> {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
         match self {
-            Self::Own { conn, .. } => conn.as_mut().expect("the writer is connected while held"),
+            Self::Own { state, .. } => state
+                .conn
+                .as_mut()
+                .expect("the writer is connected while held"),
             Self::Shared(c) => c,
         }
     }

@@ -1,0 +1,199 @@
+//! When the SQLite writer commits: a write transaction that spans several alert batches while a
+//! response streams in, so the pages of the indexes are written once per span rather than once
+//! per batch (docs/performance.md).
+//!
+//! The sync hands the store batches of at most 1,000 alerts or about 256 KiB of alert text, and
+//! a response's last batch is the partial one, usually with the watermark its window proves. So:
+//! - a batch that is **large** (at least half of a full one) while no watermark comes with it
+//!   is written into the open transaction and not committed: more of the same response is on
+//!   its way;
+//! - a batch with a **watermark**, a **small** batch (the end of a response, or the few alerts
+//!   of a steady-state run), a span that holds [`SPAN_ALERTS`] alerts or is [`SPAN_AGE`] old,
+//!   or a writer left **idle** for [`SPAN_IDLE`] commits the transaction, with everything in it;
+//! - the watermark is therefore committed with (never before) every alert written before it,
+//!   and a kill before the COMMIT loses only alerts no watermark covers yet.
+//!
+//! A batch left in an open transaction has been written, not committed. If that transaction
+//! then fails (a full disk, a connection lost, a cancelled writer), the batches in it are gone,
+//! so each tenant that had one is told at its next commit ([`Span::lost`]): that commit fails,
+//! the tenant's run fails, and no watermark of that run can pass the lost alerts. The tenant
+//! whose own batch failed learns it from that commit's error, and one whose commit was cancelled
+//! has no run left to tell. Runs of one tenant never overlap, so the next commit of a tenant
+//! with a lost batch belongs to the run that wrote it or, if that run ended first (its last
+//! batch was large, and the span failed after the run), to a later run, which then fails once
+//! without need: it starts from the committed watermark, and the alerts the cursor then skipped
+//! are read again by the sweep, as any the cursor misses.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use crate::{model::AlertRow, tenant::TenantId};
+
+/// A span is committed once it holds this many alerts (the fair bulk loader's best transaction
+/// size)...
+pub(super) const SPAN_ALERTS: usize = 10_000;
+
+/// ...or is this old: how long other writers (the run bookkeeping, other processes) may wait for
+/// SQLite's lock behind it, and how much a kill may lose of work no watermark covers.
+pub(super) const SPAN_AGE: Duration = Duration::from_secs(1);
+
+/// A span no batch joined for this long is committed (a response that ended on a large batch,
+/// or one that failed half-way).
+pub(super) const SPAN_IDLE: Duration = Duration::from_millis(20);
+
+/// A batch is large, and keeps the span open, from this much alert text...
+const LARGE_BYTES: usize = 128 << 10;
+
+/// ...or this many alerts: half of what the sync cuts a full batch at.
+const LARGE_ALERTS: usize = 500;
+
+/// Whether a batch is large enough that more of its response is likely to follow.
+pub(super) fn is_large(alerts: &[AlertRow]) -> bool {
+    alerts.len() >= LARGE_ALERTS || alerts.iter().map(|a| a.raw.len()).sum::<usize>() >= LARGE_BYTES
+}
+
+/// The write transaction open on the writer across batches.
+#[derive(Debug)]
+pub(super) struct Open {
+    began: Instant,
+    alerts: usize,
+    /// Tenants with a batch in it.
+    tenants: HashSet<TenantId>,
+}
+
+/// The writer's span state: the open transaction, if any, and the tenants whose batches a failed
+/// one took with it.
+#[derive(Debug, Default)]
+pub(super) struct Span {
+    pub(super) open: Option<Open>,
+    lost: HashSet<TenantId>,
+    /// Bumped by every batch, so an idle commit knows whether one came after it was armed.
+    pub(super) generation: u64,
+}
+
+impl Span {
+    /// Notes a batch written into the open transaction (opened by the caller).
+    pub(super) fn add(&mut self, tenant: &TenantId, alerts: usize) {
+        let open = self.open.get_or_insert_with(|| Open {
+            began: Instant::now(),
+            alerts: 0,
+            tenants: HashSet::new(),
+        });
+        open.alerts += alerts;
+        if !open.tenants.contains(tenant) {
+            open.tenants.insert(tenant.clone());
+        }
+        self.generation += 1;
+    }
+
+    /// Whether the open transaction must be committed now, after a batch of `alerts`.
+    pub(super) fn due(&self, alerts: &[AlertRow], watermark: bool) -> bool {
+        watermark
+            || !is_large(alerts)
+            || self
+                .open
+                .as_ref()
+                .is_some_and(|o| o.alerts >= SPAN_ALERTS || o.began.elapsed() >= SPAN_AGE)
+    }
+
+    /// The open transaction was committed.
+    pub(super) fn committed(&mut self) {
+        self.open = None;
+    }
+
+    /// The open transaction is gone without a COMMIT: every tenant with a batch in it is told.
+    pub(super) fn failed(&mut self) {
+        if let Some(open) = self.open.take() {
+            self.lost.extend(open.tenants);
+        }
+    }
+
+    /// Whether `tenant` had a batch in a transaction that failed since its last commit (and
+    /// forgets it: the tenant is told once).
+    pub(super) fn lost(&mut self, tenant: &TenantId) -> bool {
+        self.lost.remove(tenant)
+    }
+
+    /// `tenant` is told of the failure by the error of the commit it is in.
+    pub(super) fn forgive(&mut self, tenant: &TenantId) {
+        self.lost.remove(tenant);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn tenant(n: u8) -> TenantId {
+        TenantId::parse(&format!("00000000-0000-4000-a000-0000000000{n:02}")).unwrap()
+    }
+
+    fn alerts(n: usize, text: usize) -> Vec<AlertRow> {
+        (0..n)
+            .map(|i| {
+                let raw = format!(
+                    r#"{{"id":"a{i}","lastUpdateTime":"2024-01-01T00:00:00Z","title":"{}"}}"#,
+                    "x".repeat(text)
+                );
+                crate::mde::model::parse_alert(&RawValue::from_string(raw).unwrap()).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_a_large_batch_without_a_watermark_keeps_the_span_open() {
+        let mut s = Span::default();
+        let large = alerts(100, 3_000);
+        s.add(&tenant(1), large.len());
+        assert!(
+            !s.due(&large, false),
+            "a full batch of a streaming response"
+        );
+        assert!(s.due(&large, true), "a watermark commits with its alerts");
+        assert!(s.due(&alerts(3, 3_000), false), "the end of a response");
+        assert!(
+            !s.due(&alerts(600, 10), false),
+            "many small alerts are large too"
+        );
+    }
+
+    #[test]
+    fn a_span_is_committed_by_size_and_by_age() {
+        let mut s = Span::default();
+        let large = alerts(100, 3_000);
+        for _ in 0..SPAN_ALERTS / 100 - 1 {
+            s.add(&tenant(1), 100);
+        }
+        assert!(!s.due(&large, false));
+        s.add(&tenant(1), 100);
+        assert!(s.due(&large, false), "{SPAN_ALERTS} alerts");
+        let mut s = Span::default();
+        s.add(&tenant(1), 100);
+        s.open.as_mut().unwrap().began -= SPAN_AGE;
+        assert!(s.due(&large, false), "older than {SPAN_AGE:?}");
+    }
+
+    #[test]
+    fn a_failed_span_is_told_once_to_each_tenant_in_it_but_the_one_that_saw_the_error() {
+        let mut s = Span::default();
+        s.add(&tenant(1), 100);
+        s.add(&tenant(2), 100);
+        s.add(&tenant(3), 100);
+        s.failed();
+        s.forgive(&tenant(3));
+        assert!(s.open.is_none());
+        assert!(s.lost(&tenant(1)));
+        assert!(!s.lost(&tenant(1)), "told once");
+        assert!(s.lost(&tenant(2)));
+        assert!(!s.lost(&tenant(3)), "its own commit failed");
+        assert!(!s.lost(&tenant(4)), "had nothing in it");
+        // a committed span loses nothing
+        s.add(&tenant(1), 100);
+        s.committed();
+        s.failed();
+        assert!(!s.lost(&tenant(1)));
+    }
+}
