@@ -64,9 +64,7 @@ pub fn render_status(rows: &[TenantStatus], tenants: &[Tenant], now: Timestamp) 
         let lag = r
             .watermark
             .as_deref()
-            .and_then(|w| Timestamp::parse(w).ok())
-            .map(|w| human_duration(now.ticks().saturating_sub(w.ticks()) / 10_000_000))
-            .unwrap_or_else(|| "-".into());
+            .map_or_else(|| "-".into(), |w| age(w, now));
         let source = tenants
             .iter()
             .find(|t| t.id.as_str() == r.tenant_id)
@@ -75,9 +73,7 @@ pub fn render_status(rows: &[TenantStatus], tenants: &[Tenant], now: Timestamp) 
         let fresh = r
             .fresh_as_of
             .as_deref()
-            .and_then(|f| Timestamp::parse(f).ok())
-            .map(|f| human_duration(now.ticks().saturating_sub(f.ticks()) / 10_000_000))
-            .unwrap_or_else(|| "-".into());
+            .map_or_else(|| "-".into(), |f| age(f, now));
         out.push(vec![
             r.tenant_id.clone(),
             r.tenant_name.clone(),
@@ -125,9 +121,7 @@ pub fn render_collections(
         let fresh = r
             .fresh_as_of
             .as_deref()
-            .and_then(|f| Timestamp::parse(f).ok())
-            .map(|f| human_duration(now.ticks().saturating_sub(f.ticks()) / 10_000_000))
-            .unwrap_or_else(|| "-".into());
+            .map_or_else(|| "-".into(), |f| age(f, now));
         out.push(vec![
             r.tenant_id.clone(),
             name.to_owned(),
@@ -144,6 +138,13 @@ pub fn render_collections(
         ]);
     }
     table(&out)
+}
+
+/// How long before `now` a stored time (its text) lies, for a table; `-` if it is not a time.
+fn age(stored: &str, now: Timestamp) -> String {
+    Timestamp::parse(stored)
+        .map(|t| human_duration(now.ticks().saturating_sub(t.ticks()) / 10_000_000))
+        .unwrap_or_else(|_| "-".into())
 }
 
 pub fn human_duration(secs: i64) -> String {

@@ -10,8 +10,9 @@ use super::{Failure, close_store, load_for, lock_sqlite, sync_log_level};
 use crate::{
     app::App,
     clock,
+    collection::Collection,
     config::Needs,
-    health::{Health, Outcome},
+    health::Outcome,
     report,
     service::replica::{Replica, default_id},
     sync::RunOutcome,
@@ -88,24 +89,9 @@ async fn sync_as_replica(app: &App) -> Result<(Vec<RunOutcome>, Vec<RunOutcome>)
 
 /// A tenant another replica holds: skipped, saying so.
 fn held_elsewhere(t: &Tenant) -> RunOutcome {
-    RunOutcome {
-        tenant: t.id.clone(),
-        collection: Default::default(),
-        tenant_name: t.name.clone(),
-        outcome: Outcome::Skipped,
-        health: Health::Skipped,
-        error: Some(
-            "another replica holds this tenant's lease and syncs it; `mde-sync status` shows which"
-                .into(),
-        ),
-        alerts_received: 0,
-        alerts_written: 0,
-        alerts_rejected: 0,
-        alerts_coerced: 0,
-        pages: 0,
-        duration_ms: 0,
-        watermark: None,
-        scope: None,
-        freshness: None,
-    }
+    RunOutcome::skipped(
+        t,
+        Collection::Alerts,
+        "another replica holds this tenant's lease and syncs it; `mde-sync status` shows which",
+    )
 }

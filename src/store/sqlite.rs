@@ -162,7 +162,7 @@ static DELETE_EVIDENCES: LazyLock<[String; 3]> = LazyLock::new(|| {
     })
 });
 
-fn bind_scalar<'q>(
+pub(super) fn bind_scalar<'q>(
     q: sqlx::query::QueryScalar<'q, Sqlite, String, SqliteArguments>,
     v: &Val,
 ) -> sqlx::query::QueryScalar<'q, Sqlite, String, SqliteArguments> {

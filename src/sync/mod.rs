@@ -341,6 +341,27 @@ struct Counters {
 }
 
 impl RunOutcome {
+    /// A run of `tenant`'s `collection` that did not happen, saying `why`.
+    pub fn skipped(tenant: &Tenant, collection: Collection, why: &str) -> Self {
+        Self {
+            tenant: tenant.id.clone(),
+            collection,
+            tenant_name: tenant.name.clone(),
+            outcome: Outcome::Skipped,
+            health: Health::Skipped,
+            error: Some(why.to_owned()),
+            alerts_received: 0,
+            alerts_written: 0,
+            alerts_rejected: 0,
+            alerts_coerced: 0,
+            pages: 0,
+            duration_ms: 0,
+            watermark: None,
+            scope: None,
+            freshness: None,
+        }
+    }
+
     /// `Some(true)` ok, `Some(false)` failed, `None` skipped or stopped.
     pub fn ok(&self) -> Option<bool> {
         self.outcome.ok()

@@ -386,23 +386,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 fn skipped_outcome(t: &Job, why: &str) -> RunOutcome {
-    RunOutcome {
-        tenant: t.id.clone(),
-        collection: t.collection,
-        tenant_name: t.name.clone(),
-        outcome: Outcome::Skipped,
-        health: Health::Skipped,
-        error: Some(why.to_owned()),
-        alerts_received: 0,
-        alerts_written: 0,
-        alerts_rejected: 0,
-        alerts_coerced: 0,
-        pages: 0,
-        duration_ms: 0,
-        watermark: None,
-        scope: None,
-        freshness: None,
-    }
+    RunOutcome::skipped(t, t.collection, why)
 }
 
 /// The outcome's result and counters from the run's `result` and counters.

@@ -10,8 +10,11 @@ use super::{COUNTS_SQL, CollectionStatus, CollectionStore, number};
 use crate::{
     BoxFuture,
     collection::Collection,
-    model::{AlertRow, INCIDENT_COLUMNS, Val},
-    store::{RunReport, StoreError, sqlite::SqliteStore},
+    model::{AlertRow, INCIDENT_COLUMNS},
+    store::{
+        RunReport, StoreError,
+        sqlite::{SqliteStore, bind_scalar},
+    },
     tenant::{Tenant, TenantId},
     timestamp::Timestamp,
 };
@@ -36,17 +39,6 @@ static UPSERT_INCIDENT: LazyLock<String> = LazyLock::new(|| {
         updates.join(", ")
     )
 });
-
-fn bind<'q>(
-    q: sqlx::query::QueryScalar<'q, sqlx::Sqlite, String, sqlx::sqlite::SqliteArguments>,
-    v: &Val,
-) -> sqlx::query::QueryScalar<'q, sqlx::Sqlite, String, sqlx::sqlite::SqliteArguments> {
-    match v {
-        Val::Text(t) | Val::Json(t) => q.bind(t.clone()),
-        Val::Int(i) => q.bind(*i),
-        Val::Time(t) => q.bind(t.map(|t| t.to_db())),
-    }
-}
 
 fn watermark_of(tenant: &TenantId, w: Option<String>) -> Result<Option<Timestamp>, StoreError> {
     w.map(|w| {
@@ -138,7 +130,7 @@ impl CollectionStore for SqliteStore {
                         .bind(&i.id)
                         .bind(number(&i.id));
                 for v in &i.values {
-                    q = bind(q, v);
+                    q = bind_scalar(q, v);
                 }
                 let hit = q
                     .bind(&i.raw)
