@@ -10,7 +10,8 @@
 //! also saved, and a tenant's saved budget is loaded before its first call in this process: a
 //! restart — or, later, another replica taking the tenant over — neither bursts past the calls the
 //! API has already counted nor calls before a `Retry-After` has passed. Calls are saved without
-//! waiting (a crash loses at most the ones in flight); a `Retry-After` is saved before the wait.
+//! waiting, those made while a write is under way in the next one (a crash loses at most the
+//! ones in flight); a `Retry-After` is saved before the wait.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -21,6 +22,28 @@ use std::{
 use tokio::time::Instant;
 
 use crate::{BoxFuture, tenant::TenantId, timestamp::Timestamp};
+
+/// Writes the unsaved calls until none is left.
+async fn save_calls(
+    journal: Arc<dyn BudgetJournal>,
+    unsaved: Arc<Mutex<Unsaved>>,
+    longest: Duration,
+) {
+    loop {
+        let calls = {
+            let mut u = unsaved.lock().expect("unsaved calls");
+            if u.calls.is_empty() {
+                u.saving = false;
+                return;
+            }
+            std::mem::take(&mut u.calls)
+        };
+        let (now, _) = wall_now();
+        if let Err(e) = journal.record_calls(&calls, minus(now, longest)).await {
+            tracing::warn!(tenant = %calls[0].0, calls = calls.len(), error = %e, "cannot save an api call in the call budget");
+        }
+    }
+}
 
 /// A tenant's saved calls (when each was sent) and its pending `Retry-After`.
 pub type SavedCalls = (Vec<Timestamp>, Option<Timestamp>);
@@ -41,6 +64,21 @@ pub trait BudgetJournal: Send + Sync {
         at: Timestamp,
         forget_before: Timestamp,
     ) -> BoxFuture<'a, Result<(), String>>;
+
+    /// Calls sent (who, and when), saved together; calls before `forget_before` no longer
+    /// matter. One `record_call` each unless the journal does better.
+    fn record_calls<'a>(
+        &'a self,
+        calls: &'a [(TenantId, Timestamp)],
+        forget_before: Timestamp,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            for (tenant, at) in calls {
+                self.record_call(tenant, *at, forget_before).await?;
+            }
+            Ok(())
+        })
+    }
 
     /// No call before `until`.
     fn record_hold<'a>(
@@ -95,6 +133,17 @@ pub struct Budget {
     limits: Vec<(usize, Duration)>,
     tenants: Mutex<HashMap<TenantId, TenantBudget>>,
     journal: Option<Arc<dyn BudgetJournal>>,
+    /// Calls made and not saved yet, and whether a task is saving them.
+    unsaved: Arc<Mutex<Unsaved>>,
+}
+
+/// Calls waiting for the journal. One task saves them at a time: a call made while it writes
+/// waits for its next write, with every other call made meanwhile, so at thousands of tenants
+/// a write holds many calls, and a lone call is written at once.
+#[derive(Debug, Default)]
+struct Unsaved {
+    calls: Vec<(TenantId, Timestamp)>,
+    saving: bool,
 }
 
 impl std::fmt::Debug for dyn BudgetJournal {
@@ -109,6 +158,7 @@ impl Budget {
             limits: limits.into_iter().filter(|(n, _)| *n > 0).collect(),
             tenants: Mutex::new(HashMap::new()),
             journal: None,
+            unsaved: Arc::default(),
         }
     }
 
@@ -251,19 +301,21 @@ impl Budget {
         tenants.len()
     }
 
-    /// Saves the call just made, without waiting for the journal.
+    /// Saves the call about to be made, without waiting for the journal ([`Unsaved`]).
     fn save_call(&self, tenant: &TenantId) {
         let Some(journal) = self.journal.clone() else {
             return;
         };
         let (now, _) = wall_now();
-        let forget_before = minus(now, self.longest());
-        let tenant = tenant.clone();
-        tokio::spawn(async move {
-            if let Err(e) = journal.record_call(&tenant, now, forget_before).await {
-                tracing::warn!(tenant = %tenant, error = %e, "cannot save an api call in the call budget");
+        {
+            let mut unsaved = self.unsaved.lock().expect("unsaved calls");
+            unsaved.calls.push((tenant.clone(), now));
+            if unsaved.saving {
+                return;
             }
-        });
+            unsaved.saving = true;
+        }
+        tokio::spawn(save_calls(journal, self.unsaved.clone(), self.longest()));
     }
 
     /// No call for `tenant` before `delay` from now (a 429's or 503's `Retry-After`); saved in

@@ -61,6 +61,19 @@ impl crate::budget::BudgetJournal for StoreBudgetJournal {
         })
     }
 
+    fn record_calls<'a>(
+        &'a self,
+        calls: &'a [(TenantId, Timestamp)],
+        forget_before: Timestamp,
+    ) -> crate::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.store
+                .record_calls(self.api, calls, forget_before)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
     fn record_hold<'a>(
         &'a self,
         tenant: &'a TenantId,

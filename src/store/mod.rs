@@ -161,6 +161,19 @@ pub trait Store: actions::ActionStore + collections::CollectionStore + Send + Sy
         now: Timestamp,
     ) -> BoxFuture<'a, Result<i64, StoreError>>;
 
+    /// [`Store::prepare_tenant`] then [`Store::start_run`]: the tenant's watermark and the new
+    /// run's id. A backend may do both in fewer statements.
+    fn open_run<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<(Option<Timestamp>, i64), StoreError>> {
+        Box::pin(async move {
+            let before = self.prepare_tenant(tenant, now).await?;
+            Ok((before, self.start_run(&tenant.id, now).await?))
+        })
+    }
+
     /// Upserts `alerts` and, if given, raises the watermark, all in one transaction. Returns how
     /// many alerts were written (inserted or replaced by a newer version). On a SQLite file a
     /// large batch without a watermark may be left in a transaction that spans further batches
@@ -253,6 +266,23 @@ pub trait Store: actions::ActionStore + collections::CollectionStore + Send + Sy
         at: Timestamp,
         forget_before: Timestamp,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Saves many calls of one API at once (`calls`: who, and when each was sent) and forgets
+    /// every tenant's calls of that API before `forget_before`. A backend may do it in one
+    /// transaction.
+    fn record_calls<'a>(
+        &'a self,
+        api: &'a str,
+        calls: &'a [(TenantId, Timestamp)],
+        forget_before: Timestamp,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            for (tenant, at) in calls {
+                self.record_call(tenant, api, *at, forget_before).await?;
+            }
+            Ok(())
+        })
+    }
 
     /// Saves a Retry-After: no call before `until` (an earlier hold never replaces a later one).
     fn record_hold<'a>(

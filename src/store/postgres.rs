@@ -74,6 +74,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "incidents",
         include_str!("../../migrations/postgres/0010_incidents.sql"),
     ),
+    (
+        11,
+        "call journal by age",
+        include_str!("../../migrations/postgres/0011_call_journal_by_age.sql"),
+    ),
 ];
 
 /// The staging table's COPY, in the column order of `alerts`.
@@ -808,6 +813,30 @@ impl Store for PostgresStore {
             .bind(api)
             .bind(at.to_db())
             .bind(forget_before.to_db())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }))
+    }
+
+    fn record_calls<'a>(
+        &'a self,
+        api: &'a str,
+        calls: &'a [(TenantId, Timestamp)],
+        forget_before: Timestamp,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.explained(async move {
+            let tenants: Vec<&str> = calls.iter().map(|(t, _)| t.as_str()).collect();
+            let times: Vec<String> = calls.iter().map(|(_, at)| at.to_db()).collect();
+            sqlx::query(
+                "WITH gone AS (DELETE FROM api_calls WHERE api = $1 AND sent_at < $2::timestamptz) \
+                 INSERT INTO api_calls (tenant_id, api, sent_at) \
+                 SELECT t, $1, s::timestamptz FROM UNNEST($3::text[], $4::text[]) AS c (t, s)",
+            )
+            .bind(api)
+            .bind(forget_before.to_db())
+            .bind(&tenants)
+            .bind(&times)
             .execute(&self.pool)
             .await?;
             Ok(())

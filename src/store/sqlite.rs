@@ -20,7 +20,10 @@ use sqlx::{
     },
 };
 
-use super::{RunReport, Store, StoreError, TenantStatus, sqlite_writer::Writer};
+use super::{
+    RunReport, Store, StoreError, TenantStatus,
+    sqlite_writer::{WriteConn, Writer},
+};
 use crate::{
     BoxFuture,
     model::{ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, Val},
@@ -73,6 +76,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         10,
         "incidents",
         include_str!("../../migrations/sqlite/0010_incidents.sql"),
+    ),
+    (
+        11,
+        "call journal by age",
+        include_str!("../../migrations/sqlite/0011_call_journal_by_age.sql"),
     ),
 ];
 
@@ -150,6 +158,15 @@ static INSERT_EVIDENCES: LazyLock<[String; 3]> = LazyLock::new(|| {
         .split_once(" VALUES ")
         .expect("insert has VALUES");
     multi_row(head, &one, "")
+});
+
+/// The call journal's insert, one statement per shape.
+static INSERT_CALLS: LazyLock<[String; 3]> = LazyLock::new(|| {
+    multi_row(
+        "INSERT INTO api_calls (tenant_id, api, sent_at)",
+        "(?, ?, ?)",
+        "",
+    )
 });
 
 /// Deletes the evidence of written alerts, one statement per shape.
@@ -243,16 +260,34 @@ impl SqliteStore {
     }
 
     fn pool_options(max_connections: u32) -> SqlitePoolOptions {
+        // Every statement is a round trip to the connection's own thread, and at thousands of
+        // tenants a minute those hand-offs are most of the sync's CPU: a connection in use is
+        // not pinged on every acquire and release, only one idle for a while.
         SqlitePoolOptions::new()
             .max_connections(max_connections)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    use sqlx::Connection;
+                    if meta.idle_for > Duration::from_secs(1) {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             // A transaction whose COMMIT or ROLLBACK failed (a full disk: SQLite may already
             // have rolled it back itself, so sqlx's ROLLBACK fails too) leaves the connection
             // believing it is still inside one, and every later `begin` on it fails. Such a
             // connection is closed instead of going back to the pool; the ping first runs the
-            // rollback sqlx queued when the transaction was dropped.
+            // rollback sqlx queued when the transaction was dropped. A connection returned
+            // outside a transaction (every statement and transaction that ended) goes back as
+            // it is.
             .after_release(|conn, _| {
                 Box::pin(async move {
                     use sqlx::Connection;
+                    if !conn.is_in_transaction() {
+                        return Ok(true);
+                    }
                     conn.ping().await?;
                     Ok(!conn.is_in_transaction())
                 })
@@ -316,15 +351,30 @@ impl SqliteStore {
             return Ok(written);
         }
         if w.enter(tenant) {
+            let cause = w
+                .lost_cause()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default();
             w.done();
             return Err(StoreError::Config(format!(
-                "the database writer's transaction failed after alerts of tenant {tenant} were written into it: they were not stored, and this run stops so that no watermark passes them; the next run reads them again"
+                "the database writer's transaction failed{cause} after alerts of tenant {tenant} were written into it: they were not stored, and this run stops so that no watermark passes them; the next run reads them again"
             )));
         }
         w.begin().await?;
         let written = Self::write_rows(&mut w, tenant, alerts, watermark, now).await?;
         w.end_batch(tenant, alerts, watermark.is_some()).await?;
         Ok(written)
+    }
+
+    /// The writer, outside any span, for a run's bookkeeping and the call journal. SQLite lets
+    /// one connection write at a time and makes the others sleep and try again (its busy
+    /// handler sleeps 1 ms, then 2, 5, 10 and more): at thousands of tenants a minute the runs
+    /// spent more time in those sleeps than in their API calls. Every write goes through this
+    /// one connection instead, and waits its turn here, in order, without sleeping.
+    async fn bookkeeper(&self) -> Result<WriteConn<'_>, StoreError> {
+        let mut w = self.writer.lock().await?;
+        w.settle().await?;
+        Ok(w)
     }
 
     /// The statements of one batch and its watermark, inside the caller's transaction.
@@ -479,6 +529,48 @@ impl Store for SqliteStore {
         })
     }
 
+    fn open_run<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<(Option<Timestamp>, i64), StoreError>> {
+        Box::pin(async move {
+            // what prepare_tenant and start_run write, in two statements on one connection
+            let mut w = self.bookkeeper().await?;
+            let conn: &mut SqliteConnection = &mut w;
+            let now = now.to_db();
+            let wm: Option<String> = sqlx::query_scalar(
+                "INSERT INTO sync_state (tenant_id, tenant_name, updated_at, last_attempt_at) VALUES (?1, ?2, ?3, ?3) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET tenant_name = excluded.tenant_name, \
+                 last_attempt_at = excluded.last_attempt_at, updated_at = excluded.updated_at \
+                 RETURNING watermark",
+            )
+            .bind(tenant.id.as_str())
+            .bind(&tenant.name)
+            .bind(&now)
+            .fetch_one(&mut *conn)
+            .await?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO sync_runs (tenant_id, started_at, watermark_before) VALUES (?, ?, ?) RETURNING id",
+            )
+            .bind(tenant.id.as_str())
+            .bind(&now)
+            .bind(&wm)
+            .fetch_one(&mut *conn)
+            .await?;
+            w.done();
+            let before = wm
+                .map(|w| {
+                    Timestamp::parse(&w).map_err(|_| StoreError::BadWatermark {
+                        tenant: tenant.id.to_string(),
+                        value: w,
+                    })
+                })
+                .transpose()?;
+            Ok((before, id))
+        })
+    }
+
     fn commit<'a>(
         &'a self,
         tenant: &'a TenantId,
@@ -491,7 +583,8 @@ impl Store for SqliteStore {
 
     fn finish_run<'a>(&'a self, r: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut w = self.bookkeeper().await?;
+            let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
             let at = r.finished_at.to_db();
             sqlx::query(
                 "UPDATE sync_runs SET finished_at = ?, outcome = ?, alerts_received = ?, alerts_written = ?, \
@@ -508,46 +601,47 @@ impl Store for SqliteStore {
             .bind(r.run_id)
             .execute(&mut *tx)
             .await?;
+            // the freshness, when the run has one, in the same statement
+            let (fresh, overlap) = r.freshness.map(|(f, o)| (f.to_db(), o)).unzip();
             if r.ok {
                 sqlx::query(
-                    "UPDATE sync_state SET health = 'ok', last_success_at = ?, consecutive_failures = 0, updated_at = ? \
+                    "UPDATE sync_state SET health = 'ok', last_success_at = ?, consecutive_failures = 0, updated_at = ?, \
+                     fresh_as_of = COALESCE(?, fresh_as_of), cursor_overlap_seconds = COALESCE(?, cursor_overlap_seconds) \
                      WHERE tenant_id = ?",
                 )
                 .bind(&at)
                 .bind(&at)
+                .bind(fresh)
+                .bind(overlap)
                 .bind(r.tenant.as_str())
                 .execute(&mut *tx)
                 .await?;
             } else {
                 sqlx::query(
                     "UPDATE sync_state SET health = ?, last_error = ?, last_error_at = ?, \
-                     consecutive_failures = consecutive_failures + 1, updated_at = ? WHERE tenant_id = ?",
+                     consecutive_failures = consecutive_failures + 1, updated_at = ?, \
+                     fresh_as_of = COALESCE(?, fresh_as_of), cursor_overlap_seconds = COALESCE(?, cursor_overlap_seconds) \
+                     WHERE tenant_id = ?",
                 )
                 .bind(r.health.as_str())
                 .bind(&r.error)
                 .bind(&at)
                 .bind(&at)
-                .bind(r.tenant.as_str())
-                .execute(&mut *tx)
-                .await?;
-            }
-            if let Some((fresh, overlap)) = r.freshness {
-                sqlx::query(
-                    "UPDATE sync_state SET fresh_as_of = ?, cursor_overlap_seconds = ? WHERE tenant_id = ?",
-                )
-                .bind(fresh.to_db())
+                .bind(fresh)
                 .bind(overlap)
                 .bind(r.tenant.as_str())
                 .execute(&mut *tx)
                 .await?;
             }
             tx.commit().await?;
+            w.done();
             Ok(())
         })
     }
 
     fn stop_run<'a>(&'a self, r: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            let mut w = self.bookkeeper().await?;
             sqlx::query(
                 "UPDATE sync_runs SET finished_at = ?, outcome = 'stopped', alerts_received = ?, alerts_written = ?, \
                  alerts_rejected = ?, pages = ?, watermark_after = ? WHERE id = ?",
@@ -559,8 +653,9 @@ impl Store for SqliteStore {
             .bind(r.pages as i64)
             .bind(r.watermark_after.map(|w| w.to_db()))
             .bind(r.run_id)
-            .execute(&self.pool)
+            .execute(&mut *w)
             .await?;
+            w.done();
             Ok(())
         })
     }
@@ -571,13 +666,15 @@ impl Store for SqliteStore {
         before: Timestamp,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
+            let mut w = self.bookkeeper().await?;
             let done = sqlx::query(
                 "DELETE FROM sync_runs WHERE tenant_id = ? AND started_at < ? AND finished_at IS NOT NULL",
             )
             .bind(tenant.as_str())
             .bind(before.to_db())
-            .execute(&self.pool)
+            .execute(&mut *w)
             .await?;
+            w.done();
             Ok(done.rows_affected())
         })
     }
@@ -760,6 +857,33 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn record_calls<'a>(
+        &'a self,
+        api: &'a str,
+        calls: &'a [(TenantId, Timestamp)],
+        forget_before: Timestamp,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut w = self.bookkeeper().await?;
+            let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::query("DELETE FROM api_calls WHERE api = ? AND sent_at < ?")
+                .bind(api)
+                .bind(forget_before.to_db())
+                .execute(&mut *tx)
+                .await?;
+            for (shape, chunk) in shaped(calls) {
+                let mut q = sqlx::query(AssertSqlSafe(INSERT_CALLS[shape].as_str()));
+                for (tenant, at) in chunk {
+                    q = q.bind(tenant.as_str()).bind(api).bind(at.to_db());
+                }
+                q.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            w.done();
             Ok(())
         })
     }

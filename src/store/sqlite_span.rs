@@ -69,6 +69,8 @@ pub(super) struct Open {
 pub(super) struct Span {
     pub(super) open: Option<Open>,
     lost: HashSet<TenantId>,
+    /// Why the last failed transaction failed (its COMMIT's error), to tell those tenants.
+    pub(super) cause: Option<String>,
     /// Bumped by every batch, so an idle commit knows whether one came after it was armed.
     pub(super) generation: u64,
 }
@@ -106,6 +108,7 @@ impl Span {
     /// The open transaction is gone without a COMMIT: every tenant with a batch in it is told.
     pub(super) fn failed(&mut self) {
         if let Some(open) = self.open.take() {
+            self.cause = None;
             self.lost.extend(open.tenants);
         }
     }
@@ -114,6 +117,14 @@ impl Span {
     /// forgets it: the tenant is told once).
     pub(super) fn lost(&mut self, tenant: &TenantId) -> bool {
         self.lost.remove(tenant)
+    }
+
+    /// [`Span::failed`], with the error that failed it.
+    pub(super) fn failed_because(&mut self, cause: String) {
+        if self.open.is_some() {
+            self.failed();
+            self.cause = Some(cause);
+        }
     }
 
     /// `tenant` is told of the failure by the error of the commit it is in.

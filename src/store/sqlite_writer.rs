@@ -152,7 +152,7 @@ impl State {
             }
             Err(e) => {
                 self.conn = None;
-                self.span.failed();
+                self.span.failed_because(e.to_string());
                 Err(e)
             }
         }
@@ -176,6 +176,14 @@ impl WriteConn<'_> {
                 state.span.lost(tenant)
             }
             Self::Shared(_) => false,
+        }
+    }
+
+    /// Why the transaction that [`WriteConn::enter`] reported failed, when its COMMIT said.
+    pub(super) fn lost_cause(&self) -> Option<String> {
+        match self {
+            Self::Own { state, .. } => state.span.cause.clone(),
+            Self::Shared(_) => None,
         }
     }
 
@@ -228,6 +236,15 @@ impl WriteConn<'_> {
         });
         *done = true;
         Ok(())
+    }
+
+    /// Commits the transaction a span holds open, if any, so that the statements that follow
+    /// are a write of their own (the runs' bookkeeping, see [`super::sqlite`]).
+    pub(super) async fn settle(&mut self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Own { state, .. } => state.commit_span().await,
+            Self::Shared(_) => Ok(()),
+        }
     }
 
     /// The batch finished: the connection stays for the next writer. (A pool's connection goes

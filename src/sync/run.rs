@@ -18,10 +18,7 @@ impl Syncer {
     pub(super) async fn begin(&self, tenant: &Job) -> Result<(Option<Timestamp>, i64), StoreError> {
         let now = self.now();
         Ok(match tenant.collection {
-            Collection::Alerts => {
-                let before = self.store.prepare_tenant(tenant, now).await?;
-                (before, self.store.start_run(&tenant.id, now).await?)
-            }
+            Collection::Alerts => self.store.open_run(tenant, now).await?,
             c => {
                 let before = self.store.prepare_collection(tenant, c, now).await?;
                 (
