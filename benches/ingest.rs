@@ -19,7 +19,12 @@
 //!    run after which it was stored (`ingest/churn.rs`);
 //! 5. steady state: `MDE_SYNC_BENCH_TENANTS` (1,000) tenants with a few changes each and 50 ms of
 //!    API latency per call: the time and CPU of one full cycle;
-//! 6. idle: the CPU `mde-sync run` uses over `MDE_SYNC_BENCH_IDLE_SECS` (60) between cycles.
+//! 6. scale: `mde-sync run` as shipped (default schedule and concurrency) against
+//!    `MDE_SYNC_BENCH_TENANTS` (1,000) and then `MDE_SYNC_BENCH_SCALE_TENANTS` (10,000) tenants
+//!    of 3 alerts, 50 ms per API call: the steady pass's length, the CPU over a minute, peak RSS,
+//!    and the memory a tenant costs between passes (the RSS difference of the two fleets)
+//!    (`ingest/scale.rs`);
+//! 7. idle: the CPU `mde-sync run` uses over `MDE_SYNC_BENCH_IDLE_SECS` (60) between cycles.
 //!
 //! Peak RSS is the kernel's high-water mark of the sync process (`VmHWM`, what
 //! `/usr/bin/time -f %M` reports), sampled until it exits.
@@ -50,6 +55,8 @@ use sqlx::{AssertSqlSafe, Connection};
 mod bulk;
 #[path = "ingest/churn.rs"]
 mod churn;
+#[path = "ingest/scale.rs"]
+mod scale;
 #[path = "ingest/script.rs"]
 mod script;
 
@@ -406,8 +413,13 @@ fn machine() -> String {
 
 fn print_backfill(r: &Backfill) {
     println!(
-        "  {:<8} backfill {:>7.1} s  {:>8.0} alerts/s  peak RSS {:>6.1} MiB  CPU {:>6.1} s",
-        r.backend, r.secs, r.rate, r.peak_mib, r.cpu
+        "  {:<8} backfill {:>7.1} s  {:>8.0} alerts/s  peak RSS {:>6.1} MiB (target < 64 MiB: {})  CPU {:>6.1} s",
+        r.backend,
+        r.secs,
+        r.rate,
+        r.peak_mib,
+        verdict(r.peak_mib < 64.0),
+        r.cpu
     );
     for (i, load) in r.bulk.iter().enumerate() {
         println!(
@@ -470,6 +482,42 @@ fn print_churn(r: &churn::Churn, target: f64) {
     }
 }
 
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "missed" }
+}
+
+fn print_scale(r: &scale::Scale) {
+    // the targets are the 10,000-tenant fleet's; a smaller one is measured for comparison
+    let check_all = r.tenants >= 10_000;
+    let cycle = if check_all {
+        format!(" (target <= 20 s: {})", verdict(r.cycle <= 20.0))
+    } else {
+        String::new()
+    };
+    println!(
+        "  {} tenants: first pass (tokens, first reads) {:.1} s; steady cycle {:.2} s{cycle}, {} of {} runs ok",
+        r.tenants, r.first_pass, r.cycle, r.runs_ok, r.runs
+    );
+    let cpu_pct = r.cpu_minute / 60.0 * 100.0;
+    let rss = if check_all {
+        format!(" (target <= 128 MiB: {})", verdict(r.peak_mib <= 128.0))
+    } else {
+        String::new()
+    };
+    let cpu = if check_all {
+        format!(" (target <= 20 %: {})", verdict(cpu_pct <= 20.0))
+    } else {
+        String::new()
+    };
+    println!(
+        "  {} tenants: CPU over the minute from the steady pass's start {:.1} s = {cpu_pct:.1} % of one core{cpu}; {:.2} ms a tenant run; peak RSS {:.1} MiB{rss}",
+        r.tenants,
+        r.cpu_minute,
+        r.cpu_minute * 1000.0 / r.runs.max(1) as f64,
+        r.peak_mib
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench; nothing to parse
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -481,10 +529,12 @@ fn main() {
         let fleet_alerts = env_num("MDE_SYNC_BENCH_FLEET_ALERTS", 25_000);
         let tenants = env_num("MDE_SYNC_BENCH_TENANTS", 1_000) as usize;
         let idle_secs = env_num("MDE_SYNC_BENCH_IDLE_SECS", 60);
-        // MDE_SYNC_BENCH_PARTS=backfill,fleet,churn,steady,idle picks parts (default: all)
+        // MDE_SYNC_BENCH_PARTS=backfill,fleet,churn,steady,scale,idle picks parts (default: all)
         let parts = std::env::var("MDE_SYNC_BENCH_PARTS")
-            .unwrap_or_else(|_| "backfill,fleet,churn,steady,idle".into());
+            .unwrap_or_else(|_| "backfill,fleet,churn,steady,scale,idle".into());
         let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
+        // each backend's single-tenant backfill rate, for the fleet's target
+        let mut single_rates: Vec<(&str, f64)> = Vec::new();
         let root: PathBuf = std::env::temp_dir().join(format!("mde-sync-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         println!("mde-sync ingest benchmark on {}", machine());
@@ -498,6 +548,7 @@ fn main() {
         let (stored, took) = script::load(&dir, &sim.base).await;
         assert_eq!(stored as u64, alerts, "every alert stored by the script-style loader");
         print_script(stored, took, &first);
+        single_rates.push(("sqlite", first.rate));
         let mut results = vec![first];
         match std::env::var("MDE_SYNC_TEST_POSTGRES_URL") {
             Ok(admin) if !admin.is_empty() => {
@@ -505,6 +556,7 @@ fn main() {
                 let db = PgDb::create(&admin, "mde_sync_bench_sync").await;
                 let r = backfill(&dir, &sim, alerts, "postgres", &db.url).await;
                 print_backfill(&r);
+                single_rates.push(("postgres", r.rate));
                 results.push(r);
                 db.drop_db().await;
             }
@@ -546,11 +598,18 @@ fn main() {
                 }
                 drop(store);
                 assert_eq!(stored as u64, 8 * fleet_alerts, "every alert stored");
+                let rate = stored as f64 / secs;
+                let peak_mib = peak_kib as f64 / 1024.0;
+                let single = single_rates
+                    .iter()
+                    .find(|(b, _)| *b == backend)
+                    .map_or(String::new(), |(_, one)| {
+                        format!(" (target >= the single tenant's {one:.0}: {})", verdict(rate >= *one))
+                    });
                 println!(
-                    "  {backend:<8} 8 x {fleet_alerts} alerts {secs:>7.1} s  {:>8.0} alerts/s  peak RSS {:>6.1} MiB  CPU {cpu:>6.1} s{}",
-                    stored as f64 / secs,
-                    peak_kib as f64 / 1024.0,
-                    if env.is_empty() { "" } else { "  (MALLOC_ARENA_MAX=2)" }
+                    "  {backend:<8} 8 x {fleet_alerts} alerts {secs:>7.1} s  {rate:>8.0} alerts/s{single}  peak RSS {peak_mib:>6.1} MiB (target < 96 MiB: {})  CPU {cpu:>6.1} s{}",
+                    verdict(peak_mib < 96.0),
+                    if env.is_empty() { "" } else { "  (MALLOC_ARENA_MAX=2, as the packaged unit runs it)" }
                 );
                 if let Some(db) = db {
                     db.drop_db().await;
@@ -570,12 +629,35 @@ fn main() {
         if part("steady") {
             println!("steady state: {tenants} tenants, 50 ms per API call…");
             let (took, cpu) = steady_state(&root.join("steady"), tenants).await;
-            println!("  full cycle {took:.2} s, CPU {cpu:.2} s");
+            println!("  full cycle {took:.2} s, CPU {cpu:.2} s{}", if tenants == 1_000 {
+                format!(" (target: no regression, <= 6.9 s: {})", verdict(took <= 6.9))
+            } else {
+                String::new()
+            });
+        }
+        if part("scale") {
+            // two fleet sizes: the larger is the target's, the smaller prices an idle tenant
+            let sizes = [tenants, env_num("MDE_SYNC_BENCH_SCALE_TENANTS", 10_000) as usize];
+            let mut measured = Vec::new();
+            for n in sizes {
+                println!("scale: `mde-sync run` as shipped, {n} tenants, 50 ms per API call, default schedule…");
+                let r = scale::scale(&root.join(format!("scale-{n}")), n);
+                print_scale(&r);
+                measured.push(r);
+            }
+            let (small, large) = (&measured[0], &measured[1]);
+            if large.tenants > small.tenants {
+                let per = (large.rss_after_kib as f64 - small.rss_after_kib as f64) * 1024.0
+                    / (large.tenants - small.tenants) as f64;
+                println!("  memory per tenant between two passes: {:.1} KiB ({} -> {} tenants: {:.1} -> {:.1} MiB RSS)",
+                    per / 1024.0, small.tenants, large.tenants,
+                    small.rss_after_kib as f64 / 1024.0, large.rss_after_kib as f64 / 1024.0);
+            }
         }
         if part("idle") {
             println!("idle: `mde-sync run` between cycles for {idle_secs} s…");
             let pct = idle(&root.join("idle"), idle_secs);
-            println!("  CPU {pct:.3} % of one core");
+            println!("  CPU {pct:.3} % of one core (target: no regression, <= 0.05 %: {})", verdict(pct <= 0.05));
         }
         let _ = std::fs::remove_dir_all(&root);
     });

@@ -18,6 +18,7 @@ pub struct SyncSettings {
     pub expand_evidence: bool,
     pub initial_lookback: time::Duration,
     pub lag_allowance: time::Duration,
+    /// Runs at once; 0 (the default) sizes them to the fleet (`crate::sync::fit`).
     pub max_concurrent_tenants: usize,
     pub request_timeout: std::time::Duration,
     pub max_attempts: usize,
@@ -57,7 +58,7 @@ impl Default for SyncSettings {
             expand_evidence: true,
             initial_lookback: time::Duration::days(180),
             lag_allowance: time::Duration::minutes(10),
-            max_concurrent_tenants: 8,
+            max_concurrent_tenants: 0,
             request_timeout: std::time::Duration::from_secs(60),
             max_attempts: 4,
             calls_per_minute: 100,
@@ -136,14 +137,18 @@ pub(super) fn validate_sync(
         raw.lag_allowance,
         d.lag_allowance,
     );
-    let max_concurrent_tenants = count(
-        problems,
-        "sync.max_concurrent_tenants",
-        raw.max_concurrent_tenants,
-        d.max_concurrent_tenants,
-        1024,
-        "use 1 to 1024",
-    );
+    // 0: derived from the fleet (`crate::sync::fit`)
+    let max_concurrent_tenants = match raw.max_concurrent_tenants {
+        Some(0) => 0,
+        n => count(
+            problems,
+            "sync.max_concurrent_tenants",
+            n,
+            d.max_concurrent_tenants,
+            1024,
+            "use 1 to 1024, or 0 (the default) to size it to the fleet",
+        ),
+    };
     let request_timeout = duration_within(
         problems,
         "sync.request_timeout",

@@ -508,11 +508,26 @@ async fn pass(
     if syncer.is_stopping() || outcomes.iter().all(|o| o.ok().is_none()) {
         return;
     }
+    let took = started.elapsed();
     metrics.pass_finished(
         Timestamp::from_datetime(time::OffsetDateTime::now_utc()),
-        started.elapsed(),
+        took,
     );
+    log_pass(&outcomes, took);
     notifier.status(&metrics.summary());
+}
+
+/// The pass's log line: how many runs it made, how they ended, and how long it took.
+fn log_pass(outcomes: &[crate::sync::RunOutcome], took: Duration) {
+    let count = |ok: Option<bool>| outcomes.iter().filter(|o| o.ok() == ok).count();
+    tracing::info!(
+        runs = outcomes.len(),
+        ok = count(Some(true)),
+        failed = count(Some(false)),
+        skipped = count(None),
+        duration_ms = took.as_millis() as u64,
+        "pass finished"
+    );
 }
 
 fn join(ids: &[&TenantId]) -> String {

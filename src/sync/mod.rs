@@ -258,7 +258,7 @@ use std::{
 
 use serde_json::value::RawValue;
 use tokio::{
-    sync::{Semaphore, mpsc, watch},
+    sync::{mpsc, watch},
     task::JoinSet,
 };
 use tracing::Instrument;
@@ -267,6 +267,7 @@ mod batch;
 mod cell;
 mod cuts;
 mod error;
+pub mod fit;
 mod job;
 mod pass;
 mod run;
@@ -425,9 +426,10 @@ pub struct Syncer {
     stop: watch::Sender<bool>,
     /// When set, only these tenants may run; the others stop at their next page boundary.
     active: Mutex<Option<HashSet<TenantId>>>,
-    /// `sync.max_concurrent_tenants` runs at a time, over every pass: passes that overlap (a
-    /// slow pass still going when the next tick starts one) share it.
-    permits: Arc<Semaphore>,
+    /// `sync.max_concurrent_tenants` runs at a time (or as many as the fleet needs), over
+    /// every pass: passes that overlap (a slow pass still going when the next tick starts one)
+    /// share them.
+    concurrency: fit::Concurrency,
     /// Each tenant's cursor, once a classic run has completed in this process.
     cursors: Mutex<HashMap<JobKey, Cursor>>,
     /// Bumped whenever `active` changes, so calls in flight of a tenant that left it are dropped.
@@ -460,7 +462,7 @@ impl Syncer {
         settings: SyncSettings,
     ) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(settings.max_concurrent_tenants.max(1))),
+            concurrency: fit::Concurrency::new(settings.max_concurrent_tenants),
             store,
             source,
             clock,
@@ -625,6 +627,11 @@ impl Syncer {
     }
 
     /// How many tenants have a run in progress.
+    /// Runs allowed at once now (`sync.max_concurrent_tenants`, or the number derived).
+    pub fn concurrency_limit(&self) -> usize {
+        self.concurrency.limit()
+    }
+
     pub fn running_count(&self) -> usize {
         self.running.lock().expect("running set").len()
     }

@@ -13,6 +13,7 @@ impl Syncer {
     /// others beyond the concurrency limit. Outcomes come in tenant order, alerts first.
     pub async fn sync_all(self: &Arc<Self>, tenants: &[Tenant]) -> Vec<RunOutcome> {
         let (skipped, to_run) = self.due_jobs(tenants);
+        self.concurrency.fit(to_run.len());
         let mut by_tenant: Vec<Vec<(usize, Job)>> = Vec::new();
         for (i, job) in to_run {
             match by_tenant.last_mut() {
@@ -246,9 +247,11 @@ impl Syncer {
                 outcome.error = None;
                 return outcome;
             }
-            s = Slot::acquire(self.permits.clone()) => s,
+            s = Slot::acquire(self.concurrency.permits()) => s,
         };
-        self.run_in_slot(tenant, slot, outcome).await
+        // Boxed: a pass starts a task for every tenant at once, and those waiting for a slot
+        // then hold only this small future, not the run's whole state.
+        Box::pin(self.run_in_slot(tenant, slot, outcome)).await
     }
 
     /// The run itself, in its slot: opened in the store, run (a panic ends this run only, as
@@ -272,6 +275,9 @@ impl Syncer {
         fill_outcome(&mut outcome, &result, &c);
         outcome.freshness = self.freshness_of(&tenant.key());
         outcome.duration_ms = started.elapsed().as_millis() as u64;
+        // a run's waits (a Retry-After, the call budget) count only up to a point
+        self.concurrency
+            .observe(started.elapsed().min(std::time::Duration::from_secs(10)));
         if let Some(run_id) = run_id {
             let report = RunReport {
                 run_id,
