@@ -4,7 +4,8 @@
 //! Layout (ARCHITECTURE.md has the map and the rules): [`sync`] is the incremental algorithm
 //! (start with its proof); it reads through the [`api::AlertSource`] contract, implemented by
 //! [`mde`] and [`graph`] on the shared [`api::call`] and routed per tenant by [`sources`], with
-//! responses streamed by [`odata`] into [`model`] rows; [`store`] is the only place SQL lives;
+//! responses streamed by [`odata`] into [`model`] rows (read once through [`fields`]);
+//! [`store`] is the only place SQL lives;
 //! [`actions`] writes analysts' requested changes back to Defender; [`config`] is validated data, [`auth`] all credentials and crypto; [`app`] wires them;
 //! [`service`] is what `run` adds as a long-running service; [`cli`], [`report`] and [`demo`]
 //! are the commands; [`simulator`] is a hostile stand-in for Entra ID and both APIs.
@@ -20,6 +21,7 @@ pub mod clock;
 pub mod collection;
 pub mod config;
 pub mod demo;
+pub mod fields;
 pub mod graph;
 pub mod health;
 pub mod mde;

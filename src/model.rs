@@ -3,7 +3,9 @@
 //! conversion of JSON values into typed column values. A leaf: it imports only [`crate::timestamp`].
 //! Each source's parser (`mde::model`, `graph::model`) fills these rows from its own JSON.
 
-use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+use serde_json::Value;
 
 use crate::timestamp::Timestamp;
 
@@ -176,7 +178,7 @@ pub const INCIDENT_COLUMNS: &[(&str, &str, Kind)] = &[
 ];
 
 /// One alert (or one incident: values in [`INCIDENT_COLUMNS`] order, no evidence), parsed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AlertRow {
     pub id: String,
     pub last_update: Option<Timestamp>,
@@ -191,7 +193,7 @@ pub struct AlertRow {
     pub coerced: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EvidenceRow {
     /// Values in [`EVIDENCE_COLUMNS`] order.
     pub values: Vec<Val>,
@@ -199,7 +201,7 @@ pub struct EvidenceRow {
 }
 
 /// Why one alert was refused.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("malformed alert {}: {reason}", id.as_deref().unwrap_or("<no id>"))]
 pub struct Malformed {
     pub id: Option<String>,
@@ -212,24 +214,12 @@ pub fn column_index(cols: &[(&str, &str, Kind)], name: &str) -> usize {
         .expect("known column")
 }
 
-/// The columns of `spec` from `obj`. A value of the wrong shape becomes the column's NULL and is
-/// noted in `coerced` (prefixed with `at`, e.g. `evidence[2].`): the alert is stored whole in
-/// `raw` all the same, since refusing it would drop a version the watermark may already cover.
-pub fn columns(
-    obj: &Map<String, Value>,
-    spec: &[(&str, &str, Kind)],
-    at: &str,
-    coerced: &mut Vec<String>,
-) -> Vec<Val> {
+/// Property name -> index in `spec`, for the columns that have a property.
+pub fn property_index(spec: &[(&'static str, &'static str, Kind)]) -> HashMap<&'static str, usize> {
     spec.iter()
-        .map(|(_, prop, kind)| {
-            convert_or_null(
-                obj.get(*prop).filter(|_| !prop.is_empty()),
-                *kind,
-                &format_args!("{at}{prop}"),
-                coerced,
-            )
-        })
+        .enumerate()
+        .filter(|(_, (_, prop, _))| !prop.is_empty())
+        .map(|(i, (_, prop, _))| (*prop, i))
         .collect()
 }
 
@@ -250,19 +240,31 @@ pub fn convert_or_null(
     what: &dyn std::fmt::Display,
     coerced: &mut Vec<String>,
 ) -> Val {
-    convert(v, kind).unwrap_or_else(|e| {
+    or_null(convert(v, kind), kind, what, coerced)
+}
+
+/// A converted value, or the column's NULL with the problem noted in `coerced` as "`what`: why".
+/// A value of the wrong shape becomes NULL rather than refusing the alert: it is stored whole in
+/// `raw` all the same, and refusing it would drop a version the watermark may already cover.
+pub fn or_null(
+    converted: Result<Val, String>,
+    kind: Kind,
+    what: &dyn std::fmt::Display,
+    coerced: &mut Vec<String>,
+) -> Val {
+    converted.unwrap_or_else(|e| {
         coerced.push(format!("{what}: {e}"));
         null(kind)
     })
 }
 
-/// Evidence that is not a JSON object: kept as a row of NULL columns with its text in `raw`, so
-/// an alert keeps one evidence row per item whatever their shape.
-pub fn opaque_evidence(item: &Value, at: &str, coerced: &mut Vec<String>) -> EvidenceRow {
+/// Evidence that is not a JSON object: kept as a row of NULL columns with its JSON text in `raw`,
+/// so an alert keeps one evidence row per item whatever their shape.
+pub fn opaque_evidence(raw: String, at: &str, coerced: &mut Vec<String>) -> EvidenceRow {
     coerced.push(format!("{at}: not an object"));
     EvidenceRow {
         values: EVIDENCE_COLUMNS.iter().map(|(_, _, k)| null(*k)).collect(),
-        raw: item.to_string(),
+        raw,
     }
 }
 

@@ -194,7 +194,7 @@ pub fn parse_alert(raw: &RawValue) -> Result<AlertRow, Malformed> {
         let at = format!("evidence[{i}]");
         evidence.push(match item {
             Value::Object(e) => map_evidence(e, &at, &mut coerced),
-            other => opaque_evidence(other, &at, &mut coerced),
+            other => opaque_evidence(other.to_string(), &at, &mut coerced),
         });
     }
     // Graph has no device or user at the top level; MDE's columns come from the first device

@@ -6,38 +6,72 @@
 //! cannot key — not a JSON object, no string `id` — is malformed; one whose other properties have
 //! the wrong shape is kept whole in `raw` with those columns NULL (noted in
 //! [`AlertRow::coerced`]), and the sync refuses one without a usable `lastUpdateTime`.
+//!
+//! The text is read once ([`crate::fields`]): a string stays borrowed until its column takes it,
+//! each property's column is found by its name, and nothing is built for a property without one.
+//! The rows are exactly those of reading the alert into a `serde_json::Value` first
+//! (`tests/mde_parse.rs` holds the two side by side).
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use serde::de::MapAccess;
 use serde_json::{Value, value::RawValue};
 
+use crate::fields::{self, Field, Item, Items, Props, Skip, Sorted, Top};
 use crate::model::{
-    ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, EvidenceRow, Malformed, Val, column_index, columns,
-    opaque_evidence,
+    ALERT_COLUMNS, AlertRow, EVIDENCE_COLUMNS, EvidenceRow, Kind, Malformed, Val, column_index,
+    convert, null, opaque_evidence, or_null, property_index,
 };
+
+static ALERT_PROPERTIES: LazyLock<HashMap<&str, usize>> =
+    LazyLock::new(|| property_index(ALERT_COLUMNS));
+static EVIDENCE_PROPERTIES: LazyLock<HashMap<&str, usize>> =
+    LazyLock::new(|| property_index(EVIDENCE_COLUMNS));
+
+/// The properties of an alert that are stored in columns; of a duplicated one, the last.
+struct AlertProps<'a> {
+    id: Option<Field<'a>>,
+    evidence: Option<Items<'a>>,
+    /// In [`ALERT_COLUMNS`] order.
+    columns: Vec<Option<Field<'a>>>,
+}
+
+impl Default for AlertProps<'_> {
+    fn default() -> Self {
+        Self {
+            id: None,
+            evidence: None,
+            columns: vec![None; ALERT_COLUMNS.len()],
+        }
+    }
+}
+
+impl<'de> Props<'de> for AlertProps<'de> {
+    fn read<A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<(), A::Error> {
+        match (name, ALERT_PROPERTIES.get(name)) {
+            ("id", _) => self.id = Some(map.next_value()?),
+            ("evidence", _) => self.evidence = Some(map.next_value()?),
+            (_, Some(&i)) => self.columns[i] = Some(map.next_value()?),
+            (_, None) => {
+                map.next_value::<Skip>()?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Parses one MDE alert from its exact JSON text.
 pub fn parse_alert(raw: &RawValue) -> Result<AlertRow, Malformed> {
     let text = raw.get();
-    let value: Value = serde_json::from_str(text).map_err(|e| Malformed {
-        id: None,
-        reason: format!("not JSON: {e}"),
-    })?;
-    let Value::Object(obj) = value else {
-        return Err(Malformed {
-            id: None,
-            reason: "not a JSON object".into(),
-        });
-    };
-    let id = match obj.get("id") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => {
-            return Err(Malformed {
-                id: None,
-                reason: "no string \"id\"".into(),
-            });
-        }
+    let props = read(text)?;
+    let id = match props.id {
+        Some(Field::Str(s)) if !s.is_empty() => s.into_owned(),
+        _ => return Err(refused("no string \"id\"".into())),
     };
     let mut coerced = Vec::new();
-    let mut values = columns(&obj, ALERT_COLUMNS, "", &mut coerced);
+    let slots: Vec<Option<&Field>> = props.columns.iter().map(Option::as_ref).collect();
+    let mut values = columns(&slots, ALERT_COLUMNS, "", &mut coerced);
     values[column_index(ALERT_COLUMNS, "source")] = Val::Text(Some("mde".into()));
     let last_update = match &values[column_index(ALERT_COLUMNS, "last_update_time")] {
         Val::Time(t) => *t,
@@ -47,27 +81,7 @@ pub fn parse_alert(raw: &RawValue) -> Result<AlertRow, Malformed> {
         Val::Text(t) => t.clone(),
         _ => None,
     };
-    let evidence = match obj.get("evidence") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| {
-                let at = format!("evidence[{i}]");
-                match item {
-                    Value::Object(e) => EvidenceRow {
-                        values: columns(e, EVIDENCE_COLUMNS, &format!("{at}."), &mut coerced),
-                        raw: item.to_string(),
-                    },
-                    other => opaque_evidence(other, &at, &mut coerced),
-                }
-            })
-            .collect(),
-        Some(_) => {
-            coerced.push("evidence: not an array".into());
-            Vec::new()
-        }
-    };
+    let evidence = evidence_rows(props.evidence.as_ref(), &mut coerced);
     Ok(AlertRow {
         id,
         last_update,
@@ -77,6 +91,87 @@ pub fn parse_alert(raw: &RawValue) -> Result<AlertRow, Malformed> {
         raw: text.to_owned(),
         coerced,
     })
+}
+
+/// The alert's stored properties, or why it is refused: not JSON, or not an object.
+fn read(text: &str) -> Result<AlertProps<'_>, Malformed> {
+    match fields::read_top(text) {
+        Ok(Top::Object(props)) => Ok(props),
+        Ok(Top::Other) => Err(refused("not a JSON object".into())),
+        Err(e) => Err(refused(format!("not JSON: {e}"))),
+    }
+}
+
+fn refused(reason: String) -> Malformed {
+    Malformed { id: None, reason }
+}
+
+/// The columns of `spec` from `slots` (the value of each column's property, in `spec` order). A
+/// value of the wrong shape becomes the column's NULL and is noted in `coerced` (prefixed with
+/// `at`, e.g. `evidence[2].`).
+fn columns(
+    slots: &[Option<&Field>],
+    spec: &[(&str, &str, Kind)],
+    at: &str,
+    coerced: &mut Vec<String>,
+) -> Vec<Val> {
+    spec.iter()
+        .zip(slots)
+        .map(|((_, prop, kind), field)| {
+            let what = format_args!("{at}{prop}");
+            or_null(convert_field(*field, *kind), *kind, &what, coerced)
+        })
+        .collect()
+}
+
+/// [`convert`] of a [`Field`]: a string into a text column without a copy of the whole value.
+fn convert_field(field: Option<&Field>, kind: Kind) -> Result<Val, String> {
+    match field {
+        None | Some(Field::Null) => Ok(null(kind)),
+        Some(Field::Str(s)) if kind == Kind::Text => Ok(Val::Text(Some(s.to_string()))),
+        Some(Field::Str(s)) => convert(Some(&Value::String(s.to_string())), kind),
+        Some(Field::Other(v)) => convert(Some(v), kind),
+    }
+}
+
+/// One row per item of `evidence` when it is an array; none, noted in `coerced` unless null or
+/// absent, when it is not.
+fn evidence_rows(evidence: Option<&Items>, coerced: &mut Vec<String>) -> Vec<EvidenceRow> {
+    match evidence {
+        None | Some(Items::Other(Field::Null)) => Vec::new(),
+        Some(Items::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| evidence_row(item, &format!("evidence[{i}]"), coerced))
+            .collect(),
+        Some(Items::Other(_)) => {
+            coerced.push("evidence: not an array".into());
+            Vec::new()
+        }
+    }
+}
+
+/// One evidence item's row; `raw` is its JSON as serde_json writes a `Value` (compact, keys
+/// sorted), as it always has been.
+fn evidence_row(item: &Item, at: &str, coerced: &mut Vec<String>) -> EvidenceRow {
+    let props = match item {
+        Item::Object(props) => fields::sorted(props),
+        Item::Other(other) => return opaque_evidence(json(other), at, coerced),
+    };
+    let mut slots = vec![None; EVIDENCE_COLUMNS.len()];
+    for (name, value) in props.iter().copied() {
+        if let Some(&i) = EVIDENCE_PROPERTIES.get(name.as_ref()) {
+            slots[i] = Some(value);
+        }
+    }
+    EvidenceRow {
+        values: columns(&slots, EVIDENCE_COLUMNS, &format!("{at}."), coerced),
+        raw: json(&Sorted(&props)),
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("a JSON value serialises")
 }
 
 #[cfg(test)]
