@@ -114,7 +114,16 @@ pub fn scale(dir: &Path, tenants: usize) -> Scale {
     }
     let cpu0 = cpu_secs(pid).unwrap();
     let started = Instant::now();
-    let (_, (cycle_ms, runs, ok)) = wait_pass(&mut peak, &mut sample);
+    // the pass that started on this minute (not one that started before and ended since)
+    let (cycle_ms, runs, ok) = loop {
+        let (at, (ms, runs, ok)) = wait_pass(&mut peak, &mut sample);
+        if at
+            .checked_sub(Duration::from_millis(ms))
+            .is_some_and(|s| s + Duration::from_secs(1) >= started)
+        {
+            break (ms, runs, ok);
+        }
+    };
     let rss_after_kib = current_rss_kib(pid);
     while started.elapsed() < Duration::from_secs(60) {
         sample(&mut peak);

@@ -276,7 +276,7 @@ impl Syncer {
         complete_watermark: Option<Timestamp>,
         c: &mut Counters,
     ) -> Result<PageSummary, SyncError> {
-        let (tx, mut rx) = mpsc::channel::<Batch>(1);
+        let (tx, rx) = mpsc::channel::<Batch>(1);
         sink.tx = sink.write.then_some(tx);
         let old_watermark = c.watermark;
         let fetch = async {
@@ -297,24 +297,15 @@ impl Syncer {
             sink.tx = None;
             r
         };
-        // `move`: the receiver ends with the writer, so a sender still waiting for room (the
-        // channel holds one batch) is told at once that nobody will take its batch.
-        let write = async move {
-            let mut written = 0u64;
-            let mut watermark = None;
-            while let Some((rows, wm)) = rx.recv().await {
-                match self.commit(tenant, &rows, wm).await {
-                    Ok(n) => {
-                        written += n;
-                        watermark = wm.or(watermark);
-                    }
-                    // dropping the receiver makes the sink end the read
-                    Err(e) => return (written, watermark, Err(e)),
-                }
-            }
-            (written, watermark, Ok(()))
+        // The receiver ends with the writer, so a sender still waiting for room (the channel
+        // holds one batch) is told at once that nobody will take its batch.
+        let writer = BatchWriter {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            tenant: tenant.id.clone(),
+            collection: tenant.collection,
         };
-        let (fetched, (written, watermark, stored)) = tokio::join!(fetch, write);
+        let (fetched, (written, watermark, stored)) = tokio::join!(fetch, writer.write(rx));
         c.pages += 1;
         c.written += written;
         if watermark.is_some() {
@@ -371,5 +362,78 @@ fn held_result(hold: Option<Hold>) -> Result<(), SyncError> {
             attempts: h.attempts,
             reason: h.reason,
         }),
+    }
+}
+
+/// Commits the batches of one response as they come, in a task of its own.
+struct BatchWriter {
+    store: SharedStore,
+    clock: SharedClock,
+    tenant: TenantId,
+    collection: Collection,
+}
+
+/// `(alerts written, the last watermark committed, how the writing ended)`.
+type Written = (u64, Option<Timestamp>, Result<(), StoreError>);
+
+impl BatchWriter {
+    /// Commits the response's first batch here, and the others, if more come, in a task of its
+    /// own: in the same task as the parsing, each of the writer's statements went on only when
+    /// the parsing yielded, and the database sat idle. A small response (a steady-state run)
+    /// costs no task; a commit in progress completes even if the run is dropped.
+    async fn write(self, mut rx: mpsc::Receiver<Batch>) -> Written {
+        let Some(first) = rx.recv().await else {
+            return (0, None, Ok(()));
+        };
+        let (written, watermark, stored) = self.commit(first, 0, None).await;
+        if stored.is_err() || (rx.is_closed() && rx.is_empty()) {
+            return (written, watermark, stored);
+        }
+        let rest = tokio::spawn(self.drain(rx, written, watermark).in_current_span());
+        rest.await.unwrap_or_else(|e| {
+            let why = format!("the database writer's task failed: {e}");
+            (written, watermark, Err(StoreError::Internal(why)))
+        })
+    }
+
+    /// Commits one batch, adding to what was written before.
+    async fn commit(
+        &self,
+        (rows, wm): Batch,
+        written: u64,
+        watermark: Option<Timestamp>,
+    ) -> Written {
+        let now = Timestamp::from_datetime(self.clock.now());
+        let r = super::windows::commit_batch(
+            &self.store,
+            &self.tenant,
+            self.collection,
+            &rows,
+            wm,
+            now,
+        )
+        .await;
+        match r {
+            Ok(n) => (written + n, wm.or(watermark), Ok(())),
+            Err(e) => (written, watermark, Err(e)),
+        }
+    }
+
+    /// Commits the batches that come until the sender is done; an error ends it, and dropping
+    /// the receiver then makes the sink end the read.
+    async fn drain(
+        self,
+        mut rx: mpsc::Receiver<Batch>,
+        mut written: u64,
+        mut watermark: Option<Timestamp>,
+    ) -> Written {
+        while let Some(batch) = rx.recv().await {
+            let (w, wm, stored) = self.commit(batch, written, watermark).await;
+            (written, watermark) = (w, wm);
+            if stored.is_err() {
+                return (written, watermark, stored);
+            }
+        }
+        (written, watermark, Ok(()))
     }
 }

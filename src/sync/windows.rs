@@ -419,15 +419,30 @@ impl Syncer {
         rows: &[AlertRow],
         watermark: Option<Timestamp>,
     ) -> Result<u64, StoreError> {
-        let now = self.now();
-        match tenant.collection {
-            Collection::Alerts => self.store.commit(&tenant.id, rows, watermark, now).await,
-            Collection::Incidents => {
-                self.store
-                    .commit_incidents(&tenant.id, rows, watermark, now)
-                    .await
-            }
-        }
+        commit_batch(
+            &self.store,
+            &tenant.id,
+            tenant.collection,
+            rows,
+            watermark,
+            self.now(),
+        )
+        .await
+    }
+}
+
+/// Commits `rows` of `collection`, and `watermark` with them, for `tenant`.
+pub(super) async fn commit_batch(
+    store: &SharedStore,
+    tenant: &TenantId,
+    collection: Collection,
+    rows: &[AlertRow],
+    watermark: Option<Timestamp>,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    match collection {
+        Collection::Alerts => store.commit(tenant, rows, watermark, now).await,
+        Collection::Incidents => store.commit_incidents(tenant, rows, watermark, now).await,
     }
 }
 
