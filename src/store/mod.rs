@@ -267,22 +267,14 @@ pub trait Store: actions::ActionStore + collections::CollectionStore + Send + Sy
         forget_before: Timestamp,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Saves many calls of one API at once (`calls`: who, and when each was sent) and forgets
-    /// every tenant's calls of that API before `forget_before`. A backend may do it in one
-    /// transaction.
+    /// Saves many calls of one API at once (`calls`: who, and when each was sent), in one
+    /// transaction, and forgets every tenant's calls of that API before `forget_before`.
     fn record_calls<'a>(
         &'a self,
         api: &'a str,
         calls: &'a [(TenantId, Timestamp)],
         forget_before: Timestamp,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            for (tenant, at) in calls {
-                self.record_call(tenant, api, *at, forget_before).await?;
-            }
-            Ok(())
-        })
-    }
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Saves a Retry-After: no call before `until` (an earlier hold never replaces a later one).
     fn record_hold<'a>(

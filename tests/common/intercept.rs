@@ -329,6 +329,13 @@ impl Store for Observed {
     ) -> BoxFuture<'a, Result<i64, StoreError>> {
         self.inner.start_run(tenant, now)
     }
+    fn open_run<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<(Option<Timestamp>, i64), StoreError>> {
+        self.inner.open_run(tenant, now)
+    }
     fn commit<'a>(
         &'a self,
         tenant: &'a TenantId,
@@ -396,6 +403,14 @@ impl Store for Observed {
         forget_before: Timestamp,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.inner.record_call(tenant, api, at, forget_before)
+    }
+    fn record_calls<'a>(
+        &'a self,
+        api: &'a str,
+        calls: &'a [(TenantId, Timestamp)],
+        forget_before: Timestamp,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.record_calls(api, calls, forget_before)
     }
     fn record_hold<'a>(
         &'a self,
