@@ -461,6 +461,42 @@ impl SqliteStore {
     }
 }
 
+/// A run's opening, one round trip to SQLite's thread: the tenant's state row (created, or its
+/// name and last attempt updated), then its run row with the watermark it starts from. (A
+/// statement with several parts runs them in order on the connection's thread, binding `?NNN`
+/// from one list; an error stops it inside the transaction, and the writer's connection, not
+/// marked done, is then closed, which rolls it back.)
+const OPEN_RUN: &str = "BEGIN IMMEDIATE; \
+    INSERT INTO sync_state (tenant_id, tenant_name, updated_at, last_attempt_at) VALUES (?1, ?2, ?3, ?3) \
+    ON CONFLICT (tenant_id) DO UPDATE SET tenant_name = excluded.tenant_name, \
+    last_attempt_at = excluded.last_attempt_at, updated_at = excluded.updated_at; \
+    INSERT INTO sync_runs (tenant_id, started_at, watermark_before) \
+    SELECT tenant_id, ?3, watermark FROM sync_state WHERE tenant_id = ?1 \
+    RETURNING id, watermark_before; \
+    COMMIT";
+
+/// A run's outcome, one round trip as [`OPEN_RUN`]: its row in `sync_runs`, then the tenant's
+/// health (and freshness, when the run has one) in `sync_state`. Parameters: ?1 finished at,
+/// ?2 outcome, ?3–?6 counters, ?7 watermark after, ?8 error, ?9 run id, ?10 fresh as of,
+/// ?11 overlap, ?12 tenant, ?13 health.
+const FINISH_RUN_OK: &str = "BEGIN IMMEDIATE; \
+    UPDATE sync_runs SET finished_at = ?1, outcome = ?2, alerts_received = ?3, alerts_written = ?4, \
+    alerts_rejected = ?5, pages = ?6, watermark_after = ?7, error = ?8 WHERE id = ?9; \
+    UPDATE sync_state SET health = 'ok', last_success_at = ?1, consecutive_failures = 0, updated_at = ?1, \
+    fresh_as_of = COALESCE(?10, fresh_as_of), cursor_overlap_seconds = COALESCE(?11, cursor_overlap_seconds) \
+    WHERE tenant_id = ?12; \
+    COMMIT";
+
+/// [`FINISH_RUN_OK`] for a run that failed.
+const FINISH_RUN_FAILED: &str = "BEGIN IMMEDIATE; \
+    UPDATE sync_runs SET finished_at = ?1, outcome = ?2, alerts_received = ?3, alerts_written = ?4, \
+    alerts_rejected = ?5, pages = ?6, watermark_after = ?7, error = ?8 WHERE id = ?9; \
+    UPDATE sync_state SET health = ?13, last_error = ?8, last_error_at = ?1, \
+    consecutive_failures = consecutive_failures + 1, updated_at = ?1, \
+    fresh_as_of = COALESCE(?10, fresh_as_of), cursor_overlap_seconds = COALESCE(?11, cursor_overlap_seconds) \
+    WHERE tenant_id = ?12; \
+    COMMIT";
+
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
@@ -535,29 +571,20 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<(Option<Timestamp>, i64), StoreError>> {
         Box::pin(async move {
-            // what prepare_tenant and start_run write, in two statements on one connection
+            // what prepare_tenant and start_run write, in one transaction sent to SQLite's
+            // thread at once (`OPEN_RUN`)
             let mut w = self.bookkeeper().await?;
-            let conn: &mut SqliteConnection = &mut w;
-            let now = now.to_db();
-            let wm: Option<String> = sqlx::query_scalar(
-                "INSERT INTO sync_state (tenant_id, tenant_name, updated_at, last_attempt_at) VALUES (?1, ?2, ?3, ?3) \
-                 ON CONFLICT (tenant_id) DO UPDATE SET tenant_name = excluded.tenant_name, \
-                 last_attempt_at = excluded.last_attempt_at, updated_at = excluded.updated_at \
-                 RETURNING watermark",
-            )
-            .bind(tenant.id.as_str())
-            .bind(&tenant.name)
-            .bind(&now)
-            .fetch_one(&mut *conn)
-            .await?;
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO sync_runs (tenant_id, started_at, watermark_before) VALUES (?, ?, ?) RETURNING id",
-            )
-            .bind(tenant.id.as_str())
-            .bind(&now)
-            .bind(&wm)
-            .fetch_one(&mut *conn)
-            .await?;
+            // every part runs only if every row is asked for (a fetch of one row would stop
+            // before the COMMIT)
+            let rows: Vec<(i64, Option<String>)> = sqlx::query_as(OPEN_RUN)
+                .bind(tenant.id.as_str())
+                .bind(&tenant.name)
+                .bind(now.to_db())
+                .fetch_all(&mut *w)
+                .await?;
+            let [(id, wm)] = <[_; 1]>::try_from(rows).map_err(|rows| {
+                StoreError::Internal(format!("opening a run returned {} rows", rows.len()))
+            })?;
             w.done();
             let before = wm
                 .map(|w| {
@@ -584,12 +611,14 @@ impl Store for SqliteStore {
     fn finish_run<'a>(&'a self, r: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut w = self.bookkeeper().await?;
-            let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
             let at = r.finished_at.to_db();
-            sqlx::query(
-                "UPDATE sync_runs SET finished_at = ?, outcome = ?, alerts_received = ?, alerts_written = ?, \
-                 alerts_rejected = ?, pages = ?, watermark_after = ?, error = ? WHERE id = ?",
-            )
+            // the freshness, when the run has one, in the same statement as the health
+            let (fresh, overlap) = r.freshness.map(|(f, o)| (f.to_db(), o)).unzip();
+            sqlx::query(if r.ok {
+                FINISH_RUN_OK
+            } else {
+                FINISH_RUN_FAILED
+            })
             .bind(&at)
             .bind(if r.ok { "ok" } else { "failed" })
             .bind(r.alerts_received as i64)
@@ -599,41 +628,12 @@ impl Store for SqliteStore {
             .bind(r.watermark_after.map(|w| w.to_db()))
             .bind(&r.error)
             .bind(r.run_id)
-            .execute(&mut *tx)
+            .bind(fresh)
+            .bind(overlap)
+            .bind(r.tenant.as_str())
+            .bind(r.health.as_str())
+            .execute(&mut *w)
             .await?;
-            // the freshness, when the run has one, in the same statement
-            let (fresh, overlap) = r.freshness.map(|(f, o)| (f.to_db(), o)).unzip();
-            if r.ok {
-                sqlx::query(
-                    "UPDATE sync_state SET health = 'ok', last_success_at = ?, consecutive_failures = 0, updated_at = ?, \
-                     fresh_as_of = COALESCE(?, fresh_as_of), cursor_overlap_seconds = COALESCE(?, cursor_overlap_seconds) \
-                     WHERE tenant_id = ?",
-                )
-                .bind(&at)
-                .bind(&at)
-                .bind(fresh)
-                .bind(overlap)
-                .bind(r.tenant.as_str())
-                .execute(&mut *tx)
-                .await?;
-            } else {
-                sqlx::query(
-                    "UPDATE sync_state SET health = ?, last_error = ?, last_error_at = ?, \
-                     consecutive_failures = consecutive_failures + 1, updated_at = ?, \
-                     fresh_as_of = COALESCE(?, fresh_as_of), cursor_overlap_seconds = COALESCE(?, cursor_overlap_seconds) \
-                     WHERE tenant_id = ?",
-                )
-                .bind(r.health.as_str())
-                .bind(&r.error)
-                .bind(&at)
-                .bind(&at)
-                .bind(fresh)
-                .bind(overlap)
-                .bind(r.tenant.as_str())
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
             w.done();
             Ok(())
         })

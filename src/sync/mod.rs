@@ -439,6 +439,8 @@ pub struct Syncer {
     /// Run outcomes the store refused to record (a full disk, the database away), with whether
     /// the run was stopped; recorded before the tenant's next run.
     unrecorded: Mutex<HashMap<JobKey, (RunReport, bool)>>,
+    /// When each tenant's old runs were last deleted from `sync_runs` ([`pass::PRUNE_EVERY`]).
+    pruned: Mutex<HashMap<TenantId, Timestamp>>,
     metrics: Arc<Metrics>,
 }
 
@@ -477,6 +479,7 @@ impl Syncer {
             active_changed: watch::Sender::new(0),
             gate: Mutex::new(None),
             unrecorded: Mutex::new(HashMap::new()),
+            pruned: Mutex::new(HashMap::new()),
             metrics: Arc::default(),
         }
     }

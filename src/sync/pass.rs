@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// How often a tenant's runs older than `sync.run_retention` are deleted: after its first run
+/// in this process, then after a run at most this often.
+pub const PRUNE_EVERY: time::Duration = time::Duration::hours(1);
+
 impl Syncer {
     /// One run for every enabled tenant's collections (its alerts, and its incidents when it
     /// syncs them), at most `sync.max_concurrent_tenants` at a time. A tenant's collections run
@@ -318,14 +322,33 @@ impl Syncer {
         }
     }
 
-    /// Deletes the tenant's runs older than `sync.run_retention` from `sync_runs`. A failure
-    /// only costs history, so it is logged, not raised: the next run tries again.
+    /// Deletes the tenant's runs older than `sync.run_retention` from `sync_runs`, at most once
+    /// every [`PRUNE_EVERY`] per tenant: at a run a minute, deleting after every run was one
+    /// more write per run on SQLite's one writer for a row that ages out once a minute. A
+    /// failure only costs history, so it is logged, not raised: a later run tries again.
     async fn prune_runs(&self, tenant: &TenantId) {
-        let before = self.now().minus(self.settings.run_retention);
+        let now = self.now();
+        let due = {
+            let mut pruned = self.pruned.lock().expect("pruned runs");
+            match pruned.get(tenant) {
+                Some(at) if now.minus(PRUNE_EVERY) < *at => false,
+                _ => {
+                    pruned.insert(tenant.clone(), now);
+                    true
+                }
+            }
+        };
+        if !due {
+            return;
+        }
+        let before = now.minus(self.settings.run_retention);
         match self.store.prune_runs(tenant, before).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(runs = n, before = %before.to_db(), "old runs deleted"),
-            Err(e) => tracing::warn!(error = %e, "cannot delete old runs from sync_runs"),
+            Err(e) => {
+                self.pruned.lock().expect("pruned runs").remove(tenant);
+                tracing::warn!(error = %e, "cannot delete old runs from sync_runs")
+            }
         }
     }
 
