@@ -376,7 +376,46 @@ async fn incidents_are_newer_wins_with_a_watermark_and_health_of_their_own(backe
     assert_eq!(alerts[0].health, "new", "the alerts' health is their own");
 }
 
+/// A batch of alerts none of which is stored yet (a backfill: on Postgres copied straight in)
+/// and a batch that mixes stored and new ones (the upsert) store the same rows: each alert once,
+/// its newest version in the batch, the evidence of exactly the versions written.
+async fn a_batch_of_new_alerts_and_a_mixed_batch_store_the_same_rows(backend: Backend) {
+    let (s, _db) = fresh(backend, "newbatch").await;
+    let t = tenant();
+    let now = ts("2024-05-01T00:00:00Z");
+    s.prepare_tenant(&t, now).await.unwrap();
+    // all new, one id twice in the batch: its newer version is the one stored
+    let a4_old = alert("a4", "2024-04-01T10:00:00Z", "New", 2);
+    let a4_new = alert("a4", "2024-04-01T10:00:05Z", "InProgress", 1);
+    let first = [
+        alert("a1", "2024-04-01T10:00:00Z", "New", 3),
+        a4_new.clone(),
+        alert("a2", "2024-04-01T10:00:00Z", "New", 1),
+        a4_old,
+    ];
+    assert_eq!(s.commit(&t.id, &first, None, now).await.unwrap(), 3);
+    let raws = s.alert_raws(&t.id).await.unwrap();
+    assert_eq!(raws.len(), 3);
+    assert!(same_raw(backend, &raws["a4"], &a4_new.raw));
+    assert_eq!(s.evidence_raws(&t.id).await.unwrap().len(), 3 + 1 + 1);
+    // mixed: a2 newer, a3 new, a1 older (skipped, keeps its three evidence rows)
+    let a2_newer = alert("a2", "2024-04-01T11:00:00Z", "Resolved", 2);
+    let mixed = [
+        a2_newer.clone(),
+        alert("a3", "2024-04-01T11:00:00Z", "New", 1),
+        alert("a1", "2024-04-01T09:00:00Z", "New", 0),
+    ];
+    assert_eq!(s.commit(&t.id, &mixed, None, now).await.unwrap(), 2);
+    let raws = s.alert_raws(&t.id).await.unwrap();
+    assert_eq!(raws.len(), 4);
+    assert!(same_raw(backend, &raws["a2"], &a2_newer.raw));
+    let ev = s.evidence_raws(&t.id).await.unwrap();
+    let per = |id: &str| ev.iter().filter(|e| e.0 == id).count();
+    assert_eq!((per("a1"), per("a2"), per("a3"), per("a4")), (3, 2, 1, 1));
+}
+
 on_both_backends!(
+    a_batch_of_new_alerts_and_a_mixed_batch_store_the_same_rows,
     incidents_are_newer_wins_with_a_watermark_and_health_of_their_own,
     an_older_version_never_overwrites_a_newer_one_and_evidence_follows_its_alert,
     versions_from_either_source_compare_as_instants_whatever_their_digits,

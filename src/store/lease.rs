@@ -41,7 +41,12 @@ pub struct Book {
     owner: OnceLock<String>,
     held: Mutex<HashMap<String, i64>>,
     refusals: AtomicU64,
+    /// When each tenant's last commit was noted in `tenant_leases.last_commit_at`.
+    noted: Mutex<HashMap<String, std::time::Instant>>,
 }
+
+/// How often a commit in the middle of a response is noted in `last_commit_at`.
+const NOTE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Book {
     /// The replica id, once this process takes part in leasing.
@@ -393,11 +398,22 @@ impl Leases {
 
 /// Notes when `tenant`'s data was last committed under this process's lease: after the commit,
 /// in a statement of its own, so that the fence never holds the lease row for an update. A
-/// failure costs only the time stamp.
-pub(crate) async fn note_commit(pool: &PgPool, book: &Book, tenant: &str) {
+/// failure costs only the time stamp. A commit in the middle of a response (`more` follows) is
+/// noted only if the tenant's last note is [`NOTE_EVERY`] old: each note is a transaction of
+/// its own, with its own flush of the log, which a backfill paid for every batch; the response's
+/// last commit is always noted.
+pub(crate) async fn note_commit(pool: &PgPool, book: &Book, tenant: &str, more: bool) {
     let (Some(owner), Some(epoch)) = (book.owner(), book.epoch(tenant)) else {
         return;
     };
+    {
+        let mut noted = book.noted.lock().expect("lease book");
+        let now = std::time::Instant::now();
+        if more && noted.get(tenant).is_some_and(|at| now - *at < NOTE_EVERY) {
+            return;
+        }
+        noted.insert(tenant.to_owned(), now);
+    }
     let r = sqlx::query(
         "UPDATE tenant_leases SET last_commit_at = clock_timestamp() \
          WHERE tenant_id = $1 AND owner = $2 AND epoch = $3",

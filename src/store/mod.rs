@@ -362,6 +362,20 @@ where
 }
 
 /// One version per alert id, the newest: a multi-row statement must not touch a row twice.
+/// A batch is large from this much alert text...
+const LARGE_BYTES: usize = 128 << 10;
+
+/// ...or this many alerts: half of what the sync cuts a full batch at.
+const LARGE_ALERTS: usize = 500;
+
+/// Whether a batch is large enough that more of its response is likely to follow (the sync cuts
+/// a response into batches of 1,000 alerts or about 256 KiB of text; the last is the partial
+/// one). SQLite keeps its span open after one (`sqlite_span`); Postgres notes the lease's last
+/// commit less often during one.
+pub(crate) fn is_large(alerts: &[AlertRow]) -> bool {
+    alerts.len() >= LARGE_ALERTS || alerts.iter().map(|a| a.raw.len()).sum::<usize>() >= LARGE_BYTES
+}
+
 pub(crate) fn newest_per_id(alerts: &[AlertRow]) -> Vec<&AlertRow> {
     let mut newest: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let mut out: Vec<&AlertRow> = Vec::with_capacity(alerts.len());

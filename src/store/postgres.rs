@@ -3,7 +3,9 @@
 //! into `alerts` by one
 //! `INSERT … SELECT … ON CONFLICT … DO UPDATE … WHERE newer RETURNING id`, so a batch costs a
 //! handful of round trips whatever its size; evidence is replaced (by `COPY`) for exactly the
-//! alerts that statement wrote; the watermark follows in the same transaction.
+//! alerts that statement wrote; the watermark follows in the same transaction. A batch none of
+//! whose alerts is stored yet (a backfill) is `COPY`ed straight into `alerts` and
+//! `alert_evidence`: there is nothing to compare or replace.
 //!
 //! Versions are compared on `last_update_ticks` (exact 100 ns ticks): `timestamptz` has only
 //! microseconds. Times shown to users are floored to the microsecond.
@@ -90,6 +92,10 @@ static COPY_STAGE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The same rows straight into `alerts`, for a batch none of whose alerts is stored yet.
+static COPY_ALERTS: LazyLock<String> =
+    LazyLock::new(|| COPY_STAGE.replacen("COPY mde_sync_stage", "COPY alerts", 1));
+
 static COPY_EVIDENCE: LazyLock<String> = LazyLock::new(|| {
     let cols: Vec<&str> = EVIDENCE_COLUMNS.iter().map(|c| c.0).collect();
     format!(
@@ -117,6 +123,22 @@ static UPSERT_FROM_STAGE: LazyLock<String> = LazyLock::new(|| {
         updates.join(", ")
     )
 });
+
+/// Whether none of `ids` is stored for `tenant` (one probe of the primary key's index).
+async fn none_stored(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: &str,
+    ids: &[String],
+) -> Result<bool, StoreError> {
+    let any: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM alerts WHERE tenant_id = $1 AND id = ANY($2))",
+    )
+    .bind(tenant)
+    .bind(ids)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(!any)
+}
 
 /// One value in COPY's text format: `\N` for NULL, backslash, tab and line breaks escaped.
 /// Postgres text cannot hold the NUL character: it is stored as the six characters `\u0000`
@@ -470,6 +492,9 @@ impl Store for PostgresStore {
             }
             evidence.push((a.id.clone(), rows));
         }
+        let ids: Vec<String> = batch.iter().map(|a| a.id.clone()).collect();
+        // more of the response follows a large batch without a watermark
+        let more = watermark.is_none() && super::is_large(alerts);
         let pool = self.pool.clone();
         let book = self.book.clone();
         let analyze = self.analyze.clone();
@@ -479,7 +504,19 @@ impl Store for PostgresStore {
             // FENCE (several replicas): first in the transaction, holds the lease row to COMMIT.
             lease::fence(&mut tx, &book, &tenant).await?;
             let mut written = 0u64;
-            if !evidence.is_empty() {
+            if !evidence.is_empty() && none_stored(&mut tx, &tenant, &ids).await? {
+                // A batch of alerts not stored yet (a backfill): nothing to compare, replace or
+                // delete, so the rows are copied straight in. Commits of one tenant's alerts
+                // never run at once (one run at a time, batches in order; replicas are fenced),
+                // so none of these ids can be stored between the check and the COPY; were one
+                // stored anyway, the unique key would fail this batch, and its run, not lose it.
+                copy_in(&mut tx, &COPY_ALERTS, stage).await?;
+                written = ids.len() as u64;
+                let data: String = evidence.iter().map(|(_, rows)| rows.as_str()).collect();
+                if !data.is_empty() {
+                    copy_in(&mut tx, &COPY_EVIDENCE, data).await?;
+                }
+            } else if !evidence.is_empty() {
                 // COPY the batch into a staging table, then upsert from it in one statement:
                 // COPY is Postgres' fastest way in, and the upsert keeps the newer-wins rule.
                 // The staging table lives as long as the connection and empties itself at each
@@ -529,7 +566,7 @@ impl Store for PostgresStore {
                 .await?;
             }
             tx.commit().await?;
-            lease::note_commit(&pool, &book, &tenant).await;
+            lease::note_commit(&pool, &book, &tenant, more).await;
             let due = {
                 let mut a = analyze.lock().expect("analyze counter");
                 a.0 += written;

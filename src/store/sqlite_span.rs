@@ -29,6 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::is_large;
 use crate::{model::AlertRow, tenant::TenantId};
 
 /// A span is committed once it holds this many alerts (the fair bulk loader's best transaction
@@ -42,17 +43,6 @@ pub(super) const SPAN_AGE: Duration = Duration::from_secs(1);
 /// A span no batch joined for this long is committed (a response that ended on a large batch,
 /// or one that failed half-way).
 pub(super) const SPAN_IDLE: Duration = Duration::from_millis(20);
-
-/// A batch is large, and keeps the span open, from this much alert text...
-const LARGE_BYTES: usize = 128 << 10;
-
-/// ...or this many alerts: half of what the sync cuts a full batch at.
-const LARGE_ALERTS: usize = 500;
-
-/// Whether a batch is large enough that more of its response is likely to follow.
-pub(super) fn is_large(alerts: &[AlertRow]) -> bool {
-    alerts.len() >= LARGE_ALERTS || alerts.iter().map(|a| a.raw.len()).sum::<usize>() >= LARGE_BYTES
-}
 
 /// The write transaction open on the writer across batches.
 #[derive(Debug)]

@@ -174,7 +174,7 @@ impl CollectionStore for PostgresStore {
                 .await?;
             }
             tx.commit().await?;
-            lease::note_commit(self.pool(), self.book(), tenant.as_str()).await;
+            lease::note_commit(self.pool(), self.book(), tenant.as_str(), false).await;
             Ok(written)
         }))
     }
