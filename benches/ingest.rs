@@ -24,7 +24,8 @@
 //!    of 3 alerts, 50 ms per API call: the steady pass's length, the CPU over a minute, peak RSS,
 //!    and the memory a tenant costs between passes (the RSS difference of the two fleets)
 //!    (`ingest/scale.rs`);
-//! 7. idle: the CPU `mde-sync run` uses over `MDE_SYNC_BENCH_IDLE_SECS` (60) between cycles.
+//! 7. idle: the CPU `mde-sync run` uses over `MDE_SYNC_BENCH_IDLE_SECS` (60) between cycles, in
+//!    nanoseconds from each thread's schedstat (/proc/PID/stat counts 10 ms ticks).
 //!
 //! Peak RSS is the kernel's high-water mark of the sync process (`VmHWM`, what
 //! `/usr/bin/time -f %M` reports), sampled until it exits.
@@ -377,14 +378,39 @@ fn idle(dir: &Path, secs: u64) -> f64 {
         .unwrap();
     // let the start-up pass finish, then measure a quiet stretch
     std::thread::sleep(Duration::from_secs(5));
-    let c0 = cpu_secs(child.id()).unwrap();
+    let pid = child.id();
+    let (c0, t0) = (cpu_secs(pid).unwrap(), thread_cpu(pid));
     std::thread::sleep(Duration::from_secs(secs));
-    let c1 = cpu_secs(child.id()).unwrap();
+    let (c1, t1) = (cpu_secs(pid).unwrap(), thread_cpu(pid));
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &pid.to_string()])
         .status();
     let _ = child.wait();
-    (c1 - c0) / secs as f64 * 100.0
+    // /proc/PID/stat counts in 10 ms ticks, so over 60 s a tick is 0.017 %, a third of the
+    // target: each thread's schedstat counts nanoseconds. It misses the time of threads that
+    // ended meanwhile, so it is used only when the same threads were there at both ends.
+    let secs = secs as f64;
+    match (t0, t1) {
+        (Some((ids0, ns0)), Some((ids1, ns1))) if ids0 == ids1 => {
+            (ns1 - ns0) as f64 / 1e9 / secs * 100.0
+        }
+        _ => (c1 - c0) / secs * 100.0,
+    }
+}
+
+/// The process's threads and the nanoseconds they have run on a CPU, from each thread's
+/// `/proc/PID/task/TID/schedstat`.
+fn thread_cpu(pid: u32) -> Option<(Vec<u64>, u64)> {
+    let mut ids = Vec::new();
+    let mut ns = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let entry = entry.ok()?;
+        let stat = std::fs::read_to_string(entry.path().join("schedstat")).ok()?;
+        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        ids.push(entry.file_name().to_str()?.parse().ok()?);
+    }
+    ids.sort_unstable();
+    Some((ids, ns))
 }
 
 fn machine() -> String {
