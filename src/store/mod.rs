@@ -361,7 +361,6 @@ where
         .collect()
 }
 
-/// One version per alert id, the newest: a multi-row statement must not touch a row twice.
 /// A batch is large from this much alert text...
 const LARGE_BYTES: usize = 128 << 10;
 
@@ -376,6 +375,7 @@ pub(crate) fn is_large(alerts: &[AlertRow]) -> bool {
     alerts.len() >= LARGE_ALERTS || alerts.iter().map(|a| a.raw.len()).sum::<usize>() >= LARGE_BYTES
 }
 
+/// One version per alert id, the newest: a multi-row statement must not touch a row twice.
 pub(crate) fn newest_per_id(alerts: &[AlertRow]) -> Vec<&AlertRow> {
     let mut newest: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let mut out: Vec<&AlertRow> = Vec::with_capacity(alerts.len());

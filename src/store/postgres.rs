@@ -128,7 +128,7 @@ static UPSERT_FROM_STAGE: LazyLock<String> = LazyLock::new(|| {
 async fn none_stored(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     tenant: &str,
-    ids: &[String],
+    ids: &[&str],
 ) -> Result<bool, StoreError> {
     let any: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM alerts WHERE tenant_id = $1 AND id = ANY($2))",
@@ -492,7 +492,6 @@ impl Store for PostgresStore {
             }
             evidence.push((a.id.clone(), rows));
         }
-        let ids: Vec<String> = batch.iter().map(|a| a.id.clone()).collect();
         // more of the response follows a large batch without a watermark
         let more = watermark.is_none() && super::is_large(alerts);
         let pool = self.pool.clone();
@@ -504,6 +503,7 @@ impl Store for PostgresStore {
             // FENCE (several replicas): first in the transaction, holds the lease row to COMMIT.
             lease::fence(&mut tx, &book, &tenant).await?;
             let mut written = 0u64;
+            let ids: Vec<&str> = evidence.iter().map(|(id, _)| id.as_str()).collect();
             if !evidence.is_empty() && none_stored(&mut tx, &tenant, &ids).await? {
                 // A batch of alerts not stored yet (a backfill): nothing to compare, replace or
                 // delete, so the rows are copied straight in. Commits of one tenant's alerts

@@ -475,27 +475,37 @@ const OPEN_RUN: &str = "BEGIN IMMEDIATE; \
     RETURNING id, watermark_before; \
     COMMIT";
 
+/// The first part of a run's outcome, common to [`FINISH_RUN_OK`] and [`FINISH_RUN_FAILED`]:
+/// its row in `sync_runs`.
+macro_rules! finish_run_row {
+    () => {
+        "BEGIN IMMEDIATE; \
+        UPDATE sync_runs SET finished_at = ?1, outcome = ?2, alerts_received = ?3, alerts_written = ?4, \
+        alerts_rejected = ?5, pages = ?6, watermark_after = ?7, error = ?8 WHERE id = ?9; "
+    };
+}
+
 /// A run's outcome, one round trip as [`OPEN_RUN`]: its row in `sync_runs`, then the tenant's
 /// health (and freshness, when the run has one) in `sync_state`. Parameters: ?1 finished at,
 /// ?2 outcome, ?3–?6 counters, ?7 watermark after, ?8 error, ?9 run id, ?10 fresh as of,
 /// ?11 overlap, ?12 tenant, ?13 health.
-const FINISH_RUN_OK: &str = "BEGIN IMMEDIATE; \
-    UPDATE sync_runs SET finished_at = ?1, outcome = ?2, alerts_received = ?3, alerts_written = ?4, \
-    alerts_rejected = ?5, pages = ?6, watermark_after = ?7, error = ?8 WHERE id = ?9; \
-    UPDATE sync_state SET health = 'ok', last_success_at = ?1, consecutive_failures = 0, updated_at = ?1, \
+const FINISH_RUN_OK: &str = concat!(
+    finish_run_row!(),
+    "UPDATE sync_state SET health = 'ok', last_success_at = ?1, consecutive_failures = 0, updated_at = ?1, \
     fresh_as_of = COALESCE(?10, fresh_as_of), cursor_overlap_seconds = COALESCE(?11, cursor_overlap_seconds) \
     WHERE tenant_id = ?12; \
-    COMMIT";
+    COMMIT"
+);
 
 /// [`FINISH_RUN_OK`] for a run that failed.
-const FINISH_RUN_FAILED: &str = "BEGIN IMMEDIATE; \
-    UPDATE sync_runs SET finished_at = ?1, outcome = ?2, alerts_received = ?3, alerts_written = ?4, \
-    alerts_rejected = ?5, pages = ?6, watermark_after = ?7, error = ?8 WHERE id = ?9; \
-    UPDATE sync_state SET health = ?13, last_error = ?8, last_error_at = ?1, \
+const FINISH_RUN_FAILED: &str = concat!(
+    finish_run_row!(),
+    "UPDATE sync_state SET health = ?13, last_error = ?8, last_error_at = ?1, \
     consecutive_failures = consecutive_failures + 1, updated_at = ?1, \
     fresh_as_of = COALESCE(?10, fresh_as_of), cursor_overlap_seconds = COALESCE(?11, cursor_overlap_seconds) \
     WHERE tenant_id = ?12; \
-    COMMIT";
+    COMMIT"
+);
 
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
