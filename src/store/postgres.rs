@@ -81,6 +81,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "call journal by age",
         include_str!("../../migrations/postgres/0011_call_journal_by_age.sql"),
     ),
+    (
+        12,
+        "evidence replaced by trigger",
+        include_str!("../../migrations/postgres/0012_evidence_replaced_by_trigger.sql"),
+    ),
 ];
 
 /// The staging table's COPY, in the column order of `alerts`.

@@ -1,13 +1,11 @@
 //! The SQLite backend: one file, WAL journal, write transactions opened `IMMEDIATE` so they never
 //! have to upgrade a read lock mid-way, and a busy timeout so other processes' writers queue for
-//! the lock instead of failing. SQLite admits one writer at a time, so this process writes the
-//! alert batches (the large writes) through one connection of its own
-//! ([`super::sqlite_writer`]): concurrent tenants queue for it in order, without the busy
-//! handler's sleeps, and only one connection holds their statements and pages in memory. The
-//! small writes (a run's bookkeeping in `sync_state` and `sync_runs`, the call journal) and the
-//! reads use a pool of `database.max_connections`: each of those writes holds SQLite's lock for
-//! a single statement or two, and queueing them behind the alert batches for the one connection
-//! made the 1,000-tenant cycle slower (docs/performance.md).
+//! the lock instead of failing. SQLite admits one writer at a time, so the sync's writes
+//! go through one connection of its own ([`super::sqlite_writer`]): the alert batches, the
+//! runs' bookkeeping (`sync_state`, `sync_runs`) and the call journal queue for it in order,
+//! without the busy handler's sleeps (docs/performance.md). Reads use a pool of
+//! `database.max_connections`. Each statement is a round trip to the connection's thread and
+//! back, so a batch is written in few, wide statements, each bound while the one before it runs.
 
 use std::{collections::BTreeMap, str::FromStr, sync::LazyLock, time::Duration};
 
@@ -82,6 +80,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "call journal by age",
         include_str!("../../migrations/sqlite/0011_call_journal_by_age.sql"),
     ),
+    (
+        12,
+        "evidence replaced by trigger",
+        include_str!("../../migrations/sqlite/0012_evidence_replaced_by_trigger.sql"),
+    ),
 ];
 
 /// The alert upsert. A row is replaced only by a version that is newer, or equally new with
@@ -116,9 +119,13 @@ static INSERT_EVIDENCE: LazyLock<String> = LazyLock::new(|| {
 
 /// Rows per multi-row statement, largest first. Every statement has one of these few fixed
 /// shapes, built once and prepared once per connection (sqlx's statement cache): a batch of any
-/// size is cut into them (347 rows: three of 100, four of 10, seven of 1). SQLite allows 32,766
-/// parameters per statement; an alert row has 46 and an evidence row 62.
-const SHAPES: [usize; 3] = [100, 10, 1];
+/// size is cut into them, at most one of each shape below the largest (347 rows: two of 128,
+/// then 64, 16, 8, 2 and 1). Each statement is a round trip to SQLite's thread and back, which
+/// on a small virtual machine costs more than the statement itself: an 80-alert batch takes
+/// three or four statements, not the eleven that shapes of 100, 10 and 1 took. SQLite allows
+/// 32,766 parameters per statement; an alert row has 46 and an evidence row 62.
+const SHAPES: [usize; 8] = [128, 64, 32, 16, 8, 4, 2, 1];
+const NSHAPES: usize = SHAPES.len();
 
 /// Cuts `rows` into chunks whose lengths are all in [`SHAPES`].
 fn shaped<T>(mut rows: &[T]) -> impl Iterator<Item = (usize, &[T])> {
@@ -135,12 +142,12 @@ fn shaped<T>(mut rows: &[T]) -> impl Iterator<Item = (usize, &[T])> {
 }
 
 /// `head VALUES (row), (row), … tail`, for each shape.
-fn multi_row(head: &str, one: &str, tail: &str) -> [String; 3] {
+fn multi_row(head: &str, one: &str, tail: &str) -> [String; NSHAPES] {
     SHAPES.map(|n| format!("{head} VALUES {}{tail}", vec![one; n].join(", ")))
 }
 
 /// The alert upsert with `RETURNING id`, one statement per shape.
-static UPSERT_ALERTS: LazyLock<[String; 3]> = LazyLock::new(|| {
+static UPSERT_ALERTS: LazyLock<[String; NSHAPES]> = LazyLock::new(|| {
     let one = format!("({})", vec!["?"; ALERT_COLUMNS.len() + 5].join(", "));
     let (head, tail) = UPSERT_ALERT
         .split_once(" VALUES ")
@@ -152,7 +159,7 @@ static UPSERT_ALERTS: LazyLock<[String; 3]> = LazyLock::new(|| {
 });
 
 /// The evidence insert, one statement per shape.
-static INSERT_EVIDENCES: LazyLock<[String; 3]> = LazyLock::new(|| {
+static INSERT_EVIDENCES: LazyLock<[String; NSHAPES]> = LazyLock::new(|| {
     let one = format!("({})", vec!["?"; EVIDENCE_COLUMNS.len() + 4].join(", "));
     let (head, _) = INSERT_EVIDENCE
         .split_once(" VALUES ")
@@ -161,22 +168,12 @@ static INSERT_EVIDENCES: LazyLock<[String; 3]> = LazyLock::new(|| {
 });
 
 /// The call journal's insert, one statement per shape.
-static INSERT_CALLS: LazyLock<[String; 3]> = LazyLock::new(|| {
+static INSERT_CALLS: LazyLock<[String; NSHAPES]> = LazyLock::new(|| {
     multi_row(
         "INSERT INTO api_calls (tenant_id, api, sent_at)",
         "(?, ?, ?)",
         "",
     )
-});
-
-/// Deletes the evidence of written alerts, one statement per shape.
-static DELETE_EVIDENCES: LazyLock<[String; 3]> = LazyLock::new(|| {
-    SHAPES.map(|n| {
-        format!(
-            "DELETE FROM alert_evidence WHERE tenant_id = ? AND alert_id IN ({})",
-            vec!["?"; n].join(", ")
-        )
-    })
 });
 
 pub(super) fn bind_scalar<'q>(
@@ -199,6 +196,26 @@ fn bind_val<'q>(
         Val::Int(i) => q.bind(*i),
         Val::Time(t) => q.bind(t.map(|t| t.to_db())),
     }
+}
+
+/// Runs `statements` in order on `conn` and returns their rows, binding each statement's values
+/// while SQLite runs the one before it: binding a multi-row statement (copying a few thousand
+/// values) takes about as long as SQLite takes to run it, and done in turn the database sat idle
+/// between statements.
+async fn pipelined<'q>(
+    conn: &mut SqliteConnection,
+    mut statements: impl Iterator<Item = Query<'q, Sqlite, SqliteArguments>>,
+) -> Result<Vec<sqlx::sqlite::SqliteRow>, StoreError> {
+    let mut rows = Vec::new();
+    let mut next = statements.next();
+    while let Some(q) = next.take() {
+        // `join!` polls the statement first, which hands it to SQLite's thread, then binds the
+        // next one on this thread
+        let (done, built) = tokio::join!(q.fetch_all(&mut *conn), async { statements.next() });
+        rows.extend(done?);
+        next = built;
+    }
+    Ok(rows)
 }
 
 /// Creates the database file readable by its owner only (0600), whatever the umask: it holds
@@ -387,42 +404,30 @@ impl SqliteStore {
     ) -> Result<u64, StoreError> {
         let now_text = now.to_db();
         let batch = super::newest_per_id(alerts);
-        // Multi-row statements of fixed shapes: a batch costs a few dozen prepared statements,
-        // not several per alert, and no statement is ever built twice.
-        let mut written_ids: Vec<&str> = Vec::new();
-        for (shape, chunk) in shaped(&batch) {
-            let mut q =
-                sqlx::query_scalar::<_, String>(AssertSqlSafe(UPSERT_ALERTS[shape].as_str()));
+        // Multi-row statements of fixed shapes: a batch costs a few prepared statements, not
+        // several per alert, and no statement is ever built twice. RETURNING names the rows
+        // inserted or replaced; a stored version that is newer (or the same) is skipped by the
+        // WHERE and keeps its evidence.
+        let upserts = shaped(&batch).map(|(shape, chunk)| {
+            let mut q = sqlx::query(AssertSqlSafe(UPSERT_ALERTS[shape].as_str()));
             for a in chunk {
                 q = q.bind(tenant.as_str()).bind(&a.id);
                 for v in &a.values {
-                    q = bind_scalar(q, v);
+                    q = bind_val(q, v);
                 }
                 q = q.bind(&a.raw).bind(&now_text).bind(&now_text);
             }
-            // RETURNING names the rows inserted or replaced; a stored version that is newer
-            // (or the same) is skipped by the WHERE and keeps its evidence.
-            let ids = q.fetch_all(&mut *tx).await?;
-            let returned: std::collections::HashSet<String> = ids.into_iter().collect();
-            written_ids.extend(
-                chunk
-                    .iter()
-                    .map(|a| a.id.as_str())
-                    .filter(|id| returned.contains(*id)),
-            );
-        }
-        let written: std::collections::HashSet<&str> = written_ids.iter().copied().collect();
-        for (shape, ids) in shaped(&written_ids) {
-            let mut q =
-                sqlx::query(AssertSqlSafe(DELETE_EVIDENCES[shape].as_str())).bind(tenant.as_str());
-            for id in ids {
-                q = q.bind(*id);
-            }
-            q.execute(&mut *tx).await?;
-        }
+            q
+        });
+        let returned: std::collections::HashSet<String> = pipelined(&mut *tx, upserts)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?;
+        // the old evidence of a replaced alert is deleted by a trigger (migration 0012)
         let evidence: Vec<(&str, i64, &crate::model::EvidenceRow)> = batch
             .iter()
-            .filter(|a| written.contains(a.id.as_str()))
+            .filter(|a| returned.contains(a.id.as_str()))
             .flat_map(|a| {
                 a.evidence
                     .iter()
@@ -430,7 +435,7 @@ impl SqliteStore {
                     .map(move |(i, e)| (a.id.as_str(), i as i64, e))
             })
             .collect();
-        for (shape, chunk) in shaped(&evidence) {
+        let inserts = shaped(&evidence).map(|(shape, chunk)| {
             let mut q = sqlx::query(AssertSqlSafe(INSERT_EVIDENCES[shape].as_str()));
             for (id, pos, e) in chunk {
                 q = q.bind(tenant.as_str()).bind(*id).bind(*pos);
@@ -439,9 +444,13 @@ impl SqliteStore {
                 }
                 q = q.bind(&e.raw);
             }
-            q.execute(&mut *tx).await?;
-        }
-        let written = written.len() as u64;
+            q
+        });
+        pipelined(&mut *tx, inserts).await?;
+        let written = batch
+            .iter()
+            .filter(|a| returned.contains(a.id.as_str()))
+            .count() as u64;
         if let Some(wm) = watermark {
             // MAX keeps the watermark monotonic even if a caller passed an older one.
             sqlx::query(
@@ -949,14 +958,18 @@ mod tests {
                 chunks.iter().all(|(i, c)| c.len() == SHAPES[*i]),
                 "{n}: each chunk has its statement's shape"
             );
-            // greedy: at most 9 statements of each smaller shape
-            assert!(chunks.iter().filter(|(i, _)| *i > 0).count() <= 18, "{n}");
+            // greedy: at most one statement of each smaller shape
+            for i in 1..NSHAPES {
+                assert!(chunks.iter().filter(|(j, _)| *j == i).count() <= 1, "{n}");
+            }
         }
-        assert_eq!(shaped(&[0u8; 347]).count(), 3 + 4 + 7);
+        assert_eq!(shaped(&[0u8; 347]).count(), 2 + 5);
+        assert_eq!(shaped(&[0u8; 80]).count(), 2);
         // the statements themselves are few and fixed
-        assert_eq!(UPSERT_ALERTS[0].matches("), (").count(), 99);
-        assert_eq!(UPSERT_ALERTS[2].matches("), (").count(), 0);
+        assert_eq!(UPSERT_ALERTS[0].matches("), (").count(), 127);
+        assert_eq!(UPSERT_ALERTS[NSHAPES - 1].matches("), (").count(), 0);
         assert!(UPSERT_ALERTS[1].ends_with("RETURNING id"));
-        assert_eq!(DELETE_EVIDENCES[1].matches('?').count(), 11);
+        // within SQLite's limit of bound parameters
+        assert!(SHAPES[0] * (EVIDENCE_COLUMNS.len() + 4) < 32_766);
     }
 }
