@@ -568,13 +568,15 @@ fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str> {
     keys
 }
 
-/// A job every second proving the scheduler itself ticks: health checks and the watchdog trust
-/// it, not the mere existence of the process.
+/// A job every two seconds proving the scheduler itself ticks: health checks and the watchdog
+/// trust it, not the mere existence of the process ([`super::HEARTBEAT_STALE`] is 10 s). Each
+/// firing costs the scheduler a parse of the job's schedule; at one a second that was a good
+/// part of the daemon's CPU between passes (docs/performance.md).
 async fn schedule_heartbeat(sched: &JobScheduler, heartbeat: Arc<Heartbeat>) -> anyhow::Result<()> {
     let beat = heartbeat;
     sched
         .add(
-            Job::new_async("* * * * * *", move |_, _| {
+            Job::new_async("*/2 * * * * *", move |_, _| {
                 beat.beat();
                 Box::pin(async {})
             })

@@ -119,12 +119,14 @@ static INSERT_EVIDENCE: LazyLock<String> = LazyLock::new(|| {
 
 /// Rows per multi-row statement, largest first. Every statement has one of these few fixed
 /// shapes, built once and prepared once per connection (sqlx's statement cache): a batch of any
-/// size is cut into them, at most one of each shape below the largest (347 rows: two of 128,
-/// then 64, 16, 8, 2 and 1). Each statement is a round trip to SQLite's thread and back, which
-/// on a small virtual machine costs more than the statement itself: an 80-alert batch takes
-/// three or four statements, not the eleven that shapes of 100, 10 and 1 took. SQLite allows
-/// 32,766 parameters per statement; an alert row has 46 and an evidence row 62.
-const SHAPES: [usize; 8] = [128, 64, 32, 16, 8, 4, 2, 1];
+/// size is cut into them, at most one of each shape below the largest (347 rows: five of 64,
+/// then 16, 8, 2 and 1). Each statement is a round trip to SQLite's thread and back, which on a
+/// small virtual machine costs more than the statement itself: an 80-alert batch (a batch is
+/// cut at about 256 KiB) takes two statements, not the eleven that shapes of 100, 10 and 1 took.
+/// A larger shape would rarely be used and would cost memory: a prepared 64-row statement holds
+/// a few hundred KiB, and two statements' values are held at once (see [`pipelined`]). SQLite
+/// allows 32,766 parameters per statement; an alert row has 46 and an evidence row 62.
+const SHAPES: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 const NSHAPES: usize = SHAPES.len();
 
 /// Cuts `rows` into chunks whose lengths are all in [`SHAPES`].
@@ -963,10 +965,10 @@ mod tests {
                 assert!(chunks.iter().filter(|(j, _)| *j == i).count() <= 1, "{n}");
             }
         }
-        assert_eq!(shaped(&[0u8; 347]).count(), 2 + 5);
+        assert_eq!(shaped(&[0u8; 347]).count(), 5 + 4);
         assert_eq!(shaped(&[0u8; 80]).count(), 2);
         // the statements themselves are few and fixed
-        assert_eq!(UPSERT_ALERTS[0].matches("), (").count(), 127);
+        assert_eq!(UPSERT_ALERTS[0].matches("), (").count(), 63);
         assert_eq!(UPSERT_ALERTS[NSHAPES - 1].matches("), (").count(), 0);
         assert!(UPSERT_ALERTS[1].ends_with("RETURNING id"));
         // within SQLite's limit of bound parameters

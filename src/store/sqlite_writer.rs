@@ -69,12 +69,12 @@ pub(super) enum WriteConn<'a> {
 /// The writer's own connection: a page cache of 8 MiB (SQLite's default is 2 MiB) keeps more of
 /// the indexes between the statements of a span, and the statement journal of a multi-row
 /// statement stays in memory instead of spilling to a temporary file (measured in
-/// docs/performance.md). The rows a statement returns (the ids of a 128-row upsert) fit in the
+/// docs/performance.md). The rows a statement returns (the ids of a 64-row upsert) fit in the
 /// channel to this thread at once, so SQLite's thread does not wait for them to be read.
 async fn connect(opts: &SqliteConnectOptions) -> Result<SqliteConnection, sqlx::Error> {
     let opts = opts
         .clone()
-        .row_buffer_size(256)
+        .row_buffer_size(64)
         .pragma("cache_size", "-8192")
         .pragma("temp_store", "memory");
     SqliteConnection::connect_with(&opts).await
