@@ -201,9 +201,8 @@ fn bind_val<'q>(
 }
 
 /// Runs `statements` in order on `conn` and returns their rows, binding each statement's values
-/// while SQLite runs the one before it: binding a multi-row statement (copying a few thousand
-/// values) takes about as long as SQLite takes to run it, and done in turn the database sat idle
-/// between statements.
+/// while SQLite runs the one before it: binding a multi-row statement copies a few thousand
+/// values, and when it was done in turn, SQLite's thread waited for it (docs/performance.md).
 async fn pipelined<'q>(
     conn: &mut SqliteConnection,
     mut statements: impl Iterator<Item = Query<'q, Sqlite, SqliteArguments>>,
