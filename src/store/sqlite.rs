@@ -425,10 +425,13 @@ impl SqliteStore {
             .iter()
             .map(|row| row.try_get::<String, _>(0))
             .collect::<Result<_, _>>()?;
-        // the old evidence of a replaced alert is deleted by a trigger (migration 0012)
-        let evidence: Vec<(&str, i64, &crate::model::EvidenceRow)> = batch
-            .iter()
+        let written: Vec<&AlertRow> = batch
+            .into_iter()
             .filter(|a| returned.contains(a.id.as_str()))
+            .collect();
+        // the old evidence of a replaced alert is deleted by a trigger (migration 0012)
+        let evidence: Vec<(&str, i64, &crate::model::EvidenceRow)> = written
+            .iter()
             .flat_map(|a| {
                 a.evidence
                     .iter()
@@ -448,10 +451,7 @@ impl SqliteStore {
             q
         });
         pipelined(&mut *tx, inserts).await?;
-        let written = batch
-            .iter()
-            .filter(|a| returned.contains(a.id.as_str()))
-            .count() as u64;
+        let written = written.len() as u64;
         if let Some(wm) = watermark {
             // MAX keeps the watermark monotonic even if a caller passed an older one.
             sqlx::query(
