@@ -384,7 +384,7 @@ impl SqliteStore {
         Ok(written)
     }
 
-    /// The writer, outside any span, for a run's bookkeeping and the call journal. SQLite lets
+    /// The writer, outside any span, for a run's bookkeeping. SQLite lets
     /// one connection write at a time and makes the others sleep and try again (its busy
     /// handler sleeps 1 ms, then 2, 5, 10 and more): at thousands of tenants a minute the runs
     /// spent more time in those sleeps than in their API calls. Every write goes through this
@@ -393,6 +393,28 @@ impl SqliteStore {
         let mut w = self.writer.lock().await?;
         w.settle().await?;
         Ok(w)
+    }
+
+    /// The call journal's statements, inside the caller's transaction.
+    async fn write_calls(
+        tx: &mut SqliteConnection,
+        api: &str,
+        calls: &[(TenantId, Timestamp)],
+        forget_before: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM api_calls WHERE api = ? AND sent_at < ?")
+            .bind(api)
+            .bind(forget_before.to_db())
+            .execute(&mut *tx)
+            .await?;
+        for (shape, chunk) in shaped(calls) {
+            let mut q = sqlx::query(AssertSqlSafe(INSERT_CALLS[shape].as_str()));
+            for (tenant, at) in chunk {
+                q = q.bind(tenant.as_str()).bind(api).bind(at.to_db());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        Ok(())
     }
 
     /// The statements of one batch and its watermark, inside the caller's transaction.
@@ -888,21 +910,17 @@ impl Store for SqliteStore {
         forget_before: Timestamp,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut w = self.bookkeeper().await?;
-            let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
-            sqlx::query("DELETE FROM api_calls WHERE api = ? AND sent_at < ?")
-                .bind(api)
-                .bind(forget_before.to_db())
-                .execute(&mut *tx)
-                .await?;
-            for (shape, chunk) in shaped(calls) {
-                let mut q = sqlx::query(AssertSqlSafe(INSERT_CALLS[shape].as_str()));
-                for (tenant, at) in chunk {
-                    q = q.bind(tenant.as_str()).bind(api).bind(at.to_db());
-                }
-                q.execute(&mut *tx).await?;
+            // Written for every API call: the rows join an open span rather than end it
+            // (module doc of `sqlite_span`). Lost with a failed span, they only make the budget
+            // after a restart a few calls more generous.
+            let mut w = self.writer.lock().await?;
+            if w.in_span() {
+                Self::write_calls(&mut w, api, calls, forget_before).await?;
+            } else {
+                let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+                Self::write_calls(&mut tx, api, calls, forget_before).await?;
+                tx.commit().await?;
             }
-            tx.commit().await?;
             w.done();
             Ok(())
         })

@@ -7,11 +7,22 @@
 //! - a batch that is **large** (at least half of a full one) while no watermark comes with it
 //!   is written into the open transaction and not committed: more of the same response is on
 //!   its way;
-//! - a batch with a **watermark**, a **small** batch (the end of a response, or the few alerts
-//!   of a steady-state run), a span that holds [`SPAN_ALERTS`] alerts or is [`SPAN_AGE`] old,
-//!   or a writer left **idle** for [`SPAN_IDLE`] commits the transaction, with everything in it;
-//! - the watermark is therefore committed with (never before) every alert written before it,
-//!   and a kill before the COMMIT loses only alerts no watermark covers yet.
+//! - a batch with a **watermark** or a **small** batch (the end of a response, or the few alerts
+//!   of a steady-state run) commits the transaction if no other tenant has a batch in it: alone,
+//!   nothing else is on its way. When other tenants do (several backfills at once), their
+//!   large batches are still arriving, and committing for each tenant's watermark wrote the
+//!   same index pages again many times per second; the batch then stays in the transaction,
+//!   watermark included, like a large one;
+//! - a span that holds [`SPAN_ALERTS`] alerts or is [`SPAN_AGE`] old, a writer left **idle**
+//!   for [`SPAN_IDLE`], or a run's bookkeeping (its start and end, see [`super::sqlite`])
+//!   commits the transaction, with everything in it;
+//! - the call journal's rows join an open transaction rather than commit it: they are written
+//!   for every API call, and each one ended a span;
+//! - the watermark is therefore committed with (never before) every alert written before it:
+//!   it is in the same transaction as, or a later one than, each of them. A kill before the
+//!   COMMIT loses the uncommitted alerts together with any watermark written after them, so no
+//!   committed watermark covers a lost alert; a run's end, recorded by its bookkeeping, is
+//!   committed after its last watermark.
 //!
 //! A batch left in an open transaction has been written, not committed. If that transaction
 //! then fails (a full disk, a connection lost, a cancelled writer), the batches in it are gone,
@@ -80,14 +91,15 @@ impl Span {
         self.generation += 1;
     }
 
-    /// Whether the open transaction must be committed now, after a batch of `alerts`.
+    /// Whether the open transaction must be committed now, after a batch of `alerts` (noted with
+    /// [`Span::add`]).
     pub(super) fn due(&self, alerts: &[AlertRow], watermark: bool) -> bool {
-        watermark
-            || !is_large(alerts)
-            || self
-                .open
-                .as_ref()
-                .is_some_and(|o| o.alerts >= SPAN_ALERTS || o.began.elapsed() >= SPAN_AGE)
+        let Some(o) = self.open.as_ref() else {
+            return true;
+        };
+        o.alerts >= SPAN_ALERTS
+            || o.began.elapsed() >= SPAN_AGE
+            || ((watermark || !is_large(alerts)) && o.tenants.len() <= 1)
     }
 
     /// The open transaction was committed.
@@ -159,6 +171,20 @@ mod tests {
             !s.due(&alerts(600, 10), false),
             "many small alerts are large too"
         );
+    }
+
+    #[test]
+    fn with_other_tenants_in_the_span_a_watermark_or_small_batch_waits_for_the_span() {
+        let mut s = Span::default();
+        let large = alerts(100, 3_000);
+        s.add(&tenant(1), large.len());
+        s.add(&tenant(2), large.len());
+        let small = alerts(3, 3_000);
+        s.add(&tenant(1), small.len());
+        assert!(!s.due(&small, true), "another tenant is streaming");
+        assert!(!s.due(&small, false), "another tenant is streaming");
+        s.open.as_mut().unwrap().began -= SPAN_AGE;
+        assert!(s.due(&small, true), "the span's age still commits it");
     }
 
     #[test]

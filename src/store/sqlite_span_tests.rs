@@ -184,6 +184,77 @@ async fn a_span_lost_before_its_commit_fails_each_tenant_in_it_once_and_moves_no
 
 /// A span left open does not lock out the pool's writes (the run bookkeeping): they wait for
 /// SQLite's lock until it commits.
+/// Several backfills at once: a tenant's watermark waits in the span while another tenant's
+/// batches are in it, and commits with the span, never before its own alerts.
+#[tokio::test]
+async fn with_another_tenant_streaming_the_watermark_commits_with_the_span() {
+    let d = db("fleet").await;
+    d.store.writer.set_idle(Duration::from_secs(60)).await;
+    let (t, o) = (id(TENANT), id(OTHER));
+    d.store
+        .commit(&t, &alerts("a", 60), None, ts(3))
+        .await
+        .unwrap();
+    d.store
+        .commit(&o, &alerts("b", 60), None, ts(3))
+        .await
+        .unwrap();
+    d.store
+        .commit(&t, &alerts("c", 5), Some(ts(2)), ts(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        committed(&d.url, TENANT).await,
+        (0, 0, None),
+        "the watermark waits in the span, with its alerts"
+    );
+    // the call journal joins the span instead of committing it
+    d.store
+        .record_calls("mde", &[(t.clone(), ts(3))], ts(1))
+        .await
+        .unwrap();
+    assert_eq!(committed(&d.url, TENANT).await.0, 0);
+    // the run's bookkeeping commits it: everything, the watermark and the journal's row
+    d.store
+        .open_run(&Tenant::new(o.clone(), "t"), ts(3))
+        .await
+        .unwrap();
+    let (n, e, w) = committed(&d.url, TENANT).await;
+    assert_eq!((n, e, w), (65, 65, Some(ts(2).to_db())));
+    assert_eq!(committed(&d.url, OTHER).await.0, 60);
+    let mut c = SqliteConnection::connect(&d.url).await.unwrap();
+    let calls: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_calls")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(calls, 1);
+}
+
+/// A span lost after a tenant's watermark joined it takes the watermark with it: the alerts it
+/// covered are gone, and so is it.
+#[tokio::test]
+async fn a_lost_span_takes_a_waiting_watermark_with_its_alerts() {
+    let d = db("fleet-lost").await;
+    d.store.writer.set_idle(Duration::from_secs(60)).await;
+    let (t, o) = (id(TENANT), id(OTHER));
+    d.store
+        .commit(&o, &alerts("b", 60), None, ts(3))
+        .await
+        .unwrap();
+    d.store
+        .commit(&t, &alerts("c", 5), Some(ts(2)), ts(3))
+        .await
+        .unwrap();
+    // the writer dropped half-way through a batch of OTHER (a cancelled commit)
+    {
+        let mut w = d.store.writer.lock().await.unwrap();
+        w.enter(&o);
+    }
+    assert_eq!(committed(&d.url, TENANT).await, (0, 0, None));
+    let again = d.store.commit(&t, &alerts("d", 5), None, ts(3)).await;
+    assert!(again.is_err(), "the tenant is told its batch was lost");
+}
+
 #[tokio::test]
 async fn the_bookkeeping_gets_the_lock_while_a_tenant_streams() {
     let d = db("bookkeeping").await;

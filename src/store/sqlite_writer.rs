@@ -240,6 +240,14 @@ impl WriteConn<'_> {
         Ok(())
     }
 
+    /// Whether a span's transaction is open on this connection.
+    pub(super) fn in_span(&self) -> bool {
+        match self {
+            Self::Own { state, .. } => state.span.open.is_some(),
+            Self::Shared(_) => false,
+        }
+    }
+
     /// Commits the transaction a span holds open, if any, so that the statements that follow
     /// are a write of their own (the runs' bookkeeping, see [`super::sqlite`]).
     pub(super) async fn settle(&mut self) -> Result<(), sqlx::Error> {
