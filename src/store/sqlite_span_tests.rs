@@ -182,13 +182,10 @@ async fn a_span_lost_before_its_commit_fails_each_tenant_in_it_once_and_moves_no
     );
 }
 
-/// A span left open does not lock out the pool's writes (the run bookkeeping): they wait for
-/// SQLite's lock until it commits.
-/// Several backfills at once: a tenant's watermark waits in the span while another tenant's
-/// batches are in it, and commits with the span, never before its own alerts.
-#[tokio::test]
-async fn with_another_tenant_streaming_the_watermark_commits_with_the_span() {
-    let d = db("fleet").await;
+/// Two backfills at once, the writer never idle: TENANT's large batch, OTHER's, then TENANT's last
+/// batch with its watermark, all in one open span.
+async fn span_with_a_waiting_watermark(name: &str) -> Db {
+    let d = db(name).await;
     d.store.writer.set_idle(Duration::from_secs(60)).await;
     let (t, o) = (id(TENANT), id(OTHER));
     d.store
@@ -203,6 +200,15 @@ async fn with_another_tenant_streaming_the_watermark_commits_with_the_span() {
         .commit(&t, &alerts("c", 5), Some(ts(2)), ts(3))
         .await
         .unwrap();
+    d
+}
+
+/// Several backfills at once: a tenant's watermark waits in the span while another tenant's
+/// batches are in it, and commits with the span, never before its own alerts.
+#[tokio::test]
+async fn with_another_tenant_streaming_the_watermark_commits_with_the_span() {
+    let d = span_with_a_waiting_watermark("fleet").await;
+    let (t, o) = (id(TENANT), id(OTHER));
     assert_eq!(
         committed(&d.url, TENANT).await,
         (0, 0, None),
@@ -234,17 +240,8 @@ async fn with_another_tenant_streaming_the_watermark_commits_with_the_span() {
 /// covered are gone, and so is it.
 #[tokio::test]
 async fn a_lost_span_takes_a_waiting_watermark_with_its_alerts() {
-    let d = db("fleet-lost").await;
-    d.store.writer.set_idle(Duration::from_secs(60)).await;
+    let d = span_with_a_waiting_watermark("fleet-lost").await;
     let (t, o) = (id(TENANT), id(OTHER));
-    d.store
-        .commit(&o, &alerts("b", 60), None, ts(3))
-        .await
-        .unwrap();
-    d.store
-        .commit(&t, &alerts("c", 5), Some(ts(2)), ts(3))
-        .await
-        .unwrap();
     // the writer dropped half-way through a batch of OTHER (a cancelled commit)
     {
         let mut w = d.store.writer.lock().await.unwrap();
@@ -255,6 +252,8 @@ async fn a_lost_span_takes_a_waiting_watermark_with_its_alerts() {
     assert!(again.is_err(), "the tenant is told its batch was lost");
 }
 
+/// A span left open does not lock out the pool's writes (the run bookkeeping): they wait for
+/// SQLite's lock until it commits.
 #[tokio::test]
 async fn the_bookkeeping_gets_the_lock_while_a_tenant_streams() {
     let d = db("bookkeeping").await;
