@@ -21,7 +21,8 @@ use tokio::{
 
 /// A forwarding HTTP proxy: reads each connection's first request line (absolute form,
 /// `GET http://host:port/path HTTP/1.1`), records it, connects to that host and relays the
-/// connection both ways with the request line in origin form.
+/// connection both ways with the request line in origin form and `Connection: close`, so every
+/// request comes on a connection of its own and is recorded.
 struct Proxy {
     port: u16,
     seen: Arc<Mutex<Vec<String>>>,
@@ -78,8 +79,24 @@ async fn relay(client: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
         path.push('?');
         path.push_str(q);
     }
-    let first = format!("{method} {path} {version}\r\n");
-    if upstream.write_all(first.as_bytes()).await.is_err() {
+    // The request's headers, with `Connection: close`: the server then closes the connection
+    // after its response, so the client's next request opens a new one, and its first line is
+    // recorded too (this proxy reads only a connection's first request).
+    let mut head = format!("{method} {path} {version}\r\n");
+    loop {
+        let mut header = String::new();
+        if client.read_line(&mut header).await.is_err() || header.is_empty() {
+            return;
+        }
+        if header == "\r\n" || header == "\n" {
+            break;
+        }
+        if !header.to_ascii_lowercase().starts_with("connection:") {
+            head.push_str(&header);
+        }
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    if upstream.write_all(head.as_bytes()).await.is_err() {
         return;
     }
     // whatever the reader already buffered, then both directions until either side closes
