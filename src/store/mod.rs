@@ -188,6 +188,13 @@ pub trait Store: actions::ActionStore + collections::CollectionStore + Send + Sy
         now: Timestamp,
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
 
+    /// How many [`Store::commit`]s of one tenant's response the sync runs at once (see
+    /// `sync/inflight.rs`): one where every write goes through one writer (SQLite: a second
+    /// would only wait for it, holding its batch), more where each is a transaction of its own.
+    fn commits_at_once(&self) -> usize {
+        1
+    }
+
     fn finish_run<'a>(&'a self, report: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Records a run stopped before it finished (shutdown, or its tenant was removed):

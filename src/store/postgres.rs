@@ -511,10 +511,11 @@ impl Store for PostgresStore {
             let ids: Vec<&str> = evidence.iter().map(|(id, _)| id.as_str()).collect();
             if !evidence.is_empty() && none_stored(&mut tx, &tenant, &ids).await? {
                 // A batch of alerts not stored yet (a backfill): nothing to compare, replace or
-                // delete, so the rows are copied straight in. Commits of one tenant's alerts
-                // never run at once (one run at a time, batches in order; replicas are fenced),
-                // so none of these ids can be stored between the check and the COPY; were one
-                // stored anyway, the unique key would fail this batch, and its run, not lose it.
+                // delete, so the rows are copied straight in. Commits of one tenant that run at
+                // once never share an alert (one run at a time; within it, see
+                // `sync/inflight.rs`; replicas are fenced), so none of these ids can be stored
+                // between the check and the COPY; were one stored anyway, the unique key would
+                // fail this batch, and its run, not lose it.
                 copy_in(&mut tx, &COPY_ALERTS, stage).await?;
                 written = ids.len() as u64;
                 let data: String = evidence.iter().map(|(_, rows)| rows.as_str()).collect();
@@ -602,6 +603,12 @@ impl Store for PostgresStore {
             task.await
                 .map_err(|e| StoreError::Internal(format!("the database task failed: {e}")))?
         }))
+    }
+
+    /// Two: each commit is a transaction on a pooled connection of its own, and one server
+    /// process per tenant left the machine's second core idle (docs/performance.md).
+    fn commits_at_once(&self) -> usize {
+        2
     }
 
     fn finish_run<'a>(&'a self, r: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {

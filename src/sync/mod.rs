@@ -48,8 +48,12 @@
 //! later turns out to be full, cut off or refused is harmless: each is a real version, and the
 //! store keeps the newer of two (see the last section). Only the watermark waits until a window
 //! is known to be complete, and it is then committed with (or after) the last batch of that
-//! window, never before one of its alerts. A response with more alerts than the `$top` asked
-//! for proves nothing (A1 is broken): the run fails at that alert, and `W` stays. A body that is
+//! window, never before one of its alerts. Where each commit is a transaction of its own
+//! (Postgres), two of a response's batches may be committed at once (`inflight.rs`): a batch
+//! with a watermark starts only once every batch before it has committed, a batch sharing an
+//! alert with one in flight waits for it, and after a failed commit no batch starts; batches
+//! without a watermark hold alerts only, and newer wins whatever order they commit in. A
+//! response with more alerts than the `$top` asked for proves nothing (A1 is broken): the run fails at that alert, and `W` stays. A body that is
 //! not a collection (no `value`, or an `error` member) proves nothing either: the call fails.
 //! An alert whose `lastUpdateTime` lies outside the window asked for is refused: no window
 //! vouches for it, and one stamped in the future would otherwise win "newer wins" for good.
@@ -268,6 +272,7 @@ mod cell;
 mod cuts;
 mod error;
 pub mod fit;
+mod inflight;
 mod job;
 mod pass;
 mod run;

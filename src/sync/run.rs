@@ -2,7 +2,7 @@
 //! `[W, now]`, the cursor with its measured overlap and the sweep, held windows and their
 //! backoff; and reading one response into the store.
 
-use super::{batch::PageSink, windows::Span, *};
+use super::{batch::PageSink, inflight::Written, windows::Span, *};
 
 /// The overlap a new cursor starts with, before anything was measured (capped at `L`).
 const FIRST_OVERLAP: time::Duration = time::Duration::minutes(2);
@@ -366,15 +366,13 @@ fn held_result(hold: Option<Hold>) -> Result<(), SyncError> {
 }
 
 /// Commits the batches of one response as they come, in a task of its own.
+#[derive(Clone)]
 struct BatchWriter {
     store: SharedStore,
     clock: SharedClock,
     tenant: TenantId,
     collection: Collection,
 }
-
-/// `(alerts written, the last watermark committed, how the writing ended)`.
-type Written = (u64, Option<Timestamp>, Result<(), StoreError>);
 
 impl BatchWriter {
     /// Commits the response's first batch here, and the others, if more come, in a task of its
@@ -385,55 +383,31 @@ impl BatchWriter {
         let Some(first) = rx.recv().await else {
             return (0, None, Ok(()));
         };
-        let (written, watermark, stored) = self.commit(first, 0, None).await;
-        if stored.is_err() || (rx.is_closed() && rx.is_empty()) {
-            return (written, watermark, stored);
+        let wm = first.1;
+        let (written, watermark) = match self.commit(first).await {
+            Ok(n) => (n, wm),
+            Err(e) => return (0, None, Err(e)),
+        };
+        if rx.is_closed() && rx.is_empty() {
+            return (written, watermark, Ok(()));
         }
-        let rest = tokio::spawn(self.drain(rx, written, watermark).in_current_span());
-        rest.await.unwrap_or_else(|e| {
-            let why = format!("the database writer's task failed: {e}");
-            (written, watermark, Err(StoreError::Internal(why)))
-        })
+        let limit = self.store.commits_at_once();
+        let rest = super::inflight::commit_all(rx, limit, (written, watermark), move |batch| {
+            let w = self.clone();
+            async move { w.commit(batch).await }
+        });
+        tokio::spawn(rest.in_current_span())
+            .await
+            .unwrap_or_else(|e| {
+                let why = format!("the database writer's task failed: {e}");
+                (written, watermark, Err(StoreError::Internal(why)))
+            })
     }
 
-    /// Commits one batch, adding to what was written before.
-    async fn commit(
-        &self,
-        (rows, wm): Batch,
-        written: u64,
-        watermark: Option<Timestamp>,
-    ) -> Written {
+    /// Commits one batch: how many alerts it wrote.
+    async fn commit(&self, (rows, wm): Batch) -> Result<u64, StoreError> {
         let now = Timestamp::from_datetime(self.clock.now());
-        let r = super::windows::commit_batch(
-            &self.store,
-            &self.tenant,
-            self.collection,
-            &rows,
-            wm,
-            now,
-        )
-        .await;
-        match r {
-            Ok(n) => (written + n, wm.or(watermark), Ok(())),
-            Err(e) => (written, watermark, Err(e)),
-        }
-    }
-
-    /// Commits the batches that come until the sender is done; an error ends it, and dropping
-    /// the receiver then makes the sink end the read.
-    async fn drain(
-        self,
-        mut rx: mpsc::Receiver<Batch>,
-        mut written: u64,
-        mut watermark: Option<Timestamp>,
-    ) -> Written {
-        while let Some(batch) = rx.recv().await {
-            let (w, wm, stored) = self.commit(batch, written, watermark).await;
-            (written, watermark) = (w, wm);
-            if stored.is_err() {
-                return (written, watermark, stored);
-            }
-        }
-        (written, watermark, Ok(()))
+        super::windows::commit_batch(&self.store, &self.tenant, self.collection, &rows, wm, now)
+            .await
     }
 }

@@ -350,6 +350,9 @@ impl Store for Observed {
             r
         })
     }
+    fn commits_at_once(&self) -> usize {
+        self.inner.commits_at_once()
+    }
     fn finish_run<'a>(&'a self, report: &'a RunReport) -> BoxFuture<'a, Result<(), StoreError>> {
         self.inner.finish_run(report)
     }
