@@ -4,7 +4,8 @@
 //! kept one server process busy while the sync and the machine's other core waited: the writer
 //! and the server took turns on each batch (docs/performance.md). Up to
 //! [`crate::store::Store::commits_at_once`] batches are therefore committed at once, each in a
-//! task of its own, under three rules:
+//! task of its own, while no other response of the process streams (several tenants
+//! backfilling already keep a server process busy each), under three rules:
 //! - a batch that carries a **watermark** starts only once every batch before it has committed,
 //!   so the watermark is still committed after every alert of its window;
 //! - a batch that shares an **alert id** with a batch in flight waits for the batches in flight,
@@ -17,12 +18,16 @@
 //! at the newer of its versions, and a kill loses only uncommitted ones, which no committed
 //! watermark covers.
 
-use std::{collections::HashSet, future::Future};
+use std::{
+    collections::HashSet,
+    future::Future,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::Batch;
-use crate::{model::AlertRow, store::StoreError, timestamp::Timestamp};
+use crate::{store::StoreError, timestamp::Timestamp};
 
 /// `(alerts written, the last watermark committed, how the writing ended)`.
 pub(super) type Written = (u64, Option<Timestamp>, Result<(), StoreError>);
@@ -43,12 +48,14 @@ fn id_hash(id: &str) -> u64 {
     h.finish()
 }
 
-/// Commits every batch `rx` brings with `commit`, at most `limit` at once under the rules above,
-/// adding to `so_far` (what the response's first batch wrote). Returns once the sender is done
-/// or a commit failed, and every commit it started has finished.
+/// Commits every batch `rx` brings with `commit`, at most `limit` at once under the rules above
+/// (one while `streaming` counts other responses), adding to `so_far` (what the response's
+/// first batch wrote). Returns once the sender is done or a commit failed, and every commit it
+/// started has finished.
 pub(super) async fn commit_all<F, Fut>(
     mut rx: mpsc::Receiver<Batch>,
     limit: usize,
+    streaming: &AtomicUsize,
     so_far: (u64, Option<Timestamp>),
     commit: F,
 ) -> Written
@@ -57,19 +64,32 @@ where
     Fut: Future<Output = Result<u64, StoreError>> + Send + 'static,
 {
     let (mut written, mut watermark) = so_far;
-    let mut running = std::collections::VecDeque::new();
+    let mut running: std::collections::VecDeque<Running> = std::collections::VecDeque::new();
     let mut failed = None;
-    while let Some(batch) = rx.recv().await {
-        let ids: HashSet<u64> = batch.0.iter().map(|a: &AlertRow| id_hash(&a.id)).collect();
-        let wait = batch.1.is_some() || running.iter().any(|r: &Running| !r.ids.is_disjoint(&ids));
-        let keep = if wait { 0 } else { limit.max(1) - 1 };
-        while running.len() > keep
+    let streaming = Streaming::enter(streaming);
+    loop {
+        // room first, then the next batch: a batch taken from the channel while the commits
+        // in flight fill every slot would be one more held, and let the sink fill another
+        let limit = if streaming.alone() { limit.max(1) } else { 1 };
+        while running.len() >= limit
             && let Some(r) = running.pop_front()
         {
             settle(r, &mut written, &mut watermark, &mut failed).await;
         }
         if failed.is_some() {
             break;
+        }
+        let Some(batch) = rx.recv().await else {
+            break;
+        };
+        let ids: HashSet<u64> = batch.0.iter().map(|a| id_hash(&a.id)).collect();
+        if batch.1.is_some() || running.iter().any(|r| !r.ids.is_disjoint(&ids)) {
+            while let Some(r) = running.pop_front() {
+                settle(r, &mut written, &mut watermark, &mut failed).await;
+            }
+            if failed.is_some() {
+                break;
+            }
         }
         running.push_back(Running {
             watermark: batch.1,
@@ -83,6 +103,31 @@ where
         settle(r, &mut written, &mut watermark, &mut failed).await;
     }
     (written, watermark, failed.map_or(Ok(()), Err))
+}
+
+/// How many responses are writing more than one batch in this process. Several commits of
+/// one response at once pay only while it is the only one: with several tenants backfilling,
+/// the server already has a process busy for each, and every commit in flight holds a batch.
+pub(super) static STREAMING: AtomicUsize = AtomicUsize::new(0);
+
+/// One response counted in a [`STREAMING`] counter while it lives.
+struct Streaming<'a>(&'a AtomicUsize);
+
+impl<'a> Streaming<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+
+    fn alone(&self) -> bool {
+        self.0.load(Ordering::Relaxed) <= 1
+    }
+}
+
+impl Drop for Streaming<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Waits for one commit and adds its outcome; the first failure is the one reported.
@@ -119,6 +164,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::model::AlertRow;
 
     fn ts(s: &str) -> Timestamp {
         Timestamp::parse(s).unwrap()
@@ -162,7 +208,8 @@ mod tests {
             }
         });
         let l = log.clone();
-        let written = commit_all(rx, limit, (0, None), move |(rows, _)| {
+        let streaming = AtomicUsize::new(0);
+        let written = commit_all(rx, limit, &streaming, (0, None), move |(rows, _)| {
             let log = l.clone();
             let name = rows[0].id.clone();
             let n = rows.len() as u64;
@@ -258,6 +305,42 @@ mod tests {
         assert!(position(&log, "ok1", "end").is_some(), "{log:?}");
         assert!(position(&log, "w", "start").is_none(), "{log:?}");
         assert!(position(&log, "late", "start").is_none(), "{log:?}");
+    }
+
+    /// While another response streams (several tenants backfilling), one commit at a time.
+    #[tokio::test(start_paused = true)]
+    async fn beside_another_streaming_response_one_at_a_time() {
+        let log: Log = Arc::default();
+        let (tx, rx) = mpsc::channel(4);
+        for b in [
+            batch(&["a"], None),
+            batch(&["b"], None),
+            batch(&["c"], None),
+        ] {
+            tx.send(b).await.unwrap();
+        }
+        drop(tx);
+        let streaming = AtomicUsize::new(1);
+        let l = log.clone();
+        let (written, _, outcome) = commit_all(rx, 2, &streaming, (0, None), move |(rows, _)| {
+            let log = l.clone();
+            let name = rows[0].id.clone();
+            async move {
+                log.lock().unwrap().push((name.clone(), "start"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                log.lock().unwrap().push((name, "end"));
+                Ok(1)
+            }
+        })
+        .await;
+        outcome.unwrap();
+        assert_eq!(written, 3);
+        assert_eq!(most_at_once(&log.lock().unwrap()), 1);
+        assert_eq!(
+            streaming.load(Ordering::Relaxed),
+            1,
+            "the response left the count"
+        );
     }
 
     /// With a limit of one (SQLite's one writer), each commit ends before the next starts.

@@ -392,10 +392,12 @@ impl BatchWriter {
             return (written, watermark, Ok(()));
         }
         let limit = self.store.commits_at_once();
-        let rest = super::inflight::commit_all(rx, limit, (written, watermark), move |batch| {
-            let w = self.clone();
-            async move { w.commit(batch).await }
-        });
+        let streaming = &super::inflight::STREAMING;
+        let rest =
+            super::inflight::commit_all(rx, limit, streaming, (written, watermark), move |batch| {
+                let w = self.clone();
+                async move { w.commit(batch).await }
+            });
         tokio::spawn(rest.in_current_span())
             .await
             .unwrap_or_else(|e| {
