@@ -198,6 +198,18 @@ mod tests {
         took: Duration,
         fail: &'static [&'static str],
     ) -> (Written, Vec<(String, &'static str)>) {
+        run_beside(0, batches, limit, took, fail).await
+    }
+
+    /// [`run`] while `others` other responses stream; the response leaves the count as it
+    /// found it.
+    async fn run_beside(
+        others: usize,
+        batches: Vec<Batch>,
+        limit: usize,
+        took: Duration,
+        fail: &'static [&'static str],
+    ) -> (Written, Vec<(String, &'static str)>) {
         let log: Log = Arc::default();
         let (tx, rx) = mpsc::channel(1);
         let sender = tokio::spawn(async move {
@@ -208,7 +220,7 @@ mod tests {
             }
         });
         let l = log.clone();
-        let streaming = AtomicUsize::new(0);
+        let streaming = AtomicUsize::new(others);
         let written = commit_all(rx, limit, &streaming, (0, None), move |(rows, _)| {
             let log = l.clone();
             let name = rows[0].id.clone();
@@ -226,6 +238,11 @@ mod tests {
         })
         .await;
         sender.await.unwrap();
+        assert_eq!(
+            streaming.load(Ordering::Relaxed),
+            others,
+            "the response left the count"
+        );
         let log = log.lock().unwrap().clone();
         (written, log)
     }
@@ -310,37 +327,16 @@ mod tests {
     /// While another response streams (several tenants backfilling), one commit at a time.
     #[tokio::test(start_paused = true)]
     async fn beside_another_streaming_response_one_at_a_time() {
-        let log: Log = Arc::default();
-        let (tx, rx) = mpsc::channel(4);
-        for b in [
+        let batches = vec![
             batch(&["a"], None),
             batch(&["b"], None),
             batch(&["c"], None),
-        ] {
-            tx.send(b).await.unwrap();
-        }
-        drop(tx);
-        let streaming = AtomicUsize::new(1);
-        let l = log.clone();
-        let (written, _, outcome) = commit_all(rx, 2, &streaming, (0, None), move |(rows, _)| {
-            let log = l.clone();
-            let name = rows[0].id.clone();
-            async move {
-                log.lock().unwrap().push((name.clone(), "start"));
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                log.lock().unwrap().push((name, "end"));
-                Ok(1)
-            }
-        })
-        .await;
+        ];
+        let ((written, _, outcome), log) =
+            run_beside(1, batches, 2, Duration::from_millis(10), &[]).await;
         outcome.unwrap();
         assert_eq!(written, 3);
-        assert_eq!(most_at_once(&log.lock().unwrap()), 1);
-        assert_eq!(
-            streaming.load(Ordering::Relaxed),
-            1,
-            "the response left the count"
-        );
+        assert_eq!(most_at_once(&log), 1);
     }
 
     /// With a limit of one (SQLite's one writer), each commit ends before the next starts.

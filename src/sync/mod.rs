@@ -53,8 +53,9 @@
 //! with a watermark starts only once every batch before it has committed, a batch sharing an
 //! alert with one in flight waits for it, and after a failed commit no batch starts; batches
 //! without a watermark hold alerts only, and newer wins whatever order they commit in. A
-//! response with more alerts than the `$top` asked for proves nothing (A1 is broken): the run fails at that alert, and `W` stays. A body that is
-//! not a collection (no `value`, or an `error` member) proves nothing either: the call fails.
+//! response with more alerts than the `$top` asked for proves nothing (A1 is broken): the run
+//! fails at that alert, and `W` stays. A body that is not a collection (no `value`, or an
+//! `error` member) proves nothing either: the call fails.
 //! An alert whose `lastUpdateTime` lies outside the window asked for is refused: no window
 //! vouches for it, and one stamped in the future would otherwise win "newer wins" for good.
 //! An alert with an id and a time but another property of the wrong shape is stored (that
