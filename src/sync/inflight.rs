@@ -70,8 +70,8 @@ where
     loop {
         // room first, then the next batch: a batch taken from the channel while the commits
         // in flight fill every slot would be one more held, and let the sink fill another
-        let limit = if streaming.alone() { limit.max(1) } else { 1 };
-        while running.len() >= limit
+        let at_once = if streaming.alone() { limit.max(1) } else { 1 };
+        while running.len() >= at_once
             && let Some(r) = running.pop_front()
         {
             settle(r, &mut written, &mut watermark, &mut failed).await;
